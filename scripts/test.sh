@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: a fresh virtual environment with what the tests need, then pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k probe).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${T3TRACK_VENV:-.venv}"
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+exec "$venv/bin/python" -m pytest "$@"

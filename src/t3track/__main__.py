@@ -1,0 +1,3 @@
+from t3track.cli import main
+
+main()

@@ -1,0 +1,378 @@
+"""The command line: parse options, call one core function, render the result, pick the exit code.
+
+Nothing else lives here: the core never prints and never exits.
+"""
+
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from t3track import __version__, ops
+from t3track.config import Config, config_path, host_problems, load_config, parse_duration
+from t3track.errors import EXIT_CODE_HELP, ExitCode, LockBusy, T3TrackError, UsageError
+from t3track.output import Out, human_age
+from t3track.state import StateStore, iso
+
+_EXIT_TABLE = "\n".join(f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
+
+app = typer.Typer(
+    name="t3track",
+    help="Keep a self-hosted T3 Code host on the nightly channel, gated, with automatic rollback.\n\n"
+    "Every night `t3track run` resolves the nightly from the npm registry, installs it beside the live "
+    "version, rehearses it on a copy of each user's state (sandbox serve + the real pairing handshake), "
+    "swaps only when every gate passes, checks every live server and rolls back by itself.\n\n"
+    f"Exit codes:\n\n\b\n{_EXIT_TABLE}",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Check the config and the host.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+class Ctx:
+    def __init__(self, config_file: Optional[Path], as_json: bool):
+        self.config_file = config_file
+        self.as_json = as_json
+
+    def config(self) -> Config:
+        return load_config(self.config_file)
+
+    def store(self, config: Config | None = None) -> StateStore:
+        return StateStore((config or self.config()).state_dir)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"t3track {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config file (default: $T3TRACK_CONFIG, then /etc/t3track/config.yaml)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version")] = False,
+) -> None:
+    ctx.obj = Ctx(config, json_out)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+
+
+def _out(ctx: typer.Context, json_flag: bool) -> Out:
+    if json_flag:
+        ctx.obj.as_json = True
+    return Out(ctx.obj.as_json)
+
+
+def _fail(out: Out, exc: T3TrackError) -> None:
+    code = exc.exit_code
+    if out.as_json:
+        doc: dict[str, Any] = {"error": exc.message, "exit_code": int(code)}
+        if exc.problems:
+            doc["problems"] = exc.problems
+        if exc.hint:
+            doc["hint"] = exc.hint
+        if isinstance(exc, LockBusy):
+            doc["holder_pid"] = exc.holder_pid
+        out.json(doc)
+    out.error(exc.message)
+    for problem in exc.problems:
+        out.err.print(f"  - {problem}", markup=False)
+    if exc.hint:
+        out.err.print(f"  next: {exc.hint}", markup=False)
+    raise typer.Exit(int(code))
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map typed core errors to their exit code and message, in one place."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> Any:
+        out = _out(ctx, kwargs.get("json_flag", False))
+        try:
+            return fn(ctx, out, *args, **{k: v for k, v in kwargs.items()})
+        except T3TrackError as exc:
+            _fail(out, exc)
+        except KeyboardInterrupt:
+            out.error("interrupted")
+            raise typer.Exit(130)
+
+    # typer reads the signature: hide `out` from it.
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = [p for name, p in sig.parameters.items() if name != "out"]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _not_built(out: Out, name: str, issue: str) -> None:
+    raise UsageError(f"`t3track {name}` is not built yet", hint=f"it arrives with the {issue} work")
+
+
+# ---------------------------------------------------------------- status and history
+
+
+@app.command()
+@command
+def status(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
+    """Current, previous, pin, freeze, denied versions, last run, installed versions, backup age per user."""
+    config = ctx.obj.config()
+    result = ops.status(config, ctx.obj.store(config))
+    if out.as_json:
+        out.json(result.to_json())
+        return
+    out.line(f"package     {result.package} (channel {result.channel})")
+    out.line(f"current     {result.current or '-'}" + (f"  -> {result.current_link}" if result.current_link else ""))
+    out.line(f"previous    {result.previous or '-'}")
+    out.line("pinned      " + (f"{result.pinned.version} by {result.pinned.by}: {result.pinned.reason}" if result.pinned else "-"))
+    out.line("frozen      " + (f"by {result.frozen.by} since {iso(result.frozen.at)}"
+                               + (f" until {iso(result.frozen.until)}" if result.frozen.until else " (no end)")
+                               + f": {result.frozen.reason}" if result.frozen else "-"))
+    lr = result.last_run
+    out.line("last run    " + (f"{iso(lr.at)} {lr.outcome} (exit {lr.exit_code})"
+                               + (f" candidate {lr.candidate}" if lr.candidate else "")
+                               + (f" evidence {lr.run_id}" if lr.run_id else "") if lr else "-"))
+    out.line(f"installed   {', '.join(result.installed) or '-'}")
+    if result.swap_in_progress:
+        out.line("swap        UNFINISHED (the next `t3track run` recovers it)")
+    if result.denied:
+        out.table("denied", ["version", "gate", "at", "reason"],
+                  [[d.version, d.gate or "operator", iso(d.at), d.reason] for d in result.denied])
+    if result.users:
+        out.table("users", ["user", "port", "newest backup"],
+                  [[u.name, u.port, human_age(u.backup_age_s) + (" old" if u.backup_age_s is not None else "")]
+                   for u in result.users])
+    for warning in result.warnings:
+        out.line(f"warning: {warning}")
+
+
+@app.command()
+@command
+def history(
+    ctx: typer.Context,
+    out: Out,
+    n: Annotated[int, typer.Option("-n", "--limit", min=1, help="how many events, newest first")] = 20,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Past runs and operator actions, newest first."""
+    events = ctx.obj.store().history(limit=n)
+    if out.as_json:
+        out.json({"events": events})
+        return
+    if not events:
+        out.line("no history yet")
+        return
+    skip = {"at", "event", "by"}
+    out.table("history (newest first)", ["at", "event", "by", "details"],
+              [[e.get("at"), e.get("event"), e.get("by") or "",
+                " ".join(f"{k}={v}" for k, v in e.items() if k not in skip and v not in (None, "", [], {}))]
+               for e in events])
+
+
+# ---------------------------------------------------------------- operator actions
+
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
+ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
+
+
+@app.command("freeze")
+@command
+def freeze_cmd(
+    ctx: typer.Context,
+    out: Out,
+    reason: ReasonOpt,
+    for_: Annotated[Optional[str], typer.Option("--for", help="lift itself after this long: 90s, 15m, 6h, 7d")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="lift itself at this ISO time, e.g. 2026-12-01T06:00Z")] = None,
+    by: ByOpt = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Stop bumps until `unfreeze` (or until --for/--until passes). The current version keeps serving."""
+    duration = None
+    if for_ is not None:
+        try:
+            duration = parse_duration(for_)
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    result = ops.freeze(ctx.obj.store(), reason=reason, for_=duration, until=until, by=by)
+    if out.as_json:
+        out.json({"frozen": {"reason": result.reason, "by": result.by, "at": iso(result.at),
+                             "until": iso(result.until) if result.until else None}})
+    else:
+        out.line(f"frozen by {result.by}" + (f" until {iso(result.until)}" if result.until else " until `t3track unfreeze`")
+                 + f": {result.reason}")
+
+
+@app.command()
+@command
+def unfreeze(ctx: typer.Context, out: Out, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
+    """Resume bumps."""
+    was = ops.unfreeze(ctx.obj.store(), by=by)
+    if out.as_json:
+        out.json({"unfrozen": was is not None})
+    else:
+        out.line("unfrozen" if was else "was not frozen; nothing changed")
+
+
+@app.command("pin")
+@command
+def pin_cmd(
+    ctx: typer.Context,
+    out: Out,
+    version: Annotated[str, typer.Argument(help="exact version, e.g. 0.0.42")],
+    reason: ReasonOpt,
+    by: ByOpt = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Hold at one version instead of following the channel; the next run installs it through the gates."""
+    result = ops.pin(ctx.obj.store(), version, reason=reason, by=by)
+    if out.as_json:
+        out.json({"pinned": {"version": result.version, "reason": result.reason, "by": result.by, "at": iso(result.at)}})
+    else:
+        out.line(f"pinned {result.version}: {result.reason} (the next `t3track run` moves to it through the gates if it is not current)")
+
+
+@app.command()
+@command
+def unpin(ctx: typer.Context, out: Out, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
+    """Follow the channel again."""
+    was = ops.unpin(ctx.obj.store(), by=by)
+    if out.as_json:
+        out.json({"unpinned": was.version if was else None})
+    else:
+        out.line(f"unpinned {was.version}" if was else "was not pinned; nothing changed")
+
+
+@app.command("deny")
+@command
+def deny_cmd(
+    ctx: typer.Context,
+    out: Out,
+    version: Annotated[str, typer.Argument(help="exact version to never consider")],
+    reason: ReasonOpt,
+    by: ByOpt = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Never consider VERSION as a candidate."""
+    result = ops.deny(ctx.obj.store(), version, reason=reason, by=by)
+    if out.as_json:
+        out.json({"denied": {"version": result.version, "reason": result.reason, "at": iso(result.at)}})
+    else:
+        out.line(f"denied {result.version}: {result.reason}")
+
+
+@app.command("allow")
+@command
+def allow_cmd(
+    ctx: typer.Context,
+    out: Out,
+    version: Annotated[str, typer.Argument(help="a denied version to consider again")],
+    by: ByOpt = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Consider VERSION again (and forget its failure count)."""
+    was = ops.allow(ctx.obj.store(), version, by=by)
+    if out.as_json:
+        out.json({"allowed": version, "was_denied": was is not None})
+    else:
+        out.line(f"allowed {version}" if was else f"{version} was not denied; failure count cleared")
+
+
+# ---------------------------------------------------------------- config
+
+
+@config_app.command("check")
+@command
+def config_check(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
+    """Validate the config and the host (paths, npm, users); every problem listed, exit 2 if any."""
+    path = config_path(ctx.obj.config_file)
+    config = ctx.obj.config()  # file problems raise ConfigError with every path listed
+    problems = host_problems(config)
+    if out.as_json:
+        out.json({"config": str(path), "ok": not problems, "problems": problems})
+    else:
+        out.line(f"{path}: config is valid")
+        for problem in problems:
+            out.line(f"  - {problem}")
+        out.line("host: ok" if not problems else f"host: {len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(int(ExitCode.USAGE))
+
+
+# ---------------------------------------------------------------- the nightly flow and friends
+
+
+@app.command()
+@command
+def run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
+    """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
+    _not_built(out, "run", "swap/rollback")
+
+
+@app.command("dry-run")
+@command
+def dry_run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
+    """Resolve -> install -> gates, never swaps; says what `run` would do and why."""
+    _not_built(out, "dry-run", "resolve/install")
+
+
+@app.command()
+@command
+def adopt(ctx: typer.Context, out: Out, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
+          json_flag: JsonOpt = False) -> None:
+    """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
+    _not_built(out, "adopt", "swap/rollback")
+
+
+@app.command()
+@command
+def revert(
+    ctx: typer.Context,
+    out: Out,
+    to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
+    restore_state: Annotated[bool, typer.Option("--restore-state", help="also restore each user's database from the pre-swap snapshot")] = False,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
+    _not_built(out, "revert", "swap/rollback")
+
+
+@app.command("backup")
+@command
+def backup_cmd(
+    ctx: typer.Context,
+    out: Out,
+    user: Annotated[Optional[str], typer.Option("--user", help="only this user (default: every user)")] = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Online VACUUM INTO backup of each user's state, timeout-guarded, verified, pruned."""
+    _not_built(out, "backup", "backup")
+
+
+@app.command()
+@command
+def probe(
+    ctx: typer.Context,
+    out: Out,
+    url: Annotated[str, typer.Option("--url", help="the server, e.g. http://127.0.0.1:3773")],
+    base_dir: Annotated[Path, typer.Option("--base-dir", help="the server's base dir (to mint a pairing credential)")],
+    executable: Annotated[Optional[Path], typer.Option("--executable", help="the t3 executable that mints (default: root/current/<executable>)")] = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """The pairing handshake (mint -> credential -> cookie, replayed, one-time) against any running server."""
+    _not_built(out, "probe", "gates")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

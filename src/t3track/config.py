@@ -1,0 +1,282 @@
+"""The YAML config, validated by pydantic; every problem is reported with its path."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from t3track.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/t3track/config.yaml")
+CONFIG_ENV = "T3TRACK_CONFIG"
+GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90s`, `15m`, `6h`, `7d` (a bare integer is seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 15m, 6h or 7d")
+    if isinstance(value, int):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    raise ValueError(f"must be a duration such as 90s, 15m, 6h or 7d, not {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserConfig(_Strict):
+    name: str
+    base_dir: Path
+    port: int = Field(ge=1, le=65535)
+    run_as: str | None = None
+    front_door: str | None = None  # optional URL whose cookieless request must 302 with a t3_session cookie
+
+    @field_validator("name", "run_as")
+    @classmethod
+    def _user_name(cls, value: str | None) -> str | None:
+        if value is not None and not _USER_RE.match(value):
+            raise ValueError("must be a Linux user name (lowercase letters, digits, _ and -)")
+        return value
+
+    @field_validator("front_door")
+    @classmethod
+    def _loopback_only(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)", value):
+            raise ValueError("must be a loopback URL (http://127.0.0.1:PORT/...)")
+        return value
+
+
+class ServicesConfig(_Strict):
+    stop: list[str] = Field(default_factory=lambda: ["systemctl", "stop", "t3@{user}.service"], min_length=1)
+    start: list[str] = Field(default_factory=lambda: ["systemctl", "start", "t3@{user}.service"], min_length=1)
+    timeout: Duration = timedelta(seconds=60)
+
+
+class GatesConfig(_Strict):
+    order: list[str] = Field(default_factory=lambda: list(GATE_NAMES))
+    backup_max_age: Duration = timedelta(hours=26)
+    serve_timeout: Duration = timedelta(seconds=60)
+    probe_timeout: Duration = timedelta(seconds=10)
+    sessions_survive: bool = False
+    max_failures: int = Field(default=3, ge=1)
+
+    @field_validator("order")
+    @classmethod
+    def _known_gates(cls, value: list[str]) -> list[str]:
+        unknown = [g for g in value if g not in GATE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown gate(s) {', '.join(unknown)}; known: {', '.join(GATE_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a gate is listed twice")
+        return value
+
+
+class BackupConfig(_Strict):
+    timeout: Duration = timedelta(minutes=15)
+    keep: int = Field(default=7, ge=1)
+    keep_daily_days: int = Field(default=14, ge=0)
+
+
+class Config(_Strict):
+    package: str = "t3"
+    channel: str = "nightly"
+    registry: str | None = None
+    executable: str = "node_modules/.bin/t3"
+    root: Path = Path("/opt/t3")
+    state_dir: Path = Path("/var/lib/t3track")
+    backup_dir: Path = Path("/var/backups/t3track")
+    keep_versions: int = Field(default=3, ge=0)
+    min_release_age: Duration = timedelta(hours=6)
+    install_timeout: Duration = timedelta(minutes=10)
+    ignore_scripts: bool = True
+    users: list[UserConfig] = Field(default_factory=list)
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
+    verify_timeout: Duration = timedelta(seconds=60)
+    evidence_max_age: Duration = timedelta(days=30)
+
+    @field_validator("package")
+    @classmethod
+    def _package_name(cls, value: str) -> str:
+        if not re.match(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$", value):
+            raise ValueError("must be an npm package name such as t3 or @scope/name")
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if value == "preview":
+            raise ValueError("the preview channel is never tracked; use nightly")
+        if not re.match(r"^[a-z][a-z0-9-]*$", value):
+            raise ValueError("must be a dist-tag name such as nightly")
+        return value
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://", value):
+            raise ValueError("must be an http(s) URL")
+        return value if value is None or value.endswith("/") else value + "/"
+
+    @field_validator("executable")
+    @classmethod
+    def _relative_executable(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("must be a path relative to an install prefix, without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> "Config":
+        names = [u.name for u in self.users]
+        ports = [u.port for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("users: a user name is listed twice")
+        if len(set(ports)) != len(ports):
+            raise ValueError("users: two users share a port")
+        return self
+
+    def user(self, name: str) -> UserConfig:
+        for user in self.users:
+            if user.name == name:
+                return user
+        raise ConfigError(f"no user named {name!r} in the config",
+                          hint=f"known users: {', '.join(u.name for u in self.users) or 'none'}")
+
+    def executable_in(self, prefix: Path) -> Path:
+        return prefix / self.executable
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    if kind.startswith("int_"):
+        return "must be an integer"
+    if kind.startswith("bool"):
+        return "must be true or false"
+    if kind.startswith("list"):
+        return "must be a list"
+    if kind.startswith("string"):
+        return "must be a string"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    return [f"{_loc(tuple(e['loc']))}: {_message(e)}" for e in exc.errors()]
+
+
+def config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys", problems=["(top level): must be a mapping"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise ConfigError(f"{source} has {len(problems)} problem(s)", problems=problems,
+                          hint="fix the keys listed and run `t3track config check`") from None
+
+
+def load_config(explicit: Path | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist",
+                          hint=f"pass --config PATH, set ${CONFIG_ENV}, or create {DEFAULT_CONFIG_PATH}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}",
+                          problems=[f"(yaml){where}: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_config(data, str(path))
+
+
+def host_problems(config: Config) -> list[str]:
+    """Problems of the host rather than the file: missing dirs, npm, users' state."""
+    problems: list[str] = []
+    if shutil.which("npm") is None:
+        problems.append("npm: not found on PATH (t3track installs versions with npm)")
+    if shutil.which("node") is None:
+        problems.append("node: not found on PATH")
+    for key in ("root", "state_dir", "backup_dir"):
+        path: Path = getattr(config, key)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if path.exists() and not path.is_dir():
+            problems.append(f"{key}: {path} exists and is not a directory")
+        elif not os.access(probe, os.W_OK):
+            problems.append(f"{key}: {path} is not writable (nearest existing: {probe})")
+    current = config.root / "current"
+    if current.is_symlink() and not current.exists():
+        problems.append(f"root: {current} is a dangling symlink")
+    if not config.users:
+        problems.append("users: no users configured; nothing would be gated or verified")
+    for i, user in enumerate(config.users):
+        if not user.base_dir.is_dir():
+            problems.append(f"users[{i}].base_dir: {user.base_dir} does not exist")
+        elif not (user.base_dir / "userdata" / "state.sqlite").is_file():
+            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite under {user.base_dir}")
+        if user.run_as is not None:
+            import pwd
+            try:
+                pwd.getpwnam(user.run_as)
+            except KeyError:
+                problems.append(f"users[{i}].run_as: no such Linux user {user.run_as!r}")
+    for key in ("stop", "start"):
+        argv = getattr(config.services, key)
+        if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
+            problems.append(f"services.{key}: {argv[0]!r} not found")
+    return problems

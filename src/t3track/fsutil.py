@@ -1,0 +1,62 @@
+"""Durable, private file operations: atomic replace with fsync, private dirs and files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    if (path.stat().st_mode & 0o777) != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Write to a temporary file beside `path`, fsync it, rename over `path`, fsync the directory.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_text(path: Path, text: str, mode: int = PRIVATE_FILE) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line with O_APPEND (a single write, so lines never interleave) and fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

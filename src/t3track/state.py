@@ -1,0 +1,207 @@
+"""Control state in state_dir: state.json (atomic), history.jsonl (append-only) and the run lock."""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from t3track.errors import LockBusy, StateError
+from t3track.fsutil import append_line, atomic_write_text, ensure_private_dir
+
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.jsonl"
+LOCK_FILE = "lock"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def operator_name() -> str:
+    for var in ("SUDO_USER", "LOGNAME", "USER"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return f"uid{os.getuid()}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Pin(_Model):
+    version: str
+    reason: str
+    by: str
+    at: datetime
+
+
+class Freeze(_Model):
+    reason: str
+    by: str
+    at: datetime
+    until: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.until is not None and now >= self.until
+
+
+class Denial(_Model):
+    version: str
+    reason: str
+    gate: str | None = None
+    at: datetime
+    by: str | None = None
+    evidence: str | None = None
+    fingerprint: str | None = None
+
+
+class LastRun(_Model):
+    at: datetime
+    outcome: str
+    candidate: str | None = None
+    exit_code: int
+    run_id: str | None = None
+
+
+class State(_Model):
+    schema_version: int = 1
+    current: str | None = None
+    previous: str | None = None
+    pinned: Pin | None = None
+    frozen: Freeze | None = None
+    denied: list[Denial] = Field(default_factory=list)
+    first_seen: dict[str, datetime] = Field(default_factory=dict)
+    failures: dict[str, int] = Field(default_factory=dict)  # version -> consecutive gate failures
+    last_run: LastRun | None = None
+
+    def denial(self, version: str) -> Denial | None:
+        return next((d for d in self.denied if d.version == version), None)
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    at: str
+    event: str
+    by: str | None
+    data: dict[str, Any]
+
+
+class StateStore:
+    """All reads and writes of state_dir go through here."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / HISTORY_FILE
+
+    def ensure(self) -> None:
+        try:
+            ensure_private_dir(self.dir)
+        except OSError as exc:
+            raise StateError(f"cannot create state_dir {self.dir}: {exc.strerror}",
+                             hint="check the path and permissions of state_dir in the config") from None
+
+    def load(self) -> State:
+        try:
+            text = self.state_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise StateError(f"cannot read {self.state_path}: {exc.strerror}",
+                             hint="check its permissions; t3track never replaces a state file it cannot read") from None
+        try:
+            return State.model_validate(json.loads(text))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise StateError(
+                f"{self.state_path} is corrupt ({exc.__class__.__name__}); t3track will not overwrite it",
+                hint=f"inspect it, restore it from a copy, or move it aside (mv {self.state_path} "
+                f"{self.state_path}.bad) and run `t3track adopt VERSION` to start again; "
+                f"{self.history_path} still lists what happened",
+            ) from None
+
+    def save(self, state: State) -> None:
+        self.ensure()
+        atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
+
+    def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
+        """Append one history line: {at, event, by, ...data}."""
+        self.ensure()
+        entry = HistoryEvent(at=iso(utcnow()), event=event, by=by, data=data)
+        line = json.dumps({"at": entry.at, "event": event, "by": by, **data}, default=str, sort_keys=False)
+        append_line(self.history_path, line)
+        return entry
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first. A torn last line (a crash mid-write) is skipped, never fatal."""
+        try:
+            lines = self.history_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in reversed(lines):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+            if limit is not None and len(events) >= limit:
+                break
+        return events
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Non-blocking exclusive flock on state_dir/lock; the holder's pid is written into it."""
+        self.ensure()
+        path = self.dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                raise LockBusy(
+                    f"another t3track holds {path}" + (f" (pid {holder})" if holder else ""),
+                    holder_pid=holder,
+                    hint="wait for it to finish; the nightly run can take several minutes",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
