@@ -1,0 +1,148 @@
+"""The operator commands, run through the real CLI against a temporary state_dir."""
+
+import json
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from t3track.cli import app
+from t3track.state import Freeze, State, StateStore
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+root: {tmp_path / 'root'}
+state_dir: {tmp_path / 'state'}
+backup_dir: {tmp_path / 'backups'}
+users:
+  - {{name: alice, base_dir: {tmp_path / 'alice'}, port: 3773}}
+""")
+    monkeypatch.setenv("T3TRACK_CONFIG", str(path))
+    monkeypatch.setenv("SUDO_USER", "opsperson")
+    return tmp_path
+
+
+def t3(*args):
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def history(tmp_path):
+    return [json.loads(l) for l in (tmp_path / "state" / "history.jsonl").read_text().splitlines()]
+
+
+def test_help_lists_every_command_of_the_spec_and_the_exit_codes():
+    out = t3("--help").output
+    for name in ["run", "dry-run", "status", "history", "freeze", "unfreeze", "pin", "unpin", "deny", "allow",
+                 "adopt", "revert", "backup", "probe", "config"]:
+        assert f"  {name} " in out or f"  {name}\n" in out, name
+    for code in ["0", "1", "2", "3", "4", "75"]:
+        assert f" {code}  " in out
+
+
+def test_freeze_records_who_why_and_until(cfg):
+    assert t3("freeze", "--reason", "holiday week", "--for", "7d").exit_code == 0
+    state = json.loads((cfg / "state" / "state.json").read_text())
+    assert state["frozen"]["reason"] == "holiday week" and state["frozen"]["by"] == "opsperson"
+    until = datetime.fromisoformat(state["frozen"]["until"].replace("Z", "+00:00"))
+    assert timedelta(days=6, hours=23) < until - datetime.now(timezone.utc) <= timedelta(days=7)
+    assert history(cfg)[-1]["event"] == "freeze" and history(cfg)[-1]["by"] == "opsperson"
+    assert stat.S_IMODE((cfg / "state" / "state.json").stat().st_mode) == 0o600
+
+
+def test_freeze_with_both_for_and_until_is_a_usage_error_and_changes_nothing(cfg):
+    result = t3("freeze", "--reason", "x", "--for", "1d", "--until", "2030-01-01")
+    assert result.exit_code == 2
+    assert not (cfg / "state" / "state.json").exists()
+
+
+def test_an_expired_freeze_is_not_shown_as_frozen(cfg):
+    store = StateStore(cfg / "state")
+    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    store.save(State(frozen=Freeze(reason="old", by="x", at=past, until=past + timedelta(hours=1))))
+    doc = json.loads(t3("--json", "status").output)
+    assert doc["frozen"] is None
+
+
+def test_unfreeze_lifts_and_records(cfg):
+    t3("freeze", "--reason", "x")
+    assert t3("unfreeze").exit_code == 0
+    assert json.loads((cfg / "state" / "state.json").read_text())["frozen"] is None
+    assert history(cfg)[-1]["event"] == "unfreeze"
+
+
+def test_pin_and_unpin(cfg):
+    assert t3("pin", "0.0.42", "--reason", "known good").exit_code == 0
+    doc = json.loads(t3("status", "--json").output)
+    assert doc["pinned"]["version"] == "0.0.42" and doc["pinned"]["reason"] == "known good"
+    assert t3("unpin").exit_code == 0
+    assert json.loads(t3("status", "--json").output)["pinned"] is None
+    assert [e["event"] for e in history(cfg)] == ["pin", "unpin"]
+
+
+@pytest.mark.parametrize("bad", ["1.0; rm -rf /", "latest", "v1"])
+def test_bad_versions_are_refused_with_exit_2_and_nothing_written(cfg, bad):
+    for args in (["pin", bad, "--reason", "x"], ["deny", bad, "--reason", "x"], ["allow", bad]):
+        result = t3(*args)
+        assert result.exit_code == 2
+        assert "not a valid SemVer version" in result.output
+    assert not (cfg / "state").exists()
+
+
+def test_deny_and_allow(cfg):
+    assert t3("deny", "0.0.43-nightly.20261101.3001", "--reason", "breaks pairing").exit_code == 0
+    doc = json.loads(t3("status", "--json").output)
+    assert doc["denied"][0]["version"] == "0.0.43-nightly.20261101.3001"
+    assert doc["denied"][0]["reason"] == "breaks pairing"
+    assert t3("allow", "0.0.43-nightly.20261101.3001").exit_code == 0
+    assert json.loads(t3("status", "--json").output)["denied"] == []
+
+
+def test_status_json_has_the_fields_of_the_spec(cfg):
+    doc = json.loads(t3("status", "--json").output)
+    for key in ["current", "previous", "channel", "pinned", "frozen", "denied", "last_run", "installed", "users"]:
+        assert key in doc
+    assert doc["users"] == [{"name": "alice", "port": 3773, "backup_age_s": None, "backup": None}]
+
+
+def test_history_json_newest_first_with_limit(cfg):
+    t3("freeze", "--reason", "a")
+    t3("unfreeze")
+    t3("pin", "0.0.42", "--reason", "b")
+    doc = json.loads(t3("history", "-n", "2", "--json").output)
+    assert [e["event"] for e in doc["events"]] == ["pin", "unfreeze"]
+
+
+def test_operator_change_while_a_run_holds_the_lock_exits_75(cfg):
+    store = StateStore(cfg / "state")
+    with store.lock():
+        result = t3("freeze", "--reason", "x")
+    assert result.exit_code == 75
+
+
+def test_corrupt_state_exits_4_and_is_left_alone(cfg):
+    (cfg / "state").mkdir(mode=0o700)
+    (cfg / "state" / "state.json").write_text("garbage")
+    result = t3("status")
+    assert result.exit_code == 4
+    assert "corrupt" in result.output
+    assert (cfg / "state" / "state.json").read_text() == "garbage"
+
+
+def test_bad_config_lists_every_problem_and_exits_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("users:\n  - {name: alice, base_dir: /a, port: 70000}\nfoo: 1\n")
+    result = t3("--config", str(path), "config", "check")
+    assert result.exit_code == 2
+    assert "users[0].port" in result.output and "foo: unknown key" in result.output
+
+
+def test_config_check_lists_host_problems(cfg):
+    result = t3("config", "check", "--json")
+    assert result.exit_code == 2
+    doc = json.loads(result.output)
+    assert any("users[0].base_dir" in p for p in doc["problems"])

@@ -1,0 +1,59 @@
+import os
+import sys
+import time
+
+from t3track import runner
+from t3track.redact import MASK, redact
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); open({str(marker)!r},'w').write(str(p.pid)); time.sleep(60)"
+    result = runner.run([sys.executable, "-c", script], timeout=2)
+    assert result.timed_out and result.returncode is None
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(grandchild):
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_output_is_captured_and_redacted_on_request():
+    result = runner.run([sys.executable, "-c", "print('Token: ABCDEFGH2345'); print('ok')"], timeout=10)
+    assert result.ok
+    assert "ABCDEFGH2345" not in result.redacted_output()
+    assert "ok" in result.redacted_output()
+
+
+def test_background_stop_kills_the_group(tmp_path):
+    bg = runner.start([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"],
+                      log_path=tmp_path / "log")
+    assert bg.alive()
+    bg.stop()
+    assert not bg.alive()
+    assert oct(os.stat(tmp_path / "log").st_mode & 0o777) == "0o600"
+
+
+def test_redaction_covers_every_secret_shape():
+    text = "\n".join([
+        "Token: ABCDEFGH2345",
+        "Pairing URL: http://127.0.0.1:3773/pair#token=ABCDEFGH2345",
+        '{"credential": "s3cr3t-cred"}',
+        "Set-Cookie: t3_session_3773_abcd=eyJhbGciOi.xyz; Path=/; HttpOnly",
+        "cookie t3_session=abcdef123456",
+        "Authorization: Bearer abc.def.ghi",
+        "//127.0.0.1:4873/:_authToken=npm_secret",
+    ])
+    out = redact(text, secrets=["extra-secret-value"])
+    for secret in ["ABCDEFGH2345", "s3cr3t-cred", "eyJhbGciOi", "abcdef123456", "abc.def.ghi", "npm_secret"]:
+        assert secret not in out
+    assert out.count(MASK) >= 7
+    assert redact("the extra-secret-value here", ["extra-secret-value"]) == f"the {MASK} here"
