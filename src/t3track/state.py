@@ -90,6 +90,8 @@ class State(_Model):
     first_seen: dict[str, datetime] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict)  # version -> consecutive gate failures
     last_run: LastRun | None = None
+    # snapshots taken just before the swap into `current`: what `revert --restore-state` restores
+    current_snapshot: str | None = None
 
     def denial(self, version: str) -> Denial | None:
         return next((d for d in self.denied if d.version == version), None)

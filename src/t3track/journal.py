@@ -1,0 +1,81 @@
+"""The swap journal: written atomically before each phase, so a killed run can be finished or undone.
+
+A journal on disk means a swap (or a rollback) did not finish. The next run reads it first.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from t3track.errors import CriticalError
+from t3track.fsutil import atomic_write_text, fsync_dir
+from t3track.state import StateStore, utcnow
+
+JOURNAL_FILE = "journal.json"
+
+
+class Phase(str, Enum):
+    PLANNED = "planned"            # nothing touched yet
+    STOPPING = "stopping"          # servers being stopped
+    SNAPSHOTTED = "snapshotted"    # every pre-swap snapshot is complete
+    FLIPPED = "flipped"            # root/current points at the candidate
+    STARTED = "started"            # candidate servers started, live check running
+    VERIFIED = "verified"          # live check passed; only bookkeeping left
+    ROLLING_BACK = "rolling_back"  # undoing: stop, flip back, restore, start, verify old
+
+
+class Journal(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    kind: str = "swap"             # swap | revert | adopt | drill
+    from_version: str | None
+    to_version: str
+    phase: Phase
+    snapshot_dir: str | None = None
+    rollback_reason: str | None = None
+    restore_from: str | None = None  # revert --restore-state: snapshots to restore before starting
+    started_at: datetime
+    updated_at: datetime
+
+
+def journal_path(store: StateStore) -> Path:
+    return store.dir / JOURNAL_FILE
+
+
+def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Journal:
+    if phase is not None:
+        journal.phase = phase
+    journal.updated_at = utcnow()
+    store.ensure()
+    atomic_write_text(journal_path(store), journal.model_dump_json(indent=2) + "\n")
+    return journal
+
+
+def read(store: StateStore) -> Journal | None:
+    path = journal_path(store)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return Journal.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError):
+        raise CriticalError(
+            f"the swap journal {path} is unreadable; a swap was interrupted and cannot be recovered automatically",
+            hint=f"check `readlink {path.parent}/../current`-style state by hand (see runbooks/t3-version-bump.md, "
+            f"manual rollback), then move {path} aside and run `t3track run` again",
+        ) from None
+
+
+def remove(store: StateStore) -> None:
+    try:
+        journal_path(store).unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(store.dir)
