@@ -354,7 +354,25 @@ def backup_cmd(
     json_flag: JsonOpt = False,
 ) -> None:
     """Online VACUUM INTO backup of each user's state, timeout-guarded, verified, pruned."""
-    _not_built(out, "backup", "backup")
+    from t3track.backup import backup_all
+
+    results = backup_all(ctx.obj.config(), only_user=user, progress=out.info)
+    failed = [r for r in results if not r.ok]
+    code = ExitCode.ENVIRONMENT if failed else ExitCode.OK
+    if out.as_json:
+        out.json({"ok": not failed, "exit_code": int(code), "users": [r.to_json() for r in results]})
+    for r in results:
+        if r.ok and r.backup:
+            sizes = ", ".join(f"{name} {f['size'] / 1e6:.1f} MB" for name, f in r.backup.files.items())
+            out.line(f"{r.user}: {r.backup.path} ({sizes}) in {r.duration_s:.1f}s"
+                     + (f"; pruned {len(r.pruned)} old backup(s)" if r.pruned else ""))
+    for r in failed:
+        out.error(r.error or f"{r.user}: backup failed")
+        if r.hint:
+            out.err.print(f"  next: {r.hint}", markup=False)
+    if failed:
+        out.error(f"backup failed for {', '.join(r.user for r in failed)}")
+        raise typer.Exit(int(code))
 
 
 @app.command()
