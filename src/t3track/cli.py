@@ -386,7 +386,26 @@ def probe(
     json_flag: JsonOpt = False,
 ) -> None:
     """The pairing handshake (mint -> credential -> cookie, replayed, one-time) against any running server."""
-    _not_built(out, "probe", "gates")
+    from t3track import probe as probe_mod
+
+    timeout = probe_mod.DEFAULT_TIMEOUT_S
+    if executable is None:  # only then is the config needed
+        config = ctx.obj.config()
+        executable = config.executable_in(config.root / "current")
+        timeout = config.gates.probe_timeout.total_seconds()
+    result = probe_mod.pairing_probe(url, base_dir, executable, timeout=timeout)
+    if out.as_json:
+        out.json(result.to_json())
+    else:
+        for step in result.steps:
+            status = f" {step.status}" if step.status is not None else ""
+            out.line(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9}{status}  {step.detail}")
+        if result.ok:
+            out.line(f"pairing probe passed: {result.detail}")
+    if not result.ok:
+        status = f" (HTTP {result.status})" if result.status is not None else ""
+        out.error(f"pairing probe failed at step {result.step}{status}: {result.detail}")
+        raise typer.Exit(int(ExitCode.REFUSED))
 
 
 def main() -> None:

@@ -1,0 +1,277 @@
+"""The pairing probe: every step of the handshake, what makes each one fail, and that no secret leaks.
+
+Unit tests drive the HTTP side through respx and mint with a tiny script; the real 0.0.42 server and
+the emulators prove the same code against servers that actually run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from typer.testing import CliRunner
+
+from real_t3 import files_containing, real_t3, secret_spy, serving  # noqa: F401  (fixtures)
+from t3track import probe
+from t3track.cli import app
+from t3track.errors import UsageError
+
+URL = "http://127.0.0.1:38773"
+CREDENTIAL = "PGH54ZK8TXMA"
+COOKIE_NAME = "t3_session_38773_d03213e4ea74"
+COOKIE_VALUE = "eyJ2IjoxLCJzaWQiOiJhYmMifQ.signature-value"
+
+
+def minter(tmp_path: Path, credential: str | None = CREDENTIAL, exit_code: int = 0) -> Path:
+    """An executable that answers `auth pairing create ... --json` like T3 Code does."""
+    script = tmp_path / "t3"
+    doc = json.dumps({"id": "x", "credential": credential, "scopes": [], "expiresAt": "2026-01-01T00:00:00Z"})
+    script.write_text(f"#!{sys.executable}\nimport sys\nprint({doc!r})\nsys.exit({exit_code})\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+class FakeT3:
+    """Era B by default, as respx routes; flags break one contract point each."""
+
+    def __init__(self, router: respx.MockRouter, *, era: str = "B", set_cookie: bool = True,
+                 cookie_name: str | None = None, reusable: bool = False, exchange_status: int = 200,
+                 replay_ok: bool = True, echo_credential: bool = False):
+        self.era, self.used, self.set_cookie, self.reusable = era, set(), set_cookie, reusable
+        self.exchange_status, self.replay_ok, self.echo = exchange_status, replay_ok, echo_credential
+        self.name = cookie_name or (COOKIE_NAME if era == "B" else "t3_session")
+        self.calls: list[str] = []
+        router.get(f"{URL}/api/auth/session").mock(side_effect=self.session)
+        router.post(f"{URL}/api/auth/browser-session").mock(side_effect=self.exchange("/api/auth/browser-session"))
+        router.post(f"{URL}/api/auth/bootstrap").mock(side_effect=self.exchange("/api/auth/bootstrap"))
+
+    def session(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(f"GET {request.url.path}")
+        authed = f"{self.name}={COOKIE_VALUE}" in request.headers.get("cookie", "") and self.replay_ok
+        body: dict = {"authenticated": authed}
+        if self.era == "B":
+            body["auth"] = {"sessionCookieName": COOKIE_NAME}
+        return httpx.Response(200, json=body)
+
+    def exchange(self, path: str):  # noqa: ANN201
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.calls.append(f"POST {path}")
+            mine = "/api/auth/browser-session" if self.era == "B" else "/api/auth/bootstrap"
+            if path != mine:
+                return httpx.Response(404)
+            credential = json.loads(request.content).get("credential")
+            if self.exchange_status != 200:
+                text = f"nope for {credential}" if self.echo else "nope"
+                return httpx.Response(self.exchange_status, json={"code": "auth_invalid", "reason": text})
+            if credential in self.used and not self.reusable:
+                return httpx.Response(401, json={"code": "auth_invalid", "reason": "invalid_credential"})
+            self.used.add(credential)
+            headers = [("set-cookie", f"{self.name}={COOKIE_VALUE}; Path=/; HttpOnly; SameSite=Lax")] if self.set_cookie else []
+            return httpx.Response(200, json={"authenticated": True}, headers=headers)
+        return answer
+
+
+def run_probe(tmp_path: Path, **kwargs) -> probe.ProbeResult:  # noqa: ANN003
+    executable = kwargs.pop("executable", None) or minter(tmp_path)
+    return probe.pairing_probe(URL, tmp_path / "base", executable, timeout=5, **kwargs)
+
+
+# ---------------------------------------------------------------- the handshake, step by step
+
+
+def test_era_b_handshake_passes_with_the_cookie_name_the_server_announces(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        fake = FakeT3(router)
+        result = run_probe(tmp_path)
+    assert result.ok and result.step == "done"
+    assert result.cookie_name == COOKIE_NAME
+    assert result.exchange_path == "/api/auth/browser-session"
+    assert [s.name for s in result.steps] == ["session", "mint", "exchange", "cookie", "replay", "one-time"]
+    assert "POST /api/auth/bootstrap" not in fake.calls
+
+
+def test_era_a_is_reached_through_bootstrap_after_a_404(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        fake = FakeT3(router, era="A")
+        result = run_probe(tmp_path)
+    assert result.ok
+    assert result.cookie_name == "t3_session"  # no auth.sessionCookieName in the answer
+    assert result.exchange_path == "/api/auth/bootstrap"
+    assert fake.calls.count("POST /api/auth/browser-session") == 1
+
+
+def test_bootstrap_is_not_tried_when_browser_session_refuses_with_401(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        fake = FakeT3(router, exchange_status=401)
+        result = run_probe(tmp_path)
+    assert not result.ok
+    assert (result.step, result.status, result.kind) == ("exchange", 401, "HTTPStatus")
+    assert "POST /api/auth/bootstrap" not in fake.calls
+    assert result.fingerprint() == "pairing-probe:exchange:401:HTTPStatus"
+
+
+def test_authenticated_answer_without_set_cookie_fails_at_the_cookie_step(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, set_cookie=False)
+        result = run_probe(tmp_path)
+    assert (result.ok, result.step, result.kind) == (False, "cookie", "MissingCookie")
+    assert "7756" in result.detail
+
+
+def test_a_cookie_with_another_name_fails_at_the_cookie_step_naming_both(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, cookie_name="session")
+        result = run_probe(tmp_path)
+    assert (result.step, result.kind) == ("cookie", "WrongCookieName")
+    assert "session" in result.detail and COOKIE_NAME in result.detail
+    assert COOKIE_VALUE not in result.detail
+
+
+def test_a_cookie_the_server_does_not_accept_back_fails_at_replay(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, replay_ok=False)
+        result = run_probe(tmp_path)
+    assert (result.step, result.status, result.kind) == ("replay", 200, "CookieNotAccepted")
+
+
+def test_a_credential_that_works_twice_fails_at_one_time(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, reusable=True)
+        result = run_probe(tmp_path)
+    assert (result.step, result.status, result.kind) == ("one-time", 200, "CredentialReusable")
+
+
+def test_a_server_that_is_not_listening_fails_at_the_first_step(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{URL}/api/auth/session").mock(side_effect=httpx.ConnectError("refused"))
+        result = run_probe(tmp_path)
+    assert (result.step, result.status, result.kind) == ("session", None, "ConnectError")
+    assert result.steps[-1].name == "session" and not result.steps[-1].ok
+
+
+# ---------------------------------------------------------------- minting
+
+
+def test_mint_failure_falls_back_to_the_startup_token(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router)
+        result = run_probe(tmp_path, executable=minter(tmp_path, credential=None, exit_code=1),
+                           token_fallback=lambda: "STARTUPTOKEN1")
+    assert result.ok
+    mint = next(s for s in result.steps if s.name == "mint")
+    assert "startup token" in mint.detail
+
+
+def test_mint_failure_without_a_token_fails_at_mint(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        fake = FakeT3(router)
+        result = run_probe(tmp_path, executable=tmp_path / "missing-t3", token_fallback=lambda: None)
+    assert (result.ok, result.step, result.kind) == (False, "mint", "MintFailed")
+    assert not any(call.startswith("POST") for call in fake.calls)
+
+
+def test_the_mint_command_is_the_contract_argv(tmp_path, monkeypatch):
+    seen = []
+    from t3track import runner
+
+    def fake_run(argv, **kwargs):  # noqa: ANN001, ANN003
+        seen.append([os.fspath(a) for a in argv])
+        return runner.Completed([], 0, json.dumps({"credential": CREDENTIAL}), "", 0.1)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router)
+        assert run_probe(tmp_path, executable=Path("/opt/t3/current/t3")).ok
+    assert seen == [["/opt/t3/current/t3", "auth", "pairing", "create", "--base-dir", str(tmp_path / "base"),
+                     "--ttl", "5m", "--json"]]
+
+
+# ---------------------------------------------------------------- secrets and scope
+
+
+def test_a_credential_echoed_in_an_error_body_is_redacted(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, exchange_status=403, echo_credential=True)
+        result = run_probe(tmp_path)
+    assert result.step == "exchange"
+    assert "nope for" in result.detail
+    assert CREDENTIAL not in json.dumps(result.to_json())
+
+
+def test_a_non_loopback_url_is_refused_before_connecting(tmp_path):
+    with respx.mock() as router:  # any request would fail the test: no route matches
+        with pytest.raises(UsageError):
+            probe.pairing_probe("http://10.1.2.3:3773", tmp_path, minter(tmp_path), timeout=5)
+        with pytest.raises(UsageError):
+            probe.server_version("http://example.com", timeout=5)
+        assert not router.calls
+
+
+def test_server_version_reads_the_well_known_document():
+    with respx.mock() as router:
+        router.get(f"{URL}/.well-known/t3/environment").mock(
+            return_value=httpx.Response(200, json={"serverVersion": "0.0.42", "environmentId": "x"}))
+        assert probe.server_version(URL, timeout=5) == "0.0.42"
+
+
+def test_server_version_is_none_when_the_server_does_not_answer_json():
+    with respx.mock() as router:
+        router.get(f"{URL}/.well-known/t3/environment").mock(return_value=httpx.Response(200, text="<html>"))
+        assert probe.server_version(URL, timeout=5) is None
+
+
+def test_front_door_passes_on_302_with_a_session_cookie():
+    with respx.mock() as router:
+        router.get(f"{URL}/").mock(return_value=httpx.Response(
+            302, headers=[("location", "/"), ("set-cookie", f"t3_session={COOKIE_VALUE}; Path=/")]))
+        result = probe.front_door_check(f"{URL}/", timeout=5)
+    assert result.ok and result.cookie_name == "t3_session"
+    assert COOKIE_VALUE not in json.dumps(result.to_json())
+
+
+def test_front_door_answering_200_fails():
+    with respx.mock() as router:
+        router.get(f"{URL}/").mock(return_value=httpx.Response(200, text="<html>app</html>"))
+        result = probe.front_door_check(f"{URL}/", timeout=5)
+    assert (result.ok, result.step, result.status) == (False, "front-door", 200)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_probe_command_refuses_a_remote_url_with_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["probe", "--url", "http://192.0.2.1:3773", "--base-dir", str(tmp_path),
+                                      "--executable", str(minter(tmp_path))])
+    assert result.exit_code == 2
+    assert "loopback" in result.output
+
+
+def test_probe_command_fails_with_exit_1_naming_the_step_and_status(tmp_path):
+    with respx.mock(assert_all_called=False) as router:
+        FakeT3(router, set_cookie=False)
+        result = CliRunner().invoke(app, ["probe", "--url", URL, "--base-dir", str(tmp_path),
+                                          "--executable", str(minter(tmp_path))])
+    assert result.exit_code == 1
+    assert "cookie" in result.output and "200" in result.output
+    assert CREDENTIAL not in result.output
+
+
+@pytest.mark.real_server
+def test_probe_command_passes_against_a_real_server(real_t3, secret_spy, tmp_path):  # noqa: F811
+    with serving(real_t3, tmp_path / "base") as url:
+        result = CliRunner().invoke(app, ["probe", "--json", "--url", url, "--base-dir", str(tmp_path / "base"),
+                                          "--executable", str(real_t3)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["step"] == "done"
+    assert doc["exchange_path"] == "/api/auth/browser-session"
+    assert doc["cookie_name"].startswith("t3_session_")
+    assert [s["status"] for s in doc["steps"] if s["name"] == "one-time"] == [401]
+    assert len(secret_spy.values) >= 2  # the credential and the cookie value were seen ...
+    assert not [v for v in secret_spy.values if v in result.output]  # ... and never printed
