@@ -1,0 +1,278 @@
+"""Side-by-side installs: `npm install` into root/versions/<v>.partial, verify, rename into place.
+
+Nothing half-done ever carries a version's name: an install is built under `<v>.partial` and
+renamed to `<v>` only once npm succeeded and the installed package.json version, the tarball's
+sha512 against the packument's dist.integrity, package-lock.json's record and the executable all
+check out. A tampered artefact raises IntegrityError (the version is refused, exit 1); npm failing
+or timing out raises EnvironmentFault (exit 3). Either way root/versions holds no partial.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from t3track import runner, versions
+from t3track.config import Config
+from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
+from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from t3track.registry import VersionInfo, registry_token
+from t3track.state import State
+
+PARTIAL_SUFFIX = ".partial"
+REMOVING_SUFFIX = ".removing"
+INSTALL_DIR_MODE = 0o755  # the users' servers run the installed executable: readable by them
+
+
+class IntegrityError(T3TrackError):
+    """The artefact is not what the registry published: refuse this version (exit 1)."""
+
+    exit_code = ExitCode.REFUSED
+
+    def __init__(self, message: str, *, version: str, check: str, hint: str | None = None):
+        super().__init__(message, hint=hint or f"do not install {version}; `t3track deny {version}` keeps it out")
+        self.version = version
+        self.check = check  # tarball-integrity | lockfile-integrity | package-version | executable
+
+
+class TarballSource(Protocol):
+    def tarball(self, url: str) -> bytes: ...
+
+
+def versions_dir(config: Config) -> Path:
+    return config.root / "versions"
+
+
+def installed_prefix(config: Config, version: str) -> Path:
+    return versions_dir(config) / versions.require_valid(version)
+
+
+def installed_versions(config: Config) -> list[str]:
+    """Complete installs under root/versions (names that are versions), oldest first."""
+    try:
+        names = [p.name for p in versions_dir(config).iterdir() if p.is_dir() and not p.is_symlink()]
+    except FileNotFoundError:
+        return []
+    return sorted((n for n in names if versions.is_valid(n)), key=versions.sort_key)
+
+
+def sri_sha512(data: bytes) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+
+def sha512_of(integrity: str | None) -> str | None:
+    """The sha512 entry of an SRI string (it may list several hashes), or None."""
+    for token in (integrity or "").split():
+        if token.startswith("sha512-"):
+            return token
+    return None
+
+
+def ensure_installed(
+    config: Config,
+    version: str,
+    packument_version: VersionInfo,
+    *,
+    registry_url: str,
+    client: TarballSource,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """root/versions/<version>, installed and verified (an existing verified install is reused)."""
+    versions.require_valid(version)
+    say = progress or (lambda _message: None)
+    expected = sha512_of(packument_version.integrity)
+    if expected is None:
+        raise IntegrityError(f"the registry publishes no sha512 dist.integrity for {config.package}@{version}",
+                             version=version, check="tarball-integrity",
+                             hint="t3track installs only tarballs it can verify")
+    final = installed_prefix(config, version)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    if final.is_dir():
+        try:
+            _verify_tree(config, version, final, expected)
+            say(f"{version} is already installed and verified")
+            return final
+        except IntegrityError as exc:
+            _discard_bad_install(config, final, partial, exc)
+            say(f"the existing install of {version} failed verification ({exc.check}); installing again")
+    # A tampered tarball is refused before anything is written under root.
+    say(f"checking the tarball of {version} against dist.integrity")
+    actual = sri_sha512(client.tarball(packument_version.tarball))
+    if actual != expected:
+        raise IntegrityError(
+            f"the tarball of {config.package}@{version} ({packument_version.tarball}) does not match the "
+            f"registry's dist.integrity: {actual[:23]}… != {expected[:23]}…",
+            version=version, check="tarball-integrity")
+    _prepare_versions_dir(config)
+    _remove_tree(partial)
+
+    try:
+        partial.mkdir(mode=INSTALL_DIR_MODE)
+        say(f"npm install {config.package}@{version}")
+        _npm_install(config, version, partial, registry_url)
+        _verify_tree(config, version, partial, expected)
+        _fsync_tree(partial)
+        os.rename(partial, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        _remove_tree(partial)
+        raise
+    say(f"installed {version} at {final}")
+    return final
+
+
+def _npm_install(config: Config, version: str, prefix: Path, registry_url: str) -> None:
+    argv = [
+        "npm", "install",
+        "--prefix", str(prefix),
+        "--save-exact",
+        "--registry", registry_url,
+        "--userconfig", str(write_npmrc(config, registry_url)),
+        "--cache", str(ensure_private_dir(config.state_dir / "npm-cache")),
+        "--logs-dir", str(ensure_private_dir(config.state_dir / "npm-logs")),
+        "--no-audit", "--no-fund", "--no-update-notifier",
+    ]
+    if config.ignore_scripts:
+        argv.append("--ignore-scripts")
+    argv.append(f"{config.package}@{version}")
+    timeout = config.install_timeout.total_seconds()
+    done = runner.run(argv, timeout=timeout, env=_npm_env(), cwd=prefix)
+    if done.timed_out:
+        raise EnvironmentFault(f"npm install of {config.package}@{version} timed out after {timeout:.0f}s",
+                               hint="check the registry and the network; raise install_timeout if installs are slow")
+    if not done.ok:
+        output = done.redacted_output(tail_lines=15)
+        if "EINTEGRITY" in output:
+            raise IntegrityError(f"npm refused {config.package}@{version}: integrity check failed:\n{output}",
+                                 version=version, check="tarball-integrity")
+        raise EnvironmentFault(f"npm install of {config.package}@{version} failed: {done.describe()}",
+                               hint=f"npm's logs are in {config.state_dir / 'npm-logs'}")
+
+
+def write_npmrc(config: Config, registry_url: str) -> Path:
+    """t3track's own npm userconfig (0600): a stray ~/.npmrc cannot change what is installed, and
+    the registry token reaches npm through this file, never argv or the environment."""
+    ensure_private_dir(config.state_dir)
+    lines = [f"registry={registry_url}"]
+    token = registry_token()
+    if token:
+        parts = urlsplit(registry_url)
+        lines.append(f"//{parts.netloc}{parts.path or '/'}:_authToken={token}")
+    path = config.state_dir / "npmrc"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _npm_env() -> dict[str, str]:
+    """The caller's environment minus npm settings and tokens (flags and the userconfig rule)."""
+    drop = {v.lower() for v in ("T3TRACK_NPM_TOKEN", "NPM_TOKEN", "NODE_AUTH_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_") and k.lower() not in drop}
+    env["NO_UPDATE_NOTIFIER"] = "1"
+    return env
+
+
+def _verify_tree(config: Config, version: str, prefix: Path, expected: str) -> None:
+    """The installed package is `version`, npm recorded the published integrity, the executable exists."""
+    manifest_path = prefix / "node_modules" / config.package / "package.json"
+    manifest = _read_json(manifest_path)
+    installed = manifest.get("version") if manifest else None
+    if installed != version or manifest.get("name") != config.package:
+        raise IntegrityError(f"{manifest_path} says {manifest.get('name') if manifest else None}@{installed}, "
+                             f"not {config.package}@{version}", version=version, check="package-version")
+    lock = _read_json(prefix / "package-lock.json")
+    entry = (lock.get("packages") or {}).get(f"node_modules/{config.package}") if lock else None
+    recorded = sha512_of(entry.get("integrity")) if isinstance(entry, dict) else None
+    if recorded != expected:
+        raise IntegrityError(
+            f"package-lock.json in {prefix} records integrity {str(recorded)[:23]}… for {config.package}@{version}, "
+            f"the registry publishes {expected[:23]}…", version=version, check="lockfile-integrity")
+    executable = config.executable_in(prefix)
+    if not executable.is_file() or not os.access(executable, os.X_OK):
+        raise IntegrityError(f"{config.package}@{version} has no executable at {executable}",
+                             version=version, check="executable",
+                             hint="check `executable:` in the config (relative to the install prefix)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _discard_bad_install(config: Config, final: Path, partial: Path, problem: IntegrityError) -> None:
+    if _live_targets(config) & {final.name}:
+        raise EnvironmentFault(f"the live install {final} fails verification: {problem.message}",
+                               hint="investigate before anything replaces it; `t3track status` shows what is live")
+    _remove_tree(partial)
+    os.rename(final, partial)  # from here it is just a leftover that _remove_tree can finish
+    _remove_tree(partial)
+
+
+def _prepare_versions_dir(config: Config) -> None:
+    path = versions_dir(config)
+    path.mkdir(parents=True, exist_ok=True, mode=INSTALL_DIR_MODE)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory of a finished install before it is renamed into place."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def _live_targets(config: Config) -> set[str]:
+    """Names under root/versions that the `current` symlink points at (whatever state.json says)."""
+    current = config.root / "current"
+    if not current.is_symlink():
+        return set()
+    return {Path(os.readlink(current)).name}
+
+
+def prune(config: Config, state: State) -> list[str]:
+    """Remove old installs beyond keep_versions; never current, previous, the pin or the live target.
+
+    Leftover `.partial`/`.removing` trees of killed runs are cleared too. Returns removed versions.
+    """
+    directory = versions_dir(config)
+    if not directory.is_dir():
+        return []
+    for leftover in directory.iterdir():
+        if leftover.name.endswith((PARTIAL_SUFFIX, REMOVING_SUFFIX)) and not leftover.is_symlink():
+            _remove_tree(leftover)
+    protected = {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
+    protected |= _live_targets(config)
+    others = [v for v in reversed(installed_versions(config)) if v not in protected]  # newest first
+    removed = []
+    for version in others[config.keep_versions:]:
+        doomed = directory / version
+        going = doomed.with_name(version + REMOVING_SUFFIX)
+        os.rename(doomed, going)  # a half-deleted tree never carries a version's name
+        _remove_tree(going)
+        removed.append(version)
+    if removed:
+        fsync_dir(directory)
+    return removed
