@@ -339,3 +339,16 @@ def test_the_kth_failure_denies_the_version_with_gate_and_reason():
     denial = state.denial(SOAKED)
     assert denial.gate == "pairing-probe" and "cookie missing" in denial.reason
     assert denial.evidence == "evidence/run-7" and denial.by == "t3track"
+
+
+def test_a_no_change_night_against_a_registry_process_makes_one_request(tmp_path, config, state):
+    from support.registry_server import make_package_tarball, serve
+
+    with serve() as server:
+        server.publish("t3", CURRENT, make_package_tarball("t3", CURRENT), tag="nightly",
+                       published_at=NOW - timedelta(days=7))
+        with RegistryClient(server.url, config.state_dir / "registry-cache") as c:
+            decision = resolve(config, state, c, NOW)
+        paths = [r.path for r in server.requests]
+    assert decision.action == "noop"
+    assert paths == [TAGS]

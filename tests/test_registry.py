@@ -228,3 +228,21 @@ def test_npm_failing_to_say_the_registry_is_an_environment_fault(monkeypatch):
                         lambda argv, **k: runner.Completed(list(argv), 1, "", "npm ERR! broken", 0.1))
     with pytest.raises(EnvironmentFault, match="npm config get registry"):
         resolve_registry_url(Config())
+
+
+# --- against a registry process on loopback (ETag, 304 and gzip for real) ----------------------
+
+def test_a_registry_process_answers_the_revalidation_with_304_and_gzip(tmp_path):
+    from support.registry_server import make_package_tarball, serve
+
+    with serve() as server:
+        server.publish("t3", NIGHTLY, make_package_tarball("t3", NIGHTLY), tag="nightly",
+                       published_at=datetime(2026, 11, 26, 3, tzinfo=timezone.utc))
+        for _ in range(2):
+            with RegistryClient(server.url, tmp_path / "cache") as c:
+                doc = c.packument("t3")
+        statuses = [r.status for r in server.requests_to("/t3")]
+        first_encoding = server.requests[0].headers.get("accept-encoding", "")
+    assert statuses == [200, 304]
+    assert "gzip" in first_encoding
+    assert doc.time[NIGHTLY] == datetime(2026, 11, 26, 3, tzinfo=timezone.utc)

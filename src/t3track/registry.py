@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,11 +45,6 @@ class Packument:
     versions: dict[str, VersionInfo]
     time: dict[str, datetime]  # version -> publish time; empty when the registry sends none
     etag: str | None = None
-
-
-@dataclass
-class _Stats:
-    requests: list[str] = field(default_factory=list)  # "GET url -> status", for dry-run notes
 
 
 def registry_token(env: Mapping[str, str] | None = None) -> str | None:
@@ -112,7 +107,7 @@ class RegistryClient:
         self._sleep = sleep
         self._backoff_s = backoff_s
         self._memo: dict[str, Packument] = {}
-        self.log = _Stats()
+        self.request_log: list[str] = []  # "GET url -> status", for dry-run and tests
         self._http = httpx.Client(timeout=httpx.Timeout(timeout), transport=transport,
                                   follow_redirects=True, headers={"User-Agent": "t3track"})
 
@@ -192,7 +187,7 @@ class RegistryClient:
             except httpx.TransportError as exc:
                 problem = f"connection failed ({exc.__class__.__name__}: {self._clean(str(exc))})"
             else:
-                self.log.requests.append(f"GET {url} -> {response.status_code}")
+                self.request_log.append(f"GET {url} -> {response.status_code}")
                 if response.status_code not in _RETRY_STATUSES:
                     return response
                 problem = f"answered HTTP {response.status_code}"
