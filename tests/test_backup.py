@@ -109,12 +109,20 @@ def test_backup_files_are_private_and_nothing_partial_is_left(config, alice):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
-def test_backup_is_owned_like_the_source_database(config, alice):
+def test_backup_is_owned_like_the_source_database_inside_a_dir_the_user_cannot_reach(config, alice):
     for path in (alice[1], *alice[1].parent.glob("state.sqlite-*")):
         os.chown(path, 65534, 65534)
     info = backup_user(config, config.user("alice"), now=NOW)
     for path in (info.path, info.path / "state.sqlite", info.path / MANIFEST):
         assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534)
+    assert (config.backup_dir / "alice").stat().st_uid == 0
+
+
+def test_an_existing_user_backup_dir_is_made_private(config, alice):
+    (config.backup_dir / "alice").mkdir(parents=True, mode=0o755)
+    os.chmod(config.backup_dir / "alice", 0o755)
+    backup_user(config, config.user("alice"), now=NOW)
+    assert stat.S_IMODE((config.backup_dir / "alice").stat().st_mode) == 0o700
 
 
 def test_statev2_is_backed_up_when_present(config, alice):
@@ -292,6 +300,18 @@ def test_restore_refuses_a_manifest_naming_a_file_outside_the_database_set(confi
     with pytest.raises(BackupMismatch):
         restore_database(type(info)(info.user, info.path, info.created_at, manifest), tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
+
+
+def test_restore_never_follows_a_symlink_planted_in_a_backup(config, alice, tmp_path):
+    info = backup_user(config, config.user("alice"), now=NOW)
+    secret = tmp_path / "secret"
+    secret.write_bytes((info.path / "state.sqlite").read_bytes())  # even with a matching checksum
+    (info.path / "state.sqlite").unlink()
+    (info.path / "state.sqlite").symlink_to(secret)
+    dest = tmp_path / "dest"
+    with pytest.raises(BackupError):
+        restore_database(info, dest)
+    assert entries(dest) == []
 
 
 def test_restore_moves_aside_a_database_the_backup_does_not_hold(config, alice, tmp_path):

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -411,10 +412,11 @@ def remove_partials(config: Config, user: str) -> list[Path]:
 def _backup_user(config: Config, user: UserConfig, now: datetime | None) -> tuple[BackupInfo, list[Path]]:
     moment = _utc(now)
     base = user_backup_dir(config, user.name)
+    # backup_dir/<user> stays root's and 0700 while the backups inside are the user's: the user can
+    # never reach them to swap one for a symlink that a root restore would then follow.
     make_private_dirs(base)
-    source = user.base_dir / "userdata" / MAIN_DB
-    if source.exists():
-        _chown_like([base], source)
+    if stat.S_IMODE(base.stat().st_mode) != PRIVATE_DIR:
+        os.chmod(base, PRIVATE_DIR)
     remove_partials(config, user.name)
     stamp = moment.strftime(STAMP_FORMAT)
     target, n = base / stamp, 1

@@ -41,7 +41,8 @@ def _verified_copy(backup: BackupInfo, name: str, entry: dict, dest: Path) -> Pa
         if os.geteuid() == 0:
             os.fchown(fd, uid, gid)
         digest, size = hashlib.sha256(), 0
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+        # O_NOFOLLOW: a restore runs as root and must never copy whatever a planted symlink names
+        with os.fdopen(fd, "wb") as out, os.fdopen(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as src:
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
