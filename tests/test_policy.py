@@ -23,10 +23,6 @@ TAGS = "/-/package/t3/dist-tags"
 INTEGRITY = "sha512-" + "B" * 86 + "=="
 
 
-def published(**ages_h: float) -> dict[str, datetime]:
-    return {v: NOW - timedelta(hours=h) for v, h in ages_h.items()}
-
-
 DEFAULT_TIMES = {OLDER: NOW - timedelta(days=8), CURRENT: NOW - timedelta(days=7),
                  SOAKED: NOW - timedelta(days=2), NEWEST: NOW - timedelta(hours=1),
                  PREVIEW: NOW - timedelta(days=1)}
@@ -352,3 +348,16 @@ def test_a_no_change_night_against_a_registry_process_makes_one_request(tmp_path
         paths = [r.path for r in server.requests]
     assert decision.action == "noop"
     assert paths == [TAGS]
+
+
+def test_a_tag_moved_back_but_still_newer_than_current_is_followed_and_noted(mock, config, state, check_root):
+    mock.get(TAGS).respond(json={"nightly": SOAKED})
+    mock.get("/t3").side_effect = [httpx.Response(200, json=packument(tag=NEWEST)),
+                                   httpx.Response(200, json=packument(tag=SOAKED))]
+    with RegistryClient(BASE, config.state_dir / "registry-cache") as c:
+        c.packument("t3")
+    with RegistryClient(BASE, config.state_dir / "registry-cache") as c:
+        decision = resolve(config, state, c, NOW)
+    assert decision.candidate.version == SOAKED and decision.candidate.source == "channel"
+    assert any(f"moved back from {NEWEST} to {SOAKED}" in note for note in decision.notes)
+    assert check_root()

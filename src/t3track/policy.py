@@ -91,7 +91,10 @@ def _resolve_channel(config: Config, state: State, client: Registry, now: dateti
         return Decision("refused", None, refusal, notes, tagged)
 
     packument = client.cached_packument(package)
-    if packument is None or packument.dist_tags.get(channel) != tagged:
+    before = packument.dist_tags.get(channel) if packument is not None else None
+    if before is not None and versions.is_valid(before) and versions.newer(before, tagged):
+        notes.append(f"the {channel} tag moved back from {before} to {tagged} since the last look")
+    if packument is None or before != tagged:
         packument = client.packument(package)  # the tag moved since the cached copy: revalidate
     if tagged not in packument.versions:
         raise EnvironmentFault(
