@@ -12,6 +12,7 @@ outlived a test.
 from __future__ import annotations
 
 import contextlib
+import json
 import fcntl
 import os
 import shutil
@@ -161,3 +162,34 @@ class SecretSpy:
 @pytest.fixture
 def secret_spy(monkeypatch: pytest.MonkeyPatch) -> SecretSpy:
     return SecretSpy(monkeypatch)
+
+
+# ---------------------------------------------------------------- a host with real state and backups
+
+
+@pytest.fixture(scope="session")
+def real_state_template(real_t3: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base dir the real 0.0.42 server created once per test session (migrations 1..52)."""
+    return make_real_state(real_t3, tmp_path_factory.mktemp("real-state") / "base")
+
+
+def live_base_dir(template: Path, dest: Path, *, port: int = 38773) -> Path:
+    """A copy of `template` standing in for a user's live base dir, with the server-runtime.json a
+    running production server leaves there (a sandbox must not carry it)."""
+    shutil.copytree(template, dest, symlinks=True)
+    runtime = {"pid": 1, "host": "127.0.0.1", "port": port, "origin": f"http://127.0.0.1:{port}"}
+    (dest / "userdata" / "server-runtime.json").write_text(json.dumps(runtime))
+    return dest
+
+
+def host_config(tmp_path: Path, users: dict[str, Path], **gates: object):  # noqa: ANN201
+    """A Config for a host whose users' live base dirs are `users` (name -> base dir)."""
+    from t3track.config import parse_config
+
+    data = {
+        "root": str(tmp_path / "root"), "state_dir": str(tmp_path / "state"),
+        "backup_dir": str(tmp_path / "backups"),
+        "users": [{"name": name, "base_dir": str(base), "port": 38773 + i} for i, (name, base) in enumerate(users.items())],
+        "gates": {"serve_timeout": "30s", "probe_timeout": "10s", **gates},
+    }
+    return parse_config(data)

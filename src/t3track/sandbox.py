@@ -1,0 +1,410 @@
+"""A candidate serving a throw-away copy of one user's state, on 127.0.0.1, for the gates.
+
+The sandbox base dir is built from the user's newest backup (restored and checksum-verified by
+t3track.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
+base dir. Never `server-runtime.json`: it points at the production process. The candidate runs in its
+own process group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's
+`run_as` when configured. Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is
+killed, the redacted log is written to the evidence dir and the sandbox, raw log included, is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from t3track import backup as backup_mod
+from t3track import probe, runner
+from t3track.config import Config, UserConfig
+from t3track.errors import ExitCode, T3TrackError
+from t3track.fsutil import atomic_write_text, ensure_private_dir
+from t3track.redact import redact
+
+COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
+COPIED_DIRS = ("secrets",)
+DATABASES = ("statev2.sqlite", "state.sqlite")  # newer builds move to statev2 on first start
+PORT_ATTEMPTS = 3
+POLL_S = 0.1
+LOG_TAIL_LINES = 30
+
+
+class SandboxFailed(T3TrackError):
+    """The candidate did not come up on the sandbox: a gate failure, so the old version keeps serving."""
+
+    exit_code = ExitCode.REFUSED
+
+    def __init__(self, message: str, *, reason: str, log_tail: str = "", evidence: str | None = None,
+                 hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.reason = reason  # setup | exit | timeout | wrong-version
+        self.log_tail = log_tail
+        self.evidence = evidence
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: int
+    name: str
+
+
+def read_migrations(db_path: Path) -> list[Migration]:
+    """Rows of effect_sql_migrations (forward-only; PRAGMA user_version stays 0), [] when absent."""
+    if not db_path.is_file():
+        return []
+    try:
+        connection = sqlite3.connect(db_path.absolute().as_uri() + "?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = connection.execute(
+            "SELECT migration_id, name FROM effect_sql_migrations ORDER BY migration_id").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        connection.close()
+    return [Migration(int(row[0]), str(row[1])) for row in rows]
+
+
+def database_migrations(userdata: Path) -> list[Migration]:
+    """The migrations of the database the server uses (statev2 when a build has moved to it)."""
+    for name in DATABASES:
+        rows = read_migrations(userdata / name)
+        if rows:
+            return rows
+    return []
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _address_in_use(log: str) -> bool:
+    lowered = log.lower()
+    return "eaddrinuse" in lowered or "address already in use" in lowered or "address in use" in lowered
+
+
+def _owner(run_as: str | None) -> tuple[int, int] | None:
+    if run_as is None or os.geteuid() != 0:
+        return None
+    import pwd
+
+    entry = pwd.getpwnam(run_as)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _traversable_by(path: Path, uid: int, gid: int) -> bool:
+    """Can `uid` reach entries of `path` (x on every ancestor)?"""
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == gid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _copy_live_files(live_userdata: Path, userdata: Path) -> list[str]:
+    copied = []
+    for name in COPIED_DIRS:
+        source = live_userdata / name
+        if source.is_dir():
+            shutil.copytree(source, userdata / name, symlinks=True)
+            os.chmod(userdata / name, 0o700)
+            copied.append(name + "/")
+    for name in COPIED_FILES:
+        source = live_userdata / name
+        if source.is_file():
+            shutil.copy2(source, userdata / name)
+            copied.append(name)
+    return copied
+
+
+@dataclass(eq=False)
+class SandboxServer:
+    """A running candidate on a sandbox copy. `stop()` (or leaving the `with`) removes everything."""
+
+    user: str
+    version: str
+    root: Path                 # the sandbox dir: base/, home/, raw logs
+    base_dir: Path             # what the server got as --base-dir
+    home: Path
+    evidence_dir: Path
+    run_as: str | None = None
+    port: int | None = None
+    url: str | None = None
+    startup_s: float | None = None
+    backup_path: Path | None = None
+    copied: list[str] = field(default_factory=list)
+    migrations_before: list[Migration] = field(default_factory=list)
+    migrations_after: list[Migration] = field(default_factory=list)
+    prior_session: probe.SessionCookie | None = None   # minted with the current version, if asked
+    prior_session_detail: str | None = None
+    notes: list[str] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set, repr=False)
+    _process: runner.Background | None = field(default=None, repr=False)
+    _logs: dict[Path, str] = field(default_factory=dict, repr=False)  # raw log -> evidence file name
+    _stopped: bool = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return runner.scrubbed_env(self.home)
+
+    @property
+    def userdata(self) -> Path:
+        return self.base_dir / "userdata"
+
+    @property
+    def one_way(self) -> list[str]:
+        """Names of the migrations the candidate added: after a swap, only a restore goes back."""
+        before = {m.id for m in self.migrations_before}
+        return [m.name for m in self.migrations_after if m.id not in before]
+
+    def migration_report(self) -> str:
+        def top(rows: list[Migration]) -> str:
+            return str(rows[-1].id) if rows else "none"
+
+        added = self.one_way
+        text = f"migrations {top(self.migrations_before)} -> {top(self.migrations_after)}"
+        return text + (f"; one-way: adds {', '.join(added)}" if added else "; no schema change")
+
+    def startup_token(self) -> str | None:
+        """The one-time `Token:` of the startup output: the fallback when minting fails."""
+        if self._process is None:
+            return None
+        for line in self._process.log_text().splitlines():
+            stripped = line.strip()
+            if stripped.lower().startswith("token:"):
+                token = stripped.split(":", 1)[1].strip()
+                if token:
+                    self.secrets.add(token)
+                    return token
+        return None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self._process is None:
+            return ""
+        return self._process.log_tail(lines, self.secrets)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    def stop(self) -> None:
+        """Kill the process group, keep the redacted logs as evidence, delete the sandbox. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self._process is not None:
+                self._process.stop()
+            self._save_evidence()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _save_evidence(self) -> None:
+        for raw, name in self._logs.items():
+            try:
+                text = raw.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            ensure_private_dir(self.evidence_dir)
+            target = self.evidence_dir / name
+            atomic_write_text(target, redact(text, self.secrets))
+
+    @property
+    def evidence(self) -> Path:
+        """The candidate's redacted log (written when the sandbox stops)."""
+        return self.evidence_dir / f"{self.user}.sandbox-serve.log"
+
+    def __enter__(self) -> "SandboxServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _sandbox_root(workdir: Path, user: UserConfig, owner: tuple[int, int] | None, notes: list[str]) -> Path:
+    ensure_private_dir(workdir)
+    if owner is not None and not _traversable_by(workdir, *owner):
+        # The user's server could not reach a sandbox under a private state dir.
+        fallback = Path(tempfile.gettempdir())
+        notes.append(f"{workdir} is not reachable by {user.run_as}; sandbox under {fallback}")
+        workdir = fallback
+    root = Path(tempfile.mkdtemp(prefix=f"t3track-sandbox-{user.name}-", dir=workdir))
+    os.chmod(root, 0o700)
+    return root
+
+
+def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
+    newest = backup_mod.newest_backup(config, user.name)
+    if newest is None:
+        raise SandboxFailed(f"no backup of {user.name}'s state to build a sandbox from", reason="setup",
+                            hint="run `t3track backup` and try again")
+    server.backup_path = newest.path
+    userdata = ensure_private_dir(server.userdata)
+    ensure_private_dir(server.home)
+    backup_mod.restore_database(newest, userdata)
+    server.copied = _copy_live_files(Path(user.base_dir) / "userdata", userdata)
+    (userdata / "server-runtime.json").unlink(missing_ok=True)  # never point at production
+    server.migrations_before = database_migrations(userdata)
+
+
+def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
+           log_name: str, port: int | None = None) -> runner.Background:
+    """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
+    given). On success the process is returned running; on failure it is killed and SandboxFailed says why."""
+    what = f"{executable} for {server.user}"
+    raw_log = server.root / f"{log_name}.raw.log"
+    server._logs[raw_log] = f"{server.user}.{log_name}.log"
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(PORT_ATTEMPTS):
+        chosen = port if (port is not None and attempt == 0) else free_port()
+        url = f"http://127.0.0.1:{chosen}"
+        argv = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
+                "--no-browser"]
+        started = time.monotonic()
+        process = runner.start(argv, log_path=raw_log, env=server.env, cwd=server.home, run_as=server.run_as)
+        server._process = process
+        try:
+            while True:
+                if not process.alive():
+                    if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
+                        break  # someone took the port between our check and the bind: next port
+                    raise SandboxFailed(
+                        f"{what} exited with {process.proc.returncode} before it was ready",
+                        reason="exit", log_tail=server.log_tail(),
+                        hint="the candidate cannot start on this user's state; see the evidence log")
+                version = probe.server_version(url, timeout=min(2.0, max(0.2, deadline - time.monotonic())))
+                if version is not None:
+                    if expected_version is not None and version != expected_version:
+                        raise SandboxFailed(
+                            f"{what} reports serverVersion {version}, expected {expected_version}",
+                            reason="wrong-version", log_tail=server.log_tail(),
+                            hint="the installed package does not hold the version it claims; reinstall it")
+                    server.port, server.url = chosen, url
+                    server.startup_s = round(time.monotonic() - started, 3)
+                    return process
+                if time.monotonic() >= deadline:
+                    raise SandboxFailed(
+                        f"{what} was not ready within {timeout_s:.0f}s "
+                        f"(no answer on {probe.ENVIRONMENT_PATH})", reason="timeout", log_tail=server.log_tail(),
+                        hint="raise gates.serve_timeout if the host is slow; otherwise the candidate hangs at start")
+                time.sleep(POLL_S)
+        except BaseException:
+            process.stop()
+            raise
+        process.stop()
+    raise SandboxFailed(f"{what}: every port tried was in use", reason="exit", log_tail=server.log_tail())
+
+
+def _mint_prior_session(server: SandboxServer, current_executable: Path, *, timeout_s: float,
+                        probe_timeout: float) -> None:
+    """Pair with the current version on the sandbox copy, keep the cookie, stop it: after the
+    candidate starts, the cookie tells whether existing sessions survive the upgrade."""
+    try:
+        process = _start(server, current_executable, None, timeout_s=timeout_s, log_name="sandbox-current")
+    except SandboxFailed as exc:
+        server.prior_session_detail = f"the current version did not start on the sandbox: {exc.message}"
+        return
+    try:
+        handshake = probe.pairing_handshake(server.url, server.base_dir, current_executable, timeout=probe_timeout,
+                                            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+        server.secrets |= handshake.secrets
+        server.prior_session = handshake.cookie
+        if handshake.cookie is None:
+            server.prior_session_detail = f"the current version did not pair: {handshake.result.detail}"
+    finally:
+        process.stop()
+        server._process = None
+    (server.userdata / "server-runtime.json").unlink(missing_ok=True)
+
+
+def serve_candidate(
+    config: Config,
+    user: UserConfig,
+    executable: Path,
+    expected_version: str,
+    *,
+    workdir: Path,
+    evidence_dir: Path,
+    prior_session_with: Path | None = None,
+) -> SandboxServer:
+    """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
+    `expected_version`. Returns the running server (stop it, or use it in a `with`); raises
+    SandboxFailed (everything already cleaned up, evidence written) when it does not come up.
+
+    With `prior_session_with` (the current version's executable), a session is first minted with
+    that version on the same copy, for the sessions-survive check."""
+    owner = _owner(user.run_as)
+    notes: list[str] = []
+    root = _sandbox_root(workdir, user, owner, notes)
+    server = SandboxServer(user=user.name, version=expected_version, root=root, base_dir=root / "base",
+                           home=root / "home", evidence_dir=evidence_dir, run_as=user.run_as, notes=notes)
+    timeout_s = config.gates.serve_timeout.total_seconds()
+    try:
+        try:
+            _build(server, config, user)
+        except SandboxFailed:
+            raise
+        except (T3TrackError, OSError, sqlite3.Error) as exc:
+            message = exc.message if isinstance(exc, T3TrackError) else f"{type(exc).__name__}: {exc}"
+            raise SandboxFailed(f"could not build {user.name}'s sandbox: {message}", reason="setup",
+                                hint=getattr(exc, "hint", None) or "check the backup and the live base dir") from None
+        if owner is not None:
+            _chown_tree(root, *owner)
+        port = None
+        if prior_session_with is not None:
+            _mint_prior_session(server, prior_session_with, timeout_s=timeout_s,
+                                probe_timeout=config.gates.probe_timeout.total_seconds())
+            port = server.port  # reuse it when free: Era B cookie names carry the port
+        server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
+                                 log_name="sandbox-serve", port=port)
+        server.migrations_after = database_migrations(server.userdata)
+        return server
+    except SandboxFailed as exc:
+        server.stop()
+        exc.evidence = str(server.evidence) if server.evidence.exists() else None
+        exc.log_tail = redact(exc.log_tail, server.secrets)
+        raise
+    except BaseException:  # Ctrl-C or a bug: the sandbox must not outlive us
+        server.stop()
+        raise
+
+
+class Sandbox:
+    """`with Sandbox(config, user, executable, version, workdir=..., evidence_dir=...) as server:`"""
+
+    def __init__(self, config: Config, user: UserConfig, executable: Path, expected_version: str, *,
+                 workdir: Path, evidence_dir: Path, prior_session_with: Path | None = None):
+        self._args = (config, user, executable, expected_version)
+        self._kwargs = {"workdir": workdir, "evidence_dir": evidence_dir, "prior_session_with": prior_session_with}
+        self.server: SandboxServer | None = None
+
+    def __enter__(self) -> SandboxServer:
+        self.server = serve_candidate(*self._args, **self._kwargs)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.stop()

@@ -1,0 +1,207 @@
+"""The sandbox: a candidate serving a copy of a user's backup, and nothing of it left afterwards."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from real_t3 import (host_config, live_base_dir, processes_mentioning, real_state_template, real_t3,  # noqa: F401
+                     secret_spy)
+from t3track import backup, probe, sandbox
+from t3track.sandbox import SandboxFailed, serve_candidate
+
+
+def fake_live_state(base: Path, migrations: int = 3) -> Path:
+    """A minimal live base dir: a state db with effect_sql_migrations, secrets, settings."""
+    userdata = base / "userdata"
+    (userdata / "secrets").mkdir(parents=True)
+    (userdata / "secrets" / "session-signing.bin").write_bytes(b"k" * 32)
+    (userdata / "environment-id").write_text("env-1234\n")
+    (userdata / "settings.json").write_text("{}")
+    (userdata / "server-runtime.json").write_text('{"pid": 1, "port": 38773}')
+    db = sqlite3.connect(userdata / "state.sqlite")
+    db.execute("CREATE TABLE effect_sql_migrations (migration_id INTEGER PRIMARY KEY, created_at TEXT, name TEXT)")
+    db.executemany("INSERT INTO effect_sql_migrations VALUES (?, '2026-01-01', ?)",
+                   [(i, f"{i}_Migration{i}") for i in range(1, migrations + 1)])
+    db.commit()
+    db.close()
+    return base
+
+
+def script(tmp_path: Path, body: str, name: str = "t3") -> Path:
+    """A stand-in executable for the ways a candidate fails before it serves."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def fake_host(tmp_path):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")}, serve_timeout="2s")
+    backup.backup_user(config, config.users[0])
+    return config
+
+
+def serve(config, executable, version="0.0.42", **kwargs):  # noqa: ANN001, ANN003, ANN201
+    tmp = config.state_dir
+    return serve_candidate(config, config.users[0], executable, version, workdir=tmp / "sandboxes",
+                           evidence_dir=tmp / "evidence" / "run-1", **kwargs)
+
+
+def sandboxes_left(config) -> list[Path]:  # noqa: ANN001
+    workdir = config.state_dir / "sandboxes"
+    return list(workdir.iterdir()) if workdir.exists() else []
+
+
+# ---------------------------------------------------------------- failures before serving
+
+
+def test_an_early_exit_fails_with_the_last_log_lines_and_leaves_nothing(fake_host, tmp_path):
+    crash = script(tmp_path, "import sys\nprint('Token: SECRETTOKEN12')\nprint('boom: migration 53 failed')\nsys.exit(3)")
+    with pytest.raises(SandboxFailed) as caught:
+        serve(fake_host, crash)
+    assert caught.value.reason == "exit"
+    assert "boom: migration 53 failed" in caught.value.log_tail
+    assert "SECRETTOKEN12" not in caught.value.log_tail
+    assert sandboxes_left(fake_host) == []
+    evidence = Path(caught.value.evidence)
+    assert "boom" in evidence.read_text() and "SECRETTOKEN12" not in evidence.read_text()
+    assert stat.S_IMODE(evidence.stat().st_mode) == 0o600
+
+
+def test_a_server_that_never_answers_times_out_and_is_killed(fake_host, tmp_path):
+    hang = script(tmp_path, "import time\nprint('starting', flush=True)\ntime.sleep(600)", name="t3-hang")
+    with pytest.raises(SandboxFailed) as caught:
+        serve(fake_host, hang)
+    assert caught.value.reason == "timeout"
+    assert "serve_timeout" in (caught.value.hint or "")
+    assert processes_mentioning(str(hang)) == []
+    assert sandboxes_left(fake_host) == []
+
+
+def test_ctrl_c_while_waiting_kills_the_server_and_removes_the_sandbox(fake_host, tmp_path, monkeypatch):
+    hang = script(tmp_path, "import time\ntime.sleep(600)", name="t3-ctrl-c")
+    calls = []
+
+    def interrupted(url, timeout):  # noqa: ANN001, ANN202
+        calls.append(url)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return None
+
+    monkeypatch.setattr(probe, "server_version", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        serve(fake_host, hang)
+    assert processes_mentioning(str(hang)) == []
+    assert sandboxes_left(fake_host) == []
+
+
+def test_no_backup_fails_before_anything_starts(tmp_path):
+    config = host_config(tmp_path, {"bob": fake_live_state(tmp_path / "bob")})
+    with pytest.raises(SandboxFailed) as caught:
+        serve(config, tmp_path / "never-run")
+    assert caught.value.reason == "setup"
+    assert "t3track backup" in caught.value.hint
+    assert sandboxes_left(config) == []
+
+
+def test_the_sandbox_copy_has_secrets_and_settings_but_no_server_runtime(fake_host, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_start(server, executable, expected_version, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        userdata = server.userdata
+        seen["files"] = sorted(p.relative_to(userdata).as_posix() for p in userdata.rglob("*"))
+        seen["secrets_mode"] = stat.S_IMODE((userdata / "secrets").stat().st_mode)
+        raise SandboxFailed("stop here", reason="exit")
+
+    monkeypatch.setattr(sandbox, "_start", fake_start)
+    with pytest.raises(SandboxFailed):
+        serve(fake_host, tmp_path / "unused")
+    assert seen["files"] == ["environment-id", "secrets", "secrets/session-signing.bin", "settings.json",
+                             "state.sqlite"]
+    assert seen["secrets_mode"] == 0o700
+
+
+# ---------------------------------------------------------------- the real server
+
+
+@pytest.fixture
+def real_host(tmp_path, real_state_template):  # noqa: F811
+    config = host_config(tmp_path, {"alice": live_base_dir(real_state_template, tmp_path / "alice")})
+    backup.backup_user(config, config.users[0])
+    return config
+
+
+@pytest.mark.real_server
+def test_the_real_candidate_serves_the_backup_copy_until_stopped(real_host, real_t3, secret_spy):  # noqa: F811
+    server = serve(real_host, real_t3)
+    try:
+        assert probe.server_version(server.url, timeout=5) == "0.0.42"
+        assert server.url.startswith("http://127.0.0.1:")
+        assert [m.id for m in server.migrations_before] == list(range(1, 53))
+        assert server.migrations_after == server.migrations_before
+        assert server.one_way == [] and "no schema change" in server.migration_report()
+        live = real_host.users[0].base_dir / "userdata"
+        assert (server.userdata / "environment-id").read_text() == (live / "environment-id").read_text()
+        runtime = json.loads((server.userdata / "server-runtime.json").read_text())
+        assert runtime["port"] == server.port  # the sandbox's own, not production's
+        pids = processes_mentioning(str(server.root))
+        assert pids
+    finally:
+        server.stop()
+    assert not server.root.exists()
+    assert processes_mentioning(str(server.root)) == []
+    log = server.evidence.read_text()
+    assert "T3 Code server is ready" in log and "Token: [REDACTED]" in log
+    assert secret_spy.values and not [v for v in secret_spy.values if v in log]
+
+
+@pytest.mark.real_server
+def test_a_real_server_reporting_another_version_fails(real_host, real_t3):  # noqa: F811
+    with pytest.raises(SandboxFailed) as caught:
+        serve(real_host, real_t3, version="0.0.43-nightly.20261126.2901")
+    assert caught.value.reason == "wrong-version"
+    assert "0.0.42" in caught.value.message
+    assert sandboxes_left(real_host) == []
+    assert processes_mentioning(str(real_t3)) == []
+
+
+@pytest.mark.real_server
+def test_a_port_taken_before_the_server_binds_is_retried(real_host, real_t3, monkeypatch):  # noqa: F811
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real_free_port = sandbox.free_port
+    monkeypatch.setattr(sandbox, "free_port", lambda: ports.pop() if ports else real_free_port())
+    try:
+        with serve(real_host, real_t3) as server:
+            assert server.port != taken.getsockname()[1]
+            assert probe.server_version(server.url, timeout=5) == "0.0.42"
+    finally:
+        taken.close()
+
+
+@pytest.mark.real_server
+@pytest.mark.skipif(not Path("/proc/self").exists() or __import__("os").geteuid() != 0, reason="needs root")
+def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, tmp_path):  # noqa: F811
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    config = real_host.model_copy(update={"users": [real_host.users[0].model_copy(update={"run_as": "nobody"})]})
+    with serve(config, real_t3) as server:
+        status = Path(f"/proc/{server._process.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1] == str(nobody.pw_uid)
+        assert server.root.stat().st_uid == nobody.pw_uid
+        assert (server.userdata / "state.sqlite").stat().st_uid == nobody.pw_uid
+        root = server.root
+    assert not root.exists()
+    assert processes_mentioning(str(root)) == []
