@@ -98,6 +98,26 @@ class BackupConfig(_Strict):
     keep_daily_days: int = Field(default=14, ge=0)
 
 
+class NotifyConfig(_Strict):
+    """Where to tell the operator about a refused, rolled-back or critical run (see t3track.notify).
+
+    `webhook` gets a JSON POST; `command` is an argv list (no shell) with {event} {outcome} {host}
+    {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Either or both."""
+
+    webhook: str | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    timeout: Duration = timedelta(seconds=10)
+    host: str | None = None  # the name in notifications (default: this machine's hostname)
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # any http(s) endpoint (chat, alertmanager, ntfy): not loopback-only like the probe URLs
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
 class Config(_Strict):
     package: str = "t3"
     channel: str = "nightly"
@@ -116,6 +136,11 @@ class Config(_Strict):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     verify_timeout: Duration = timedelta(seconds=60)
     evidence_max_age: Duration = timedelta(days=30)
+    notify: NotifyConfig | None = None
+    # node_exporter textfile collector file; default state_dir/metrics/t3track.prom (see t3track.metrics)
+    metrics_path: Path | None = None
+    # freeze the channel when this many consecutive nightlies fail the same way (0: never)
+    fingerprint_freeze_after: int = Field(default=2, ge=0)
 
     @field_validator("package")
     @classmethod
@@ -147,6 +172,13 @@ class Config(_Strict):
             raise ValueError("must be a path relative to an install prefix, without '..'")
         return value
 
+    @field_validator("metrics_path")
+    @classmethod
+    def _prom_file(cls, value: Path | None) -> Path | None:
+        if value is not None and (not value.is_absolute() or value.suffix != ".prom"):
+            raise ValueError("must be an absolute path ending in .prom (node_exporter reads only *.prom files)")
+        return value
+
     @model_validator(mode="after")
     def _unique_users(self) -> "Config":
         names = [u.name for u in self.users]
@@ -166,6 +198,9 @@ class Config(_Strict):
 
     def executable_in(self, prefix: Path) -> Path:
         return prefix / self.executable
+
+    def metrics_file(self) -> Path:
+        return self.metrics_path if self.metrics_path is not None else self.state_dir / "metrics" / "t3track.prom"
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
