@@ -1,0 +1,233 @@
+"""The gates a candidate must pass, for every user, before it may become current.
+
+Order comes from config.gates.order; the first failure stops the run (nothing after it is tried,
+for that user or the next). For one user the sandbox stays up from `sandbox-serve` through
+`pairing-probe` and is torn down before the next user, whatever happened.
+
+Outcomes: `pass`, `fail` (the candidate must not be swapped in) and `inconclusive` (reported, does not
+stop the run). The optional sessions-survive check (config.gates.sessions_survive) is `inconclusive`
+when existing sessions do not survive: pairing itself works, so the build is not broken, but every user
+will have to pair again after the swap: the operator decides (freeze, or let it go and tell the users).
+It is also `inconclusive` when it cannot tell (no current install, the current version would not pair).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t3track import backup as backup_mod
+from t3track import probe, versions
+from t3track.config import Config, UserConfig
+from t3track.errors import T3TrackError
+from t3track.fsutil import atomic_write_text, ensure_private_dir
+from t3track.sandbox import SandboxFailed, SandboxServer, serve_candidate
+
+BACKUP_PRESENT = "backup-present"
+SANDBOX_SERVE = "sandbox-serve"
+PAIRING_PROBE = "pairing-probe"
+SESSIONS_SURVIVE = "sessions-survive"
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+@dataclass
+class GateResult:
+    name: str
+    user: str
+    outcome: str              # pass | fail | inconclusive
+    duration_s: float
+    detail: str               # redacted
+    evidence: str | None = None
+    one_way: list[str] = field(default_factory=list)   # migrations the candidate adds
+    fingerprint: str | None = None                     # how it failed, e.g. pairing-probe:exchange:404:HTTPStatus
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == FAIL
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def current_executable(config: Config) -> Path:
+    return config.executable_in(config.root / "current")
+
+
+def _write_json_evidence(evidence_dir: Path, name: str, document: dict[str, Any]) -> Path:
+    import json
+
+    ensure_private_dir(evidence_dir)
+    path = evidence_dir / name
+    atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+    return path
+
+
+class _UserGates:
+    """The gates of one user; owns that user's sandbox until `close()`."""
+
+    def __init__(self, config: Config, user: UserConfig, version: str, executable: Path, *,
+                 evidence_dir: Path, workdir: Path):
+        self.config = config
+        self.user = user
+        self.version = version
+        self.executable = executable
+        self.evidence_dir = evidence_dir
+        self.workdir = workdir
+        self.server: SandboxServer | None = None
+        self.sandbox_error: SandboxFailed | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def _result(self, name: str, outcome: str, started: float, detail: str, **kw: Any) -> GateResult:
+        return GateResult(name, self.user.name, outcome, round(time.monotonic() - started, 3), detail, **kw)
+
+    def backup_present(self) -> GateResult:
+        started = time.monotonic()
+        check = backup_mod.check_backup_present(self.config, self.user)
+        fingerprint = None if check.ok else f"{BACKUP_PRESENT}:backup:-:NoFreshBackup"
+        return self._result(BACKUP_PRESENT, PASS if check.ok else FAIL, started, check.detail,
+                            evidence=str(check.backup.path) if check.backup else None, fingerprint=fingerprint)
+
+    def _ensure_sandbox(self) -> SandboxServer:
+        if self.server is None and self.sandbox_error is None:
+            prior = None
+            if self.config.gates.sessions_survive:
+                candidate_current = current_executable(self.config)
+                prior = candidate_current if candidate_current.exists() else None
+            try:
+                self.server = serve_candidate(self.config, self.user, self.executable, self.version,
+                                              workdir=self.workdir, evidence_dir=self.evidence_dir,
+                                              prior_session_with=prior)
+            except SandboxFailed as exc:
+                self.sandbox_error = exc
+        if self.server is None:
+            assert self.sandbox_error is not None
+            raise self.sandbox_error
+        return self.server
+
+    def sandbox_serve(self) -> GateResult:
+        started = time.monotonic()
+        try:
+            server = self._ensure_sandbox()
+        except SandboxFailed as exc:
+            detail = f"{self.user.name}: {exc.message}" + (f"; {exc.hint}" if exc.hint else "") + (
+                f"\nlast log lines:\n{exc.log_tail}" if exc.log_tail else "")
+            return self._result(SANDBOX_SERVE, FAIL, started, detail, evidence=exc.evidence,
+                                fingerprint=f"{SANDBOX_SERVE}:{exc.reason}:-:SandboxFailed")
+        detail = (f"{self.user.name}: {self.version} ready on {server.url} in {server.startup_s:.1f}s on a copy of "
+                  f"{server.backup_path.name if server.backup_path else 'the backup'}; {server.migration_report()}")
+        if server.notes:
+            detail += "; " + "; ".join(server.notes)
+        return self._result(SANDBOX_SERVE, PASS, started, detail, evidence=str(server.evidence),
+                            one_way=server.one_way)
+
+    def pairing_probe(self) -> GateResult:
+        started = time.monotonic()
+        try:
+            server = self._ensure_sandbox()
+        except SandboxFailed as exc:
+            return self._result(PAIRING_PROBE, FAIL, started,
+                                f"{self.user.name}: no sandbox to probe: {exc.message}", evidence=exc.evidence,
+                                fingerprint=f"{PAIRING_PROBE}:{SANDBOX_SERVE}:-:SandboxFailed")
+        assert server.url is not None
+        handshake = probe.pairing_handshake(
+            server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
+            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+        server.secrets |= handshake.secrets
+        result = handshake.result
+        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", result.to_json())
+        if result.ok:
+            return self._result(PAIRING_PROBE, PASS, started, f"{self.user.name}: {result.detail}", evidence=str(path))
+        status = f" (HTTP {result.status})" if result.status is not None else ""
+        return self._result(PAIRING_PROBE, FAIL, started,
+                            f"{self.user.name}: {self.version} fails the pairing handshake at step "
+                            f"{result.step}{status}: {result.detail}",
+                            evidence=str(path), fingerprint=result.fingerprint(PAIRING_PROBE))
+
+    def sessions_survive(self) -> GateResult:
+        started = time.monotonic()
+        try:
+            server = self._ensure_sandbox()
+        except SandboxFailed as exc:
+            return self._result(SESSIONS_SURVIVE, INCONCLUSIVE, started,
+                                f"{self.user.name}: not checked: the candidate did not serve: {exc.message}")
+        if server.prior_session is None:
+            why = server.prior_session_detail or f"no current install at {current_executable(self.config)}"
+            return self._result(SESSIONS_SURVIVE, INCONCLUSIVE, started,
+                                f"{self.user.name}: not checked: {why}")
+        assert server.url is not None
+        result = probe.session_still_valid(server.url, server.prior_session,
+                                           timeout=self.config.gates.probe_timeout.total_seconds())
+        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{SESSIONS_SURVIVE}.json", result.to_json())
+        if result.ok:
+            return self._result(SESSIONS_SURVIVE, PASS, started,
+                                f"{self.user.name}: a session paired with the current version still "
+                                f"authenticates on {self.version}", evidence=str(path))
+        one_way = server.one_way
+        detail = (f"{self.user.name}: sessions from the current version do not survive {self.version}: every user "
+                  "will have to pair again after the swap" + (f" (it migrates: {', '.join(one_way)})" if one_way else "")
+                  + f"; step {result.step}: {result.detail}")
+        return self._result(SESSIONS_SURVIVE, INCONCLUSIVE, started, detail, evidence=str(path),
+                            one_way=one_way, fingerprint=result.fingerprint(SESSIONS_SURVIVE))
+
+
+def run_gates(
+    config: Config,
+    candidate_version: str,
+    executable: Path,
+    *,
+    evidence_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    workdir: Path | None = None,
+) -> list[GateResult]:
+    """Every configured gate for every user, in order; stops at the first `fail`.
+
+    Evidence (redacted sandbox logs, probe results) goes to `evidence_dir`; sandboxes live under
+    `workdir` (default state_dir/sandboxes) and are gone when this returns or raises."""
+    versions.require_valid(candidate_version, "candidate version")
+    workdir = workdir if workdir is not None else config.state_dir / "sandboxes"
+    say = progress or (lambda _text: None)
+    results: list[GateResult] = []
+    for user in config.users:
+        gates = _UserGates(config, user, candidate_version, executable, evidence_dir=evidence_dir, workdir=workdir)
+        try:
+            for name in config.gates.order:
+                say(f"{user.name}: {name} ({candidate_version})")
+                result = _run_one(gates, name)
+                results.append(result)
+                say(f"{user.name}: {name} {result.outcome} in {result.duration_s:.1f}s")
+                if result.failed:
+                    return results
+            if config.gates.sessions_survive:
+                result = gates.sessions_survive()
+                results.append(result)
+                say(f"{user.name}: {SESSIONS_SURVIVE} {result.outcome}")
+        finally:
+            gates.close()
+    return results
+
+
+def _run_one(gates: _UserGates, name: str) -> GateResult:
+    started = time.monotonic()
+    try:
+        if name == BACKUP_PRESENT:
+            return gates.backup_present()
+        if name == SANDBOX_SERVE:
+            return gates.sandbox_serve()
+        if name == PAIRING_PROBE:
+            return gates.pairing_probe()
+    except T3TrackError as exc:  # e.g. an unreadable backup dir: the gate cannot pass
+        detail = f"{gates.user.name}: {exc.message}" + (f"; {exc.hint}" if exc.hint else "")
+        return GateResult(name, gates.user.name, FAIL, round(time.monotonic() - started, 3), detail,
+                          fingerprint=f"{name}:error:-:{type(exc).__name__}")
+    raise ValueError(f"unknown gate {name!r}")  # config validation keeps this out

@@ -1,0 +1,150 @@
+"""The gate runner: configured order, every user, first failure stops, evidence redacted, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from real_t3 import (files_containing, host_config, live_base_dir, processes_mentioning,  # noqa: F401
+                     real_state_template, real_t3, secret_spy)
+from t3track import backup
+from t3track.gates import run_gates
+from test_sandbox import fake_live_state, script
+
+VERSION = "0.0.42"
+
+
+def gates_of(results):  # noqa: ANN001, ANN201
+    return [(r.user, r.name, r.outcome) for r in results]
+
+
+def evidence_dir(config) -> Path:  # noqa: ANN001
+    return config.state_dir / "evidence" / "run-1"
+
+
+def nothing_left(config) -> None:  # noqa: ANN001
+    workdir = config.state_dir / "sandboxes"
+    assert not workdir.exists() or list(workdir.iterdir()) == []
+    assert processes_mentioning(str(workdir)) == []
+
+
+# ---------------------------------------------------------------- order and stopping
+
+
+def test_a_missing_backup_fails_the_first_gate_and_nothing_else_runs(tmp_path):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")})
+    results = run_gates(config, VERSION, tmp_path / "never-started", evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "fail")]
+    assert "t3track backup" in results[0].detail
+    assert results[0].fingerprint == "backup-present:backup:-:NoFreshBackup"
+    nothing_left(config)
+
+
+def test_the_first_failing_user_stops_the_run_for_every_later_user(tmp_path):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice"),
+                                    "bob": fake_live_state(tmp_path / "bob")}, serve_timeout="2s")
+    for user in config.users:
+        backup.backup_user(config, user)
+    crash = script(tmp_path, "import sys\nprint('cannot read state: no such column', flush=True)\nsys.exit(1)")
+    results = run_gates(config, VERSION, crash, evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sandbox-serve", "fail")]
+    nothing_left(config)
+
+
+def test_a_crashing_candidate_fails_sandbox_serve_with_its_last_log_lines(tmp_path):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")})
+    backup.backup_user(config, config.users[0])
+    crash = script(tmp_path, "import sys\nprint('Error: migration 53_Renamed failed', flush=True)\nsys.exit(1)")
+    results = run_gates(config, VERSION, crash, evidence_dir=evidence_dir(config))
+    failed = results[-1]
+    assert (failed.name, failed.outcome) == ("sandbox-serve", "fail")
+    assert "exited with 1" in failed.detail and "migration 53_Renamed failed" in failed.detail
+    assert failed.fingerprint == "sandbox-serve:exit:-:SandboxFailed"
+    assert "migration 53_Renamed failed" in Path(failed.evidence).read_text()
+
+
+def test_progress_reports_each_gate_as_it_starts_and_ends(tmp_path):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")})
+    lines: list[str] = []
+    run_gates(config, VERSION, tmp_path / "t3", evidence_dir=evidence_dir(config), progress=lines.append)
+    assert lines[0] == f"alice: backup-present ({VERSION})"
+    assert lines[1].startswith("alice: backup-present fail in ")
+
+
+def test_an_invalid_candidate_version_is_refused_before_anything_runs(tmp_path):
+    from t3track.errors import UsageError
+
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")})
+    with pytest.raises(UsageError):
+        run_gates(config, "latest; rm -rf /", tmp_path / "t3", evidence_dir=evidence_dir(config))
+
+
+# ---------------------------------------------------------------- the real server
+
+
+@pytest.fixture
+def real_host(tmp_path, real_state_template):  # noqa: F811
+    def make(**gates):  # noqa: ANN003, ANN202
+        config = host_config(tmp_path, {"alice": live_base_dir(real_state_template, tmp_path / "alice")}, **gates)
+        backup.backup_user(config, config.users[0])
+        return config
+    return make
+
+
+@pytest.mark.real_server
+def test_the_real_candidate_passes_every_gate_on_a_real_backup(real_host, real_t3, secret_spy):  # noqa: F811
+    config = real_host()
+    results = run_gates(config, VERSION, real_t3, evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sandbox-serve", "pass"),
+                                 ("alice", "pairing-probe", "pass")], [r.detail for r in results]
+    serve = results[1]
+    assert "migrations 52 -> 52" in serve.detail and serve.one_way == []
+    probe_doc = json.loads(Path(results[2].evidence).read_text())
+    assert probe_doc["exchange_path"] == "/api/auth/browser-session"
+    last = probe_doc["steps"][-1]
+    assert (last["name"], last["ok"], last["status"]) == ("one-time", True, 401)
+    log = Path(serve.evidence)
+    assert "T3 Code server is ready" in log.read_text()
+    for path in evidence_dir(config).iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(secret_spy.values) >= 3  # startup token, minted credential, cookie value
+    assert files_containing([config.state_dir], list(secret_spy.values)) == []
+    assert not [v for v in secret_spy.values if v in json.dumps([r.to_json() for r in results])]
+    nothing_left(config)
+
+
+@pytest.mark.real_server
+def test_pairing_probe_without_sandbox_serve_starts_the_sandbox_itself(real_host, real_t3):  # noqa: F811
+    config = real_host(order=["pairing-probe"])
+    results = run_gates(config, VERSION, real_t3, evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "pairing-probe", "pass")]
+    assert (evidence_dir(config) / "alice.sandbox-serve.log").is_file()
+    nothing_left(config)
+
+
+@pytest.mark.real_server
+def test_sessions_paired_with_the_current_version_survive_the_same_version(real_host, real_t3, tmp_path):  # noqa: F811
+    config = real_host(sessions_survive=True)
+    prefix = real_t3.parents[3]  # <prefix>/node_modules/@t3code/t3-linux-x64/t3
+    config = config.model_copy(update={"executable": str(real_t3.relative_to(prefix))})
+    config.root.mkdir(parents=True)
+    os.symlink(prefix, config.root / "current")
+    results = run_gates(config, VERSION, real_t3, evidence_dir=evidence_dir(config))
+    assert gates_of(results)[-1] == ("alice", "sessions-survive", "pass"), results[-1].detail
+    assert (evidence_dir(config) / "alice.sandbox-current.log").is_file()
+    nothing_left(config)
+
+
+def test_sessions_survive_without_a_current_install_is_inconclusive_not_a_failure(tmp_path, monkeypatch):
+    config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")}, sessions_survive=True,
+                         order=["backup-present"], serve_timeout="1s")
+    backup.backup_user(config, config.users[0])
+    hang = script(tmp_path, "import time\ntime.sleep(600)", name="t3-hang")
+    results = run_gates(config, VERSION, hang, evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sessions-survive", "inconclusive")]
+    assert "not checked" in results[-1].detail
+    nothing_left(config)
