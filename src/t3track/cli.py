@@ -178,6 +178,49 @@ def history(
                for e in events])
 
 
+@app.command()
+@command
+def show(
+    ctx: typer.Context,
+    out: Out,
+    run_id: Annotated[str, typer.Argument(metavar="RUN-ID", help="a run id from `history` (a unique prefix or `last` will do)")],
+    json_flag: JsonOpt = False,
+) -> None:
+    """One run: its result, gates, notes, the evidence files kept for it and its history lines."""
+    from t3track.evidence import show as show_run
+
+    record = show_run(ctx.obj.store(), run_id)
+    if out.as_json:
+        out.json(record.to_json())
+        return
+    doc = record.result or {}
+    out.line(f"run         {record.run_id}" + (" (dry-run)" if doc.get("dry_run") else ""))
+    if doc:
+        out.line(f"outcome     {doc.get('outcome')} (exit {doc.get('exit_code')})")
+        out.line(f"versions    {doc.get('from') or '-'} -> {doc.get('to') or '-'} (candidate {doc.get('candidate') or '-'})")
+        out.line(f"reason      {doc.get('reason')}")
+        for note in doc.get("notes") or []:
+            out.line(f"  note: {note}")
+        if doc.get("gates"):
+            out.table("gates", ["gate", "user", "outcome", "time", "detail"],
+                      [[g.get("name"), g.get("user"), g.get("outcome"), f"{g.get('duration_s', 0):.1f}s", g.get("detail")]
+                       for g in doc["gates"]])
+        if doc.get("steps"):
+            out.table("steps", ["step", "at", "time"],
+                      [[s.get("name"), f"+{s.get('at_s', 0):.2f}s", f"{s.get('duration_s', 0):.2f}s"] for s in doc["steps"]])
+    else:
+        out.line("result      none kept (a run from before evidence was kept, or its result.json is gone)")
+    out.line(f"evidence    {record.path}" + ("" if record.path.is_dir() else " (pruned or never written)"))
+    if record.files:
+        out.table("files", ["file", "bytes"], [[f.name, f.size] for f in record.files])
+    if record.events:
+        skip = {"at", "event", "by", "run_id", "gates"}
+        out.table("history", ["at", "event", "details"],
+                  [[e.get("at"), e.get("event"), " ".join(f"{k}={v}" for k, v in e.items()
+                                                            if k not in skip and v not in (None, "", [], {}))]
+                   for e in record.events])
+
+
 # ---------------------------------------------------------------- operator actions
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]

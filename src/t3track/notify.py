@@ -1,0 +1,256 @@
+"""Tell the operator: a JSON webhook and/or a command, on the nights that need a human.
+
+Sent on: a refused run, a rollback, a critical run, a freeze that lifted itself, and a user whose
+newest backup is older than gates.backup_max_age (once per stale backup, not every night). Never on
+a quiet night (nothing to do, or a swap that verified) and never for a dry run.
+
+A notification that fails (endpoint down, non-2xx, command exits non-zero or times out) is recorded
+in history as a `notify` event with ok=false and returned as a problem; it never fails the run.
+
+The webhook URL may itself be a secret (chat webhooks carry a token in the path): only its scheme and
+host are ever written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from t3track import backup, runner
+from t3track.config import Config, NotifyConfig
+from t3track.errors import T3TrackError
+from t3track.evidence import run_started_at
+from t3track.fsutil import atomic_write_text
+from t3track.redact import redact
+from t3track.state import StateStore, iso, utcnow
+
+NOTIFY_STATE_FILE = "notify.json"
+RUN_EVENTS = ("refused", "rolled_back", "critical")
+PLACEHOLDERS = ("event", "outcome", "host", "from", "to", "candidate", "gate", "user", "reason", "evidence", "run_id")
+
+
+@dataclass
+class Notification:
+    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale
+    body: dict[str, Any]
+
+
+@dataclass
+class Delivery:
+    event: str
+    via: str                 # webhook | command
+    ok: bool
+    detail: str
+
+    @property
+    def problem(self) -> str | None:
+        return None if self.ok else f"notification {self.event} via {self.via} failed: {self.detail}"
+
+
+def host_name(notify: NotifyConfig | None) -> str:
+    return (notify.host if notify and notify.host else None) or socket.gethostname()
+
+
+def _failed_gate(report: Any) -> Any:
+    return next((g for g in getattr(report, "gates", []) or [] if g.outcome == "fail"), None)
+
+
+def _body(config: Config, event: str, report: Any, **extra: Any) -> dict[str, Any]:
+    gate = _failed_gate(report) if report is not None else None
+    body: dict[str, Any] = {
+        "host": host_name(config.notify),
+        "event": event,
+        "outcome": getattr(report, "outcome", None),
+        "from": getattr(report, "from_version", None),
+        "to": getattr(report, "to_version", None),
+        "candidate": getattr(report, "candidate", None),
+        "gate": gate.name if gate else None,
+        "user": gate.user if gate else None,
+        "reason": getattr(report, "reason", None),
+        "evidence": getattr(report, "evidence", None),
+        "run_id": getattr(report, "run_id", None),
+        "exit_code": int(report.exit_code) if report is not None else None,
+        "at": iso(utcnow()),
+    }
+    body.update(extra)
+    return {k: redact(v) if isinstance(v, str) else v for k, v in body.items()}
+
+
+# ---------------------------------------------------------------- what to send
+
+
+def _load_sent(store: StateStore) -> dict[str, Any]:
+    try:
+        data = json.loads((store.dir / NOTIFY_STATE_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_sent(store: StateStore, data: dict[str, Any]) -> None:
+    store.ensure()
+    atomic_write_text(store.dir / NOTIFY_STATE_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _freeze_expiries(store: StateStore, report: Any) -> list[dict[str, Any]]:
+    """`unfreeze` events t3track recorded itself (a freeze whose end passed) since this run started."""
+    started = run_started_at(getattr(report, "run_id", "") or "")
+    if started is None:
+        return []
+    found = []
+    for event in store.history():
+        try:
+            at = datetime.fromisoformat(str(event.get("at")).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if at < started:
+            break
+        if event.get("event") == "unfreeze" and event.get("automatic"):
+            found.append(event)
+    return found
+
+
+def _stale_backups(config: Config, store: StateStore, sent: dict[str, Any], now: datetime) -> list[Notification]:
+    """Users whose newest backup is missing or too old; each stale backup is reported once."""
+    notes = []
+    told: dict[str, str] = dict(sent.get("backup_stale", {}))
+    max_age = config.gates.backup_max_age.total_seconds()
+    for user in config.users:
+        try:
+            newest = backup.newest_backup(config, user.name)
+        except (T3TrackError, OSError):
+            newest = None
+        if newest is not None and newest.age_s(now) <= max_age:
+            told.pop(user.name, None)
+            continue
+        key = str(newest.path) if newest else "none"
+        if told.get(user.name) == key:
+            continue
+        told[user.name] = key
+        if newest is None:
+            reason = f"{user.name} has no backup; run `t3track backup --user {user.name}`"
+            age = None
+        else:
+            age = round(newest.age_s(now))
+            reason = (f"{user.name}'s newest backup {newest.path} is {age // 3600}h old, older than "
+                      f"gates.backup_max_age ({int(max_age) // 3600}h): the next candidate will be refused; "
+                      f"check the backup timer, or run `t3track backup --user {user.name}`")
+        notes.append(Notification("backup_stale", {"user": user.name, "backup": key if newest else None,
+                                                   "backup_age_s": age, "reason": reason}))
+    sent["backup_stale"] = told
+    return notes
+
+
+def notifications_for_run(config: Config, store: StateStore, report: Any, *,
+                          now: datetime | None = None) -> list[Notification]:
+    """What this (non-dry) run should tell the operator; remembers stale backups already told."""
+    if getattr(report, "dry_run", False):
+        return []
+    moment = now or utcnow()
+    state = store.load()
+    frozen = state.frozen.reason if state.frozen is not None else None
+    found: list[Notification] = []
+    if report.outcome in RUN_EVENTS:
+        found.append(Notification(report.outcome, _body(config, report.outcome, report, frozen=frozen)))
+    for event in _freeze_expiries(store, report):
+        found.append(Notification("freeze_expired", _body(
+            config, "freeze_expired", report, gate=None, user=None,
+            reason=f"the freeze ({event.get('frozen_reason')}) ended; t3track follows {config.channel} again "
+                   f"({event.get('reason')})")))
+    sent = _load_sent(store)
+    for stale in _stale_backups(config, store, sent, moment):
+        body = _body(config, "backup_stale", report, gate="backup-present")
+        body.update({k: redact(v) if isinstance(v, str) else v for k, v in stale.body.items()})
+        found.append(Notification("backup_stale", body))
+    if sent != _load_sent(store):
+        _save_sent(store, sent)
+    return found
+
+
+# ---------------------------------------------------------------- how to send
+
+
+def webhook_label(url: str) -> str:
+    """scheme://host[:port] only: the path of a chat webhook is a credential."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def _post(notify: NotifyConfig, body: dict[str, Any]) -> Delivery:
+    assert notify.webhook is not None
+    where = webhook_label(notify.webhook)
+    try:
+        response = httpx.post(notify.webhook, json=body, timeout=notify.timeout.total_seconds(),
+                              follow_redirects=False, headers={"User-Agent": "t3track"})
+    except Exception as exc:  # noqa: BLE001 - connection refused, timeout, bad URL: all just "not told"
+        return Delivery(body["event"], "webhook", False, f"{where}: {type(exc).__name__}: "
+                        f"{redact(str(exc)).replace(notify.webhook, where)}")
+    if not 200 <= response.status_code < 300:
+        return Delivery(body["event"], "webhook", False, f"{where} answered HTTP {response.status_code}")
+    return Delivery(body["event"], "webhook", True, f"{where} answered HTTP {response.status_code}")
+
+
+def command_argv(template: list[str], body: dict[str, Any]) -> list[str]:
+    """Fill {event} {reason} ... by plain replacement (no str.format: a config must not reach attributes)."""
+    argv = []
+    for part in template:
+        for key in PLACEHOLDERS:
+            value = body.get(key)
+            part = part.replace("{" + key + "}", "" if value is None else str(value))
+        argv.append(part)
+    return argv
+
+
+def _run_command(notify: NotifyConfig, body: dict[str, Any]) -> Delivery:
+    assert notify.command is not None
+    argv = command_argv(notify.command, body)
+    try:
+        result = runner.run(argv, timeout=notify.timeout.total_seconds(), stdin=json.dumps(body) + "\n")
+    except T3TrackError as exc:
+        return Delivery(body["event"], "command", False, exc.message)
+    if not result.ok:
+        return Delivery(body["event"], "command", False, result.describe())
+    return Delivery(body["event"], "command", True, f"{argv[0]} exited 0")
+
+
+def send(config: Config, notification: Notification) -> list[Delivery]:
+    notify = config.notify
+    if notify is None:
+        return []
+    deliveries = []
+    if notify.webhook:
+        deliveries.append(_post(notify, notification.body))
+    if notify.command:
+        deliveries.append(_run_command(notify, notification.body))
+    return deliveries
+
+
+def after_run(config: Config, store: StateStore, report: Any) -> list[Delivery]:
+    """Build and send this run's notifications; record each delivery in history. Never raises."""
+    if config.notify is None or (not config.notify.webhook and not config.notify.command):
+        return []
+    try:
+        notifications = notifications_for_run(config, store, report)
+    except Exception as exc:  # noqa: BLE001 - telling must never fail the run
+        return [Delivery("?", "t3track", False, f"could not work out what to notify: {exc}")]
+    deliveries = []
+    for notification in notifications:
+        for delivery in send(config, notification):
+            deliveries.append(delivery)
+            try:
+                store.record("notify", by="t3track", run_id=getattr(report, "run_id", None),
+                             notify_event=delivery.event, via=delivery.via, ok=delivery.ok, detail=delivery.detail)
+            except OSError:
+                pass
+    return deliveries
+
+
+def deliveries_problems(deliveries: list[Delivery]) -> list[str]:
+    return [d.problem for d in deliveries if d.problem]
+

@@ -1,0 +1,249 @@
+"""Notifications: a webhook receiver on 127.0.0.1 started by the test, and a notify command."""
+
+import json
+import sys
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from t3track import afterrun, notify
+from t3track.config import parse_config
+from t3track.errors import ExitCode
+from t3track.gates import GateResult
+from t3track.night import NightReport
+from t3track.state import LastRun, State, StateStore, utcnow
+
+V1 = "0.0.43-nightly.20261127.3001"
+
+
+class Receiver:
+    """A webhook endpoint on loopback that keeps every JSON body it gets and answers `status`."""
+
+    def __init__(self, status=204):
+        self.bodies = []
+        self.paths = []
+        self.status = status
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                receiver.paths.append(self.path)
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0KEN-in-the-path"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def make_config(tmp_path, **notify_cfg):
+    return parse_config({"state_dir": str(tmp_path / "state"), "root": str(tmp_path / "root"),
+                         "backup_dir": str(tmp_path / "backups"),
+                         "users": [{"name": "alice", "base_dir": str(tmp_path / "alice"), "port": 3773}],
+                         "notify": {"host": "t3-prod", **notify_cfg}})
+
+
+def fresh_backup(config, user="alice", age=timedelta(hours=1)):
+    created = utcnow() - age
+    path = config.backup_dir / user / created.strftime("%Y%m%dT%H%M%SZ")
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"created_at": created.isoformat(), "files": {}}))
+    return path
+
+
+def run_id_now():
+    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-abcdef"
+
+
+def finish(config, report):
+    store = StateStore(config.state_dir)
+    state = store.load()
+    state.last_run = LastRun(at=utcnow(), outcome=report.outcome, exit_code=int(report.exit_code), run_id=report.run_id)
+    store.save(state)
+    store.record("run", by="t3track", run_id=report.run_id, outcome=report.outcome)
+    return store, afterrun.after_run(config, store, report)
+
+
+def refused(run_id=None):
+    run_id = run_id or run_id_now()
+    gate = GateResult("pairing-probe", "alice", "fail", 1.0, "alice: exchange answered 404 (cookie t3_session=abcdefgh)",
+                      fingerprint="pairing-probe:exchange:404:HTTPStatus")
+    return NightReport("refused", ExitCode.REFUSED, run_id, "gate pairing-probe failed for alice: exchange 404",
+                       V1, "0.0.42", gates=[gate], evidence=f"/var/lib/t3track/evidence/{run_id}")
+
+
+def test_a_refused_night_posts_host_outcome_versions_gate_reason_and_evidence(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    report = refused()
+    finish(config, report)
+    assert len(receiver.bodies) == 1
+    body = receiver.bodies[0]
+    assert body["host"] == "t3-prod" and body["event"] == "refused" and body["outcome"] == "refused"
+    assert body["from"] == "0.0.42" and body["candidate"] == V1 and body["to"] is None
+    assert body["gate"] == "pairing-probe" and body["user"] == "alice"
+    assert body["reason"] == report.reason
+    assert body["evidence"] == report.evidence and body["run_id"] == report.run_id
+
+
+def test_a_rollback_and_a_critical_run_are_each_notified(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    live = GateResult("live-verify", "alice", "fail", 2.0, "no cookie", fingerprint="live-verify:exchange:200")
+    finish(config, NightReport("rolled_back", ExitCode.REFUSED, run_id_now(), "live check failed for alice", V1,
+                               "0.0.42", "0.0.42", gates=[live]))
+    finish(config, NightReport("critical", ExitCode.CRITICAL, run_id_now(), "the rollback failed", V1, "0.0.42",
+                               None, gates=[live]))
+    assert [b["event"] for b in receiver.bodies] == ["rolled_back", "critical"]
+    assert receiver.bodies[0]["to"] == "0.0.42" and receiver.bodies[0]["gate"] == "live-verify"
+
+
+def test_a_no_op_night_and_a_good_swap_send_nothing(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is 0.0.42, which is current"))
+    finish(config, NightReport("swapped", ExitCode.OK, run_id_now(), "swapped", V1, "0.0.42", V1))
+    assert receiver.bodies == []
+    assert not [e for e in StateStore(config.state_dir).history() if e["event"] == "notify"]
+
+
+def test_a_dry_run_is_never_notified(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    report = refused()
+    report.dry_run = True
+    finish(config, report)
+    assert receiver.bodies == []  # not even the missing backup: a dry run is someone at a terminal
+
+
+def test_a_failing_webhook_is_a_note_and_a_history_line_never_a_different_exit_code(tmp_path):
+    failing = Receiver(status=500)
+    try:
+        config = make_config(tmp_path, webhook=failing.url)
+        fresh_backup(config)
+        report = refused()
+        store, notes = finish(config, report)
+    finally:
+        failing.close()
+    assert report.exit_code == ExitCode.REFUSED
+    assert len(failing.bodies) == 1
+    assert any("HTTP 500" in n for n in notes) and any("HTTP 500" in n for n in report.notes)
+    event = next(e for e in store.history() if e["event"] == "notify")
+    assert event["ok"] is False and event["via"] == "webhook" and event["notify_event"] == "refused"
+
+
+def test_an_unreachable_webhook_never_raises_and_never_names_the_secret_path(tmp_path, receiver):
+    url = receiver.url
+    receiver.close()  # nothing listens there any more
+    config = make_config(tmp_path, webhook=url, timeout="2s")
+    fresh_backup(config)
+    report = refused()
+    store, notes = finish(config, report)
+    assert report.exit_code == ExitCode.REFUSED
+    assert len(notes) == 1 and "notification refused via webhook failed" in notes[0]
+    assert "T0KEN" not in notes[0] and "T0KEN" not in store.history_path.read_text()
+
+
+def test_the_notify_command_gets_placeholders_in_argv_and_the_json_on_stdin(tmp_path):
+    out = tmp_path / "told.json"
+    script = ("import json, sys; json.dump({'argv': sys.argv[1:], 'stdin': json.load(sys.stdin)}, "
+              f"open({str(out)!r}, 'w'))")
+    config = make_config(tmp_path, command=[sys.executable, "-c", script, "{event}", "--to={candidate}", "{gate}"])
+    fresh_backup(config)
+    store, notes = finish(config, refused())
+    told = json.loads(out.read_text())
+    assert told["argv"] == ["refused", f"--to={V1}", "pairing-probe"]
+    assert told["stdin"]["event"] == "refused" and told["stdin"]["host"] == "t3-prod"
+    assert notes == []
+    assert next(e for e in store.history() if e["event"] == "notify")["ok"] is True
+
+
+def test_a_failing_notify_command_is_a_note(tmp_path):
+    config = make_config(tmp_path, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    fresh_backup(config)
+    report = refused()
+    _, notes = finish(config, report)
+    assert report.exit_code == ExitCode.REFUSED
+    assert len(notes) == 1 and "via command failed" in notes[0] and "exited 3" in notes[0]
+
+
+def test_placeholders_are_replaced_literally_never_formatted():
+    argv = notify.command_argv(["{reason.__class__}", "{event}", "{0}"], {"event": "refused", "reason": "x"})
+    assert argv == ["{reason.__class__}", "refused", "{0}"]
+
+
+def test_a_stale_backup_is_notified_once_even_on_a_quiet_night(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    stale = fresh_backup(config, age=timedelta(hours=30))
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
+    assert [b["event"] for b in receiver.bodies] == ["backup_stale"]
+    body = receiver.bodies[0]
+    assert body["user"] == "alice" and body["backup"] == str(stale) and body["backup_age_s"] >= 30 * 3600
+    assert "gates.backup_max_age" in body["reason"]
+
+
+def test_a_stale_backup_is_notified_again_after_a_fresh_one_went_stale_too(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config, age=timedelta(hours=60))
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "quiet"))
+    fresh_backup(config, age=timedelta(hours=27))  # newer, but also too old
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "quiet"))
+    assert [b["event"] for b in receiver.bodies] == ["backup_stale", "backup_stale"]
+
+
+def test_a_freeze_that_lifted_itself_during_the_run_is_notified(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    store = StateStore(config.state_dir)
+    run_id = run_id_now()
+    store.record("unfreeze", by="t3track", reason="freeze expired at 2026-11-27T00:00:00Z",
+                 frozen_reason="holiday week", automatic=True)
+    finish(config, NightReport("noop", ExitCode.OK, run_id, "nightly is current"))
+    assert [b["event"] for b in receiver.bodies] == ["freeze_expired"]
+    assert "holiday week" in receiver.bodies[0]["reason"]
+
+
+def test_a_freeze_lifted_by_hand_is_not_notified(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    StateStore(config.state_dir).record("unfreeze", by="ops", was_frozen=True)
+    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
+    assert receiver.bodies == []
+
+
+def test_secrets_in_a_reason_are_redacted_in_the_body(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    report = refused()
+    report.reason = "startup said Token: ABCDEFGH2345"
+    finish(config, report)
+    assert "ABCDEFGH2345" not in json.dumps(receiver.bodies)
+
+
+def test_no_notify_config_sends_nothing_and_records_nothing(tmp_path):
+    config = parse_config({"state_dir": str(tmp_path / "state"), "backup_dir": str(tmp_path / "b")})
+    store, notes = finish(config, refused())
+    assert notes == [] and not [e for e in store.history() if e["event"] == "notify"]
