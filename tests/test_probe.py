@@ -275,3 +275,73 @@ def test_probe_command_passes_against_a_real_server(real_t3, secret_spy, tmp_pat
     assert [s["status"] for s in doc["steps"] if s["name"] == "one-time"] == [401]
     assert len(secret_spy.values) >= 2  # the credential and the cookie value were seen ...
     assert not [v for v in secret_spy.values if v in result.output]  # ... and never printed
+
+
+# ---------------------------------------------------------------- the emulators: both eras, every broken build
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    """Start an emulator install (era, fault) on a fresh base dir; every server is stopped afterwards."""
+    from emulator.package import make_install, start_server
+
+    handles = []
+
+    def start(version="0.0.42", era="B", fault=None):  # noqa: ANN001, ANN202
+        prefix = tmp_path / f"install-{len(handles)}"
+        executable = make_install(prefix, version, era=era, fault=fault)
+        handle = start_server(executable, tmp_path / f"base-{len(handles)}")
+        handles.append(handle)
+        return handle, executable
+
+    yield start
+    for handle in handles:
+        handle.stop()
+
+
+def test_era_b_emulator_passes_through_browser_session(emulator, secret_spy):  # noqa: F811
+    server, executable = emulator()
+    result = probe.pairing_probe(server.url, server.base_dir, executable, timeout=5)
+    assert result.ok, result.detail
+    assert result.exchange_path == "/api/auth/browser-session"
+    assert result.cookie_name.startswith(f"t3_session_{server.port}_")
+    assert secret_spy.values and not [v for v in secret_spy.values if v in json.dumps(result.to_json())]
+
+
+def test_era_a_emulator_passes_through_bootstrap_with_the_plain_cookie_name(emulator):
+    server, executable = emulator(version="0.0.24", era="A")
+    result = probe.pairing_probe(server.url, server.base_dir, executable, timeout=5)
+    assert result.ok, result.detail
+    assert (result.exchange_path, result.cookie_name) == ("/api/auth/bootstrap", "t3_session")
+
+
+@pytest.mark.parametrize(("fault", "step", "status", "kind"), [
+    ("no-cookie", "cookie", 200, "MissingCookie"),
+    ("wrong-cookie-name", "cookie", 200, "WrongCookieName"),
+    ("renamed-endpoint", "exchange", 404, "HTTPStatus"),
+    ("exchange-500", "exchange", 500, "HTTPStatus"),
+    ("cookie-not-accepted", "replay", 200, "CookieNotAccepted"),
+    ("reusable-credential", "one-time", 200, "CredentialReusable"),
+    ("mint-fails", "mint", None, "MintFailed"),
+])
+def test_a_broken_emulator_fails_at_the_step_it_breaks(emulator, secret_spy, fault, step, status, kind):  # noqa: F811
+    server, executable = emulator(fault=fault)
+    result = probe.pairing_probe(server.url, server.base_dir, executable, timeout=5)
+    assert (result.ok, result.step, result.status, result.kind) == (False, step, status, kind), result.detail
+    assert not [v for v in secret_spy.values if v in json.dumps(result.to_json())]
+
+
+def test_a_build_whose_mint_fails_still_pairs_with_its_startup_token(emulator):
+    server, executable = emulator(fault="mint-fails")
+    result = probe.pairing_probe(server.url, server.base_dir, executable, timeout=5, token_fallback=server.token)
+    assert result.ok, result.detail
+    assert "startup token" in next(s.detail for s in result.steps if s.name == "mint")
+
+
+def test_probe_command_against_a_broken_emulator_names_the_step_without_leaking(emulator, secret_spy):  # noqa: F811
+    server, executable = emulator(fault="reusable-credential")
+    result = CliRunner().invoke(app, ["probe", "--url", server.url, "--base-dir", str(server.base_dir),
+                                      "--executable", str(executable)])
+    assert result.exit_code == 1
+    assert "failed at step one-time (HTTP 200)" in result.output
+    assert secret_spy.values and not [v for v in secret_spy.values if v in result.output]
