@@ -183,7 +183,7 @@ def history(
 def show(
     ctx: typer.Context,
     out: Out,
-    run_id: Annotated[str, typer.Argument(metavar="RUN-ID", help="a run id from `history` (a unique prefix or `last` will do)")],
+    run_id: Annotated[str, typer.Argument(help="a run id from `history` (a unique prefix or `last` will do)")],
     json_flag: JsonOpt = False,
 ) -> None:
     """One run: its result, gates, notes, the evidence files kept for it and its history lines."""
@@ -386,6 +386,35 @@ def revert(
 ) -> None:
     """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
     _not_built(out, "revert", "swap/rollback")
+
+
+@app.command()
+@command
+def drill(
+    ctx: typer.Context,
+    out: Out,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real."""
+    from t3track import drill as drill_mod
+
+    config = ctx.obj.config()
+    store = ctx.obj.store(config)
+    plan = drill_mod.plan_drill(config, store)
+    try:
+        confirmed = yes or typer.confirm(plan.question, default=False, err=True)
+    except typer.Abort:  # no terminal to answer on
+        confirmed = False
+    if not confirmed:
+        raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")
+    report = drill_mod.run_drill(config, store, progress=out.info)
+    if not out.as_json:
+        out.table("drill steps", ["at", "time", "step"],
+                  [[f"+{s.at_s:.2f}s", f"{s.duration_s:.2f}s", s.name] for s in report.steps])
+        out.table("downtime", ["user", "seconds"], [[u, f"{d:.2f}"] for u, d in report.downtime_s.items()])
+        out.line(f"simulated: {report.simulated}")
+    _report(out, report)
 
 
 @app.command("backup")

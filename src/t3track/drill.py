@@ -1,0 +1,291 @@
+"""`t3track drill`: prove on the live host that swap and rollback work, without changing version.
+
+A second copy of the current install is made under its own prefix, `versions/<current>+drill.<stamp>`
+(SemVer build metadata: the server still reports <current>, and `swap.same_version` ignores build
+metadata, so the copy passes the version check). The real swap then runs to that copy: stop, snapshot,
+flip, start, live check. The only simulated step: the copy's live check passes and is treated as
+failed. So the real rollback runs: stop, flip back, restore every user's database from the pre-swap
+snapshot (a drill restores even though nothing migrated, so the restore path is exercised too; writes
+made in the second or two the copy served are undone), start, live check of the old version. Every step is timed, and each user's downtime
+(from each stop until that user's server passed its live check again) is reported.
+
+It refuses while frozen or while a swap journal is left, leaves current, state.json and the databases
+as they were, removes the copy and its snapshots, and is recorded in history as a `drill` event.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t3track import evidence, journal, metrics, night, notify, swap, versions
+from t3track.config import Config
+from t3track.errors import ExitCode, UsageError
+from t3track.fsutil import fsync_dir
+from t3track.gates import GateResult
+from t3track.state import StateStore, operator_name, utcnow
+
+Progress = Callable[[str], None]
+SIMULATED = "the copy's live check passed and was treated as failed (the only simulated step)"
+DRILL_TAG = "+drill."
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    current: str
+    copy: str
+    users: list[str]
+
+    @property
+    def question(self) -> str:
+        return (f"Drill on this live host: stop {', '.join(self.users)}, swap to a copy of {self.current}, "
+                f"then roll back to {self.current} for real. Users lose their servers for a few seconds, "
+                "twice. Go ahead?")
+
+
+@dataclass
+class DrillStep:
+    name: str
+    at_s: float          # seconds since the drill started
+    duration_s: float
+
+
+@dataclass
+class DrillReport:
+    outcome: str                       # rolled_back (the drill ran) | critical (the rollback failed)
+    passed: bool                       # rolled back because of the simulated failure, old version verified
+    exit_code: ExitCode
+    run_id: str
+    reason: str
+    version: str
+    copy: str
+    steps: list[DrillStep] = field(default_factory=list)
+    downtime_s: dict[str, float] = field(default_factory=dict)
+    gates: list[GateResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    evidence: str | None = None
+    recovered: str | None = None
+    dry_run: bool = False
+    simulated: str = SIMULATED
+
+    # the names NightReport readers use
+    @property
+    def candidate(self) -> str:
+        return self.copy
+
+    @property
+    def from_version(self) -> str:
+        return self.version
+
+    @property
+    def to_version(self) -> str | None:
+        return self.version if self.outcome == "rolled_back" else None
+
+    @property
+    def max_downtime_s(self) -> float:
+        return max(self.downtime_s.values(), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "drill", "outcome": self.outcome, "passed": self.passed, "exit_code": int(self.exit_code),
+            "run_id": self.run_id, "reason": self.reason, "version": self.version, "copy": self.copy,
+            "from": self.version, "to": self.to_version, "candidate": self.copy, "simulated": self.simulated,
+            "dry_run": False, "evidence": self.evidence, "notes": self.notes,
+            "steps": [{"name": s.name, "at_s": round(s.at_s, 3), "duration_s": round(s.duration_s, 3)}
+                      for s in self.steps],
+            "downtime_s": {u: round(v, 3) for u, v in self.downtime_s.items()},
+            "max_downtime_s": round(self.max_downtime_s, 3),
+            "gates": [{"name": g.name, "user": g.user, "outcome": g.outcome, "duration_s": round(g.duration_s, 3),
+                       "detail": g.detail} for g in self.gates],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+# ---------------------------------------------------------------- planning
+
+
+def copy_name(current: str, stamp: str) -> str:
+    base = current.split("+", 1)[0]
+    return versions.require_valid(f"{base}{DRILL_TAG}{stamp}", "drill copy")
+
+
+def plan_drill(config: Config, store: StateStore) -> DrillPlan:
+    """Read-only: what the drill would do, or a UsageError saying why it must not run now."""
+    if journal.journal_path(store).exists():
+        raise UsageError("a swap is unfinished (its journal is left); a drill would swap on top of it",
+                         hint="run `t3track run` (it recovers the swap first) and check `t3track status`")
+    state = store.load()
+    if state.frozen is not None and not state.frozen.expired(utcnow()):
+        raise UsageError(f"t3track is frozen ({state.frozen.reason}); a drill swaps servers, which a freeze "
+                         "is there to prevent", hint="drill after `t3track unfreeze` (or after the freeze ends)")
+    if state.current is None:
+        raise UsageError("t3track has no current version: nothing to drill",
+                         hint="bring the host under t3track with `t3track adopt VERSION` first")
+    live = swap.current_version(config)
+    if live != state.current:
+        raise UsageError(f"{config.root / 'current'} points at {live or 'nothing'} but t3track's current is "
+                         f"{state.current}", hint="sort that out first (`t3track status`, runbooks/t3-version-bump.md)")
+    if not swap.prefix_of(config, state.current).is_dir():
+        raise UsageError(f"{state.current} is not installed under {config.root / 'versions'}")
+    if not config.users:
+        raise UsageError("no users in the config: there is nothing to swap and roll back")
+    return DrillPlan(state.current, copy_name(state.current, utcnow().strftime("%Y%m%dT%H%M%SZ")),
+                     [u.name for u in config.users])
+
+
+# ---------------------------------------------------------------- the copy
+
+
+def _remove_tree(path: Path) -> None:
+    going = path.with_name(path.name + ".removing")
+    os.rename(path, going)  # a half-deleted tree never carries a version's name
+    shutil.rmtree(going, ignore_errors=True)
+
+
+def _remove_stale_copies(config: Config) -> None:
+    """Copies left by a killed drill (never the one `current` points at)."""
+    vdir = config.root / "versions"
+    live = swap.current_version(config)
+    for entry in vdir.iterdir() if vdir.is_dir() else []:
+        if DRILL_TAG not in entry.name or entry.name == live:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink()
+
+
+def _make_copy(config: Config, plan: DrillPlan) -> Path:
+    source = swap.prefix_of(config, plan.current)
+    final = swap.prefix_of(config, plan.copy)
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(source, partial, symlinks=True)
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+    return final
+
+
+# ---------------------------------------------------------------- timing
+
+
+class _Timeline:
+    """Progress lines with the time they arrived: each line starts a step that ends at the next."""
+
+    def __init__(self, progress: Progress):
+        self.started = time.monotonic()
+        self.marks: list[tuple[float, str]] = []
+        self.progress = progress
+
+    def __call__(self, text: str) -> None:
+        self.marks.append((time.monotonic() - self.started, text))
+        self.progress(text)
+
+    def steps(self, end: float) -> list[DrillStep]:
+        out = []
+        for i, (at, text) in enumerate(self.marks):
+            until = self.marks[i + 1][0] if i + 1 < len(self.marks) else end
+            out.append(DrillStep(text, at, until - at))
+        return out
+
+
+def downtime(steps: list[DrillStep], users: list[str]) -> dict[str, float]:
+    """Per user: from each `stop <user>'s server` to the end of that user's next passing live check."""
+    result = {}
+    for user in users:
+        stop = re.compile(rf"^stop {re.escape(user)}'s server$")
+        check = re.compile(rf"^live check {re.escape(user)} on ")
+        total, down_since = 0.0, None
+        for step in steps:
+            if stop.match(step.name) and down_since is None:
+                down_since = step.at_s
+            elif check.match(step.name) and down_since is not None:
+                total += step.at_s + step.duration_s - down_since
+                down_since = None
+        if down_since is not None:  # stopped and never checked again: down until the drill ended
+            total += (steps[-1].at_s + steps[-1].duration_s) - down_since
+        result[user] = total
+    return result
+
+
+# ---------------------------------------------------------------- the drill
+
+
+def run_drill(config: Config, store: StateStore, *, by: str | None = None,
+              progress: Progress = lambda _: None) -> DrillReport:
+    run_id = night.new_run_id()
+    who = by or operator_name()
+    with store.lock():
+        plan = plan_drill(config, store)  # again, under the lock
+        timeline = _Timeline(evidence.teed_progress(store, run_id, progress))
+        _remove_stale_copies(config)
+        timeline(f"copy {swap.prefix_of(config, plan.current)} to {swap.prefix_of(config, plan.copy)}")
+        _make_copy(config, plan)
+        result = swap.swap_to(config, store, run_id=run_id, from_version=plan.current, to_version=plan.copy,
+                              kind="drill", simulate_live_failure=True, progress=timeline)
+        swap_end = time.monotonic() - timeline.started
+        if result.outcome == "rolled_back":
+            timeline("clean up: journal, the copy and its snapshots")
+            journal.remove(store)
+            _remove_tree(swap.prefix_of(config, plan.copy))
+            shutil.rmtree(store.dir / "snapshots" / run_id, ignore_errors=True)
+        end = time.monotonic() - timeline.started
+        steps = timeline.steps(end)
+        # downtime is measured on the swap's own steps, not on our clean-up afterwards
+        down = downtime([s for s in steps if s.at_s < swap_end], plan.users)
+        report = _report(run_id, plan, result, steps, down)
+        report.evidence = str(evidence.evidence_dir(store, run_id))
+        store.record("drill", by=who, run_id=run_id, outcome=report.outcome, passed=report.passed,
+                     version=plan.current, copy=plan.copy, reason=report.reason, exit_code=int(report.exit_code),
+                     downtime_s=round(report.max_downtime_s, 3), simulated=SIMULATED,
+                     restored=result.restored_users)
+        _after(config, store, report)
+        return report
+
+
+def _report(run_id: str, plan: DrillPlan, result: swap.SwapResult, steps: list[DrillStep],
+            down: dict[str, float]) -> DrillReport:
+    real_failure = next((g for g in result.live if g.outcome != "pass"), None)
+    gates = result.live + result.rollback_live
+    if result.outcome == "critical":
+        return DrillReport("critical", False, ExitCode.CRITICAL, run_id,
+                           f"the rollback failed: {result.reason}; t3track froze itself and kept its journal",
+                           plan.current, plan.copy, steps, down, gates, result.timings,
+                           notes=["see runbooks/t3-version-bump.md (manual rollback), then `t3track unfreeze`"])
+    if real_failure is not None or len(result.live) < len(plan.users):
+        why = real_failure.detail if real_failure else result.reason
+        return DrillReport("rolled_back", False, ExitCode.REFUSED, run_id,
+                           f"the rollback worked, but the copy of {plan.current} failed its live check for real "
+                           f"({why}): a swap on this host fails even without a new version",
+                           plan.current, plan.copy, steps, down, gates, result.timings)
+    if result.restored_users:
+        note = [f"restored the databases of {', '.join(result.restored_users)} from the pre-swap snapshots "
+                "(for real, as a rollback of a migrating version would; writes made while the copy served are undone)"]
+    else:
+        note = []
+    return DrillReport("rolled_back", True, ExitCode.OK, run_id,
+                       f"swapped to a copy of {plan.current} and rolled back to {plan.current}; every live check "
+                       f"passed; longest downtime {max(down.values(), default=0):.1f}s",
+                       plan.current, plan.copy, steps, down, gates, result.timings, notes=note)
+
+
+def _after(config: Config, store: StateStore, report: DrillReport) -> None:
+    """Evidence, metrics and (for a failed rollback only) a notification; never raises."""
+    try:
+        evidence.write_result(store, report.run_id, evidence.result_document(report))
+    except OSError as exc:
+        report.notes.append(f"evidence not written: {exc}")
+    if report.outcome == "critical" and config.notify is not None:
+        deliveries = notify.send(config, notify.Notification("critical", notify.body_for(config, "critical", report)))
+        report.notes.extend(notify.deliveries_problems(deliveries))
+    problem = metrics.write_quietly(config, store).problem
+    if problem:
+        report.notes.append(problem)
