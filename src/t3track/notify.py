@@ -61,7 +61,7 @@ def _failed_gate(report: Any) -> Any:
     return next((g for g in getattr(report, "gates", []) or [] if g.outcome == "fail"), None)
 
 
-def _body(config: Config, event: str, report: Any, **extra: Any) -> dict[str, Any]:
+def body_for(config: Config, event: str, report: Any, **extra: Any) -> dict[str, Any]:
     gate = _failed_gate(report) if report is not None else None
     body: dict[str, Any] = {
         "host": host_name(config.notify),
@@ -157,15 +157,15 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
     frozen = state.frozen.reason if state.frozen is not None else None
     found: list[Notification] = []
     if report.outcome in RUN_EVENTS:
-        found.append(Notification(report.outcome, _body(config, report.outcome, report, frozen=frozen)))
+        found.append(Notification(report.outcome, body_for(config, report.outcome, report, frozen=frozen)))
     for event in _freeze_expiries(store, report):
-        found.append(Notification("freeze_expired", _body(
+        found.append(Notification("freeze_expired", body_for(
             config, "freeze_expired", report, gate=None, user=None,
             reason=f"the freeze ({event.get('frozen_reason')}) ended; t3track follows {config.channel} again "
                    f"({event.get('reason')})")))
     sent = _load_sent(store)
     for stale in _stale_backups(config, store, sent, moment):
-        body = _body(config, "backup_stale", report, gate="backup-present")
+        body = body_for(config, "backup_stale", report, gate="backup-present")
         body.update({k: redact(v) if isinstance(v, str) else v for k, v in stale.body.items()})
         found.append(Notification("backup_stale", body))
     if sent != _load_sent(store):
