@@ -1,0 +1,392 @@
+"""Helpers for tests and demos around the T3 Code emulator (t3emu.py). Standard library only.
+
+Builds installs and npm tarballs of the emulator, realistic user base dirs, and starts/stops servers
+(the emulator or the real executable: same argv) by process group. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import t3emu
+
+EMULATOR = Path(__file__).resolve().with_name("t3emu.py")
+EXECUTABLE = "node_modules/t3/bin/t3"  # the config's `executable` for emulator installs
+PACKAGE = "t3"
+ROWS_TABLE = "projection_threads"      # where make_user_state/add_rows put user data
+NPM_MTIME = 499162500                  # npm pack's fixed mtime (1985-10-26)
+
+
+def settings(version: str, *, era: str = "B", migrations: int | None = None, fault: str | None = None,
+             start_delay_s: float = 0, **extra) -> dict:
+    """The emulator.json document. `migrations` defaults to 52 for Era B and 30 for Era A."""
+    if migrations is None:
+        migrations = 52 if era == "B" else 30
+    return {"version": version, "era": era, "migrations": migrations, "fault": fault,
+            "start_delay_s": start_delay_s, **extra}
+
+
+# ---------------------------------------------------------------- installs and tarballs
+
+
+def make_install(prefix: Path, version: str, era: str = "B", migrations: int | None = None,
+                 fault: str | None = None, start_delay_s: float = 0, **extra) -> Path:
+    """Lay out an emulator install as `npm install --prefix PREFIX t3@VERSION` would; return the executable.
+
+    prefix/node_modules/t3/{package.json, bin/t3, bin/emulator.json}, prefix/node_modules/.bin/t3 -> ../t3/bin/t3,
+    prefix/package.json. The executable is prefix/EXECUTABLE.
+    """
+    prefix = Path(prefix)
+    package_dir = prefix / "node_modules" / PACKAGE
+    (package_dir / "bin").mkdir(parents=True, exist_ok=True)
+    (package_dir / "package.json").write_text(json.dumps(_manifest(version), indent=2) + "\n")
+    executable = package_dir / "bin" / "t3"
+    shutil.copyfile(EMULATOR, executable)
+    executable.chmod(0o755)
+    write_settings(executable, settings(version, era=era, migrations=migrations, fault=fault,
+                                        start_delay_s=start_delay_s, **extra))
+    dot_bin = prefix / "node_modules" / ".bin"
+    dot_bin.mkdir(exist_ok=True)
+    link = dot_bin / "t3"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path("..") / PACKAGE / "bin" / "t3")
+    (prefix / "package.json").write_text(json.dumps({"dependencies": {PACKAGE: version}}, indent=2) + "\n")
+    return executable
+
+
+def settings_path(executable: Path) -> Path:
+    return Path(os.path.realpath(executable)).parent / "emulator.json"
+
+
+def write_settings(executable: Path, document: dict) -> None:
+    settings_path(executable).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def configure(executable: Path, **changes) -> dict:
+    """Change an installed emulator's behaviour, e.g. configure(exe, fault="no-cookie"). Returns the new settings."""
+    path = settings_path(executable)
+    document = json.loads(path.read_text())
+    document.update(changes)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def _manifest(version: str) -> dict:
+    return {"name": PACKAGE, "version": version, "bin": {"t3": "bin/t3"}, "license": "MIT"}
+
+
+def tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
+                  start_delay_s: float = 0, **extra) -> bytes:
+    """An npm tarball of the emulator: package/{package.json, bin/t3 (0755), bin/emulator.json}, no deps."""
+    entries = [
+        ("package/package.json", json.dumps(_manifest(version), indent=2).encode() + b"\n", 0o644),
+        ("package/bin/t3", EMULATOR.read_bytes(), 0o755),
+        ("package/bin/emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
+                                                          start_delay_s=start_delay_s, **extra)).encode(), 0o644),
+    ]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, NPM_MTIME
+            archive.addfile(info, io.BytesIO(data))
+    import gzip
+
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def pack_tarball(dest_dir: Path, version: str, era: str = "B", migrations: int | None = None,
+                 fault: str | None = None, start_delay_s: float = 0, **extra) -> Path:
+    """Write `t3-<version>.tgz` into dest_dir (like `npm pack`) and return its path; see tarball_integrity()."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / f"{PACKAGE}-{version}.tgz"
+    path.write_bytes(tarball_bytes(version, era, migrations, fault, start_delay_s, **extra))
+    return path
+
+
+def tarball_integrity(path: Path) -> str:
+    """npm's `dist.integrity`: sha512-<base64 digest>."""
+    return "sha512-" + base64.b64encode(hashlib.sha512(Path(path).read_bytes()).digest()).decode()
+
+
+def tarball_shasum(path: Path) -> str:
+    """npm's `dist.shasum`: hex sha1."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- user state
+
+
+@dataclass(frozen=True)
+class UserState:
+    base_dir: Path
+    db: Path
+    thread_ids: list[str]
+
+
+def state_db(base_dir: Path) -> Path:
+    return Path(base_dir) / "userdata" / "state.sqlite"
+
+
+def make_user_state(base_dir: Path, migrations: int = 52, rows: int = 5) -> UserState:
+    """A user's T3 base dir as a server at `migrations` leaves it, with `rows` threads of user data.
+
+    userdata/state.sqlite (WAL, effect_sql_migrations 1..migrations, one project, `rows` rows in
+    projection_threads), secrets/*.bin (0600 in a 0700 dir), environment-id, settings.json,
+    keybindings.json. No server-runtime.json (no server is running).
+    """
+    paths = t3emu.Paths(str(base_dir))
+    t3emu.ensure_userdata(paths)
+    with t3emu.connected(paths.db) as conn:
+        t3emu.migrate(conn, migrations)
+    (paths.userdata / "settings.json").write_text(json.dumps({"theme": "system", "enableAssistantStreaming": True}, indent=2) + "\n")
+    (paths.userdata / "keybindings.json").write_text(json.dumps([{"key": "mod+b", "command": "sidebar.toggle"}], indent=2) + "\n")
+    ids = add_rows(paths.db, rows, "initial")
+    return UserState(paths.base, paths.db, ids)
+
+
+def add_rows(db: Path, count: int, tag: str) -> list[str]:
+    """Insert `count` threads titled `<tag> thread <i>` into ROWS_TABLE (works while a server runs)."""
+    stamp = t3emu.iso(t3emu.now())
+    ids = [f"thread-{tag}-{uuid.uuid4().hex[:8]}-{i:04d}" for i in range(count)]
+    with t3emu.connected(Path(db)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR IGNORE INTO projection_projects (project_id, title, workspace_root, scripts_json,"
+                     " created_at, updated_at) VALUES ('project-1', 'demo', '/srv/demo', '[]', ?, ?)", (stamp, stamp))
+        conn.executemany(f"INSERT INTO {ROWS_TABLE} (thread_id, project_id, title, created_at, updated_at)"
+                         " VALUES (?, 'project-1', ?, ?, ?)",
+                         [(tid, f"{tag} thread {i}", stamp, stamp) for i, tid in enumerate(ids)])
+        conn.execute("COMMIT")
+    return ids
+
+
+def migration_ids(db: Path) -> list[int]:
+    with t3emu.connected(Path(db)) as conn:
+        return [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]
+
+
+# ---------------------------------------------------------------- HTTP (loopback only)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def set_cookies(self) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == "set-cookie"]
+
+
+def request(url: str, method: str = "GET", path: str = "/", *, json_body=None, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 5.0) -> Response:
+    """One HTTP request to a loopback server (no redirects followed, every header kept)."""
+    match = re.fullmatch(r"http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):(\d+)/?", url)
+    if not match:
+        raise ValueError(f"only loopback http URLs are allowed, not {url!r}")
+    headers = dict(headers or {})
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection(match.group(1).strip("[]"), int(match.group(2)), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return Response(answer.status, answer.getheaders(), answer.read())
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """The outcome of one credential exchange, as a client sees it."""
+    response: Response
+    cookie_name: str | None
+    cookie_value: str | None
+    cookie_attributes: list[str]
+
+    @property
+    def cookie_header(self) -> str | None:
+        return f"{self.cookie_name}={self.cookie_value}" if self.cookie_name else None
+
+
+def exchange(url: str, credential: str, path: str = "/api/auth/browser-session", timeout: float = 5.0) -> Pairing:
+    """POST the credential to `path`; parse the first Set-Cookie (name, value, attributes)."""
+    answer = request(url, "POST", path, json_body={"credential": credential}, timeout=timeout)
+    cookies = answer.set_cookies
+    if not cookies:
+        return Pairing(answer, None, None, [])
+    first, *attributes = [part.strip() for part in cookies[0].split(";")]
+    name, _, value = first.partition("=")
+    return Pairing(answer, name, value, attributes)
+
+
+def pair(url: str, credential: str, timeout: float = 5.0) -> Pairing:
+    """The client fallback of 2026-06-16: browser-session, then bootstrap on 404."""
+    result = exchange(url, credential, "/api/auth/browser-session", timeout)
+    if result.response.status == 404:
+        result = exchange(url, credential, "/api/auth/bootstrap", timeout)
+    return result
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "T3CODE_TELEMETRY_ENABLED": "false", **(extra or {})}
+
+
+def mint(executable: Path, base_dir: Path, ttl: str = "5m", env: dict[str, str] | None = None,
+         timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run `t3 auth pairing create --base-dir D --ttl TTL --json` (stdout holds a credential: a secret)."""
+    return subprocess.run([str(executable), "auth", "pairing", "create", "--base-dir", str(base_dir), "--ttl", ttl,
+                           "--json"], capture_output=True, text=True, env=server_env(env), timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and pid_alive(int(entry)):
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        return True
+            except (FileNotFoundError, IndexError, ValueError):
+                continue
+    return False
+
+
+@dataclass
+class ServerHandle:
+    """A `t3 serve` started by start_server, in its own session/process group (pgid == pid)."""
+    proc: subprocess.Popen
+    port: int
+    base_dir: Path
+    log_path: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def token(self) -> str | None:
+        """The startup `Token:` (a one-time credential: a secret)."""
+        match = re.search(r"^Token: (\S+)$", self.output(), re.M)
+        return match.group(1) if match else None
+
+    def wait_ready(self, timeout: float = 15.0, version: str | None = None) -> dict:
+        """Poll /.well-known/t3/environment (1 s per request: the real one can hang an early request)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"t3 serve exited {self.proc.returncode} before ready:\n{self.output()[-2000:]}")
+            try:
+                answer = request(self.url, "GET", "/.well-known/t3/environment", timeout=1.0)
+                last = f"HTTP {answer.status}"
+                if answer.status == 200:
+                    document = answer.json()
+                    if version is None or document.get("serverVersion") == version:
+                        return document
+                    last = f"serverVersion {document.get('serverVersion')!r}"
+            except (OSError, http.client.HTTPException) as error:
+                last = type(error).__name__
+            time.sleep(0.05)
+        raise TimeoutError(f"t3 serve on port {self.port} not ready after {timeout}s ({last})")
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM the process group, wait, SIGKILL what is left. Returns the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+            if not group_alive(self.proc.pid):
+                break
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return pid_alive(self.proc.pid) or group_alive(self.proc.pid)
+
+
+def start_server(executable: Path, base_dir: Path, port: int | None = None, *, env: dict[str, str] | None = None,
+                 wait: bool = True, timeout: float = 15.0, log_path: Path | None = None) -> ServerHandle:
+    """Start `EXECUTABLE serve --host 127.0.0.1 --port P --base-dir D --no-browser`; wait until ready unless wait=False.
+
+    stdout and stderr go to log_path (default: a temp file). Always stop() the handle (a finalizer).
+    """
+    port = port or free_port()
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"t3-serve-{port}-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    argv = [str(executable), "serve", "--host", "127.0.0.1", "--port", str(port), "--base-dir", str(base_dir),
+            "--no-browser"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=server_env(env), start_new_session=True)
+    handle = ServerHandle(proc, port, Path(base_dir), Path(log_path), argv)
+    if wait:
+        try:
+            handle.wait_ready(timeout)
+        except BaseException:
+            handle.stop()
+            raise
+    return handle
+
+
+def stop_server(handle: ServerHandle) -> int | None:
+    return handle.stop()

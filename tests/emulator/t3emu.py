@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""A stand-in for the T3 Code server (`t3`), stdlib only, for tests and demos.
+
+It follows the contract that t3track relies on (shared/spec/t3code-contract.md), as observed on the
+real 0.0.42: startup lines, `/.well-known/t3/environment`, the pairing handshake of both eras,
+one-time credentials stored in `<base>/userdata/state.sqlite` (WAL), forward-only migrations in
+`effect_sql_migrations`, signed session cookies whose sessions live in the database,
+`server-runtime.json` while it runs. What version it claims, which era it speaks, how far it
+migrates and how it is broken come from `emulator.json` next to this file (symlinks resolved), so an
+npm-installed copy carries its behaviour. See README.md beside this file.
+
+    t3 serve --host H --port P --base-dir D [--no-browser]
+    t3 auth pairing create --base-dir D [--ttl 5m] [--label L] [--json]
+    t3 --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+FAULTS = (
+    "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
+    "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
+)
+DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0,
+            "reported_version": None}
+
+# Migration names of the real 0.0.42 (1..52); later ones are the emulator's own.
+MIGRATION_NAMES = [
+    "OrchestrationEvents", "OrchestrationCommandReceipts", "CheckpointDiffBlobs", "ProviderSessionRuntime",
+    "Projections", "ProjectionThreadSessionRuntimeModeColumns", "ProjectionThreadMessageAttachments",
+    "ProjectionThreadActivitySequence", "ProviderSessionRuntimeMode", "ProjectionThreadsRuntimeMode",
+    "OrchestrationThreadCreatedRuntimeMode", "ProjectionThreadsInteractionMode", "ProjectionThreadProposedPlans",
+    "ProjectionThreadProposedPlanImplementation", "ProjectionTurnsSourceProposedPlan",
+    "CanonicalizeModelSelections", "ProjectionThreadsArchivedAt", "ProjectionThreadsArchivedAtIndex",
+    "ProjectionSnapshotLookupIndexes", "AuthAccessManagement", "AuthSessionClientMetadata",
+    "AuthSessionLastConnectedAt", "ProjectionThreadShellSummary", "BackfillProjectionThreadShellSummary",
+    "CleanupInvalidProjectionPendingApprovals", "CanonicalizeModelSelectionOptions",
+    "ProviderSessionRuntimeInstanceId", "ProjectionThreadSessionInstanceId",
+    "ProjectionThreadDetailOrderingIndexes", "ProjectionThreadShellArchiveIndexes", "AuthAuthorizationScopes",
+    "AuthPairingProofKeyThumbprint", "ProjectionThreadsSettled", "ProjectionThreadsSnoozed",
+    "ProjectionThreadTitleRegeneration", "ProjectionThreadsPinned", "ProjectionTurnsKeysetIndex",
+    "ProjectionThreadsPinOrderKey", "ProjectionProjectsDefaultThreadEnvMode", "ProjectionProjectFaviconPath",
+    "AuthSessionClientConnection", "ProjectionThreadLinkedPullRequest", "ProjectionThreadsUnsettledAt",
+    "ClearAutomaticProjectModelDefaults", "ProjectionProjectsAutoPull", "RepairAutomaticSettlementTimestamps",
+    "ProjectionProjectIcon", "ProjectionThreadBranchPullRequest", "ProjectionThreadsActiveOrderKey",
+    "ProjectionThreadPullRequests", "ProjectionThreadMessageContext", "ProjectionThreadTitleState",
+]
+SCOPES_MIGRATION = 31  # role -> scopes; deletes every pairing link and session, like the real one
+
+_AUTH_LINKS = """CREATE TABLE auth_pairing_links (
+      id TEXT PRIMARY KEY, credential TEXT NOT NULL UNIQUE, method TEXT NOT NULL, {grant} TEXT NOT NULL,
+      subject TEXT NOT NULL, label TEXT, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+      consumed_at TEXT, revoked_at TEXT)"""
+_AUTH_SESSIONS = """CREATE TABLE auth_sessions (
+      session_id TEXT PRIMARY KEY, subject TEXT NOT NULL, {grant} TEXT NOT NULL, method TEXT NOT NULL,
+      issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, revoked_at TEXT{extra})"""
+_CLIENT_COLUMNS = ("client_label TEXT", "client_ip_address TEXT", "client_user_agent TEXT",
+                   "client_device_type TEXT NOT NULL DEFAULT 'unknown'", "client_os TEXT", "client_browser TEXT")
+
+SCHEMA: dict[int, list[str]] = {
+    1: ["""CREATE TABLE orchestration_events (sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+          event_id TEXT NOT NULL UNIQUE, aggregate_kind TEXT NOT NULL, stream_id TEXT NOT NULL,
+          stream_version INTEGER NOT NULL, event_type TEXT NOT NULL, occurred_at TEXT NOT NULL,
+          command_id TEXT, causation_event_id TEXT, correlation_id TEXT, actor_kind TEXT NOT NULL,
+          payload_json TEXT NOT NULL, metadata_json TEXT NOT NULL)"""],
+    2: ["""CREATE TABLE orchestration_command_receipts (command_id TEXT PRIMARY KEY,
+          aggregate_kind TEXT NOT NULL, aggregate_id TEXT NOT NULL, accepted_at TEXT NOT NULL,
+          result_sequence INTEGER NOT NULL, status TEXT NOT NULL, error TEXT)"""],
+    3: ["""CREATE TABLE checkpoint_diff_blobs (thread_id TEXT NOT NULL, from_turn_count INTEGER NOT NULL,
+          to_turn_count INTEGER NOT NULL, diff TEXT NOT NULL, created_at TEXT NOT NULL,
+          PRIMARY KEY (thread_id, from_turn_count, to_turn_count))"""],
+    4: ["""CREATE TABLE provider_session_runtime (thread_id TEXT PRIMARY KEY, provider_name TEXT NOT NULL,
+          adapter_key TEXT NOT NULL, status TEXT NOT NULL, last_seen_at TEXT NOT NULL,
+          resume_cursor_json TEXT, runtime_payload_json TEXT)"""],
+    5: ["""CREATE TABLE projection_projects (project_id TEXT PRIMARY KEY, title TEXT NOT NULL,
+          workspace_root TEXT NOT NULL, scripts_json TEXT NOT NULL, created_at TEXT NOT NULL,
+          updated_at TEXT NOT NULL, deleted_at TEXT)""",
+        """CREATE TABLE projection_threads (thread_id TEXT PRIMARY KEY, project_id TEXT NOT NULL,
+          title TEXT NOT NULL, branch TEXT, worktree_path TEXT, latest_turn_id TEXT,
+          created_at TEXT NOT NULL, updated_at TEXT NOT NULL, deleted_at TEXT)""",
+        """CREATE TABLE projection_thread_messages (message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL,
+          turn_id TEXT, role TEXT NOT NULL, text TEXT NOT NULL, is_streaming INTEGER NOT NULL,
+          created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        """CREATE TABLE projection_state (projector TEXT PRIMARY KEY,
+          last_applied_sequence INTEGER NOT NULL, updated_at TEXT NOT NULL)"""],
+    10: ["ALTER TABLE projection_threads ADD COLUMN runtime_mode TEXT NOT NULL DEFAULT 'full-access'"],
+    12: ["ALTER TABLE projection_threads ADD COLUMN interaction_mode TEXT NOT NULL DEFAULT 'default'"],
+    17: ["ALTER TABLE projection_threads ADD COLUMN archived_at TEXT"],
+    20: [_AUTH_LINKS.format(grant="role"), _AUTH_SESSIONS.format(grant="role", extra="")],
+    21: [f"ALTER TABLE auth_sessions ADD COLUMN {column}" for column in _CLIENT_COLUMNS],
+    22: ["ALTER TABLE auth_sessions ADD COLUMN last_connected_at TEXT"],
+    31: ["DROP TABLE auth_pairing_links", "DROP TABLE auth_sessions",
+         _AUTH_LINKS.format(grant="scopes"),
+         _AUTH_SESSIONS.format(grant="scopes", extra=", " + ", ".join(_CLIENT_COLUMNS) + ", last_connected_at TEXT")],
+    32: ["ALTER TABLE auth_pairing_links ADD COLUMN proof_key_thumbprint TEXT"],
+    36: ["ALTER TABLE projection_threads ADD COLUMN pinned_at TEXT"],
+    41: ["ALTER TABLE auth_sessions ADD COLUMN client_surface TEXT",
+         "ALTER TABLE auth_sessions ADD COLUMN client_app_version TEXT"],
+}
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS "effect_sql_migrations" (
+  migration_id integer PRIMARY KEY NOT NULL,
+  created_at datetime NOT NULL DEFAULT current_timestamp,
+  name VARCHAR(255) NOT NULL
+)"""
+
+STARTUP_SCOPES = ["orchestration:read", "orchestration:operate", "terminal:operate", "review:write",
+                  "relay:read", "access:read", "access:write", "relay:write"]
+CLIENT_SCOPES = STARTUP_SCOPES[:5]
+SESSION_METHODS = ["browser-session-cookie", "bearer-access-token", "dpop-access-token"]
+SESSION_LIFETIME = timedelta(days=30)
+STARTUP_TOKEN_TTL = timedelta(minutes=5)
+CREDENTIAL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+CAPABILITIES = {"repositoryIdentity": True, "connectionProbe": True, "attachmentUploads": True,
+                "pullRequests": True, "threadPinning": True, "environmentIcon": True}
+INDEX_HTML = (b"<!doctype html>\n<html lang=\"en\">\n  <head>\n    <meta charset=\"UTF-8\" />\n"
+              b"    <title>T3 Code</title>\n  </head>\n  <body><div id=\"root\"></div></body>\n</html>\n")
+
+
+def migration_name(migration_id: int) -> str:
+    if migration_id <= len(MIGRATION_NAMES):
+        return MIGRATION_NAMES[migration_id - 1]
+    return f"EmulatedNightlyChange{migration_id}"
+
+
+def migration_sql(migration_id: int) -> list[str]:
+    if migration_id > len(MIGRATION_NAMES):  # a newer nightly's schema change: visible and one-way
+        return [f"CREATE TABLE emulated_change_{migration_id} (id INTEGER PRIMARY KEY, value TEXT)"]
+    return SCHEMA.get(migration_id, [])
+
+
+# ---------------------------------------------------------------- configuration and time
+
+
+def script_dir() -> Path:
+    return Path(os.path.realpath(__file__)).parent
+
+
+def load_settings() -> dict:
+    """emulator.json next to the (symlink-resolved) script; missing keys take the defaults."""
+    path = script_dir() / "emulator.json"
+    settings = dict(DEFAULTS)
+    if path.exists():
+        settings.update(json.loads(path.read_text()))
+    if settings["era"] not in ("A", "B"):
+        raise SystemExit(f"emulator.json: era must be 'A' or 'B', not {settings['era']!r}")
+    if not isinstance(settings["migrations"], int) or settings["migrations"] < 20:
+        raise SystemExit("emulator.json: migrations must be an integer >= 20 (the auth tables come at 20)")
+    fault = settings["fault"]
+    if fault is not None:
+        base = fault[:-5] if fault.endswith("-live") else fault
+        if base not in FAULTS:
+            raise SystemExit(f"emulator.json: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    return settings
+
+
+def active_fault(settings: dict) -> str | None:
+    """`X-live` faults act only when T3EMU_LIVE=1 (the test supervisor's production servers)."""
+    fault = settings["fault"]
+    if fault and fault.endswith("-live"):
+        return fault[:-5] if os.environ.get("T3EMU_LIVE") == "1" else None
+    return fault
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+_log_counter = iter(range(1, 1 << 30))
+
+
+def log(level: str, message: str, stream=None) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    print(f"[{stamp}] {level} (#{next(_log_counter)}): {message}", file=stream or sys.stdout, flush=True)
+
+
+def parse_ttl(text: str) -> timedelta:
+    units = {"ms": 0.001, "millis": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+             "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400,
+             "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*", text)
+    if not match or match.group(2) not in units:
+        raise ValueError(text)
+    return timedelta(seconds=float(match.group(1)) * units[match.group(2)])
+
+
+# ---------------------------------------------------------------- state on disk
+
+
+class Paths:
+    def __init__(self, base_dir: str):
+        self.base = Path(os.path.abspath(os.path.expanduser(base_dir)))
+        self.userdata = self.base / "userdata"
+        self.db = self.userdata / "state.sqlite"
+        self.secrets = self.userdata / "secrets"
+        self.signing_key = self.secrets / "server-signing-key.bin"
+        self.runtime = self.userdata / "server-runtime.json"
+        self.environment_id = self.userdata / "environment-id"
+
+
+def ensure_userdata(paths: Paths) -> None:
+    for directory in (paths.userdata, paths.userdata / "logs", paths.userdata / "attachments",
+                      paths.base / "worktrees", paths.base / "caches"):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.secrets.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(paths.secrets, 0o700)
+    for name, size in (("server-signing-key.bin", 32), ("cloud-link-ed25519-key-pair.bin", 270)):
+        target = paths.secrets / name
+        if not target.exists():
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(size))
+    if not paths.environment_id.exists():
+        paths.environment_id.write_text(f"{uuid.uuid4()}\n")
+
+
+def connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+@contextlib.contextmanager
+def connected(db: Path):
+    conn = connect(db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[int]:
+    conn.execute(MIGRATIONS_TABLE)
+    return [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]
+
+
+def migrate(conn: sqlite3.Connection, target: int) -> list[str]:
+    """Apply the missing migrations up to `target`, forward only. Returns `N_Name` of each one applied."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    done = set(applied_migrations(conn))
+    applied = []
+    for migration_id in range(1, target + 1):
+        if migration_id in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration_sql(migration_id):
+                conn.execute(statement)
+            conn.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (?, ?)",
+                         (migration_id, migration_name(migration_id)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(f"{migration_id}_{migration_name(migration_id)}")
+    return applied
+
+
+def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connection:
+    ensure_userdata(paths)
+    conn = connect(paths.db)
+    applied = migrate(conn, settings["migrations"])
+    newest = max(applied_migrations(conn), default=0)
+    if announce and applied:
+        listing = ",\n".join(f"    '{name}'" for name in applied)
+        log("INFO", f"Migrations ran successfully\n  migrations: [\n{listing}\n  ]")
+    if announce and newest > settings["migrations"]:
+        # The real 0.0.42 says nothing here; the emulator says it so tests and demos can see it.
+        log("WARN", f"Database is at migration {newest}, newer than this server ({settings['migrations']}); "
+                    "starting anyway: data written by the newer version may be hidden or unreadable.")
+    return conn
+
+
+def grant_column(settings: dict) -> str:
+    """What this build's code writes: `role` before the scopes migration, `scopes` from it on."""
+    return "scopes" if settings["migrations"] >= SCOPES_MIGRATION else "role"
+
+
+def new_credential() -> str:
+    return "".join(secrets.choice(CREDENTIAL_ALPHABET) for _ in range(12))
+
+
+def issue_pairing_link(conn: sqlite3.Connection, settings: dict, *, ttl: timedelta, subject: str,
+                       label: str | None, admin: bool) -> dict:
+    link_id, credential, created = str(uuid.uuid4()), new_credential(), now()
+    column = grant_column(settings)
+    grant = json.dumps(STARTUP_SCOPES if admin else CLIENT_SCOPES, separators=(",", ":")) \
+        if column == "scopes" else ("owner" if admin else "client")
+    conn.execute(
+        f"INSERT INTO auth_pairing_links (id, credential, method, {column}, subject, label, created_at, expires_at)"
+        " VALUES (?, ?, 'one-time-token', ?, ?, ?, ?, ?)",
+        (link_id, credential, grant, subject, label, iso(created), iso(created + ttl)))
+    return {"id": link_id, "credential": credential, "label": label, column: grant,
+            "expiresAt": iso(created + ttl)}
+
+
+def grant_of(row: sqlite3.Row) -> tuple[str, object]:
+    if "scopes" in row.keys():
+        return "scopes", json.loads(row["scopes"])
+    return "role", row["role"]
+
+
+# ---------------------------------------------------------------- cookies
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_cookie(key: bytes, payload: dict) -> str:
+    body = b64(json.dumps(payload, separators=(",", ":")).encode())
+    return body + "." + b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
+
+
+def verify_cookie(key: bytes, value: str) -> dict | None:
+    body, _, signature = value.partition(".")
+    expected = b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
+    if not signature or not hmac.compare_digest(signature, expected):
+        return None
+    try:
+        payload = json.loads(unb64(body))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def cookie_name(settings: dict, port: int, paths: Paths) -> str:
+    if settings["era"] == "A":
+        return "t3_session"
+    # As the real 0.0.42: port and the first 12 hex digits of sha256(<base>/userdata).
+    return f"t3_session_{port}_{hashlib.sha256(str(paths.userdata).encode()).hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Emulator:
+    def __init__(self, settings: dict, paths: Paths, host: str, port: int):
+        self.settings, self.paths, self.host, self.port = settings, paths, host, port
+        self.fault = active_fault(settings)
+        self.key = paths.signing_key.read_bytes()
+        self.cookie_name = cookie_name(settings, port, paths)
+        self.environment_id = paths.environment_id.read_text().strip()
+        self.stopping = threading.Event()
+
+    def db(self) -> sqlite3.Connection:
+        return connect(self.paths.db)
+
+    def served_version(self) -> str:
+        if self.fault == "wrong-version":
+            other = self.settings.get("reported_version")
+            return other or ("0.0.41" if self.settings["version"] == "0.0.42" else "0.0.42")
+        return self.settings["version"]
+
+    def auth_descriptor(self) -> dict:
+        methods = SESSION_METHODS if self.settings["era"] == "B" else SESSION_METHODS[:1]
+        return {"policy": "loopback-browser", "bootstrapMethods": ["one-time-token"], "sessionMethods": methods,
+                "sessionCookieName": self.cookie_name}
+
+    def exchange_path(self) -> str | None:
+        if self.fault == "renamed-endpoint":
+            return None
+        return "/api/auth/browser-session" if self.settings["era"] == "B" else "/api/auth/bootstrap"
+
+    def issued_cookie_name(self) -> str:
+        return self.cookie_name.replace("t3_session", "t3_auth", 1) if self.fault == "wrong-cookie-name" \
+            else self.cookie_name
+
+    def session_for(self, cookie_header: str | None) -> dict | None:
+        """The live session a request's cookie names, or None."""
+        if not cookie_header or self.fault == "cookie-not-accepted":
+            return None
+        value = None
+        for part in cookie_header.split(";"):
+            name, _, candidate = part.strip().partition("=")
+            if name == self.cookie_name:
+                value = candidate
+        payload = verify_cookie(self.key, value) if value else None
+        if not payload or payload.get("kind") != "session":
+            return None
+        with connected(self.paths.db) as conn:
+            row = conn.execute("SELECT * FROM auth_sessions WHERE session_id = ?", (payload.get("sid"),)).fetchone()
+        if row is None or row["revoked_at"] or parse_iso(row["expires_at"]) <= now():
+            return None
+        kind, grant = grant_of(row)
+        return {kind: grant, "sessionMethod": row["method"], "expiresAt": row["expires_at"]}
+
+    def redeem(self, credential: str, client_ip: str, user_agent: str) -> tuple[dict, str] | None:
+        """Consume a one-time credential and store a session. Returns (response body, cookie value)."""
+        conn = self.db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT * FROM auth_pairing_links WHERE credential = ? AND consumed_at IS NULL"
+                               " AND revoked_at IS NULL", (credential,)).fetchone()
+            if row is None or parse_iso(row["expires_at"]) <= now():
+                conn.execute("ROLLBACK")
+                return None
+            issued = now()
+            if self.fault != "reusable-credential":
+                conn.execute("UPDATE auth_pairing_links SET consumed_at = ? WHERE id = ?", (iso(issued), row["id"]))
+            kind, grant = grant_of(row)
+            column = grant_column(self.settings)  # an older build on a newer schema fails here, as for real
+            stored = json.dumps(grant, separators=(",", ":")) if column == "scopes" else grant
+            session_id, expires = str(uuid.uuid4()), issued + SESSION_LIFETIME
+            conn.execute(
+                f"INSERT INTO auth_sessions (session_id, subject, {column}, method, issued_at, expires_at)"
+                " VALUES (?, ?, ?, 'browser-session-cookie', ?, ?)",
+                (session_id, row["subject"], stored, iso(issued), iso(expires)))
+            if "client_ip_address" in [c[1] for c in conn.execute("PRAGMA table_info(auth_sessions)")]:
+                device = "bot" if re.search(r"curl|python|httpx|wget", user_agent, re.I) else "unknown"
+                conn.execute("UPDATE auth_sessions SET client_ip_address = ?, client_user_agent = ?,"
+                             " client_device_type = ? WHERE session_id = ?",
+                             (client_ip, user_agent or None, device, session_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        millis = int(issued.timestamp() * 1000)
+        payload = {"v": 1, "kind": "session", "sid": session_id, "sub": row["subject"], kind: grant,
+                   "method": "browser-session-cookie", "iat": millis, "exp": millis + int(SESSION_LIFETIME.total_seconds() * 1000)}
+        body = {"authenticated": True, kind: grant, "sessionMethod": "browser-session-cookie", "expiresAt": iso(expires)}
+        return body, sign_cookie(self.key, payload)
+
+
+def make_handler(app: Emulator):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # the real server does not log requests
+            pass
+
+        def send_response(self, code, message=None) -> None:  # no `Server:` header, like the real one
+            self.send_response_only(code, message)
+            self.send_header("Date", self.date_time_string())
+
+        def reply(self, status: int, body: bytes = b"", content_type: str | None = None,
+                  headers: tuple = ()) -> None:
+            self.send_response(status)
+            if content_type:
+                self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.send_header("access-control-allow-origin", "*")
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def reply_json(self, status: int, document: dict, headers: tuple = ()) -> None:
+            self.reply(status, json.dumps(document, separators=(",", ":")).encode(), "application/json", headers)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/.well-known/t3/environment":
+                return self.environment()
+            if path == "/api/auth/session":
+                return self.session()
+            # Everything else is the web app, as for real: `/`, `/health`, `/api/health` all answer 200.
+            self.reply(200, INDEX_HTML, "text/html; charset=utf-8", (("cache-control", "no-cache"),))
+
+        do_HEAD = do_GET
+
+        def environment(self) -> None:
+            if app.fault == "env-hangs":
+                app.stopping.wait()
+                return
+            if app.fault == "never-ready":
+                return self.reply_json(503, {"_tag": "ServiceUnavailable", "message": "server is starting"})
+            self.reply_json(200, {
+                "environmentId": app.environment_id, "label": socket.gethostname(),
+                "platform": {"os": "linux", "arch": "x64"}, "serverVersion": app.served_version(),
+                "capabilities": CAPABILITIES})
+
+        def session(self) -> None:
+            found = app.session_for(self.headers.get("Cookie"))
+            document = {"authenticated": found is not None, "auth": app.auth_descriptor()}
+            self.reply_json(200, {**document, **(found or {})})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            path = self.path.split("?", 1)[0]
+            if path != app.exchange_path():
+                return self.reply(404)
+            content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+            if content_type and content_type != "application/json":
+                return self.reply(415, f"Unsupported content-type: {content_type}".encode(), "text/plain")
+            try:
+                document = json.loads(raw or b"null")
+            except ValueError:
+                return self.reply(400)
+            credential = document.get("credential") if isinstance(document, dict) else None
+            if not isinstance(credential, str) or not credential:
+                return self.reply(400)
+            if app.fault == "exchange-500":
+                return self.reply_json(500, {"_tag": "InternalServerError", "traceId": secrets.token_hex(16)})
+            try:
+                redeemed = app.redeem(credential, self.client_address[0], self.headers.get("User-Agent") or "")
+            except sqlite3.Error as error:
+                log("ERROR", f"Failed to exchange a pairing credential: {error}")
+                return self.reply_json(500, {"_tag": "PersistenceSqlError", "traceId": secrets.token_hex(16)})
+            if redeemed is None:
+                return self.reply_json(401, {"_tag": "EnvironmentAuthInvalidError", "code": "auth_invalid",
+                                             "reason": "invalid_credential", "traceId": secrets.token_hex(16)})
+            body, value = redeemed
+            headers = [("cache-control", "no-store"), ("pragma", "no-cache")]
+            if app.fault == "no-cookie":  # upstream issue 7756: a pass without a session
+                return self.reply_json(200, {"authenticated": True}, tuple(headers))
+            expires = email.utils.formatdate(parse_iso(body["expiresAt"]).timestamp(), usegmt=True)
+            headers.append(("set-cookie", f"{app.issued_cookie_name()}={value}; Path=/; Expires={expires};"
+                                          " HttpOnly; SameSite=Lax"))
+            self.reply_json(200, body, tuple(headers))
+
+    return Handler
+
+
+def serve(args: argparse.Namespace, settings: dict) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    fault = active_fault(settings)
+    paths = Paths(args.base_dir)
+    open_state(paths, settings, announce=True).close()
+    if fault == "crash-on-start":
+        log("ERROR", "Server failed to start\n  cause: Error: emulated crash-on-start (the database was "
+                     "already migrated)", stream=sys.stderr)
+        return 1
+    if stop.wait(float(settings.get("start_delay_s") or 0)):
+        return 0
+    try:
+        httpd = ThreadingHTTPServer((args.host, args.port), None)
+    except OSError as error:
+        log("ERROR", f"Failed to listen on {args.host}:{args.port}: {error}", stream=sys.stderr)
+        return 1
+    app = Emulator(settings, paths, args.host, args.port)
+    httpd.RequestHandlerClass = make_handler(app)
+    httpd.daemon_threads = True
+    origin = f"http://{args.host}:{args.port}"
+    runtime = {"version": 1, "pid": os.getpid(), "host": args.host, "port": args.port, "origin": origin,
+               "startedAt": iso(now())}
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        log("INFO", f"Listening on {origin}")
+        paths.runtime.write_text(json.dumps(runtime, separators=(",", ":")))
+        if fault != "never-ready":
+            token = None
+            try:
+                with connected(paths.db) as conn:
+                    token = issue_pairing_link(conn, settings, ttl=STARTUP_TOKEN_TTL,
+                                               subject="administrative-bootstrap", label=None, admin=True)
+            except sqlite3.Error as error:
+                log("ERROR", f"Failed to issue the startup pairing token: {error}")
+            print("T3 Code server is ready.", flush=True)
+            print(f"Connection string: {origin}", flush=True)
+            if token:
+                print(f"Token: {token['credential']}", flush=True)
+                print(f"Pairing URL: {origin}/pair#token={token['credential']}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        app.stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        try:
+            paths.runtime.unlink()
+        except FileNotFoundError:
+            pass
+        with connected(paths.db) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return 0
+
+
+def pairing_create(args: argparse.Namespace, settings: dict) -> int:
+    if active_fault(settings) == "mint-fails":
+        print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
+        return 1
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError:
+        print(f'\nERROR\n  Invalid value for flag --ttl: "{args.ttl}". Expected: Schema validation failed: '
+              "Invalid duration. Use values like 5m, 1h, 30d, or 15 minutes.", file=sys.stderr)
+        return 1
+    conn = open_state(Paths(args.base_dir), settings, announce=False)
+    try:
+        link = issue_pairing_link(conn, settings, ttl=ttl, subject="one-time-token", label=args.label, admin=False)
+    except sqlite3.Error as error:
+        print(f"\nERROR\n  PersistenceSqlError: {error}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if link["label"] is None:
+        del link["label"]  # the real 0.0.42 leaves `label` out when none was given
+    if args.json:
+        print(json.dumps(link, separators=(",", ":")))
+    else:
+        print(f"Issued client pairing token {link['id']}.\nToken: {link['credential']}\n"
+              f"Expires at: DateTime.Utc({link['expiresAt']})")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="t3", description="T3 Code server emulator")
+    parser.add_argument("--version", "-v", action="store_true")
+    commands = parser.add_subparsers(dest="command")
+    serve_parser = commands.add_parser("serve")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, required=True)
+    serve_parser.add_argument("--base-dir", default="~/.t3")
+    serve_parser.add_argument("--no-browser", action="store_true")
+    auth = commands.add_parser("auth").add_subparsers(dest="auth_command", required=True)
+    pairing = auth.add_parser("pairing").add_subparsers(dest="pairing_command", required=True)
+    create = pairing.add_parser("create")
+    create.add_argument("--base-dir", default="~/.t3")
+    create.add_argument("--ttl", default="5m")
+    create.add_argument("--label")
+    create.add_argument("--base-url")
+    create.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.version and args.command is None:
+        parser.error("a subcommand is required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = load_settings()
+    if args.version:
+        print(f"t3 v{settings['version']}")
+        return 0
+    if args.command == "serve":
+        return serve(args, settings)
+    return pairing_create(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
