@@ -148,3 +148,101 @@ def test_sessions_survive_without_a_current_install_is_inconclusive_not_a_failur
     assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sessions-survive", "inconclusive")]
     assert "not checked" in results[-1].detail
     nothing_left(config)
+
+
+# ---------------------------------------------------------------- the emulators
+
+
+NEXT = "0.0.43-nightly.20261126.2901"
+
+
+@pytest.fixture
+def emulated_host(tmp_path):
+    """A host whose alice has emulator state at `live_migrations`, backed up; candidates from make_install."""
+    from emulator.package import EXECUTABLE, make_install, make_user_state
+
+    def make(live_migrations=52, current=None, **gates):  # noqa: ANN001, ANN003, ANN202
+        make_user_state(tmp_path / "alice", migrations=live_migrations, rows=3)
+        config = host_config(tmp_path, {"alice": tmp_path / "alice"}, serve_timeout="3s", **gates)
+        config = config.model_copy(update={"executable": EXECUTABLE})
+        if current is not None:  # (version, era, migrations) of the install `current` points at
+            version, era, migrations = current
+            make_install(config.root / "versions" / version, version, era=era, migrations=migrations)
+            os.symlink(config.root / "versions" / version, config.root / "current")
+        backup.backup_user(config, config.users[0])
+        return config
+
+    def candidate(version=NEXT, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        return make_install(tmp_path / "candidate", version, **kwargs)
+
+    return make, candidate
+
+
+def test_a_candidate_that_migrates_is_reported_one_way_with_the_migration_names(emulated_host, secret_spy):  # noqa: F811
+    make, candidate = emulated_host
+    config = make(live_migrations=52)
+    results = run_gates(config, NEXT, candidate(migrations=54), evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+    serve = results[1]
+    assert [name.split("_", 1)[0] for name in serve.one_way] == ["53", "54"]
+    assert "migrations 52 -> 54; one-way: adds 53_" in serve.detail
+    assert len(secret_spy.values) >= 3
+    assert files_containing([config.state_dir], list(secret_spy.values)) == []
+    nothing_left(config)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("crash-on-start", "exit"),
+    ("never-ready", "timeout"),
+    ("env-hangs", "timeout"),
+    ("wrong-version", "wrong-version"),
+])
+def test_a_candidate_that_does_not_serve_fails_sandbox_serve(emulated_host, fault, reason):
+    make, candidate = emulated_host
+    config = make()
+    results = run_gates(config, NEXT, candidate(fault=fault), evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sandbox-serve", "fail")]
+    assert results[-1].fingerprint == f"sandbox-serve:{reason}:-:SandboxFailed"
+    assert Path(results[-1].evidence).is_file()
+    nothing_left(config)
+
+
+def test_a_candidate_that_cannot_pair_fails_pairing_probe_with_the_step_in_its_fingerprint(emulated_host):
+    make, candidate = emulated_host
+    config = make()
+    results = run_gates(config, NEXT, candidate(fault="renamed-endpoint"), evidence_dir=evidence_dir(config))
+    failed = results[-1]
+    assert (failed.name, failed.outcome) == ("pairing-probe", "fail")
+    assert failed.fingerprint == "pairing-probe:exchange:404:HTTPStatus"
+    assert "step exchange (HTTP 404)" in failed.detail
+    nothing_left(config)
+
+
+def test_a_candidate_whose_mint_fails_pairs_with_its_startup_token(emulated_host):
+    make, candidate = emulated_host
+    config = make()
+    results = run_gates(config, NEXT, candidate(fault="mint-fails"), evidence_dir=evidence_dir(config))
+    assert results[-1].outcome == "pass", results[-1].detail
+    probe_doc = json.loads(Path(results[-1].evidence).read_text())
+    assert "startup token" in next(s["detail"] for s in probe_doc["steps"] if s["name"] == "mint")
+
+
+def test_a_session_wipe_on_upgrade_warns_that_everyone_pairs_again(emulated_host, secret_spy):  # noqa: F811
+    make, candidate = emulated_host
+    config = make(live_migrations=30, current=("0.0.24", "A", 30), sessions_survive=True)
+    results = run_gates(config, NEXT, candidate(era="B", migrations=52), evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sandbox-serve", "pass"),
+                                 ("alice", "pairing-probe", "pass"), ("alice", "sessions-survive", "inconclusive")]
+    survive = results[-1]
+    assert "every user will have to pair again" in survive.detail
+    assert "31_AuthAuthorizationScopes" in survive.one_way
+    assert files_containing([config.state_dir], list(secret_spy.values)) == []
+    nothing_left(config)
+
+
+def test_sessions_survive_an_upgrade_that_keeps_them(emulated_host):
+    make, candidate = emulated_host
+    config = make(live_migrations=52, current=("0.0.42", "B", 52), sessions_survive=True)
+    results = run_gates(config, NEXT, candidate(migrations=53), evidence_dir=evidence_dir(config))
+    assert gates_of(results)[-1] == ("alice", "sessions-survive", "pass"), results[-1].detail
+    nothing_left(config)

@@ -52,6 +52,11 @@ class Migration:
     id: int
     name: str
 
+    @property
+    def label(self) -> str:
+        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
+        return f"{self.id}_{self.name}"
+
 
 def read_migrations(db_path: Path) -> list[Migration]:
     """Rows of effect_sql_migrations (forward-only; PRAGMA user_version stays 0), [] when absent."""
@@ -179,7 +184,7 @@ class SandboxServer:
     def one_way(self) -> list[str]:
         """Names of the migrations the candidate added: after a swap, only a restore goes back."""
         before = {m.id for m in self.migrations_before}
-        return [m.name for m in self.migrations_after if m.id not in before]
+        return [m.label for m in self.migrations_after if m.id not in before]
 
     def migration_report(self) -> str:
         def top(rows: list[Migration]) -> str:
