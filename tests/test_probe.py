@@ -345,3 +345,19 @@ def test_probe_command_against_a_broken_emulator_names_the_step_without_leaking(
     assert result.exit_code == 1
     assert "failed at step one-time (HTTP 200)" in result.output
     assert secret_spy.values and not [v for v in secret_spy.values if v in result.output]
+
+
+def test_probe_command_mints_with_the_current_install_by_default(emulator, tmp_path):
+    from emulator.package import EXECUTABLE
+
+    server, executable = emulator()
+    prefix = executable.parents[len(Path(EXECUTABLE).parts) - 1]
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "current").symlink_to(prefix)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(f"root: {tmp_path / 'root'}\nexecutable: {EXECUTABLE}\ngates:\n  probe_timeout: 5s\n")
+    result = CliRunner().invoke(app, ["--config", str(config_file), "probe", "--url", server.url,
+                                      "--base-dir", str(server.base_dir)])
+    assert result.exit_code == 0, result.output
+    assert "pairing probe passed" in result.output
+    assert "ok   mint" in result.output

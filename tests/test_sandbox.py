@@ -205,3 +205,22 @@ def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, t
         root = server.root
     assert not root.exists()
     assert processes_mentioning(str(root)) == []
+
+
+def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_path):
+    from emulator.package import EXECUTABLE, make_install, make_user_state
+
+    from t3track.sandbox import Sandbox
+
+    make_user_state(tmp_path / "alice", migrations=52, rows=2)
+    config = host_config(tmp_path, {"alice": tmp_path / "alice"}).model_copy(update={"executable": EXECUTABLE})
+    backup.backup_user(config, config.users[0])
+    executable = make_install(tmp_path / "candidate", "0.0.42")
+    with Sandbox(config, config.users[0], executable, "0.0.42", workdir=tmp_path / "work",
+                 evidence_dir=tmp_path / "evidence") as server:
+        assert probe.server_version(server.url, timeout=5) == "0.0.42"
+        assert processes_mentioning(str(server.root))
+        root = server.root
+    assert not root.exists()
+    assert processes_mentioning(str(root)) == []
+    assert (tmp_path / "evidence" / "alice.sandbox-serve.log").is_file()
