@@ -361,3 +361,14 @@ def test_probe_command_mints_with_the_current_install_by_default(emulator, tmp_p
     assert result.exit_code == 0, result.output
     assert "pairing probe passed" in result.output
     assert "ok   mint" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root mints as someone else")
+def test_root_mints_as_the_owner_of_the_base_dir(tmp_path):
+    base = tmp_path / "alice-base"
+    base.mkdir()
+    os.chown(base, 65534, 65534)
+    import pwd
+
+    assert probe.base_dir_owner(base) == pwd.getpwuid(65534).pw_name
+    assert probe.base_dir_owner(tmp_path) is None  # root's own dir: mint as ourselves

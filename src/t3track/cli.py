@@ -465,7 +465,8 @@ def probe(
         config = ctx.obj.config()
         executable = config.executable_in(config.root / "current")
         timeout = config.gates.probe_timeout.total_seconds()
-    result = probe_mod.pairing_probe(url, base_dir, executable, timeout=timeout)
+    result = probe_mod.pairing_probe(url, base_dir, executable, timeout=timeout,
+                                     run_as=probe_mod.base_dir_owner(base_dir))
     if out.as_json:
         out.json(result.to_json())
     else:

@@ -231,6 +231,20 @@ def _default_env(run_as: str | None) -> dict[str, str]:
     return runner.scrubbed_env(Path(home))
 
 
+def base_dir_owner(base_dir: Path) -> str | None:
+    """Who should mint into `base_dir` when root runs the probe: its owner, so that nothing the mint
+    creates there ends up owned by root (the user's server could not write it). None: as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        uid = base_dir.stat().st_uid
+        return None if uid == 0 else pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError):
+        return None
+
+
 def _credential_from(stdout: str) -> str | None:
     text = stdout.strip()
     candidates = [text]

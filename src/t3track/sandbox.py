@@ -279,7 +279,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
            log_name: str, port: int | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says why."""
-    what = f"{executable} for {server.user}"
+    what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     raw_log = server.root / f"{log_name}.raw.log"
     server._logs[raw_log] = f"{server.user}.{log_name}.log"
     deadline = time.monotonic() + timeout_s
