@@ -348,14 +348,15 @@ def test_fault_crash_on_start_exits_1_with_an_error_after_migrating(tmp_path, se
 
 def test_fault_never_ready_serves_the_web_app_but_503_on_the_environment(tmp_path, serve):
     server = serve(install(tmp_path, fault="never-ready"), tmp_path / "base", wait=False)
+    _wait_for(lambda: emu.request(server.url, "GET", "/").status == 200)
     with pytest.raises(TimeoutError):
         server.wait_ready(timeout=0.3)
-    assert emu.request(server.url, "GET", "/").status == 200
     assert emu.request(server.url, "GET", "/.well-known/t3/environment").status == 503
 
 
 def test_fault_env_hangs_never_answers_the_environment(tmp_path, serve):
     server = serve(install(tmp_path, fault="env-hangs"), tmp_path / "base", wait=False)
+    _wait_for(lambda: emu.request(server.url, "GET", "/").status == 200)
     with pytest.raises(TimeoutError):
         server.wait_ready(timeout=0.3)
     with pytest.raises(TimeoutError):

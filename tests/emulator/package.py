@@ -336,12 +336,24 @@ class ServerHandle:
                 if answer.status == 200:
                     document = answer.json()
                     if version is None or document.get("serverVersion") == version:
+                        self.wait_output("T3 Code server is ready.", max(0.0, deadline - time.monotonic()))
                         return document
                     last = f"serverVersion {document.get('serverVersion')!r}"
             except (OSError, http.client.HTTPException) as error:
                 last = type(error).__name__
             time.sleep(0.05)
         raise TimeoutError(f"t3 serve on port {self.port} not ready after {timeout}s ({last})")
+
+    def wait_output(self, text: str, timeout: float = 15.0) -> str:
+        """Wait until the server's output contains `text`; return the output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            output = self.output()
+            if text in output:
+                return output
+            if time.monotonic() >= deadline or self.proc.poll() is not None:
+                raise TimeoutError(f"t3 serve on port {self.port} never printed {text!r}")
+            time.sleep(0.05)
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM the process group, wait, SIGKILL what is left. Returns the exit code."""

@@ -574,8 +574,9 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
     runtime = {"version": 1, "pid": os.getpid(), "host": args.host, "port": args.port, "origin": origin,
                "startedAt": iso(now())}
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
     try:
+        # The socket listens from here; requests wait in the backlog until the ready lines are out, so a
+        # client that saw the environment answer can rely on the Token line being printed.
         log("INFO", f"Listening on {origin}")
         paths.runtime.write_text(json.dumps(runtime, separators=(",", ":")))
         if fault != "never-ready":
@@ -591,11 +592,13 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
             if token:
                 print(f"Token: {token['credential']}", flush=True)
                 print(f"Pairing URL: {origin}/pair#token={token['credential']}", flush=True)
+        thread.start()
         while not stop.wait(0.5):
             pass
     finally:
         app.stopping.set()
-        httpd.shutdown()
+        if thread.is_alive():
+            httpd.shutdown()
         httpd.server_close()
         try:
             paths.runtime.unlink()
