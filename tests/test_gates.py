@@ -246,3 +246,30 @@ def test_sessions_survive_an_upgrade_that_keeps_them(emulated_host):
     results = run_gates(config, NEXT, candidate(migrations=53), evidence_dir=evidence_dir(config))
     assert gates_of(results)[-1] == ("alice", "sessions-survive", "pass"), results[-1].detail
     nothing_left(config)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_gates_run_the_candidate_and_the_mint_as_run_as(emulated_host, tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    from emulator.package import make_install
+
+    make, _ = emulated_host
+    config = make()
+    config = config.model_copy(update={"users": [config.users[0].model_copy(update={"run_as": "nobody"})]})
+    shared = Path(tempfile.mkdtemp(prefix="t3track-test-install-"))  # tmp_path is private to root
+    try:
+        shared.chmod(0o755)
+        (shared / "tmp").mkdir(mode=0o755)
+        monkeypatch.setattr(tempfile, "tempdir", str(shared / "tmp"))  # where the sandbox falls back to
+        executable = make_install(shared / "candidate", NEXT)
+        results = run_gates(config, NEXT, executable, evidence_dir=evidence_dir(config))
+        assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+        assert "not reachable by nobody" in results[1].detail  # state_dir is private: the sandbox moved
+        log = Path(results[1].evidence).read_text()
+        assert "Listening on" in log
+        assert processes_mentioning(str(shared)) == []
+        assert list((shared / "tmp").iterdir()) == []
+    finally:
+        shutil.rmtree(shared)

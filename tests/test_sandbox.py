@@ -170,7 +170,7 @@ def test_a_real_server_reporting_another_version_fails(real_host, real_t3):  # n
     assert caught.value.reason == "wrong-version"
     assert "0.0.42" in caught.value.message
     assert sandboxes_left(real_host) == []
-    assert processes_mentioning(str(real_t3)) == []
+    assert processes_mentioning(str(real_host.state_dir)) == []
 
 
 @pytest.mark.real_server
