@@ -102,8 +102,15 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     result = gauge("t3track_gate_result", "1 for the outcome of the gate in the last run, 0 for the others",
                    ("gate", "user", "outcome"))
     duration = gauge("t3track_gate_duration_seconds", "How long the gate took in the last run", ("gate", "user"))
+    rolled_back = False
     for entry in _last_run_gates(store, last.run_id if last else None):
         gate, user = str(entry.get("name")), str(entry.get("user"))
+        if gate == "live-verify":
+            # the old version's live checks after a rollback come after the failed one, under the same name
+            if rolled_back:
+                gate = "rollback-verify"
+            elif entry.get("outcome") == "fail":
+                rolled_back = True
         for name in GATE_OUTCOMES:
             result.labels(gate=gate, user=user, outcome=name).set(1 if entry.get("outcome") == name else 0)
         if isinstance(entry.get("duration_s"), (int, float)):
