@@ -103,3 +103,13 @@ def test_after_unfreezing_it_takes_fresh_failures_to_freeze_again(config, store)
     fingerprints.after_run(config, store, refused(nightly(3), n=3))
     assert store.load().frozen is None
     assert json.loads((store.dir / "fingerprints.json").read_text())["streak"][0]["version"] == nightly(3)
+
+
+def test_a_revert_that_rolled_back_never_counts_towards_the_self_freeze(config, store):
+    from t3track import afterrun
+
+    for n in (1, 2):
+        report = refused(nightly(n), n=n)
+        report.outcome = "rolled_back"
+        afterrun.after_run(config, store, report, nightly=False)
+    assert store.load().frozen is None and fingerprints.streak(store) == []

@@ -14,9 +14,11 @@ from t3track.config import Config
 from t3track.state import StateStore
 
 
-def after_run(config: Config, store: StateStore, report: Any) -> list[str]:
+def after_run(config: Config, store: StateStore, report: Any, *, nightly: bool = True) -> list[str]:
     """Call at the end of a run, after its history line and last_run are written (lock still held).
 
+    `nightly=False` for revert and adopt: told and recorded the same way, but their failures are not
+    nightlies failing, so they never count towards the fingerprint self-freeze.
     Appends its notes to `report.notes` (so result.json has them) and returns them."""
     notes: list[str] = []
 
@@ -27,7 +29,8 @@ def after_run(config: Config, store: StateStore, report: Any) -> list[str]:
             notes.append(f"{what} failed: {getattr(exc, 'message', None) or exc}")
             return None
 
-    freeze = attempt("fingerprinting the failure", lambda: fingerprints.after_run(config, store, report))
+    freeze = attempt("fingerprinting the failure",
+                     lambda: fingerprints.after_run(config, store, report)) if nightly else None
     if freeze is not None:
         notes.append(freeze.reason)
     deliveries = attempt("notifying", lambda: notify.after_run(config, store, report)) or []
