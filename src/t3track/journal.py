@@ -6,6 +6,8 @@ A journal on disk means a swap (or a rollback) did not finish. The next run read
 from __future__ import annotations
 
 import json
+import os
+import signal
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -39,6 +41,7 @@ class Journal(BaseModel):
     phase: Phase
     snapshot_dir: str | None = None
     rollback_reason: str | None = None
+    simulate_live_failure: bool = False  # the drill
     restore_from: str | None = None  # revert --restore-state: snapshots to restore before starting
     started_at: datetime
     updated_at: datetime
@@ -48,12 +51,19 @@ def journal_path(store: StateStore) -> Path:
     return store.dir / JOURNAL_FILE
 
 
+# Fault injection for the kill-at-every-phase tests: the process SIGKILLs itself right after writing
+# this phase, exactly as a power cut or an OOM kill would leave it.
+FAULT_KILL_ENV = "T3TRACK_FAULT_KILL_AT"
+
+
 def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Journal:
     if phase is not None:
         journal.phase = phase
     journal.updated_at = utcnow()
     store.ensure()
     atomic_write_text(journal_path(store), journal.model_dump_json(indent=2) + "\n")
+    if os.environ.get(FAULT_KILL_ENV) == journal.phase.value:
+        os.kill(os.getpid(), signal.SIGKILL)
     return journal
 
 

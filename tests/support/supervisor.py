@@ -47,7 +47,9 @@ def start(args: argparse.Namespace) -> int:
     if pid and _alive(pid):
         return 0
     exe = Path(args.root) / "current" / args.executable
-    env = dict(os.environ, T3CODE_TELEMETRY_ENABLED="false")
+    # T3EMU_LIVE marks a "production" server: an emulator build with a `*-live` fault misbehaves only
+    # here, never in t3track's sandbox (whose environment is scrubbed) — a nightly that fails only live.
+    env = dict(os.environ, T3CODE_TELEMETRY_ENABLED="false", T3EMU_LIVE="1")
     log = open(run_dir / f"{args.user}.log", "ab")
     proc = subprocess.Popen(
         [str(exe), "serve", "--host", "127.0.0.1", "--port", str(args.port), "--base-dir", args.base_dir,

@@ -1,0 +1,90 @@
+"""The end-to-end demo: several nights of t3track on an embedded default host.
+
+Everything runs for real on this machine and on 127.0.0.1 only: a loopback npm registry serving
+emulator builds of `t3`, real `npm install`s side by side, two users whose "production" servers run
+under a small supervisor, real SQLite backups and restores, a real `current` symlink. Each night is
+the real `t3track` CLI in a subprocess, exactly as the systemd timer would run it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "src")]
+
+from tests.support.host import build_host, nightly  # noqa: E402
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def t3track(host, *args: str, expect: int) -> None:
+    print(f"$ t3track {' '.join(args)}", flush=True)
+    started = time.monotonic()
+    result = host.t3track(*args)
+    for line in (result.stderr + result.stdout).rstrip().splitlines():
+        print(f"    {line}")
+    print(f"    -> exit {result.returncode} in {time.monotonic() - started:.1f}s", flush=True)
+    if result.returncode != expect:
+        raise SystemExit(f"demo: expected exit {expect} from `t3track {' '.join(args)}`, got {result.returncode}")
+
+
+def main() -> int:
+    keep = "--keep" in sys.argv
+    workdir = Path(tempfile.mkdtemp(prefix="t3track-demo-"))
+    banner(f"setting up an emulated host in {workdir}: registry, users alice and bob on 0.0.42")
+    host = build_host(workdir)
+    try:
+        for user in host.users:
+            print(f"    {user.name}: {user.url} serving {host.serving(user)}, base dir {user.base_dir}")
+        t3track(host, "backup", expect=0)
+
+        banner("night 1: a good nightly is published; it passes every gate and is swapped in")
+        good = nightly(1)
+        host.publish(good, migrations=53)
+        t3track(host, "run", expect=0)
+
+        banner("night 2: a broken nightly (200 {authenticated:true} without a cookie) is refused in the sandbox")
+        broken = nightly(2)
+        host.publish(broken, migrations=53, fault="no-cookie")
+        t3track(host, "run", expect=1)
+        for user in host.users:
+            print(f"    {user.name} still serves {host.serving(user)}")
+
+        banner("night 3: a nightly that passes the sandbox but fails live is rolled back by itself")
+        live_only = nightly(3)
+        host.publish(live_only, migrations=54, fault="no-cookie-live")
+        t3track(host, "run", expect=1)
+        for user in host.users:
+            print(f"    {user.name} serves {host.serving(user)}; migrations {host.max_migration(user)}")
+
+        banner("an operator freezes the channel for a week; the night does nothing")
+        host.publish(nightly(4), migrations=53)
+        t3track(host, "freeze", "--reason", "holiday week", "--for", "7d", expect=0)
+        t3track(host, "run", expect=0)
+        t3track(host, "unfreeze", expect=0)
+
+        banner("an operator reverts to the previous version")
+        t3track(host, "revert", expect=0)
+
+        banner("where things stand")
+        t3track(host, "status", expect=0)
+        t3track(host, "history", "-n", "12", expect=0)
+    finally:
+        host.close()
+        if keep:
+            print(f"\nthe demo host is kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\ndemo: every night behaved as expected")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The night: lock -> recover -> resolve -> install -> gates -> swap -> verify -> record.
+
+`run_night` reads top to bottom like the product spec; each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t3track import afterrun, gates as gates_mod, install, ops, policy, swap
+from t3track.config import Config
+from t3track.errors import ExitCode
+from t3track.install import IntegrityError
+from t3track.fsutil import ensure_private_dir
+from t3track.gates import GateResult
+from t3track.registry import RegistryClient
+from t3track.state import LastRun, State, StateStore, iso, utcnow
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class NightReport:
+    outcome: str                     # swapped | noop | refused | rolled_back | error | critical
+    exit_code: ExitCode
+    run_id: str
+    reason: str
+    candidate: str | None = None
+    from_version: str | None = None
+    to_version: str | None = None
+    gates: list[GateResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    recovered: str | None = None
+    evidence: str | None = None
+    dry_run: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome, "exit_code": int(self.exit_code), "run_id": self.run_id,
+            "candidate": self.candidate, "from": self.from_version, "to": self.to_version,
+            "reason": self.reason, "dry_run": self.dry_run, "recovered": self.recovered,
+            "evidence": self.evidence, "notes": self.notes,
+            "gates": [{"name": g.name, "user": g.user, "outcome": g.outcome,
+                       "duration_s": round(g.duration_s, 3), "detail": g.detail} for g in self.gates],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def registry_client(config: Config, store: StateStore) -> RegistryClient:
+    return RegistryClient.for_config(config)
+
+
+def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = lambda _: None,
+              client: RegistryClient | None = None) -> NightReport:
+    run_id = new_run_id()
+    evidence_dir = store.dir / "evidence" / run_id
+    with store.lock():
+        recovered = None if dry_run else swap.recover(config, store, progress)
+        if recovered is not None:
+            _record_recovery(store, recovered)
+        state = store.load()
+        ops.lift_expired_freeze(store, state)
+        current = state.current
+        client = client or registry_client(config, store)
+
+        progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
+        decision = policy.resolve(config, state, client, utcnow())
+        store.save(state)  # first-seen times
+        if decision.action != "candidate":
+            outcome = "refused" if decision.action == "refused" else "noop"
+            report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
+                                 decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
+            return _finish(config, store, report, recovered)
+        candidate = decision.candidate.version
+
+        progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
+        started = time.monotonic()
+        try:
+            dist = decision.candidate.dist or client.packument(config.package).versions[candidate]
+            install.ensure_installed(config, candidate, dist, registry_url=client.base_url, client=client,
+                                     progress=progress)
+        except IntegrityError as exc:
+            policy.record_failure(state, candidate, "install", exc.message, None, config.gates.max_failures)
+            store.save(state)
+            report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
+                                 notes=decision.notes, dry_run=dry_run)
+            return _finish(config, store, report, recovered)
+        install_s = time.monotonic() - started
+
+        ensure_private_dir(evidence_dir)
+        results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
+                                      evidence_dir=evidence_dir, progress=progress)
+        failed = next((g for g in results if g.outcome != "pass"), None)
+        if failed:
+            policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
+                                  config.gates.max_failures)
+            store.save(state)
+            report = NightReport("refused", ExitCode.REFUSED, run_id,
+                                 f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
+                                 gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)
+            return _finish(config, store, report, recovered)
+        if dry_run:
+            report = NightReport("noop", ExitCode.OK, run_id,
+                                 f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
+                                 candidate, current, candidate, gates=results, notes=decision.notes,
+                                 evidence=str(evidence_dir), dry_run=True)
+            return _finish(config, store, report, recovered)
+
+        result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=candidate,
+                              progress=progress)
+        report = _after_swap(config, store, result, run_id, candidate, results, evidence_dir)
+        report.notes = decision.notes
+        report.timings.update(result.timings, install_s=install_s)
+        return _finish(config, store, report, recovered)
+
+
+def _after_swap(config: Config, store: StateStore, result: swap.SwapResult, run_id: str, candidate: str,
+                gate_results: list[GateResult], evidence_dir: Path) -> NightReport:
+    state = store.load()
+    live = gate_results + result.live + result.rollback_live
+    if result.outcome == "swapped":
+        commit_swap(config, store, state, result.from_version, candidate, run_id)
+        return NightReport("swapped", ExitCode.OK, run_id, f"swapped {result.from_version} -> {candidate}",
+                           candidate, result.from_version, candidate, gates=live, evidence=str(evidence_dir))
+    failed = next((g for g in result.live if g.outcome != "pass"), None)
+    # a candidate that failed live is denied at once: it already cost users downtime
+    policy.record_failure(state, candidate, failed.name if failed else "swap", result.reason, str(evidence_dir), 1)
+    store.save(state)
+    if result.outcome == "rolled_back":
+        from t3track import journal
+        journal.remove(store)
+        return NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, candidate,
+                           result.from_version, result.from_version, gates=live, evidence=str(evidence_dir))
+    return NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, candidate, result.from_version, None,
+                       gates=live, evidence=str(evidence_dir),
+                       notes=["t3track froze itself and left its journal; see runbooks/t3-version-bump.md "
+                              "(manual rollback), then `t3track unfreeze`"])
+
+
+def commit_swap(config: Config, store: StateStore, state: State, from_version: str | None, to_version: str,
+                run_id: str) -> None:
+    """Bookkeeping after a verified swap: state, then the journal goes, then old installs are pruned."""
+    from t3track import journal
+
+    state.previous = from_version if from_version != to_version else state.previous
+    state.current = to_version
+    state.current_snapshot = str(store.dir / "snapshots" / run_id)
+    state.failures.pop(to_version, None)
+    store.save(state)
+    journal.remove(store)
+    install.prune(config, state)
+    _prune_snapshots(store, keep=state.current_snapshot)
+
+
+def _prune_snapshots(store: StateStore, keep: str | None) -> None:
+    import shutil
+
+    base = store.dir / "snapshots"
+    if not base.is_dir():
+        return
+    for entry in base.iterdir():
+        if str(entry) != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _record_recovery(store: StateStore, recovered: swap.Recovery) -> None:
+    store.record("recover", by="t3track", run_id=recovered.run_id, phase=recovered.phase, action=recovered.action,
+                 reason=recovered.result.reason if recovered.result else None)
+    state = store.load()
+    if recovered.action == "finished" and recovered.result:
+        from t3track import journal
+
+        state.previous = recovered.result.from_version
+        state.current = recovered.result.to_version
+        state.current_snapshot = str(store.dir / "snapshots" / recovered.run_id)
+        store.save(state)
+        journal.remove(store)
+    elif recovered.action == "rolled_back":
+        from t3track import journal, policy
+
+        journal.remove(store)
+        if recovered.rollback_was_for_failure and recovered.result:
+            # the killed run was already rolling back because the candidate failed live: deny it now
+            policy.record_failure(state, recovered.result.to_version, "live-verify", recovered.result.reason,
+                                  None, 1)
+            store.save(state)
+
+
+def _finish(config: Config, store: StateStore, report: NightReport, recovered: swap.Recovery | None) -> NightReport:
+    if recovered is not None:
+        report.recovered = f"{recovered.action} an interrupted run {recovered.run_id} (phase {recovered.phase})"
+    if not report.dry_run:
+        state = store.load()
+        state.last_run = LastRun(at=utcnow(), outcome=report.outcome, candidate=report.candidate,
+                                 exit_code=int(report.exit_code), run_id=report.run_id)
+        store.save(state)
+    store.record("dry-run" if report.dry_run else "run", by="t3track", run_id=report.run_id,
+                 outcome=report.outcome, candidate=report.candidate, **{"from": report.from_version},
+                 to=report.to_version, reason=report.reason, exit_code=int(report.exit_code),
+                 evidence=report.evidence,
+                 gates=[f"{g.name}:{g.user}:{g.outcome}" for g in report.gates])
+    afterrun.after_run(config, store, report)  # evidence, notifications, metrics: best effort
+    return report

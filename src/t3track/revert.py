@@ -1,0 +1,81 @@
+"""`t3track revert`: back to the previous (or a named, installed) version with the same live check.
+
+It denies the version it leaves, and restores the databases from the snapshots taken just before the
+swap into the current version only when asked (`--restore-state`): rows written since would be lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from t3track import backup, journal, night, ops, swap, versions
+from t3track.config import Config
+from t3track.errors import ExitCode, UsageError
+from t3track.state import Denial, StateStore, operator_name, utcnow
+
+
+def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
+           by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> night.NightReport:
+    if to is not None:
+        versions.require_valid(to, "--to")
+    run_id = night.new_run_id()
+    with store.lock():
+        recovered = swap.recover(config, store, progress)
+        if recovered is not None:
+            night._record_recovery(store, recovered)
+        state = store.load()
+        current = state.current
+        if current is None:
+            raise UsageError("t3track has no current version to revert from",
+                             hint="run `t3track adopt VERSION` on a host t3track does not manage yet")
+        target = to or state.previous
+        if target is None:
+            raise UsageError("there is no previous version recorded", hint="name one with --to VERSION")
+        if target == current:
+            raise UsageError(f"{target} is already current")
+        if not swap.prefix_of(config, target).is_dir():
+            raise UsageError(f"{target} is not installed under {config.root / 'versions'}",
+                             hint="installed: " + (", ".join(ops.installed_versions(config)) or "none"))
+        restore_from = None
+        warnings = []
+        snapshot = Path(state.current_snapshot) if state.current_snapshot else None
+        if restore_state:
+            if snapshot is None or not snapshot.is_dir():
+                raise UsageError("no pre-swap snapshot of the current version is kept, so state cannot be restored",
+                                 hint="revert without --restore-state, or restore a backup by hand "
+                                 "(runbooks/t3-version-bump.md, manual rollback)")
+            restore_from = snapshot
+        elif snapshot is not None and snapshot.is_dir():
+            for user in config.users:
+                before = backup.max_migration_id(snapshot / user.name / "state.sqlite")
+                now = backup.max_migration_id(user.base_dir / "userdata" / "state.sqlite")
+                if before is not None and now is not None and now > before:
+                    warnings.append(f"{user.name}'s database has migrations up to {now}, newer than the {before} "
+                                    f"that {target} knew; {target} may hide or fail to read data "
+                                    f"(use --restore-state to go back to the pre-swap database)")
+        result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=target, kind="revert",
+                              restore_from=restore_from, progress=progress)
+        who = by or operator_name()
+        if result.outcome == "swapped":
+            state = store.load()
+            state.denied = [d for d in state.denied if d.version != current]
+            state.denied.append(Denial(version=current, reason=f"reverted by {who}", gate="revert", at=utcnow(), by=who))
+            state.previous, state.current = current, target
+            state.current_snapshot = None
+            store.save(state)
+            journal.remove(store)
+            report = night.NightReport("swapped", ExitCode.OK, run_id, f"reverted {current} -> {target}", target,
+                                       current, target, gates=result.live, notes=warnings)
+        elif result.outcome == "rolled_back":
+            journal.remove(store)
+            report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, target, current,
+                                       current, gates=result.live + result.rollback_live, notes=warnings)
+        else:
+            report = night.NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, target, current, None,
+                                       gates=result.live + result.rollback_live, notes=warnings)
+        report.timings.update(result.timings)
+        store.record("revert", by=who, run_id=run_id, outcome=report.outcome, **{"from": current}, to=target,
+                     restore_state=restore_state, restored=result.restored_users, reason=report.reason,
+                     exit_code=int(report.exit_code))
+        return report

@@ -1,0 +1,344 @@
+"""The swap: stop, snapshot, flip `root/current`, start, verify live; roll back by itself on failure.
+
+Each phase is written to the journal before it starts, so `recover` can finish or undo a swap that
+was killed at any moment. The rollback restores the pre-swap snapshots when the candidate migrated
+a database, because an older binary on a newer database hides or fails to read data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from t3track import backup, journal as jr, probe, versions
+from t3track.config import Config, UserConfig
+from t3track.errors import CriticalError
+from t3track.fsutil import ensure_private_dir, fsync_dir
+from t3track.gates import GateResult
+from t3track.journal import Journal, Phase
+from t3track.runner import run as run_command
+from t3track.state import Freeze, StateStore, utcnow
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class SwapResult:
+    outcome: str                       # swapped | rolled_back | critical
+    from_version: str | None
+    to_version: str
+    reason: str = ""
+    live: list[GateResult] = field(default_factory=list)
+    rollback_live: list[GateResult] = field(default_factory=list)
+    restored_users: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the install tree
+
+
+def prefix_of(config: Config, version: str) -> Path:
+    return config.root / "versions" / version
+
+
+def executable_of(config: Config, version: str) -> Path:
+    return config.executable_in(prefix_of(config, version))
+
+
+def current_version(config: Config) -> str | None:
+    """The version `root/current` points at, read from the link itself."""
+    link = config.root / "current"
+    if not link.is_symlink():
+        return None
+    return Path(os.readlink(link)).name
+
+
+def flip_current(config: Config, version: str) -> None:
+    """Point root/current at versions/<version> atomically: a new symlink, then rename over the old."""
+    target = prefix_of(config, version)
+    if not target.is_dir():
+        raise CriticalError(f"cannot point current at {version}: {target} is not installed")
+    link = config.root / "current"
+    tmp = config.root / f".current.{os.getpid()}.tmp"
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(Path("versions") / version, tmp)
+    os.replace(tmp, link)
+    fsync_dir(config.root)
+
+
+# ---------------------------------------------------------------- services
+
+
+def _service_argv(template: list[str], user: UserConfig) -> list[str]:
+    values = {"user": user.name, "port": str(user.port), "base_dir": str(user.base_dir)}
+    return [part.format(**values) for part in template]
+
+
+def service(config: Config, action: str, user: UserConfig) -> None:
+    argv = _service_argv(getattr(config.services, action), user)
+    result = run_command(argv, timeout=config.services.timeout.total_seconds())
+    if not result.ok:
+        raise CriticalError(f"{action} of {user.name}'s server failed: {result.describe()}",
+                            hint=f"check the service by hand: {' '.join(argv)}")
+
+
+def _each_user(config: Config, action: str, progress: Progress) -> None:
+    for user in config.users:
+        progress(f"{action} {user.name}'s server")
+        service(config, action, user)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
+    ensure_private_dir(snapshot_dir)
+    for user in config.users:
+        dest = snapshot_dir / user.name
+        if (dest / backup.MANIFEST).is_file():
+            continue  # a resumed swap keeps the snapshot taken before it was killed
+        progress(f"snapshot {user.name}'s database")
+        backup.snapshot_database(user.base_dir, dest)
+
+
+def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress) -> list[str]:
+    """Restore each user's database from the snapshots in `snapshot_dir`: always, or only when the
+    live database carries migrations the snapshot lacks (the candidate migrated it forward)."""
+    restored = []
+    for user in config.users:
+        snap = snapshot_dir / user.name
+        if not (snap / backup.MANIFEST).is_file():
+            continue  # killed before this snapshot completed: the candidate never touched this database
+        userdata = user.base_dir / "userdata"
+        if only_if_migrated and not _migrated(snap, userdata):
+            continue
+        progress(f"restore {user.name}'s database from {snap}")
+        backup.restore_database(backup.read_backup(snap, user.name), userdata)
+        if not (snap / "statev2.sqlite").exists():
+            # newer builds copy state.sqlite to statev2.sqlite on first start; the old one never had it
+            try:
+                (userdata / "statev2.sqlite").unlink()
+            except FileNotFoundError:
+                pass
+        restored.append(user.name)
+    return restored
+
+
+def _migrated(snap: Path, userdata: Path) -> bool:
+    before = backup.max_migration_id(snap / "state.sqlite") or 0
+    live = userdata / "state.sqlite"
+    after = backup.max_migration_id(live) if live.exists() else None
+    return (after or 0) > before or ((userdata / "statev2.sqlite").exists() and not (snap / "statev2.sqlite").exists())
+
+
+# ---------------------------------------------------------------- live verification
+
+
+def same_version(seen: str | None, expected: str) -> bool:
+    """SemVer equality: build metadata (`0.0.42+drill.1`, a second copy of 0.0.42) does not count."""
+    return seen is not None and versions.is_valid(seen) and versions.compare(seen, expected) == 0
+
+
+def _wait_for_version(url: str, version: str, deadline: float) -> str | None:
+    seen = None
+    while time.monotonic() < deadline:
+        seen = probe.server_version(url, timeout=2.0)
+        if same_version(seen, version):
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def verify_live(config: Config, version: str, progress: Progress = _quiet) -> list[GateResult]:
+    """Every user's server must report `version` and pass the pairing probe within verify_timeout."""
+    results = []
+    executable = executable_of(config, version)
+    for user in config.users:
+        started = time.monotonic()
+        deadline = started + config.verify_timeout.total_seconds()
+        url = f"http://127.0.0.1:{user.port}"
+        progress(f"live check {user.name} on {url}")
+        seen = _wait_for_version(url, version, deadline)
+        if not same_version(seen, version):
+            results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+                                      f"{url} reports serverVersion {seen!r}, expected {version!r} "
+                                      f"within {config.verify_timeout.total_seconds():.0f}s",
+                                      fingerprint="live-verify:version"))
+            return results
+        remaining = max(1.0, deadline - time.monotonic())
+        outcome = probe.pairing_probe(url, user.base_dir, executable,
+                                      timeout=min(remaining, config.gates.probe_timeout.total_seconds()),
+                                      run_as=user.run_as)
+        if not outcome.ok:
+            results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+                                      f"pairing probe failed at step {outcome.step} (status {outcome.status}): "
+                                      f"{outcome.detail}", fingerprint=f"live-verify:{outcome.step}:{outcome.status}"))
+            return results
+        if user.front_door:
+            door = probe.front_door_check(user.front_door, timeout=config.gates.probe_timeout.total_seconds())
+            if not door.ok:
+                results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+                                          f"front door {user.front_door} failed: {door.detail}",
+                                          fingerprint=f"front-door:{door.step}:{door.status}"))
+                return results
+        results.append(GateResult("live-verify", user.name, "pass", time.monotonic() - started,
+                                  f"serving {version}; pairing handshake passed"))
+    return results
+
+
+def _failed(results: list[GateResult]) -> GateResult | None:
+    return next((r for r in results if r.outcome != "pass"), None)
+
+
+# ---------------------------------------------------------------- swap and rollback
+
+
+def swap_to(config: Config, store: StateStore, *, run_id: str, from_version: str | None, to_version: str,
+            kind: str = "swap", restore_from: Path | None = None, simulate_live_failure: bool = False,
+            progress: Progress = _quiet) -> SwapResult:
+    """Move every server from `from_version` to `to_version`; roll back by itself if the live check fails.
+
+    `simulate_live_failure` (the drill) treats a passing live check as failed, so the whole rollback
+    path runs for real."""
+    now = utcnow()
+    snapshot_dir = store.dir / "snapshots" / run_id
+    journal = Journal(run_id=run_id, kind=kind, from_version=from_version, to_version=to_version,
+                      phase=Phase.PLANNED, snapshot_dir=str(snapshot_dir),
+                      restore_from=str(restore_from) if restore_from else None,
+                      simulate_live_failure=simulate_live_failure,
+                      started_at=now, updated_at=now)
+    jr.write(store, journal)
+    return _drive(config, store, journal, progress)
+
+
+def _drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
+    """Run the journal forward from its phase to VERIFIED, or into a rollback."""
+    result = SwapResult("swapped", journal.from_version, journal.to_version)
+    timer = time.monotonic()
+    snapshot_dir = Path(journal.snapshot_dir) if journal.snapshot_dir else store.dir / "snapshots" / journal.run_id
+    try:
+        if journal.phase in (Phase.PLANNED, Phase.STOPPING):
+            jr.write(store, journal, Phase.STOPPING)
+            _each_user(config, "stop", progress)
+            _snapshot_all(config, snapshot_dir, progress)
+            jr.write(store, journal, Phase.SNAPSHOTTED)
+        result.timings["stop_snapshot_s"] = time.monotonic() - timer
+        if journal.phase is Phase.SNAPSHOTTED:
+            if journal.restore_from:
+                result.restored_users = _restore_from(config, Path(journal.restore_from),
+                                                      only_if_migrated=False, progress=progress)
+            progress(f"point current at {journal.to_version}")
+            flip_current(config, journal.to_version)
+            jr.write(store, journal, Phase.FLIPPED)
+        if journal.phase is Phase.FLIPPED:
+            _each_user(config, "start", progress)
+            jr.write(store, journal, Phase.STARTED)
+        result.timings["swap_s"] = time.monotonic() - timer
+    except CriticalError as exc:
+        return rollback(config, store, journal, f"swap step failed: {exc.message}", progress, result)
+    if journal.phase is Phase.STARTED:
+        result.live = verify_live(config, journal.to_version, progress)
+        failure = _failed(result.live)
+        result.timings["verify_s"] = time.monotonic() - timer - result.timings.get("swap_s", 0)
+        if failure:
+            return rollback(config, store, journal, f"live check failed for {failure.user}: {failure.detail}",
+                            progress, result)
+        if journal.simulate_live_failure:
+            return rollback(config, store, journal, "drill: the live check passed and is treated as failed "
+                            "(the only simulated step)", progress, result)
+        jr.write(store, journal, Phase.VERIFIED)
+    return result
+
+
+def rollback(config: Config, store: StateStore, journal: Journal, reason: str, progress: Progress,
+             result: SwapResult | None = None) -> SwapResult:
+    """Stop, flip back, restore migrated databases, start, verify the old version.
+
+    A rollback that cannot complete freezes the tracker and leaves the journal for the operator.
+    """
+    result = result or SwapResult("rolled_back", journal.from_version, journal.to_version)
+    result.reason = journal.rollback_reason or reason
+    if journal.phase is not Phase.ROLLING_BACK:
+        journal.rollback_reason = reason
+        jr.write(store, journal, Phase.ROLLING_BACK)
+    started = time.monotonic()
+    progress(f"rolling back to {journal.from_version}: {result.reason}")
+    snapshot_dir = Path(journal.snapshot_dir) if journal.snapshot_dir else store.dir / "snapshots" / journal.run_id
+    try:
+        if journal.from_version is None:
+            raise CriticalError("there is no previous version to roll back to (first install)")
+        _each_user(config, "stop", progress)
+        if current_version(config) != journal.from_version:
+            progress(f"point current back at {journal.from_version}")
+            flip_current(config, journal.from_version)
+        # After a swap, restore only what the candidate migrated; after a revert that restored older
+        # snapshots, put back exactly what was there before it. The drill restores for real too.
+        result.restored_users = _restore_from(config, snapshot_dir, only_if_migrated=journal.restore_from is None
+                                              and not journal.simulate_live_failure, progress=progress)
+        _each_user(config, "start", progress)
+        result.rollback_live = verify_live(config, journal.from_version, progress)
+        failure = _failed(result.rollback_live)
+        if failure:
+            raise CriticalError(f"{journal.from_version} failed its live check after the rollback for "
+                                f"{failure.user}: {failure.detail}")
+    except CriticalError as exc:
+        result.outcome = "critical"
+        result.reason = f"{result.reason}; the rollback failed: {exc.message}"
+        _freeze_for_operator(store, result.reason)
+        result.timings["rollback_s"] = time.monotonic() - started
+        return result
+    result.outcome = "rolled_back"
+    result.timings["rollback_s"] = time.monotonic() - started
+    return result
+
+
+def _freeze_for_operator(store: StateStore, reason: str) -> None:
+    state = store.load()
+    state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
+    store.save(state)
+    store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True)
+
+
+# ---------------------------------------------------------------- recovery
+
+
+@dataclass
+class Recovery:
+    run_id: str
+    phase: str
+    action: str          # finished | rolled_back | critical | cleared
+    result: SwapResult | None
+    rollback_was_for_failure: bool = False  # the killed run was rolling back a failed live check
+
+
+def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> Recovery | None:
+    """A journal left by a killed run is finished or rolled back before anything else happens."""
+    journal = jr.read(store)
+    if journal is None:
+        return None
+    phase = journal.phase.value
+    progress(f"recovering an interrupted {journal.kind} ({journal.from_version} -> {journal.to_version}, phase {phase})")
+    if journal.phase in (Phase.PLANNED,):
+        jr.remove(store)
+        return Recovery(journal.run_id, phase, "cleared", None)
+    if journal.phase is Phase.VERIFIED:
+        return Recovery(journal.run_id, phase, "finished", SwapResult("swapped", journal.from_version, journal.to_version))
+    if journal.from_version is None and journal.phase is not Phase.ROLLING_BACK:
+        # a first install has nothing to roll back to: drive it forward
+        result = _drive(config, store, journal, progress)
+        return Recovery(journal.run_id, phase, "finished" if result.outcome == "swapped" else result.outcome, result)
+    for_failure = journal.rollback_reason is not None and not journal.simulate_live_failure
+    result = rollback(config, store, journal, journal.rollback_reason or f"interrupted during phase {phase}", progress)
+    return Recovery(journal.run_id, phase, "rolled_back" if result.outcome == "rolled_back" else "critical", result,
+                    rollback_was_for_failure=for_failure)

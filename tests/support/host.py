@@ -1,0 +1,247 @@
+"""An emulated T3 Code host for end-to-end tests and the demo.
+
+Builds, under one directory: a loopback npm registry with emulator builds of `t3` published as
+nightlies, a `root/` with `versions/` and the `current` symlink, users with real SQLite state whose
+"production" servers run under tests/support/supervisor.py (what `services.start/stop` call), and a
+config file pointing t3track at all of it. Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.emulator import package as emu
+from tests.support.registry_server import RegistryServer
+
+REPO = Path(__file__).resolve().parents[2]
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")
+EMULATOR_EXECUTABLE = emu.EXECUTABLE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nightly(n: int, base: str = "0.0.43", day: int = 20261101) -> str:
+    """A nightly version string: nightly(1) == '0.0.43-nightly.20261101.3001'."""
+    return f"{base}-nightly.{day + n}.{3000 + n}"
+
+
+@dataclass
+class HostUser:
+    name: str
+    port: int
+    base_dir: Path
+
+    @property
+    def db(self) -> Path:
+        return self.base_dir / "userdata" / "state.sqlite"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Host:
+    dir: Path
+    registry: RegistryServer
+    users: list[HostUser]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ layout
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.dir / "backups"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.yaml"
+
+    def user(self, name: str) -> HostUser:
+        return next(u for u in self.users if u.name == name)
+
+    def config_dict(self) -> dict[str, Any]:
+        start = [sys.executable, str(SUPERVISOR), "start", "--user", "{user}", "--port", "{port}",
+                 "--base-dir", "{base_dir}", "--root", str(self.root), "--executable", EMULATOR_EXECUTABLE,
+                 "--run-dir", str(self.run_dir)]
+        stop = [sys.executable, str(SUPERVISOR), "stop", "--user", "{user}", "--run-dir", str(self.run_dir)]
+        data: dict[str, Any] = {
+            "package": "t3",
+            "channel": "nightly",
+            "registry": self.registry.url,
+            "executable": EMULATOR_EXECUTABLE,
+            "root": str(self.root),
+            "state_dir": str(self.state_dir),
+            "backup_dir": str(self.backup_dir),
+            "min_release_age": "0s",  # soak is covered by the policy tests; nights here are instant
+            "users": [{"name": u.name, "base_dir": str(u.base_dir), "port": u.port} for u in self.users],
+            "services": {"start": start, "stop": stop, "timeout": "30s"},
+            "gates": {"serve_timeout": "20s", "probe_timeout": "10s"},
+            "verify_timeout": "20s",
+        }
+        for key, value in self.overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return data
+
+    def write_config(self, **overrides: Any) -> Path:
+        self.overrides.update(overrides)
+        self.config_path.write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
+        return self.config_path
+
+    def config(self):
+        from t3track.config import load_config
+
+        return load_config(self.config_path)
+
+    # ------------------------------------------------------------ builds
+
+    def publish(self, version: str, *, era: str = "B", migrations: int = 52, fault: str | None = None,
+                age: timedelta = timedelta(days=1), tag: str | None = "nightly") -> str:
+        """Publish an emulator build of `t3` as `version`, `age` old."""
+        tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault)
+        return self.registry.publish("t3", version, tarball, tag=tag,
+                                     published_at=datetime.now(timezone.utc) - age)
+
+    def set_fault(self, version: str, fault: str | None) -> None:
+        """Change an installed build's behaviour (e.g. a nightly that fails only once live)."""
+        path = self.root / "versions" / version / Path(EMULATOR_EXECUTABLE).parent / "emulator.json"
+        data = json.loads(path.read_text())
+        data["fault"] = fault
+        path.write_text(json.dumps(data))
+
+    # ------------------------------------------------------------ running
+
+    def t3track(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "t3track", "--config", str(self.config_path), *args]
+        full_env = dict(os.environ, **(env or {}))
+        full_env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + full_env.get("PYTHONPATH", "")
+        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+    def service(self, action: str, user: HostUser) -> None:
+        argv = self.config_dict()["services"][action]
+        values = {"user": user.name, "port": str(user.port), "base_dir": str(user.base_dir)}
+        subprocess.run([a.format(**values) for a in argv], check=True, timeout=30)
+
+    def start_servers(self) -> None:
+        for user in self.users:
+            self.service("start", user)
+        for user in self.users:
+            wait_for_version(user.url, None, timeout=20)
+
+    def stop_servers(self) -> None:
+        for user in self.users:
+            self.service("stop", user)
+
+    def server_pids(self) -> dict[str, int]:
+        pids = {}
+        for user in self.users:
+            try:
+                pids[user.name] = int((self.run_dir / f"{user.name}.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                pass
+        return pids
+
+    def current_target(self) -> str | None:
+        link = self.root / "current"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def serving(self, user: HostUser) -> str | None:
+        return serving_version(user.url)
+
+    # ------------------------------------------------------------ state
+
+    def rows(self, user: HostUser) -> list[tuple]:
+        with sqlite3.connect(f"file:{user.db}?mode=ro", uri=True) as conn:
+            return conn.execute(f"SELECT * FROM {emu.ROWS_TABLE} ORDER BY 1").fetchall()
+
+    def write_rows(self, user: HostUser, count: int, tag: str) -> None:
+        emu.add_rows(user.db, count, tag)
+
+    def max_migration(self, user: HostUser) -> int | None:
+        from t3track.backup import max_migration_id
+
+        return max_migration_id(user.db)
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.state_dir / "history.jsonl"
+        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "state.json").read_text())
+
+    def close(self) -> None:
+        self.stop_servers()
+        self.registry.stop()
+
+
+def serving_version(url: str) -> str | None:
+    import httpx
+
+    try:
+        response = httpx.get(url + "/.well-known/t3/environment", timeout=2)
+        return response.json().get("serverVersion") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+def wait_for_version(url: str, version: str | None, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = serving_version(url)
+        if seen is not None and (version is None or seen == version):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{url} serves {seen!r}, expected {version or 'any version'}")
+
+
+def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), current: str = "0.0.42",
+               current_migrations: int = 52, rows: int = 5) -> Host:
+    """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken."""
+    registry = RegistryServer().start()
+    host_users = []
+    for name in users:
+        base = directory / "home" / name / ".t3"
+        emu.make_user_state(base, migrations=current_migrations, rows=rows)
+        host_users.append(HostUser(name, free_port(), base))
+    host = Host(directory, registry, host_users)
+    host.write_config()
+    host.publish(current, migrations=current_migrations, tag=None)
+    prefix = host.root / "versions" / current
+    emu.make_install(prefix, current, migrations=current_migrations)
+    (host.root / "current").symlink_to(Path("versions") / current)
+    host.state_dir.mkdir(mode=0o700, parents=True)
+    (host.state_dir / "state.json").write_text(json.dumps({"current": current}))
+    host.start_servers()
+    return host

@@ -1,0 +1,176 @@
+"""The nightly job end to end on an emulated host: a real registry on loopback, real npm installs of
+emulator builds, real servers under a supervisor, real SQLite, a real symlink."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.support.host import build_host, nightly, wait_for_version
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = build_host(tmp_path)
+    assert h.t3track("backup").returncode == 0
+    yield h
+    h.close()
+
+
+def last_event(host, event):
+    return next(e for e in reversed(host.history()) if e["event"] == event)
+
+
+def test_a_good_nightly_is_swapped_in_and_serves_every_user(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    result = host.t3track("run", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "swapped" and doc["from"] == "0.0.42" and doc["to"] == v
+    assert {g["name"] for g in doc["gates"]} >= {"backup-present", "sandbox-serve", "pairing-probe", "live-verify"}
+    assert host.current_target() == f"versions/{v}"
+    for user in host.users:
+        assert host.serving(user) == v
+        assert host.max_migration(user) == 53
+    state = host.state()
+    assert state["current"] == v and state["previous"] == "0.0.42"
+    run = last_event(host, "run")
+    assert run["outcome"] == "swapped" and run["to"] == v
+    assert not (host.state_dir / "journal.json").exists()
+
+
+def test_a_nightly_failing_only_live_is_rolled_back_with_every_row_kept(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    # passes every gate in the sandbox, then breaks once live: dry-run installs it, then the build's
+    # behaviour flips so the live servers answer 200 without a cookie
+    assert host.t3track("dry-run").returncode == 0
+    for user in host.users:
+        host.write_rows(user, 3, "before-swap")
+    rows_before = {u.name: host.rows(u) for u in host.users}
+    host.set_fault(v, "no-cookie-live")
+    result = host.t3track("run", "--json")
+    doc = json.loads(result.stdout)
+    assert result.returncode == 1, result.stderr
+    assert doc["outcome"] == "rolled_back"
+    assert host.current_target() == "versions/0.0.42"
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+        assert host.rows(user) == rows_before[user.name]     # rows written before the swap all present
+        assert host.max_migration(user) == 52                 # the forward migration was undone
+    state = host.state()
+    assert state["current"] == "0.0.42"
+    denial = next(d for d in state["denied"] if d["version"] == v)
+    assert denial["gate"] == "live-verify" and denial["evidence"]
+    assert not (host.state_dir / "journal.json").exists()
+
+
+def test_a_failed_rollback_freezes_keeps_the_journal_and_exits_4(host):
+    v = nightly(1)
+    host.publish(v)
+    assert host.t3track("dry-run").returncode == 0
+    host.set_fault(v, "no-cookie-live")
+    host.set_fault("0.0.42", "crash-on-start-live")  # the old version cannot come back either
+    result = host.t3track("run", "--json")
+    assert result.returncode == 4, result.stderr
+    assert json.loads(result.stdout)["outcome"] == "critical"
+    state = host.state()
+    assert state["frozen"]["by"] == "t3track" and "rollback failed" in state["frozen"]["reason"]
+    assert (host.state_dir / "journal.json").exists()
+    host.set_fault("0.0.42", None)
+
+
+def test_revert_goes_back_and_denies_the_version_it_leaves(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    assert host.t3track("run").returncode == 0
+    for user in host.users:
+        host.write_rows(user, 2, "after-swap")
+    rows = {u.name: host.rows(u) for u in host.users}
+    result = host.t3track("revert", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["to"] == "0.0.42"
+    assert any("migrations up to 53" in n for n in doc["notes"])  # warned: target older than the database
+    assert host.current_target() == "versions/0.0.42"
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+        assert host.rows(user) == rows[user.name]          # state kept: not asked to restore
+        assert host.max_migration(user) == 53
+    state = host.state()
+    assert state["current"] == "0.0.42" and state["previous"] == v
+    assert any(d["version"] == v and d["gate"] == "revert" for d in state["denied"])
+    assert last_event(host, "revert")["restore_state"] is False
+
+
+def test_revert_with_restore_state_puts_back_the_pre_swap_database(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    rows_before = {u.name: host.rows(u) for u in host.users}
+    assert host.t3track("run").returncode == 0
+    for user in host.users:
+        host.write_rows(user, 2, "after-swap")
+    result = host.t3track("revert", "--restore-state")
+    assert result.returncode == 0, result.stderr
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+        assert host.rows(user) == rows_before[user.name]
+        assert host.max_migration(user) == 52
+    assert last_event(host, "revert")["restored"] == [u.name for u in host.users]
+
+
+def test_two_concurrent_runs_give_one_exit_75(host):
+    v = nightly(1)
+    host.publish(v)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cmd = [sys.executable, "-m", "t3track", "--config", str(host.config_path), "run"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait until the first holds the lock (its pid is written into the lock file)
+    lock = host.state_dir / "lock"
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        time.sleep(0.02)
+    second = host.t3track("run")
+    first.communicate(timeout=240)
+    assert second.returncode == 75
+    assert str(first.pid) in second.stderr
+    assert first.returncode == 0
+
+
+@pytest.mark.parametrize("phase", ["planned", "stopping", "snapshotted", "flipped", "started", "verified",
+                                   "rolling_back"])
+def test_a_run_killed_at_any_journal_phase_converges_on_the_next_run(host, phase):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    for user in host.users:
+        host.write_rows(user, 2, "before")
+    rows = {u.name: host.rows(u) for u in host.users}
+    if phase == "rolling_back":
+        assert host.t3track("dry-run").returncode == 0
+        host.set_fault(v, "no-cookie-live")
+    killed = host.t3track("run", env={"T3TRACK_FAULT_KILL_AT": phase})
+    assert killed.returncode == -signal.SIGKILL
+    assert (host.state_dir / "journal.json").exists()
+
+    after = host.t3track("run", "--json")
+    doc = json.loads(after.stdout)
+    assert doc["recovered"], after.stderr
+    state = host.state()
+    target = host.current_target()
+    assert target in ("versions/0.0.42", f"versions/{v}")
+    serving = target.split("/", 1)[1]
+    assert state["current"] == serving
+    for user in host.users:
+        assert wait_for_version(user.url, serving, timeout=20) == serving
+        assert set(rows[user.name]) <= set(host.rows(user))   # no row lost
+    assert not (host.state_dir / "journal.json").exists()
+    assert any(e["event"] == "recover" for e in host.history())
