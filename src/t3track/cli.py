@@ -353,18 +353,43 @@ def config_check(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> No
 # ---------------------------------------------------------------- the nightly flow and friends
 
 
+def _report(out: Out, report: Any) -> None:
+    """Render a NightReport and exit with its code."""
+    if out.as_json:
+        out.json(report.to_json())
+    else:
+        if report.recovered:
+            out.line(f"recovered: {report.recovered}")
+        for note in report.notes:
+            out.line(f"  note: {note}")
+        if report.gates:
+            out.table("gates", ["gate", "user", "outcome", "time", "detail"],
+                      [[g.name, g.user, g.outcome, f"{g.duration_s:.1f}s", g.detail] for g in report.gates])
+        verb = "dry-run" if report.dry_run else report.outcome
+        out.line(f"{verb}: {report.reason}")
+        if report.evidence:
+            out.line(f"evidence: {report.evidence}")
+    raise typer.Exit(int(report.exit_code))
+
+
 @app.command()
 @command
 def run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
-    _not_built(out, "run", "swap/rollback")
+    from t3track.night import run_night
+
+    config = ctx.obj.config()
+    _report(out, run_night(config, ctx.obj.store(config), progress=out.info))
 
 
 @app.command("dry-run")
 @command
 def dry_run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
     """Resolve -> install -> gates, never swaps; says what `run` would do and why."""
-    _not_built(out, "dry-run", "resolve/install")
+    from t3track.night import run_night
+
+    config = ctx.obj.config()
+    _report(out, run_night(config, ctx.obj.store(config), dry_run=True, progress=out.info))
 
 
 @app.command()
@@ -372,7 +397,10 @@ def dry_run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
 def adopt(ctx: typer.Context, out: Out, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
           json_flag: JsonOpt = False) -> None:
     """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
-    _not_built(out, "adopt", "swap/rollback")
+    from t3track.adopt import adopt as adopt_version
+
+    config = ctx.obj.config()
+    _report(out, adopt_version(config, ctx.obj.store(config), version, progress=out.info))
 
 
 @app.command()
@@ -385,7 +413,10 @@ def revert(
     json_flag: JsonOpt = False,
 ) -> None:
     """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
-    _not_built(out, "revert", "swap/rollback")
+    from t3track.revert import revert as revert_to
+
+    config = ctx.obj.config()
+    _report(out, revert_to(config, ctx.obj.store(config), to=to, restore_state=restore_state, progress=out.info))
 
 
 @app.command()
