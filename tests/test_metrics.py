@@ -185,20 +185,6 @@ def test_the_last_drill_is_exported_from_history(config, store):
 # ---------------------------------------------------------------- real nights on the emulator host
 
 
-def _night_calls_after_run():
-    import inspect
-
-    from t3track import night
-
-    return "after_run" in inspect.getsource(night)
-
-
-# Until night._finish calls afterrun.after_run(config, store, report), `t3track run` writes no
-# metrics and sends nothing: these say so as a visible skip rather than fail the shared suite.
-needs_hook = pytest.mark.skipif(not _night_calls_after_run(),
-                                reason="night._finish does not call afterrun.after_run yet (issue 9 hook)")
-
-
 @pytest.fixture
 def host(tmp_path):
     from tests.support.host import build_host
@@ -214,7 +200,6 @@ def host_metrics(host):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_metrics_after_a_good_night_on_the_host(host):
     from tests.support.host import nightly
 
@@ -236,7 +221,6 @@ def test_metrics_after_a_good_night_on_the_host(host):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_metrics_after_a_refused_night_on_the_host(host):
     from tests.support.host import nightly
 
@@ -254,7 +238,6 @@ def test_metrics_after_a_refused_night_on_the_host(host):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_metrics_after_a_rollback_on_the_host(host):
     from tests.support.host import nightly
 

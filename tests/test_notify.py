@@ -252,20 +252,6 @@ def test_no_notify_config_sends_nothing_and_records_nothing(tmp_path):
 # ---------------------------------------------------------------- real nights on the emulator host
 
 
-def _night_calls_after_run():
-    import inspect
-
-    from t3track import night
-
-    return "after_run" in inspect.getsource(night)
-
-
-# Until night._finish calls afterrun.after_run(config, store, report), `t3track run` writes no
-# metrics and sends nothing: these say so as a visible skip rather than fail the shared suite.
-needs_hook = pytest.mark.skipif(not _night_calls_after_run(),
-                                reason="night._finish does not call afterrun.after_run yet (issue 9 hook)")
-
-
 @pytest.fixture
 def host(tmp_path):
     from tests.support.host import build_host
@@ -277,7 +263,6 @@ def host(tmp_path):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_a_refused_night_on_the_host_reaches_the_receiver(host, receiver):
     from tests.support.host import nightly
 
@@ -295,7 +280,6 @@ def test_a_refused_night_on_the_host_reaches_the_receiver(host, receiver):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_a_rollback_on_the_host_reaches_the_receiver(host, receiver):
     from tests.support.host import nightly
 
@@ -307,7 +291,6 @@ def test_a_rollback_on_the_host_reaches_the_receiver(host, receiver):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_a_good_night_and_the_no_op_night_after_it_send_nothing(host, receiver):
     from tests.support.host import nightly
 
@@ -320,7 +303,6 @@ def test_a_good_night_and_the_no_op_night_after_it_send_nothing(host, receiver):
 
 
 @pytest.mark.slow
-@needs_hook
 def test_a_failing_webhook_does_not_change_the_exit_code_of_a_run(host):
     from tests.support.host import nightly
 
