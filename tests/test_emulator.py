@@ -23,7 +23,9 @@ import pytest
 from tests.emulator import package as emu
 
 NIGHTLY = "0.0.43-nightly.20261101.3001"
-REAL_T3 = Path(os.environ.get("T3_REAL_EXECUTABLE", "/tmp/t3real/node_modules/@t3code/t3-linux-x64/t3"))
+_REAL_CANDIDATES = [os.environ.get("T3_REAL_EXECUTABLE", ""), "/tmp/t3real/node_modules/@t3code/t3-linux-x64/t3",
+                    str(Path(__file__).resolve().parents[1] / ".cache/t3-real/0.0.42/node_modules/@t3code/t3-linux-x64/t3")]
+REAL_T3 = next((Path(p) for p in _REAL_CANDIDATES if p and Path(p).is_file()), Path(_REAL_CANDIDATES[1]))
 
 
 @pytest.fixture
@@ -295,6 +297,18 @@ def test_start_delay_holds_the_port_closed_and_sigterm_still_stops_it(tmp_path, 
     assert server.stop() == 0
 
 
+def test_a_busy_port_makes_serve_exit_1_without_moving_elsewhere(tmp_path, serve):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = serve(install(tmp_path), tmp_path / "base", taken.getsockname()[1], wait=False)
+        assert server.proc.wait(timeout=10) == 1
+    assert "address already in use" in server.output().lower() or "EADDRINUSE" in server.output()
+    assert not (tmp_path / "base/userdata/server-runtime.json").exists()
+
+
 # ---------------------------------------------------------------- faults
 
 
@@ -502,3 +516,4 @@ def test_emulator_era_b_answers_like_the_real_0_0_42(tmp_path, serve):
     real = _handshake_view(REAL_T3, tmp_path / "real", serve)
     emulated = _handshake_view(install(tmp_path, "0.0.42"), tmp_path / "emulated", serve)
     assert real == emulated
+
