@@ -306,6 +306,8 @@ class ServerHandle:
     base_dir: Path
     log_path: Path
     argv: list[str] = field(default_factory=list)
+    owns_log: bool = False          # a temp log start_server made: deleted by stop(), its text kept in memory
+    _final_output: str | None = None
 
     @property
     def pid(self) -> int:
@@ -316,6 +318,8 @@ class ServerHandle:
         return f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:
+        if self._final_output is not None:
+            return self._final_output
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def token(self) -> str | None:
@@ -368,6 +372,9 @@ class ServerHandle:
                 continue
             if not group_alive(self.proc.pid):
                 break
+        if self.owns_log and self._final_output is None:  # it holds the startup token: don't leave it in /tmp
+            self._final_output = self.output()
+            self.log_path.unlink(missing_ok=True)
         return self.proc.returncode
 
     def alive(self) -> bool:
@@ -378,9 +385,11 @@ def start_server(executable: Path, base_dir: Path, port: int | None = None, *, e
                  wait: bool = True, timeout: float = 15.0, log_path: Path | None = None) -> ServerHandle:
     """Start `EXECUTABLE serve --host 127.0.0.1 --port P --base-dir D --no-browser`; wait until ready unless wait=False.
 
-    stdout and stderr go to log_path (default: a temp file). Always stop() the handle (a finalizer).
+    stdout and stderr go to log_path (default: a private temp file that stop() deletes, keeping its text for
+    output()). Always stop() the handle (a finalizer).
     """
     port = port or free_port()
+    owns_log = log_path is None
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix=f"t3-serve-{port}-", suffix=".log")
         os.close(fd)
@@ -390,7 +399,7 @@ def start_server(executable: Path, base_dir: Path, port: int | None = None, *, e
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=server_env(env), start_new_session=True)
-    handle = ServerHandle(proc, port, Path(base_dir), Path(log_path), argv)
+    handle = ServerHandle(proc, port, Path(base_dir), Path(log_path), argv, owns_log)
     if wait:
         try:
             handle.wait_ready(timeout)
