@@ -118,15 +118,6 @@ def test_the_real_candidate_passes_every_gate_on_a_real_backup(real_host, real_t
 
 
 @pytest.mark.real_server
-def test_pairing_probe_without_sandbox_serve_starts_the_sandbox_itself(real_host, real_t3):  # noqa: F811
-    config = real_host(order=["pairing-probe"])
-    results = run_gates(config, VERSION, real_t3, evidence_dir=evidence_dir(config))
-    assert gates_of(results) == [("alice", "pairing-probe", "pass")]
-    assert (evidence_dir(config) / "alice.sandbox-serve.log").is_file()
-    nothing_left(config)
-
-
-@pytest.mark.real_server
 def test_sessions_paired_with_the_current_version_survive_the_same_version(real_host, real_t3, tmp_path):  # noqa: F811
     config = real_host(sessions_survive=True)
     prefix = real_t3.parents[3]  # <prefix>/node_modules/@t3code/t3-linux-x64/t3
@@ -273,3 +264,12 @@ def test_gates_run_the_candidate_and_the_mint_as_run_as(emulated_host, tmp_path,
         assert list((shared / "tmp").iterdir()) == []
     finally:
         shutil.rmtree(shared)
+
+
+def test_pairing_probe_without_sandbox_serve_starts_the_sandbox_itself(emulated_host):
+    make, candidate = emulated_host
+    config = make(order=["pairing-probe"])
+    results = run_gates(config, NEXT, candidate(), evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "pairing-probe", "pass")], results[0].detail
+    assert "Listening on" in (evidence_dir(config) / "alice.sandbox-serve.log").read_text()
+    nothing_left(config)

@@ -164,16 +164,6 @@ def test_the_real_candidate_serves_the_backup_copy_until_stopped(real_host, real
 
 
 @pytest.mark.real_server
-def test_a_real_server_reporting_another_version_fails(real_host, real_t3):  # noqa: F811
-    with pytest.raises(SandboxFailed) as caught:
-        serve(real_host, real_t3, version="0.0.43-nightly.20261126.2901")
-    assert caught.value.reason == "wrong-version"
-    assert "0.0.42" in caught.value.message
-    assert sandboxes_left(real_host) == []
-    assert processes_mentioning(str(real_host.state_dir)) == []
-
-
-@pytest.mark.real_server
 def test_a_port_taken_before_the_server_binds_is_retried(real_host, real_t3, monkeypatch):  # noqa: F811
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
