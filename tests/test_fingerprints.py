@@ -113,3 +113,28 @@ def test_a_revert_that_rolled_back_never_counts_towards_the_self_freeze(config, 
         report.outcome = "rolled_back"
         afterrun.after_run(config, store, report, nightly=False)
     assert store.load().frozen is None and fingerprints.streak(store) == []
+
+
+@pytest.mark.slow
+def test_two_real_nightlies_failing_alike_on_the_host_freeze_the_channel(tmp_path):
+    from tests.support.host import build_host, nightly as host_nightly
+
+    host = build_host(tmp_path / "host")
+    try:
+        assert host.t3track("backup").returncode == 0
+        host.publish(host_nightly(1), fault="exchange-500")
+        assert host.t3track("run").returncode == 1
+        assert host.state().get("frozen") is None
+        host.publish(host_nightly(2), fault="exchange-500")
+        assert host.t3track("run").returncode == 1
+        frozen = host.state()["frozen"]
+        assert frozen["by"] == "t3track"
+        assert host_nightly(1) in frozen["reason"] and host_nightly(2) in frozen["reason"]
+        streak_fp = next(e for e in reversed(host.history()) if e["event"] == "freeze")["fingerprint"]
+        assert streak_fp.startswith("pairing-probe:") and streak_fp in frozen["reason"]
+        host.publish(host_nightly(3))
+        noop = host.t3track("run", "--json")
+        assert noop.returncode == 0 and json.loads(noop.stdout)["outcome"] == "noop"
+        assert host.current_target() == "versions/0.0.42"
+    finally:
+        host.close()
