@@ -138,3 +138,10 @@ def test_two_real_nightlies_failing_alike_on_the_host_freeze_the_channel(tmp_pat
         assert host.current_target() == "versions/0.0.42"
     finally:
         host.close()
+
+
+def test_a_missing_backup_is_the_hosts_fault_and_never_counts_towards_the_self_freeze(config, store):
+    for n in (1, 2):
+        fingerprints.after_run(config, store, refused(nightly(n), fingerprint="backup-present:backup:-:NoFreshBackup",
+                                                      gate="backup-present", n=n))
+    assert store.load().frozen is None and fingerprints.streak(store) == []

@@ -21,6 +21,7 @@ from t3track.fsutil import atomic_write_text
 from t3track.state import Freeze, StateStore, iso, utcnow
 
 FINGERPRINTS_FILE = "fingerprints.json"
+HOST_GATES = ("backup-present",)  # gates that check the host, not the candidate
 
 
 @dataclass
@@ -39,6 +40,8 @@ def failure_of(report: Any) -> tuple[str, str] | None:
         return None
     failed = next((g for g in report.gates or [] if g.outcome == "fail"), None)
     if failed is not None:
+        if failed.name in HOST_GATES:
+            return None  # the host's fault (no fresh backup), not the candidate's: no streak
         return failed.name, failed.fingerprint or f"{failed.name}:-:-:unknown"
     if report.outcome == "rolled_back":
         return "swap", "swap:-:-:CriticalError"  # a stop/flip/start step failed before any live check
