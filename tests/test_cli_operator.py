@@ -146,3 +146,17 @@ def test_config_check_lists_host_problems(cfg):
     assert result.exit_code == 2
     doc = json.loads(result.output)
     assert any("users[0].base_dir" in p for p in doc["problems"])
+
+
+def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch):
+    from t3track import ops
+
+    def broken(config, store):
+        cookie = "t3_session_3773_abcd=SECRETCOOKIEVALUE1234"  # a local a pretty traceback would show
+        raise RuntimeError(f"boom Token: ABCDEFGH2345 {cookie}")
+
+    monkeypatch.setattr(ops, "status", broken)
+    result = t3("status")
+    assert result.exit_code == 4
+    assert "internal error: RuntimeError" in result.output
+    assert "ABCDEFGH2345" not in result.output and "SECRETCOOKIEVALUE1234" not in result.output

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import install, journal, night, swap, versions
+from t3track import afterrun, install, journal, night, swap, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
@@ -55,7 +55,7 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
         if state.current is not None:
             raise UsageError(f"t3track already manages this host (current {state.current})",
                              hint="use `t3track pin VERSION --reason ...` or `t3track revert --to VERSION`")
-        client = client or night.registry_client(config, store)
+        client = client or RegistryClient.for_config(config)
         progress(f"installing {config.package}@{version}")
         packument = client.packument(config.package)
         if version not in packument.versions:
@@ -83,4 +83,5 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
         report.timings.update(result.timings)
         store.record("adopt", by=who, run_id=run_id, version=version, outcome=report.outcome,
                      **{"from": from_version}, reason=report.reason, exit_code=int(report.exit_code))
+        afterrun.after_run(config, store, report, nightly=False)  # evidence, notifications, metrics
         return report

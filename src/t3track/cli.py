@@ -30,6 +30,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
+    # a traceback's local variables could hold a credential or a cookie: never print them
+    pretty_exceptions_show_locals=False,
 )
 config_app = typer.Typer(help="Check the config and the host.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -91,19 +93,54 @@ def _fail(out: Out, exc: T3TrackError) -> None:
     raise typer.Exit(int(code))
 
 
+# operator actions that change what the metrics report (run, revert, adopt and drill refresh them themselves)
+_OPERATOR_ACTIONS = {"freeze_cmd", "unfreeze", "pin_cmd", "unpin", "deny_cmd", "allow_cmd", "backup_cmd"}
+
+
+def _refresh_metrics(ctx: typer.Context, out: Out) -> None:
+    from t3track import afterrun
+
+    try:
+        config = ctx.obj.config()
+        problem = afterrun.after_action(config, ctx.obj.store(config))
+    except T3TrackError:
+        return  # the action itself already reported what is wrong with the config or state
+    if problem:
+        out.err.print(f"warning: {problem}", markup=False)
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map typed core errors to their exit code and message, in one place."""
 
     @functools.wraps(fn)
     def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> Any:
         out = _out(ctx, kwargs.get("json_flag", False))
+        refused = False
         try:
             return fn(ctx, out, *args, **{k: v for k, v in kwargs.items()})
         except T3TrackError as exc:
+            refused = True  # nothing changed: nothing to refresh, and nothing may be written
             _fail(out, exc)
         except KeyboardInterrupt:
+            refused = True
             out.error("interrupted")
             raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
+            refused = True
+            import traceback
+
+            from t3track.redact import redact
+
+            out.err.print(redact("".join(traceback.format_exception(exc))), markup=False)
+            out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
+            out.err.print("  next: run `t3track status`; an interrupted swap is recovered by the next "
+                          "`t3track run`; please report this traceback", markup=False)
+            raise typer.Exit(int(ExitCode.CRITICAL))
+        finally:
+            if fn.__name__ in _OPERATOR_ACTIONS and not refused:
+                _refresh_metrics(ctx, out)  # also after a backup that failed for some users
 
     # typer reads the signature: hide `out` from it.
     import inspect
@@ -140,7 +177,7 @@ def status(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
     lr = result.last_run
     out.line("last run    " + (f"{iso(lr.at)} {lr.outcome} (exit {lr.exit_code})"
                                + (f" candidate {lr.candidate}" if lr.candidate else "")
-                               + (f" evidence {lr.run_id}" if lr.run_id else "") if lr else "-"))
+                               + (f"  (t3track show {lr.run_id})" if lr.run_id else "") if lr else "-"))
     out.line(f"installed   {', '.join(result.installed) or '-'}")
     if result.swap_in_progress:
         out.line("swap        UNFINISHED (the next `t3track run` recovers it)")

@@ -6,18 +6,18 @@
 from __future__ import annotations
 
 import secrets
+from contextlib import ExitStack
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import afterrun, gates as gates_mod, install, ops, policy, swap
+from t3track import afterrun, evidence, gates as gates_mod, install, ops, policy, swap
 from t3track.config import Config
 from t3track.errors import ExitCode
 from t3track.install import IntegrityError
 from t3track.fingerprints import HOST_GATES
-from t3track.fsutil import ensure_private_dir
 from t3track.gates import GateResult
 from t3track.registry import RegistryClient
 from t3track.state import LastRun, State, StateStore, iso, utcnow
@@ -57,73 +57,74 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def registry_client(config: Config, store: StateStore) -> RegistryClient:
-    return RegistryClient.for_config(config)
-
-
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = lambda _: None,
               client: RegistryClient | None = None) -> NightReport:
+    with store.lock(), ExitStack() as closing:
+        if client is None:
+            client = closing.enter_context(RegistryClient.for_config(config))
+        return _night(config, store, client, dry_run, progress)
+
+
+def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: bool, progress: Progress) -> NightReport:
     run_id = new_run_id()
-    evidence_dir = store.dir / "evidence" / run_id
-    with store.lock():
-        recovered = None if dry_run else swap.recover(config, store, progress)
-        if recovered is not None:
-            _record_recovery(store, recovered)
-        state = store.load()
-        ops.lift_expired_freeze(store, state)
-        current = state.current
-        client = client or registry_client(config, store)
+    evidence_dir = evidence.ensure_evidence_dir(store, run_id)
+    progress = evidence.teed_progress(store, run_id, progress)  # run.log in the evidence, redacted
+    recovered = None if dry_run else swap.recover(config, store, progress)
+    if recovered is not None:
+        _record_recovery(store, recovered)
+    state = store.load()
+    ops.lift_expired_freeze(store, state)
+    current = state.current
 
-        progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
-        decision = policy.resolve(config, state, client, utcnow())
-        store.save(state)  # first-seen times
-        if decision.action != "candidate":
-            outcome = "refused" if decision.action == "refused" else "noop"
-            report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
-                                 decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
-            return _finish(config, store, report, recovered)
-        candidate = decision.candidate.version
-
-        progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
-        started = time.monotonic()
-        try:
-            dist = decision.candidate.dist or client.packument(config.package).versions[candidate]
-            install.ensure_installed(config, candidate, dist, registry_url=client.base_url, client=client,
-                                     progress=progress)
-        except IntegrityError as exc:
-            policy.record_failure(state, candidate, "install", exc.message, None, config.gates.max_failures)
-            store.save(state)
-            report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
-                                 notes=decision.notes, dry_run=dry_run)
-            return _finish(config, store, report, recovered)
-        install_s = time.monotonic() - started
-
-        ensure_private_dir(evidence_dir)
-        results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
-                                      evidence_dir=evidence_dir, progress=progress)
-        failed = next((g for g in results if g.outcome != "pass"), None)
-        if failed:
-            if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
-                policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
-                                      config.gates.max_failures)
-                store.save(state)
-            report = NightReport("refused", ExitCode.REFUSED, run_id,
-                                 f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
-                                 gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)
-            return _finish(config, store, report, recovered)
-        if dry_run:
-            report = NightReport("noop", ExitCode.OK, run_id,
-                                 f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
-                                 candidate, current, candidate, gates=results, notes=decision.notes,
-                                 evidence=str(evidence_dir), dry_run=True)
-            return _finish(config, store, report, recovered)
-
-        result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=candidate,
-                              progress=progress)
-        report = _after_swap(config, store, result, run_id, candidate, results, evidence_dir)
-        report.notes = decision.notes
-        report.timings.update(result.timings, install_s=install_s)
+    progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
+    decision = policy.resolve(config, state, client, utcnow())
+    store.save(state)  # first-seen times
+    if decision.action != "candidate":
+        outcome = "refused" if decision.action == "refused" else "noop"
+        report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
+                             decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
         return _finish(config, store, report, recovered)
+    candidate = decision.candidate.version
+
+    progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
+    started = time.monotonic()
+    try:
+        dist = decision.candidate.dist or client.packument(config.package).versions[candidate]
+        install.ensure_installed(config, candidate, dist, registry_url=client.base_url, client=client,
+                                 progress=progress)
+    except IntegrityError as exc:
+        policy.record_failure(state, candidate, "install", exc.message, None, config.gates.max_failures)
+        store.save(state)
+        report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
+                             notes=decision.notes, dry_run=dry_run)
+        return _finish(config, store, report, recovered)
+    install_s = time.monotonic() - started
+
+    results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
+                                  evidence_dir=evidence_dir, progress=progress)
+    failed = next((g for g in results if g.failed), None)  # inconclusive (sessions-survive) informs, never blocks
+    if failed:
+        if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
+            policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
+                                  config.gates.max_failures)
+            store.save(state)
+        report = NightReport("refused", ExitCode.REFUSED, run_id,
+                             f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
+                             gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)
+        return _finish(config, store, report, recovered)
+    if dry_run:
+        report = NightReport("noop", ExitCode.OK, run_id,
+                             f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
+                             candidate, current, candidate, gates=results, notes=decision.notes,
+                             evidence=str(evidence_dir), dry_run=True)
+        return _finish(config, store, report, recovered)
+
+    result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=candidate,
+                          progress=progress)
+    report = _after_swap(config, store, result, run_id, candidate, results, evidence_dir)
+    report.notes = decision.notes
+    report.timings.update(result.timings, install_s=install_s)
+    return _finish(config, store, report, recovered)
 
 
 def _after_swap(config: Config, store: StateStore, result: swap.SwapResult, run_id: str, candidate: str,

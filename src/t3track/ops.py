@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from t3track import versions
+from t3track import install, versions
 from t3track.config import Config
 from t3track.errors import UsageError
 from t3track.state import Denial, Freeze, Pin, State, StateStore, iso, operator_name, utcnow
@@ -175,14 +175,6 @@ class Status:
         }
 
 
-def installed_versions(config: Config) -> list[str]:
-    vdir = config.root / "versions"
-    if not vdir.is_dir():
-        return []
-    names = [p.name for p in vdir.iterdir() if p.is_dir() and versions.is_valid(p.name)]
-    return sorted(names, key=versions.sort_key)
-
-
 def status(config: Config, store: StateStore) -> Status:
     """Read-only: never takes the lock, never writes. An expired freeze is shown as lifted."""
     from t3track import backup  # backups are their own concern
@@ -215,6 +207,6 @@ def status(config: Config, store: StateStore) -> Status:
     return Status(
         current=state.current, previous=state.previous, channel=config.channel, package=config.package,
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
-        installed=installed_versions(config), users=users, current_link=target,
+        installed=install.installed_versions(config), users=users, current_link=target,
         swap_in_progress=journal.exists(), warnings=warnings,
     )

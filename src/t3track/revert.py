@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import backup, journal, night, ops, swap, versions
+from t3track import afterrun, backup, install, journal, night, swap, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.state import Denial, StateStore, operator_name, utcnow
@@ -36,7 +36,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
             raise UsageError(f"{target} is already current")
         if not swap.prefix_of(config, target).is_dir():
             raise UsageError(f"{target} is not installed under {config.root / 'versions'}",
-                             hint="installed: " + (", ".join(ops.installed_versions(config)) or "none"))
+                             hint="installed: " + (", ".join(install.installed_versions(config)) or "none"))
         restore_from = None
         warnings = []
         snapshot = Path(state.current_snapshot) if state.current_snapshot else None
@@ -78,4 +78,5 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         store.record("revert", by=who, run_id=run_id, outcome=report.outcome, **{"from": current}, to=target,
                      restore_state=restore_state, restored=result.restored_users, reason=report.reason,
                      exit_code=int(report.exit_code))
+        afterrun.after_run(config, store, report, nightly=False)  # evidence, notifications, metrics
         return report
