@@ -1,0 +1,72 @@
+"""`t3track adopt`: bringing a host under t3track, on an empty root and on a hand-made install."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.emulator import package as emu
+from tests.support.host import build_host, wait_for_version
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = build_host(tmp_path)
+    yield h
+    h.close()
+
+
+def forget_t3track(host):
+    """Make the host look as if t3track had never run on it."""
+    shutil.rmtree(host.state_dir)
+
+
+def test_adopt_on_an_empty_root_installs_points_current_and_verifies(host):
+    host.stop_servers()
+    forget_t3track(host)
+    (host.root / "current").unlink()
+    shutil.rmtree(host.root / "versions")
+    result = host.t3track("adopt", "0.0.42", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "swapped" and doc["to"] == "0.0.42" and doc["from"] is None
+    assert host.current_target() == "versions/0.0.42"
+    assert (host.root / "versions" / "0.0.42" / emu.EXECUTABLE).is_file()
+    for user in host.users:
+        assert wait_for_version(user.url, "0.0.42", timeout=10) == "0.0.42"
+    assert host.state()["current"] == "0.0.42"
+    assert [e for e in host.history() if e["event"] == "adopt"][-1]["outcome"] == "swapped"
+
+
+def test_adopt_moves_a_hand_made_install_aside_and_can_roll_back_to_it(host):
+    # a hand-made install: root/current is a plain directory holding 0.0.41, serving both users
+    host.stop_servers()
+    forget_t3track(host)
+    (host.root / "current").unlink()
+    shutil.rmtree(host.root / "versions")
+    emu.make_install(host.root / "current", "0.0.41")
+    host.start_servers()
+    rows = {u.name: host.rows(u) for u in host.users}
+
+    result = host.t3track("adopt", "0.0.42", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["from"] == "0.0.41"
+    assert (host.root / "current").is_symlink()
+    assert host.current_target() == "versions/0.0.42"
+    assert (host.root / "versions" / "0.0.41" / emu.EXECUTABLE).is_file()  # the hand-made tree, moved
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+        assert host.rows(user) == rows[user.name]
+    state = host.state()
+    assert state["current"] == "0.0.42" and state["previous"] == "0.0.41"
+
+
+def test_adopt_refuses_when_t3track_already_manages_the_host(host):
+    before = os.readlink(host.root / "current")
+    result = host.t3track("adopt", "0.0.42")
+    assert result.returncode == 2
+    assert "already manages" in result.stderr and "t3track pin" in result.stderr
+    assert os.readlink(host.root / "current") == before
