@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -57,9 +58,22 @@ class HostUser:
 
 
 @dataclass
+class ExternalRegistry:
+    """A registry this host does not run (e.g. verdaccio in the CI smoke): its URL, nothing to stop.
+    Publish to it with its own tools (`npm publish`); Host.publish works only on a RegistryServer."""
+    url: str
+
+    def publish(self, *_args: Any, **_kwargs: Any) -> str:
+        raise NotImplementedError(f"publish to {self.url} with `npm publish`, not through the test host")
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass
 class Host:
     dir: Path
-    registry: RegistryServer
+    registry: RegistryServer | ExternalRegistry
     users: list[HostUser]
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -227,17 +241,31 @@ def wait_for_version(url: str, version: str | None, timeout: float) -> str | Non
 
 
 def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), current: str = "0.0.42",
-               current_migrations: int = 52, rows: int = 5) -> Host:
-    """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken."""
-    registry = RegistryServer().start()
+               current_migrations: int = 52, rows: int = 5, registry_url: str | None = None,
+               make_state: Callable[[Path], object] | None = None) -> Host:
+    """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken.
+
+    registry_url: use a registry started elsewhere (verdaccio) instead of a loopback RegistryServer;
+    nothing is published to it here (the caller publishes `current` and the nightlies itself).
+    make_state: builds a user's base dir instead of emu.make_user_state (e.g. the real server creating
+    its own state); `rows` threads of user data are added to it afterwards.
+    """
+    registry: RegistryServer | ExternalRegistry = (
+        ExternalRegistry(registry_url) if registry_url else RegistryServer().start())
     host_users = []
     for name in users:
         base = directory / "home" / name / ".t3"
-        emu.make_user_state(base, migrations=current_migrations, rows=rows)
+        if make_state is None:
+            emu.make_user_state(base, migrations=current_migrations, rows=rows)
+        else:
+            make_state(base)
+            if rows:
+                emu.add_rows(emu.state_db(base), rows, "initial")
         host_users.append(HostUser(name, free_port(), base))
     host = Host(directory, registry, host_users)
     host.write_config()
-    host.publish(current, migrations=current_migrations, tag=None)
+    if isinstance(registry, RegistryServer):
+        host.publish(current, migrations=current_migrations, tag=None)
     prefix = host.root / "versions" / current
     emu.make_install(prefix, current, migrations=current_migrations)
     (host.root / "current").symlink_to(Path("versions") / current)
