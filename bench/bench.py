@@ -1,7 +1,7 @@
 """The benchmark figures of issue 7, from one run on this machine, printed as one table.
 
-    /tmp/venv/bin/python bench/bench.py            # ~2-4 minutes
-    /tmp/venv/bin/python bench/bench.py --quick    # well under a minute: fewer repetitions, small sizes
+    /tmp/venv/bin/python bench/bench.py            # ~3 minutes
+    /tmp/venv/bin/python bench/bench.py --quick    # ~1 minute: fewer repetitions, small sizes
     /tmp/venv/bin/python bench/bench.py --full     # adds the 1 GB backup and more repetitions
 
 Everything runs for real on 127.0.0.1: emulated hosts from tests/support/host.py (a loopback npm
@@ -25,12 +25,16 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, ByteCounter, Figure, cli_env, median, polling, print_table, run_cli, say,  # noqa: E402
+from _common import (REPO, ByteCounter, CliRun, Figure, cli_env, median, polling, print_table, run_cli, say,  # noqa: E402
                      secs, size, time_command, wait_ready)
 
 from tests.support.host import Host, build_host, nightly  # noqa: E402
+
+if TYPE_CHECKING:
+    from t3track.backup import BackupInfo
 
 OLD = "0.0.42"
 
@@ -53,7 +57,7 @@ def _night(host: Host, version: str, *, migrations: int, fault: str | None = Non
         raise RuntimeError(f"t3track backup failed: {done.stderr_lines[-5:]}")
 
 
-def _run(host: Host, *args: str, outcome: str) -> "object":
+def _run(host: Host, *args: str, outcome: str) -> CliRun:
     done = run_cli(host, "--json", *args)
     report = done.report if done.stdout.strip() else {}
     if report.get("outcome") != outcome:
@@ -216,7 +220,7 @@ def _bare_start(executable: Path, base: Path, home: Path, log: Path, request_tim
         server.stop()
 
 
-def _copy_state(live_base: Path, backup_info: object, dest: Path) -> Path:
+def _copy_state(live_base: Path, backup_info: "BackupInfo", dest: Path) -> Path:
     """What a sandbox holds: the live base dir's small files and the newest backup's database."""
     from t3track.backup import restore_database
 
