@@ -480,6 +480,11 @@ def front_door_check(url: str, timeout: float) -> ProbeResult:
                        s.steps, round(time.monotonic() - started, 3))
 
 
+# The real server accepts connections a moment before it answers, and never answers a request that
+# arrives in that moment: readiness polls use short timeouts so a lost request costs little.
+READY_POLL_TIMEOUT_S = 0.5
+
+
 def server_version(url: str, timeout: float) -> str | None:
     """The `serverVersion` the server reports (no auth needed), or None when it cannot say."""
     require_loopback(url)

@@ -300,7 +300,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         f"{what} exited with {process.proc.returncode} before it was ready",
                         reason="exit", log_tail=server.log_tail(),
                         hint="the candidate cannot start on this user's state; see the evidence log")
-                version = probe.server_version(url, timeout=min(2.0, max(0.2, deadline - time.monotonic())))
+                version = probe.server_version(url, timeout=min(probe.READY_POLL_TIMEOUT_S, max(0.2, deadline - time.monotonic())))
                 if version is not None:
                     if expected_version is not None and version != expected_version:
                         raise SandboxFailed(

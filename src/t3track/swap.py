@@ -153,7 +153,7 @@ def same_version(seen: str | None, expected: str) -> bool:
 def _wait_for_version(url: str, version: str, deadline: float) -> str | None:
     seen = None
     while time.monotonic() < deadline:
-        seen = probe.server_version(url, timeout=2.0)
+        seen = probe.server_version(url, timeout=probe.READY_POLL_TIMEOUT_S)
         if same_version(seen, version):
             return seen
         time.sleep(0.2)
