@@ -152,17 +152,16 @@ def host(real_t3_fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Hos
 
 
 def pair_with(host: Host, user) -> set[str]:  # noqa: ANN001
-    """Pair with a live server as a browser would (credential minted by the live executable); return
-    the credential and cookie value, so the test can look for them where they must never be."""
-    executable = host.root / "current" / emu.EXECUTABLE
-    minted = emu.mint(executable, user.base_dir)
-    assert minted.returncode == 0, f"{user.name}: could not mint on the live server"
-    credential = json.loads(minted.stdout)["credential"]
-    pairing = emu.pair(user.url, credential)
+    """Pair with a live server as a browser would, with the one-time `Token:` its start printed (in
+    the supervisor's log); return the token and the cookie value, so the test can look for them
+    where they must never be."""
+    log = (host.run_dir / f"{user.name}.log").read_text(errors="replace")
+    token = re.findall(r"^Token: (\S+)$", log, re.M)[-1]
+    pairing = emu.pair(user.url, token)
     assert pairing.response.status == 200 and pairing.cookie_value, f"{user.name}: the live server did not pair"
     session = emu.request(user.url, "GET", "/api/auth/session", headers={"Cookie": pairing.cookie_header})
     assert session.json()["authenticated"] is True
-    return {credential, pairing.cookie_value}
+    return {token, pairing.cookie_value}
 
 
 @pytest.fixture(scope="module")
