@@ -302,7 +302,7 @@ def test_no_credential_or_cookie_value_is_written_or_printed(host, bumped, refus
     files = files_under(host.state_dir / "evidence", host.state_dir / "history.jsonl", host.state_dir / "state.json")
     assert any(p.name.endswith("pairing-probe.json") for p in files)
     leaks = real_t3.files_containing(files, sorted(secrets))
-    leaks += [f"output of {s.result.args[4:]}: {v[:3]}…" for s in steps for v in secrets if v in s.output]
+    leaks += [f"output of t3track {' '.join(s.result.args[5:])}: {v[:3]}…" for s in steps for v in secrets if v in s.output]
     leaks += [f"{p}: {m.group(0)[:14]}…" for p in files for shape in SECRET_SHAPES
               for m in shape.finditer(p.read_text(errors="replace"))]
     assert leaks == []
