@@ -85,7 +85,58 @@ def test_a_failed_rollback_freezes_keeps_the_journal_and_exits_4(host):
     state = host.state()
     assert state["frozen"]["by"] == "t3track" and "rollback failed" in state["frozen"]["reason"]
     assert (host.state_dir / "journal.json").exists()
+
+    # the next night retries the rollback first and, while it still fails, says so with exit 4
+    again = host.t3track("run", "--json")
+    assert again.returncode == 4 and json.loads(again.stdout)["outcome"] == "critical"
+    assert (host.state_dir / "journal.json").exists()
+
+    # once the operator has fixed the old version, the next night finishes the rollback
     host.set_fault("0.0.42", None)
+    fixed = host.t3track("run", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["recovered"].startswith("rolled_back")
+    assert not (host.state_dir / "journal.json").exists()
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+    assert host.state()["frozen"] is not None  # still frozen until an operator has looked
+    assert any(d["version"] == v for d in host.state()["denied"])
+
+
+def test_a_swap_step_failing_after_the_stop_rolls_back_and_every_server_serves_again(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    host.state_dir.joinpath("snapshots").write_text("not a directory")  # the snapshot cannot be written
+    result = host.t3track("run", "--json")
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "rolled_back" and "swap step failed" in doc["reason"]
+    assert host.current_target() == "versions/0.0.42"
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+    state = host.state()
+    assert state["failures"][v] == 1 and not any(d["version"] == v for d in state["denied"])  # maybe the host's fault
+    assert last_event(host, "run")["outcome"] == "rolled_back"
+
+
+def test_dry_runs_never_count_toward_denying_a_version(host):
+    v = nightly(1)
+    host.publish(v, fault="no-cookie")
+    for _ in range(3):
+        assert host.t3track("dry-run").returncode == 1
+    state = host.state()
+    assert v not in state.get("failures", {}) and not state["denied"]
+
+
+def test_a_registry_outage_is_an_error_night_with_exit_3_and_a_history_line(host):
+    host.registry.stop()
+    result = host.t3track("run", "--json")
+    assert result.returncode == 3
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "error" and host.registry.url.rstrip("/") in doc["reason"]
+    assert last_event(host, "run")["outcome"] == "error"
+    assert host.state()["last_run"]["exit_code"] == 3
+    assert host.current_target() == "versions/0.0.42"
 
 
 def test_revert_goes_back_and_denies_the_version_it_leaves(host):
@@ -160,6 +211,10 @@ def test_a_run_killed_at_any_journal_phase_converges_on_the_next_run(host, phase
     killed = host.t3track("run", env={"T3TRACK_FAULT_KILL_AT": phase})
     assert killed.returncode == -signal.SIGKILL
     assert (host.state_dir / "journal.json").exists()
+    # users keep working between the kill and the next night (where a server is up)
+    for user in host.users:
+        host.write_rows(user, 1, "after-kill")
+    rows_after_kill = {u.name: host.rows(u) for u in host.users}
 
     after = host.t3track("run", "--json")
     doc = json.loads(after.stdout)
@@ -171,6 +226,12 @@ def test_a_run_killed_at_any_journal_phase_converges_on_the_next_run(host, phase
     assert state["current"] == serving
     for user in host.users:
         assert wait_for_version(user.url, serving, timeout=20) == serving
-        assert set(rows[user.name]) <= set(host.rows(user))   # no row lost
+        assert set(rows[user.name]) <= set(host.rows(user))   # no row from before the night lost
+        if phase != "rolling_back":  # a rollback already under way must restore the migrated database
+            assert set(rows_after_kill[user.name]) <= set(host.rows(user))  # nor any written since the kill
+    if phase in ("flipped", "started", "verified"):
+        assert serving == v  # the candidate was checked live and kept, not undone
+    if phase == "rolling_back":
+        assert serving == "0.0.42" and any(d["version"] == v for d in state["denied"])
     assert not (host.state_dir / "journal.json").exists()
     assert any(e["event"] == "recover" for e in host.history())

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import afterrun, evidence, gates as gates_mod, install, ops, policy, swap
+from t3track import afterrun, evidence, gates as gates_mod, install, journal, ops, policy, swap
 from t3track.config import Config
-from t3track.errors import ExitCode
+from t3track.errors import CriticalError, EnvironmentFault, ExitCode
 from t3track.install import IntegrityError
 from t3track.fingerprints import HOST_GATES
 from t3track.gates import GateResult
 from t3track.registry import RegistryClient
-from t3track.state import LastRun, State, StateStore, iso, utcnow
+from t3track.state import Denial, LastRun, State, StateStore, utcnow
 
 Progress = Callable[[str], None]
 
@@ -71,43 +71,52 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
     progress = evidence.teed_progress(store, run_id, progress)  # run.log in the evidence, redacted
     recovered = None if dry_run else swap.recover(config, store, progress)
     if recovered is not None:
-        _record_recovery(store, recovered)
+        _record_recovery(config, store, recovered)
+        if recovered.action == "critical":
+            # the servers may be down: say so loudly (exit 4) instead of a quiet frozen no-op
+            report = NightReport("critical", ExitCode.CRITICAL, run_id, recovered.result.reason
+                                 if recovered.result else "recovery failed", from_version=recovered.result.from_version
+                                 if recovered.result else None, notes=[CRITICAL_NOTE])
+            return _finish(config, store, report, recovered)
     state = store.load()
     ops.lift_expired_freeze(store, state)
     current = state.current
-
-    progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
-    decision = policy.resolve(config, state, client, utcnow())
-    store.save(state)  # first-seen times
-    if decision.action != "candidate":
-        outcome = "refused" if decision.action == "refused" else "noop"
-        report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
-                             decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
-        return _finish(config, store, report, recovered)
-    candidate = decision.candidate.version
-
-    progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
-    started = time.monotonic()
     try:
-        dist = decision.candidate.dist or client.packument(config.package).versions[candidate]
-        install.ensure_installed(config, candidate, dist, registry_url=client.base_url, client=client,
-                                 progress=progress)
-    except IntegrityError as exc:
-        policy.record_failure(state, candidate, "install", exc.message, None, config.gates.max_failures)
-        store.save(state)
-        report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
-                             notes=decision.notes, dry_run=dry_run)
-        return _finish(config, store, report, recovered)
-    install_s = time.monotonic() - started
+        progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
+        decision = policy.resolve(config, state, client, utcnow())
+        store.save(state)  # first-seen times
+        if decision.action != "candidate":
+            outcome = "refused" if decision.action == "refused" else "noop"
+            report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
+                                 decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
+            return _finish(config, store, report, recovered)
+        candidate = decision.candidate.version
 
-    results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
-                                  evidence_dir=evidence_dir, progress=progress)
+        progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
+        started = time.monotonic()
+        try:
+            dist = decision.candidate.dist or client.packument(config.package).versions[candidate]
+            install.ensure_installed(config, candidate, dist, registry_url=client.base_url, client=client,
+                                     progress=progress)
+        except IntegrityError as exc:
+            _count_failure(config, store, state, candidate, "install", exc.message, None, dry_run)
+            report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
+                                 notes=decision.notes, dry_run=dry_run)
+            return _finish(config, store, report, recovered)
+        install_s = time.monotonic() - started
+
+        results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
+                                      evidence_dir=evidence_dir, progress=progress)
+    except EnvironmentFault as exc:
+        # registry down, npm failed, disk full: nothing was swapped; recorded so the operator hears of it
+        report = NightReport("error", ExitCode.ENVIRONMENT, run_id,
+                             exc.message + (f"; next: {exc.hint}" if exc.hint else ""), from_version=current,
+                             dry_run=dry_run, evidence=str(evidence_dir))
+        return _finish(config, store, report, recovered)
     failed = next((g for g in results if g.failed), None)  # inconclusive (sessions-survive) informs, never blocks
     if failed:
         if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
-            policy.record_failure(state, candidate, failed.name, failed.detail, str(evidence_dir),
-                                  config.gates.max_failures)
-            store.save(state)
+            _count_failure(config, store, state, candidate, failed.name, failed.detail, str(evidence_dir), dry_run)
         report = NightReport("refused", ExitCode.REFUSED, run_id,
                              f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
                              gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)
@@ -127,34 +136,66 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
     return _finish(config, store, report, recovered)
 
 
+CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.json): the next `t3track run` "
+                 "tries the rollback again. To fix it by hand, see runbooks/t3-version-bump.md (manual rollback), "
+                 "then move the journal aside and `t3track unfreeze`")
+
+
+def _count_failure(config: Config, store: StateStore, state: State, version: str, gate: str, reason: str,
+                   evidence_path: str | None, dry_run: bool) -> None:
+    """A gate failure counts toward denying `version` (after gates.max_failures); a dry run counts nothing."""
+    if dry_run:
+        return
+    policy.record_failure(state, version, gate, reason, evidence_path, config.gates.max_failures)
+    store.save(state)
+
+
 def _after_swap(config: Config, store: StateStore, result: swap.SwapResult, run_id: str, candidate: str,
                 gate_results: list[GateResult], evidence_dir: Path) -> NightReport:
-    state = store.load()
     live = gate_results + result.live + result.rollback_live
     if result.outcome == "swapped":
-        commit_swap(config, store, state, result.from_version, candidate, run_id)
+        settle(config, store, "swap", result.from_version, candidate, run_id)
         return NightReport("swapped", ExitCode.OK, run_id, f"swapped {result.from_version} -> {candidate}",
                            candidate, result.from_version, candidate, gates=live, evidence=str(evidence_dir))
-    failed = next((g for g in result.live if g.outcome != "pass"), None)
-    # a candidate that failed live is denied at once: it already cost users downtime
-    policy.record_failure(state, candidate, failed.name if failed else "swap", result.reason, str(evidence_dir), 1)
-    store.save(state)
+    state = store.load()
+    failed = next((g for g in result.live if g.failed), None)
+    if failed:
+        # a candidate that failed live is denied at once: it already cost users downtime
+        policy.record_failure(state, candidate, failed.name, result.reason, str(evidence_dir), 1)
+        store.save(state)
+    else:
+        # a stop/snapshot/flip/start step failed: maybe the host's fault, so it only counts
+        _count_failure(config, store, state, candidate, "swap", result.reason, str(evidence_dir), False)
     if result.outcome == "rolled_back":
-        from t3track import journal
         journal.remove(store)
         return NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, candidate,
                            result.from_version, result.from_version, gates=live, evidence=str(evidence_dir))
     return NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, candidate, result.from_version, None,
-                       gates=live, evidence=str(evidence_dir),
-                       notes=["t3track froze itself and left its journal; see runbooks/t3-version-bump.md "
-                              "(manual rollback), then `t3track unfreeze`"])
+                       gates=live, evidence=str(evidence_dir), notes=[CRITICAL_NOTE])
+
+
+def settle(config: Config, store: StateStore, kind: str, from_version: str | None, to_version: str, run_id: str,
+           by: str = "t3track") -> None:
+    """Bookkeeping after a verified move, the same whether it finished now or in a later recovery.
+
+    A swap or adopt keeps its pre-swap snapshots for `revert --restore-state`; a revert denies the
+    version it left."""
+    state = store.load()
+    if kind == "revert":
+        state.denied = [d for d in state.denied if d.version != from_version]
+        if from_version is not None:
+            state.denied.append(Denial(version=from_version, reason=f"reverted by {by}", gate="revert",
+                                       at=utcnow(), by=by))
+        state.previous, state.current, state.current_snapshot = from_version, to_version, None
+        store.save(state)
+        journal.remove(store)
+        return
+    commit_swap(config, store, state, from_version, to_version, run_id)
 
 
 def commit_swap(config: Config, store: StateStore, state: State, from_version: str | None, to_version: str,
                 run_id: str) -> None:
     """Bookkeeping after a verified swap: state, then the journal goes, then old installs are pruned."""
-    from t3track import journal
-
     state.previous = from_version if from_version != to_version else state.previous
     state.current = to_version
     state.current_snapshot = str(store.dir / "snapshots" / run_id)
@@ -176,26 +217,29 @@ def _prune_snapshots(store: StateStore, keep: str | None) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _record_recovery(store: StateStore, recovered: swap.Recovery) -> None:
-    store.record("recover", by="t3track", run_id=recovered.run_id, phase=recovered.phase, action=recovered.action,
-                 reason=recovered.result.reason if recovered.result else None)
-    state = store.load()
-    if recovered.action == "finished" and recovered.result:
-        from t3track import journal
+def recover_or_refuse(config: Config, store: StateStore, progress: Progress) -> swap.Recovery | None:
+    """For operator moves (revert, adopt): finish or undo a killed run first; refuse if that fails."""
+    recovered = swap.recover(config, store, progress)
+    if recovered is not None:
+        _record_recovery(config, store, recovered)
+        if recovered.action == "critical":
+            raise CriticalError(f"an interrupted {recovered.kind} could not be recovered: "
+                                f"{recovered.result.reason if recovered.result else 'unknown'}", hint=CRITICAL_NOTE)
+    return recovered
 
-        state.previous = recovered.result.from_version
-        state.current = recovered.result.to_version
-        state.current_snapshot = str(store.dir / "snapshots" / recovered.run_id)
-        store.save(state)
-        journal.remove(store)
+
+def _record_recovery(config: Config, store: StateStore, recovered: swap.Recovery) -> None:
+    store.record("recover", by="t3track", run_id=recovered.run_id, kind=recovered.kind, phase=recovered.phase,
+                 action=recovered.action, reason=recovered.result.reason if recovered.result else None)
+    result = recovered.result
+    if recovered.action == "finished" and result:
+        settle(config, store, recovered.kind, result.from_version, result.to_version, recovered.run_id)
     elif recovered.action == "rolled_back":
-        from t3track import journal, policy
-
         journal.remove(store)
-        if recovered.rollback_was_for_failure and recovered.result:
-            # the killed run was already rolling back because the candidate failed live: deny it now
-            policy.record_failure(state, recovered.result.to_version, "live-verify", recovered.result.reason,
-                                  None, 1)
+        if recovered.rollback_was_for_failure and result:
+            # the candidate failed a live check before or during the recovery: deny it now
+            state = store.load()
+            policy.record_failure(state, result.to_version, "live-verify", result.reason, None, 1)
             store.save(state)
 
 

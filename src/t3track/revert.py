@@ -12,7 +12,7 @@ from pathlib import Path
 from t3track import afterrun, backup, install, journal, night, swap, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
-from t3track.state import Denial, StateStore, operator_name, utcnow
+from t3track.state import StateStore, operator_name
 
 
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
@@ -21,9 +21,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         versions.require_valid(to, "--to")
     run_id = night.new_run_id()
     with store.lock():
-        recovered = swap.recover(config, store, progress)
-        if recovered is not None:
-            night._record_recovery(store, recovered)
+        night.recover_or_refuse(config, store, progress)
         state = store.load()
         current = state.current
         if current is None:
@@ -31,7 +29,9 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                              hint="run `t3track adopt VERSION` on a host t3track does not manage yet")
         target = to or state.previous
         if target is None:
-            raise UsageError("there is no previous version recorded", hint="name one with --to VERSION")
+            raise UsageError("there is no previous version recorded",
+                             hint="name an installed one with --to VERSION; if t3track cannot act, follow the "
+                             "manual rollback in runbooks/t3-version-bump.md")
         if target == current:
             raise UsageError(f"{target} is already current")
         if not swap.prefix_of(config, target).is_dir():
@@ -41,6 +41,11 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         warnings = []
         snapshot = Path(state.current_snapshot) if state.current_snapshot else None
         if restore_state:
+            if target != state.previous:
+                raise UsageError(f"--restore-state restores the databases from just before the swap "
+                                 f"{state.previous} -> {current}, so it only goes back to {state.previous}",
+                                 hint=f"revert to {state.previous} with --restore-state, or to {target} without it "
+                                 "and restore a backup by hand (runbooks/t3-version-bump.md)")
             if snapshot is None or not snapshot.is_dir():
                 raise UsageError("no pre-swap snapshot of the current version is kept, so state cannot be restored",
                                  hint="revert without --restore-state, or restore a backup by hand "
@@ -58,13 +63,10 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                               restore_from=restore_from, progress=progress)
         who = by or operator_name()
         if result.outcome == "swapped":
-            state = store.load()
-            state.denied = [d for d in state.denied if d.version != current]
-            state.denied.append(Denial(version=current, reason=f"reverted by {who}", gate="revert", at=utcnow(), by=who))
-            state.previous, state.current = current, target
-            state.current_snapshot = None
-            store.save(state)
-            journal.remove(store)
+            night.settle(config, store, "revert", current, target, run_id, by=who)
+            if restore_state:
+                warnings.append(f"the databases as they were just before this revert are kept in "
+                                f"{store.dir / 'snapshots' / run_id} until the next swap")
             report = night.NightReport("swapped", ExitCode.OK, run_id, f"reverted {current} -> {target}", target,
                                        current, target, gates=result.live, notes=warnings)
         elif result.outcome == "rolled_back":
@@ -73,7 +75,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                                        current, gates=result.live + result.rollback_live, notes=warnings)
         else:
             report = night.NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, target, current, None,
-                                       gates=result.live + result.rollback_live, notes=warnings)
+                                       gates=result.live + result.rollback_live, notes=warnings + [night.CRITICAL_NOTE])
         report.timings.update(result.timings)
         store.record("revert", by=who, run_id=run_id, outcome=report.outcome, **{"from": current}, to=target,
                      restore_state=restore_state, restored=result.restored_users, reason=report.reason,

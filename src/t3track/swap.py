@@ -11,12 +11,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from t3track import backup, journal as jr, probe, versions
 from t3track.config import Config, UserConfig
-from t3track.errors import CriticalError
+from t3track.errors import CriticalError, T3TrackError
 from t3track.fsutil import ensure_private_dir, fsync_dir
 from t3track.gates import GateResult
 from t3track.journal import Journal, Phase
@@ -40,6 +39,7 @@ class SwapResult:
     rollback_live: list[GateResult] = field(default_factory=list)
     restored_users: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    step_failed: bool = False          # a stop/snapshot/flip/start step failed (not the live check)
 
 
 # ---------------------------------------------------------------- the install tree
@@ -87,16 +87,29 @@ def _service_argv(template: list[str], user: UserConfig) -> list[str]:
 
 def service(config: Config, action: str, user: UserConfig) -> None:
     argv = _service_argv(getattr(config.services, action), user)
-    result = run_command(argv, timeout=config.services.timeout.total_seconds())
+    try:
+        result = run_command(argv, timeout=config.services.timeout.total_seconds())
+    except T3TrackError as exc:  # e.g. the service command is not installed
+        raise CriticalError(f"{action} of {user.name}'s server failed: {exc.message}",
+                            hint=f"check the service command in the config: {' '.join(argv)}") from None
     if not result.ok:
         raise CriticalError(f"{action} of {user.name}'s server failed: {result.describe()}",
                             hint=f"check the service by hand: {' '.join(argv)}")
 
 
-def _each_user(config: Config, action: str, progress: Progress) -> None:
+def _each_user(config: Config, action: str, progress: Progress, *, keep_going: bool = False) -> list[str]:
+    """Run `action` for every user. A swap stops at the first failure; a rollback tries every user
+    (a user left stopped because another user's start failed would be a second outage)."""
+    problems = []
     for user in config.users:
         progress(f"{action} {user.name}'s server")
-        service(config, action, user)
+        try:
+            service(config, action, user)
+        except CriticalError as exc:
+            if not keep_going:
+                raise
+            problems.append(exc.message)
+    return problems
 
 
 # ---------------------------------------------------------------- snapshots
@@ -112,9 +125,12 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
         backup.snapshot_database(user.base_dir, dest)
 
 
-def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress) -> list[str]:
+def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress,
+                  problems: list[str] | None = None) -> list[str]:
     """Restore each user's database from the snapshots in `snapshot_dir`: always, or only when the
-    live database carries migrations the snapshot lacks (the candidate migrated it forward)."""
+    live database carries migrations the snapshot lacks (the candidate migrated it forward).
+
+    With `problems`, a user whose restore fails is noted there and the others are still restored."""
     restored = []
     for user in config.users:
         snap = snapshot_dir / user.name
@@ -124,7 +140,13 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
         if only_if_migrated and not _migrated(snap, userdata):
             continue
         progress(f"restore {user.name}'s database from {snap}")
-        backup.restore_database(backup.read_backup(snap, user.name), userdata)
+        try:
+            backup.restore_database(backup.read_backup(snap, user.name), userdata)
+        except (T3TrackError, OSError) as exc:
+            if problems is None:
+                raise
+            problems.append(f"restore of {user.name}'s database from {snap} failed: {getattr(exc, 'message', exc)}")
+            continue
         if not (snap / "statev2.sqlite").exists():
             # newer builds copy state.sqlite to statev2.sqlite on first start; the old one never had it
             try:
@@ -136,10 +158,20 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
 
 
 def _migrated(snap: Path, userdata: Path) -> bool:
-    before = backup.max_migration_id(snap / "state.sqlite") or 0
-    live = userdata / "state.sqlite"
-    after = backup.max_migration_id(live) if live.exists() else None
-    return (after or 0) > before or ((userdata / "statev2.sqlite").exists() and not (snap / "statev2.sqlite").exists())
+    """Did the candidate move either database forward (or create statev2)? Unreadable counts as yes:
+    restoring a snapshot taken a moment ago loses less than running the old binary on an unknown schema."""
+    for name in ("state.sqlite", "statev2.sqlite"):
+        live, saved = userdata / name, snap / name
+        if not live.exists():
+            continue
+        if not saved.exists():
+            return True
+        try:
+            if (backup.max_migration_id(live) or 0) > (backup.max_migration_id(saved) or 0):
+                return True
+        except (T3TrackError, OSError):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- live verification
@@ -222,11 +254,15 @@ def swap_to(config: Config, store: StateStore, *, run_id: str, from_version: str
     return _drive(config, store, journal, progress)
 
 
+def _snapshot_dir(store: StateStore, journal: Journal) -> Path:
+    return Path(journal.snapshot_dir) if journal.snapshot_dir else store.dir / "snapshots" / journal.run_id
+
+
 def _drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
     """Run the journal forward from its phase to VERIFIED, or into a rollback."""
     result = SwapResult("swapped", journal.from_version, journal.to_version)
     timer = time.monotonic()
-    snapshot_dir = Path(journal.snapshot_dir) if journal.snapshot_dir else store.dir / "snapshots" / journal.run_id
+    snapshot_dir = _snapshot_dir(store, journal)
     try:
         if journal.phase in (Phase.PLANNED, Phase.STOPPING):
             jr.write(store, journal, Phase.STOPPING)
@@ -245,8 +281,10 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
             _each_user(config, "start", progress)
             jr.write(store, journal, Phase.STARTED)
         result.timings["swap_s"] = time.monotonic() - timer
-    except CriticalError as exc:
-        return rollback(config, store, journal, f"swap step failed: {exc.message}", progress, result)
+    except (T3TrackError, OSError) as exc:  # a full disk, a service that will not stop: undo, whatever it was
+        result.step_failed = True
+        return rollback(config, store, journal, f"swap step failed: {getattr(exc, 'message', None) or exc}",
+                        progress, result)
     if journal.phase is Phase.STARTED:
         result.live = verify_live(config, journal.to_version, progress)
         failure = _failed(result.live)
@@ -262,39 +300,44 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
 
 
 def rollback(config: Config, store: StateStore, journal: Journal, reason: str, progress: Progress,
-             result: SwapResult | None = None) -> SwapResult:
+             result: SwapResult | None = None, *, recovering: bool = False) -> SwapResult:
     """Stop, flip back, restore migrated databases, start, verify the old version.
 
-    A rollback that cannot complete freezes the tracker and leaves the journal for the operator.
+    Every step is tried for every user. A rollback that cannot complete freezes the tracker and
+    leaves the journal for the operator.
     """
     result = result or SwapResult("rolled_back", journal.from_version, journal.to_version)
     result.reason = journal.rollback_reason or reason
-    if journal.phase is not Phase.ROLLING_BACK:
-        journal.rollback_reason = reason
-        jr.write(store, journal, Phase.ROLLING_BACK)
     started = time.monotonic()
-    progress(f"rolling back to {journal.from_version}: {result.reason}")
-    snapshot_dir = Path(journal.snapshot_dir) if journal.snapshot_dir else store.dir / "snapshots" / journal.run_id
+    problems: list[str] = []
     try:
+        if journal.phase is not Phase.ROLLING_BACK:
+            journal.rollback_reason = reason
+            jr.write(store, journal, Phase.ROLLING_BACK)
+        progress(f"rolling back to {journal.from_version}: {result.reason}")
         if journal.from_version is None:
             raise CriticalError("there is no previous version to roll back to (first install)")
-        _each_user(config, "stop", progress)
+        problems += _each_user(config, "stop", progress, keep_going=True)
         if current_version(config) != journal.from_version:
             progress(f"point current back at {journal.from_version}")
             flip_current(config, journal.from_version)
-        # After a swap, restore only what the candidate migrated; after a revert that restored older
-        # snapshots, put back exactly what was there before it. The drill restores for real too.
-        result.restored_users = _restore_from(config, snapshot_dir, only_if_migrated=journal.restore_from is None
-                                              and not journal.simulate_live_failure, progress=progress)
-        _each_user(config, "start", progress)
+        # After a swap, restore only what the candidate migrated. After a revert that restored older
+        # snapshots, put back exactly what was there before it. The drill restores for real (but a
+        # killed drill recovered later does not: users may have written since).
+        always = journal.restore_from is not None or (journal.simulate_live_failure and not recovering)
+        result.restored_users = _restore_from(config, _snapshot_dir(store, journal), only_if_migrated=not always,
+                                              progress=progress, problems=problems)
+        problems += _each_user(config, "start", progress, keep_going=True)
         result.rollback_live = verify_live(config, journal.from_version, progress, gate="rollback-verify")
         failure = _failed(result.rollback_live)
         if failure:
-            raise CriticalError(f"{journal.from_version} failed its live check after the rollback for "
-                                f"{failure.user}: {failure.detail}")
-    except CriticalError as exc:
+            problems.append(f"{journal.from_version} failed its live check after the rollback for "
+                            f"{failure.user}: {failure.detail}")
+        if problems:
+            raise CriticalError("; ".join(problems))
+    except (T3TrackError, OSError) as exc:
         result.outcome = "critical"
-        result.reason = f"{result.reason}; the rollback failed: {exc.message}"
+        result.reason = f"{result.reason}; the rollback failed: {getattr(exc, 'message', None) or exc}"
         _freeze_for_operator(store, result.reason)
         result.timings["rollback_s"] = time.monotonic() - started
         return result
@@ -307,7 +350,8 @@ def _freeze_for_operator(store: StateStore, reason: str) -> None:
     state = store.load()
     state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
     store.save(state)
-    store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True)
+    store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True,
+                 journal=str(jr.journal_path(store)))
 
 
 # ---------------------------------------------------------------- recovery
@@ -316,29 +360,43 @@ def _freeze_for_operator(store: StateStore, reason: str) -> None:
 @dataclass
 class Recovery:
     run_id: str
+    kind: str
     phase: str
     action: str          # finished | rolled_back | critical | cleared
     result: SwapResult | None
-    rollback_was_for_failure: bool = False  # the killed run was rolling back a failed live check
+    rollback_was_for_failure: bool = False  # the candidate failed a live check: deny it
 
 
 def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> Recovery | None:
-    """A journal left by a killed run is finished or rolled back before anything else happens."""
+    """A journal left by a killed run is finished or rolled back before anything else happens.
+
+    A run killed after the flip may have left the candidate serving users for hours: it is checked
+    live first and kept when it passes, so nothing users wrote since is undone."""
     journal = jr.read(store)
     if journal is None:
         return None
     phase = journal.phase.value
+
+    def done(action: str, result: SwapResult | None, for_failure: bool = False) -> Recovery:
+        return Recovery(journal.run_id, journal.kind, phase, action, result, for_failure)
+
     progress(f"recovering an interrupted {journal.kind} ({journal.from_version} -> {journal.to_version}, phase {phase})")
-    if journal.phase in (Phase.PLANNED,):
-        jr.remove(store)
-        return Recovery(journal.run_id, phase, "cleared", None)
+    if journal.phase is Phase.PLANNED:
+        jr.remove(store)  # nothing was touched yet
+        return done("cleared", None)
     if journal.phase is Phase.VERIFIED:
-        return Recovery(journal.run_id, phase, "finished", SwapResult("swapped", journal.from_version, journal.to_version))
-    if journal.from_version is None and journal.phase is not Phase.ROLLING_BACK:
-        # a first install has nothing to roll back to: drive it forward
+        return done("finished", SwapResult("swapped", journal.from_version, journal.to_version))
+    forward = journal.phase in (Phase.FLIPPED, Phase.STARTED) and not journal.simulate_live_failure
+    if forward or (journal.from_version is None and journal.phase is not Phase.ROLLING_BACK):
+        # (a first install has nothing to roll back to either) start what is not running, check live,
+        # and roll back only if that check fails
         result = _drive(config, store, journal, progress)
-        return Recovery(journal.run_id, phase, "finished" if result.outcome == "swapped" else result.outcome, result)
-    for_failure = journal.rollback_reason is not None and not journal.simulate_live_failure
-    result = rollback(config, store, journal, journal.rollback_reason or f"interrupted during phase {phase}", progress)
-    return Recovery(journal.run_id, phase, "rolled_back" if result.outcome == "rolled_back" else "critical", result,
-                    rollback_was_for_failure=for_failure)
+        if result.outcome == "swapped":
+            return done("finished", result)
+        return done("rolled_back" if result.outcome == "rolled_back" else "critical", result,
+                    for_failure=any(g.outcome == "fail" for g in result.live))
+    for_failure = journal.rollback_reason is not None and not journal.simulate_live_failure \
+        and journal.rollback_reason.startswith("live check failed")
+    result = rollback(config, store, journal, journal.rollback_reason or f"interrupted during phase {phase}",
+                      progress, recovering=True)
+    return done("rolled_back" if result.outcome == "rolled_back" else "critical", result, for_failure)
