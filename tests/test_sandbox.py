@@ -214,3 +214,24 @@ def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_pat
     assert not root.exists()
     assert processes_mentioning(str(root)) == []
     assert (tmp_path / "evidence" / "alice.sandbox-serve.log").is_file()
+
+
+def test_a_sandbox_left_by_a_killed_run_is_swept_with_its_server(tmp_path):
+    import subprocess as sp
+    import sys as _sys
+
+    from t3track.sandbox import sweep_stale
+
+    workdir = tmp_path / "sandboxes"
+    stale = workdir / "t3track-sandbox-alice-abc123"
+    (stale / "userdata").mkdir(parents=True)
+    (stale / "server.log").write_text("Token: ABCDEFGH2345\n")
+    orphan = sp.Popen([_sys.executable, "-c", "import time; time.sleep(60)", "--base-dir", str(stale)],
+                      process_group=0)
+    try:
+        assert sweep_stale(workdir) == ["t3track-sandbox-alice-abc123"]
+        assert orphan.wait(timeout=10) != 0
+        assert not stale.exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()

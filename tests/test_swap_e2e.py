@@ -235,3 +235,36 @@ def test_a_run_killed_at_any_journal_phase_converges_on_the_next_run(host, phase
         assert serving == "0.0.42" and any(d["version"] == v for d in state["denied"])
     assert not (host.state_dir / "journal.json").exists()
     assert any(e["event"] == "recover" for e in host.history())
+
+
+def test_sigterm_during_the_gates_removes_the_sandbox_and_ends_its_server(host):
+    import time
+
+    from datetime import datetime, timedelta, timezone
+
+    from tests.emulator import package as emu
+
+    v = nightly(1)
+    host.registry.publish("t3", v, emu.tarball_bytes(v, start_delay_s=30), tag="nightly",
+                          published_at=datetime.now(timezone.utc) - timedelta(days=1))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "t3track", "--config", str(host.config_path), "dry-run"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sandboxes = host.state_dir / "sandboxes"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(sandboxes.glob("t3track-sandbox-*/**/state.sqlite")):
+        time.sleep(0.05)
+    leftover = list(sandboxes.glob("t3track-sandbox-*"))
+    assert leftover, "the sandbox never appeared"
+    time.sleep(0.5)  # the candidate is starting (it waits 30 s before it listens)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not list(sandboxes.glob("t3track-sandbox-*"))
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert str(leftover[0]).encode() not in cmdline

@@ -51,6 +51,7 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
     versions.require_valid(version)
     run_id = night.new_run_id()
     with store.lock():
+        night.recover_or_refuse(config, store, progress)
         state = store.load()
         if state.current is not None:
             raise UsageError(f"t3track already manages this host (current {state.current})",

@@ -123,7 +123,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(out, exc)
         except KeyboardInterrupt:
             refused = True
-            out.error("interrupted")
+            out.error("interrupted; sandboxes and their servers were cleaned up")
+            out.err.print("  next: run `t3track status`; if a swap was under way, the next `t3track run` "
+                          "finishes or rolls it back", markup=False)
             raise typer.Exit(130)
         except (typer.Exit, typer.Abort):
             raise
@@ -549,7 +551,17 @@ def probe(
         raise typer.Exit(int(ExitCode.REFUSED))
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    # systemd stops a unit with SIGTERM: unwind like Ctrl-C so every sandbox is removed and every
+    # process group we started is ended (Python runs no `finally` on an unhandled SIGTERM)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         app()
     except KeyboardInterrupt:

@@ -19,7 +19,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    """Create `path` 0700, and every missing parent 0700 too (mkdir(parents=True) would leave them
+    at the umask). Parents that already exist are left as they are."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            pass
+        os.chmod(directory, PRIVATE_DIR)  # mkdir's mode is masked by the umask
     if (path.stat().st_mode & 0o777) != PRIVATE_DIR:
         os.chmod(path, PRIVATE_DIR)
     return path

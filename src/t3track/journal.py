@@ -78,8 +78,9 @@ def read(store: StateStore) -> Journal | None:
     except (json.JSONDecodeError, ValidationError):
         raise CriticalError(
             f"the swap journal {path} is unreadable; a swap was interrupted and cannot be recovered automatically",
-            hint=f"check `readlink {path.parent}/../current`-style state by hand (see runbooks/t3-version-bump.md, "
-            f"manual rollback), then move {path} aside and run `t3track run` again",
+            hint=f"check where root/current points (`readlink ROOT/current`, ROOT from the config) and that every "
+            f"server serves (see runbooks/t3-version-bump.md, manual rollback), then move {path} aside and run "
+            f"`t3track run` again",
         ) from None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import afterrun, evidence, gates as gates_mod, install, journal, ops, policy, swap
+from t3track import afterrun, evidence, gates as gates_mod, install, journal, ops, policy, sandbox, swap
 from t3track.config import Config
 from t3track.errors import CriticalError, EnvironmentFault, ExitCode
 from t3track.install import IntegrityError
@@ -69,6 +69,8 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
     run_id = new_run_id()
     evidence_dir = evidence.ensure_evidence_dir(store, run_id)
     progress = evidence.teed_progress(store, run_id, progress)  # run.log in the evidence, redacted
+    for name in sandbox.sweep_stale(config.state_dir / "sandboxes"):
+        progress(f"removed a sandbox left by a killed run: {name}")
     recovered = None if dry_run else swap.recover(config, store, progress)
     if recovered is not None:
         _record_recovery(config, store, recovered)

@@ -40,7 +40,8 @@ class Completed:
     def describe(self, secrets: Iterable[str] = ()) -> str:
         what = f"timed out after {self.duration_s:.0f}s" if self.timed_out else f"exited {self.returncode}"
         tail = self.redacted_output(secrets, tail_lines=15)
-        return f"`{' '.join(self.argv[:3])}…` {what}" + (f":\n{tail}" if tail else "")
+        # only the program's name: later arguments can be URLs that carry tokens (webhooks)
+        return f"`{Path(self.argv[0]).name} …` {what}" + (f":\n{tail}" if tail else "")
 
 
 def _child_kwargs(run_as: str | None) -> dict:

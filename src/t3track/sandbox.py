@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import tempfile
@@ -413,3 +414,36 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         if self.server is not None:
             self.server.stop()
+
+
+def sweep_stale(workdir: Path) -> list[str]:
+    """Remove sandboxes a killed run left in `workdir`, ending their servers first (call with the run
+    lock held, so none of them is in use). A sandbox holds a copy of the user's secrets and a raw
+    server log with its startup token: it must not outlive its run."""
+    swept = []
+    if not workdir.is_dir():
+        return swept
+    for root in workdir.glob("t3track-sandbox-*"):
+        marker = str(root)
+        for pid in _pids_mentioning(marker):
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+        swept.append(root.name)
+    return swept
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids

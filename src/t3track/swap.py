@@ -211,7 +211,8 @@ def verify_live(config: Config, version: str, progress: Progress = _quiet, gate:
         remaining = max(1.0, deadline - time.monotonic())
         outcome = probe.pairing_probe(url, user.base_dir, executable,
                                       timeout=min(remaining, config.gates.probe_timeout.total_seconds()),
-                                      run_as=user.run_as)
+                                      # never mint as root into a user's state: the server could not write it
+                                      run_as=user.run_as or probe.base_dir_owner(user.base_dir))
         if not outcome.ok:
             results.append(GateResult(gate, user.name, "fail", time.monotonic() - started,
                                       f"pairing probe failed at step {outcome.step} (status {outcome.status}): "
