@@ -65,7 +65,7 @@ def resolve_registry_url(config: Config) -> str:
     if not done.ok or not url.startswith(("http://", "https://")):
         raise EnvironmentFault(
             f"cannot tell which registry to use: `npm config get registry` {done.describe()}",
-            hint="set `registry:` in the config (e.g. https://registry.npmjs.org/)",
+            hint="set `registry:` in the config to your npm registry's URL (http:// or https://)",
         )
     return url if url.endswith("/") else url + "/"
 
