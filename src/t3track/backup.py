@@ -29,7 +29,7 @@ from typing import Any
 from t3track import __version__
 from t3track.config import Config, UserConfig
 from t3track.errors import ConfigError, EnvironmentFault
-from t3track.fsutil import PRIVATE_DIR, PRIVATE_FILE, atomic_write_text, fsync_dir
+from t3track.fsutil import PRIVATE_DIR, PRIVATE_FILE, atomic_write_text, fsync_dir, make_private_dirs
 
 MANIFEST = "manifest.json"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -276,18 +276,6 @@ def checksum_problem(backup: BackupInfo) -> str | None:
 
 
 # ---------------------------------------------------------------- making a backup
-
-
-def make_private_dirs(path: Path) -> None:
-    """Create `path` and any missing parents with mode 0700 (mkdir(parents=True) applies it to the last only)."""
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
-        os.chmod(directory, PRIVATE_DIR)
 
 
 def _chown_like(paths: list[Path], source: Path) -> None:

@@ -18,20 +18,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` 0700, and every missing parent 0700 too (mkdir(parents=True) would leave them
-    at the umask). Parents that already exist are left as they are."""
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and every missing parent with mode 0700 (mkdir(parents=True) would leave the
+    parents at the umask). Directories that already exist are left exactly as they are."""
     missing = []
     probe = path
     while not probe.exists():
         missing.append(probe)
         probe = probe.parent
     for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=PRIVATE_DIR)
-        except FileExistsError:
-            pass
+        directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
         os.chmod(directory, PRIVATE_DIR)  # mkdir's mode is masked by the umask
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """A directory of t3track's own: created like make_private_dirs, and made 0700 if it exists."""
+    make_private_dirs(path)
     if (path.stat().st_mode & 0o777) != PRIVATE_DIR:
         os.chmod(path, PRIVATE_DIR)
     return path

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 MASK = "[REDACTED]"
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # Startup output: "Token: ABCDEFGH2345"
+    # Startup output: "Token: <12 characters>"
     (re.compile(r"(?i)(\btoken\s*[:=]\s*)\S+"), r"\1" + MASK),
     # Pairing URL fragments and query strings: /pair#token=..., ?token=...
     (re.compile(r"(?i)([#?&](?:token|credential)=)[^\s&#\"']+"), r"\1" + MASK),

@@ -13,9 +13,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from t3track.backup import (DB_FILES, STAMP_FORMAT, BackupError, BackupInfo, BackupMismatch, make_private_dirs,
-                            manifest_files)
-from t3track.fsutil import PRIVATE_FILE, fsync_dir
+from t3track.backup import DB_FILES, STAMP_FORMAT, BackupError, BackupInfo, BackupMismatch, manifest_files
+from t3track.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 
 _CHUNK = 1 << 20
 SIDE_FILES = ("-wal", "-shm", "-journal")
