@@ -41,7 +41,7 @@ def test_adopt_on_an_empty_root_installs_points_current_and_verifies(host):
     assert [e for e in host.history() if e["event"] == "adopt"][-1]["outcome"] == "swapped"
 
 
-def test_adopt_moves_a_hand_made_install_aside_and_can_roll_back_to_it(host):
+def test_adopt_moves_a_hand_made_install_aside_under_its_own_version(host):
     # a hand-made install: root/current is a plain directory holding 0.0.41, serving both users
     host.stop_servers()
     forget_t3track(host)
@@ -62,6 +62,26 @@ def test_adopt_moves_a_hand_made_install_aside_and_can_roll_back_to_it(host):
         assert host.rows(user) == rows[user.name]
     state = host.state()
     assert state["current"] == "0.0.42" and state["previous"] == "0.0.41"
+
+
+def test_adopt_that_fails_live_rolls_back_to_the_hand_made_install(host):
+    host.stop_servers()
+    forget_t3track(host)
+    (host.root / "current").unlink()
+    shutil.rmtree(host.root / "versions")
+    emu.make_install(host.root / "current", "0.0.41")
+    host.start_servers()
+    host.publish("0.0.43", fault="no-cookie-live", tag=None)  # serves, but pairs without a cookie live
+
+    result = host.t3track("adopt", "0.0.43", "--json")
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "rolled_back" and doc["from"] == "0.0.41"
+    assert host.current_target() == "versions/0.0.41"
+    for user in host.users:
+        assert host.serving(user) == "0.0.41"
+    assert not (host.state_dir / "journal.json").exists()
+    assert host.state()["current"] == "0.0.41"  # managed now, so the next night can roll back to it
 
 
 def test_adopt_refuses_when_t3track_already_manages_the_host(host):

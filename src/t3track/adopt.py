@@ -75,6 +75,10 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
             report = night.NightReport("swapped", ExitCode.OK, run_id, f"adopted {version}", version, from_version,
                                        version, gates=result.live)
         elif result.outcome == "rolled_back":
+            # the host is now in t3track's layout on the version it had: manage that one, so the next
+            # night has something to roll back to
+            state.current = from_version
+            store.save(state)
             journal.remove(store)
             report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, version, from_version,
                                        from_version, gates=result.live + result.rollback_live)
