@@ -90,3 +90,50 @@ def test_adopt_refuses_when_t3track_already_manages_the_host(host):
     assert result.returncode == 2
     assert "already manages" in result.stderr and "t3track pin" in result.stderr
     assert os.readlink(host.root / "current") == before
+
+
+def handmade_041(host):
+    """Unmanaged host: root/current is a plain directory holding 0.0.41, serving both users."""
+    host.stop_servers()
+    forget_t3track(host)
+    (host.root / "current").unlink()
+    shutil.rmtree(host.root / "versions")
+    emu.make_install(host.root / "current", "0.0.41")
+    host.start_servers()
+
+
+def test_an_adopt_killed_while_rolling_back_is_recovered_and_the_hand_made_version_managed(host):
+    import signal
+
+    from tests.support.host import nightly
+
+    handmade_041(host)
+    host.publish("0.0.43", fault="no-cookie-live", tag=None)
+    killed = host.t3track("adopt", "0.0.43", env={"T3TRACK_FAULT_KILL_AT": "rolling_back"})
+    assert killed.returncode == -signal.SIGKILL
+    recovering = host.t3track("run", "--json")          # the next night recovers the adopt first
+    assert json.loads(recovering.stdout)["recovered"].startswith("rolled_back"), recovering.stderr
+    assert host.current_target() == "versions/0.0.41"
+    assert host.state()["current"] == "0.0.41"
+    assert not any(d["version"] == "0.0.43" for d in host.state()["denied"])  # the operator's call, not a nightly's
+
+    # so a nightly failing live later can be rolled back to it
+    assert host.t3track("backup").returncode == 0
+    host.publish(nightly(1), fault="no-cookie-live")
+    night = host.t3track("run", "--json")
+    doc = json.loads(night.stdout)
+    assert (night.returncode, doc["outcome"], doc["from"]) == (1, "rolled_back", "0.0.41"), doc["reason"]
+
+
+def test_an_adopt_killed_right_after_moving_the_hand_made_tree_leaves_it_serving_and_retriable(host):
+    import signal
+
+    handmade_041(host)
+    host.publish("0.0.43", fault="no-cookie-live", tag=None)
+    killed = host.t3track("adopt", "0.0.43", env={"T3TRACK_FAULT_KILL_AT": "planned"})
+    assert killed.returncode == -signal.SIGKILL
+    assert host.current_target() == "versions/0.0.41"  # the move left a working layout
+    again = host.t3track("adopt", "0.0.43", "--json")
+    doc = json.loads(again.stdout)
+    assert (again.returncode, doc["outcome"], doc["from"]) == (1, "rolled_back", "0.0.41"), again.stderr
+    assert host.current_target() == "versions/0.0.41"

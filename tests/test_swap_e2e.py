@@ -268,3 +268,34 @@ def test_sigterm_during_the_gates_removes_the_sandbox_and_ends_its_server(host):
             except OSError:
                 continue
             assert str(leftover[0]).encode() not in cmdline
+
+
+def test_a_killed_revert_failing_live_on_recovery_does_not_deny_its_target(host):
+    v = nightly(1)
+    host.publish(v)
+    assert host.t3track("run").returncode == 0
+    host.set_fault("0.0.42", "no-cookie-live")   # the revert target now fails its live check
+    killed = host.t3track("revert", env={"T3TRACK_FAULT_KILL_AT": "flipped"})
+    assert killed.returncode == -signal.SIGKILL
+    after = host.t3track("run", "--json")
+    assert json.loads(after.stdout)["recovered"].startswith("rolled_back"), after.stderr
+    assert host.current_target() == f"versions/{v}"
+    state = host.state()
+    assert state["current"] == v and state["previous"] == "0.0.42"
+    assert not any(d["version"] == "0.0.42" for d in state["denied"]), state["denied"]
+    host.set_fault("0.0.42", None)
+
+
+def test_a_swap_killed_at_started_whose_servers_died_is_started_again_and_kept(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    killed = host.t3track("run", env={"T3TRACK_FAULT_KILL_AT": "started"})
+    assert killed.returncode == -signal.SIGKILL
+    host.stop_servers()            # the host rebooted (or the servers died) before the next night
+    after = host.t3track("run", "--json")
+    assert json.loads(after.stdout)["recovered"].startswith("finished"), after.stderr
+    state = host.state()
+    assert not any(d["version"] == v for d in state["denied"])
+    assert host.current_target() == f"versions/{v}" and state["current"] == v
+    for user in host.users:
+        assert wait_for_version(user.url, v, timeout=20) == v

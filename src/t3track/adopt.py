@@ -31,19 +31,21 @@ def _handmade_version(config: Config, directory: Path) -> str | None:
     return None
 
 
-def _move_handmade(config: Config, progress: Callable[[str], None]) -> str | None:
-    """Move a plain-directory root/current into versions/; return its version if it could be read."""
+def _move_handmade(config: Config, progress: Callable[[str], None]) -> None:
+    """Move a plain-directory root/current into versions/ (under its own version when it can be
+    read) and point a `current` symlink at it."""
     current = config.root / "current"
     if current.is_symlink() or not current.is_dir():
-        return None
+        return
     found = _handmade_version(config, current)
     vdir = config.root / "versions"
     vdir.mkdir(parents=True, exist_ok=True)
     name = found if found and not (vdir / found).exists() else f"handmade-{utcnow().strftime('%Y%m%dT%H%M%SZ')}"
     progress(f"moving the hand-made {current} to {vdir / name}")
     os.rename(current, vdir / name)
+    # at once point current at the moved tree, so a kill here leaves the old layout working
+    os.symlink(Path("versions") / name, current)
     fsync_dir(config.root)
-    return name if name == found else None
 
 
 def adopt(config: Config, store: StateStore, version: str, *, client: RegistryClient | None = None,
@@ -63,8 +65,10 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
             raise UsageError(f"{config.package}@{version} is not in the registry {client.base_url}")
         install.ensure_installed(config, version, packument.versions[version], registry_url=client.base_url,
                                  client=client, progress=progress)
-        from_version = _move_handmade(config, progress) or swap.current_version(config)
-        if from_version is not None and not swap.prefix_of(config, from_version).is_dir():
+        _move_handmade(config, progress)
+        from_version = swap.current_version(config)  # what serves now, if it is a known version
+        if from_version is not None and not (versions.is_valid(from_version)
+                                             and swap.prefix_of(config, from_version).is_dir()):
             from_version = None
         result = swap.swap_to(config, store, run_id=run_id, from_version=from_version, to_version=version,
                               kind="adopt", progress=progress)

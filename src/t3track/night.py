@@ -238,9 +238,12 @@ def _record_recovery(config: Config, store: StateStore, recovered: swap.Recovery
         settle(config, store, recovered.kind, result.from_version, result.to_version, recovered.run_id)
     elif recovered.action == "rolled_back":
         journal.remove(store)
-        if recovered.rollback_was_for_failure and result:
-            # the candidate failed a live check before or during the recovery: deny it now
-            state = store.load()
+        state = store.load()
+        if recovered.kind == "adopt" and result and result.from_version and state.current is None:
+            state.current = result.from_version  # as an uninterrupted adopt's rollback does
+            store.save(state)
+        if recovered.rollback_was_for_failure and result and state.denial(result.to_version) is None:
+            # a nightly candidate failed a live check before or during the recovery: deny it now
             policy.record_failure(state, result.to_version, "live-verify", result.reason, None, 1)
             store.save(state)
 

@@ -278,9 +278,11 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
             progress(f"point current at {journal.to_version}")
             flip_current(config, journal.to_version)
             jr.write(store, journal, Phase.FLIPPED)
-        if journal.phase is Phase.FLIPPED:
+        if journal.phase in (Phase.FLIPPED, Phase.STARTED):
+            # resumed at STARTED too: the servers may have died since (a reboot); start is idempotent
             _each_user(config, "start", progress)
-            jr.write(store, journal, Phase.STARTED)
+            if journal.phase is Phase.FLIPPED:
+                jr.write(store, journal, Phase.STARTED)
         result.timings["swap_s"] = time.monotonic() - timer
     except (T3TrackError, OSError) as exc:  # a full disk, a service that will not stop: undo, whatever it was
         result.step_failed = True
@@ -365,7 +367,7 @@ class Recovery:
     phase: str
     action: str          # finished | rolled_back | critical | cleared
     result: SwapResult | None
-    rollback_was_for_failure: bool = False  # the candidate failed a live check: deny it
+    rollback_was_for_failure: bool = False  # a nightly candidate failed a live check: deny it
 
 
 def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> Recovery | None:
@@ -387,6 +389,8 @@ def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> R
         return done("cleared", None)
     if journal.phase is Phase.VERIFIED:
         return done("finished", SwapResult("swapped", journal.from_version, journal.to_version))
+    # only a nightly candidate is denied for failing live; a revert's or adopt's target is the operator's call
+    nightly = journal.kind == "swap"
     forward = journal.phase in (Phase.FLIPPED, Phase.STARTED) and not journal.simulate_live_failure
     if forward or (journal.from_version is None and journal.phase is not Phase.ROLLING_BACK):
         # (a first install has nothing to roll back to either) start what is not running, check live,
@@ -395,8 +399,8 @@ def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> R
         if result.outcome == "swapped":
             return done("finished", result)
         return done("rolled_back" if result.outcome == "rolled_back" else "critical", result,
-                    for_failure=any(g.outcome == "fail" for g in result.live))
-    for_failure = journal.rollback_reason is not None and not journal.simulate_live_failure \
+                    for_failure=nightly and any(g.outcome == "fail" for g in result.live))
+    for_failure = nightly and journal.rollback_reason is not None \
         and journal.rollback_reason.startswith("live check failed")
     result = rollback(config, store, journal, journal.rollback_reason or f"interrupted during phase {phase}",
                       progress, recovering=True)
