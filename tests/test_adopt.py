@@ -19,16 +19,23 @@ def host(tmp_path):
     h.close()
 
 
-def forget_t3track(host):
-    """Make the host look as if t3track had never run on it."""
+def empty_root(host):
+    """A host t3track has never run on, with nothing installed under root: servers stopped."""
+    host.stop_servers()
     shutil.rmtree(host.state_dir)
+    (host.root / "current").unlink()
+    shutil.rmtree(host.root / "versions")
+
+
+def handmade_041(host):
+    """Unmanaged host: root/current is a plain directory holding 0.0.41, serving both users."""
+    empty_root(host)
+    emu.make_install(host.root / "current", "0.0.41")
+    host.start_servers()
 
 
 def test_adopt_on_an_empty_root_installs_points_current_and_verifies(host):
-    host.stop_servers()
-    forget_t3track(host)
-    (host.root / "current").unlink()
-    shutil.rmtree(host.root / "versions")
+    empty_root(host)
     result = host.t3track("adopt", "0.0.42", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -42,13 +49,7 @@ def test_adopt_on_an_empty_root_installs_points_current_and_verifies(host):
 
 
 def test_adopt_moves_a_hand_made_install_aside_under_its_own_version(host):
-    # a hand-made install: root/current is a plain directory holding 0.0.41, serving both users
-    host.stop_servers()
-    forget_t3track(host)
-    (host.root / "current").unlink()
-    shutil.rmtree(host.root / "versions")
-    emu.make_install(host.root / "current", "0.0.41")
-    host.start_servers()
+    handmade_041(host)
     rows = {u.name: host.rows(u) for u in host.users}
 
     result = host.t3track("adopt", "0.0.42", "--json")
@@ -65,12 +66,7 @@ def test_adopt_moves_a_hand_made_install_aside_under_its_own_version(host):
 
 
 def test_adopt_that_fails_live_rolls_back_to_the_hand_made_install(host):
-    host.stop_servers()
-    forget_t3track(host)
-    (host.root / "current").unlink()
-    shutil.rmtree(host.root / "versions")
-    emu.make_install(host.root / "current", "0.0.41")
-    host.start_servers()
+    handmade_041(host)
     host.publish("0.0.43", fault="no-cookie-live", tag=None)  # serves, but pairs without a cookie live
 
     result = host.t3track("adopt", "0.0.43", "--json")
@@ -91,15 +87,6 @@ def test_adopt_refuses_when_t3track_already_manages_the_host(host):
     assert "already manages" in result.stderr and "t3track pin" in result.stderr
     assert os.readlink(host.root / "current") == before
 
-
-def handmade_041(host):
-    """Unmanaged host: root/current is a plain directory holding 0.0.41, serving both users."""
-    host.stop_servers()
-    forget_t3track(host)
-    (host.root / "current").unlink()
-    shutil.rmtree(host.root / "versions")
-    emu.make_install(host.root / "current", "0.0.41")
-    host.start_servers()
 
 
 def test_an_adopt_killed_while_rolling_back_is_recovered_and_the_hand_made_version_managed(host):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import afterrun, install, journal, night, swap, versions
+from t3track import afterrun, install, night, swap, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
@@ -73,17 +73,12 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
         result = swap.swap_to(config, store, run_id=run_id, from_version=from_version, to_version=version,
                               kind="adopt", progress=progress)
         who = by or operator_name()
-        state = store.load()
         if result.outcome == "swapped":
-            night.commit_swap(config, store, state, from_version, version, run_id)
+            night.settle(config, store, "adopt", from_version, version, run_id)
             report = night.NightReport("swapped", ExitCode.OK, run_id, f"adopted {version}", version, from_version,
                                        version, gates=result.live)
         elif result.outcome == "rolled_back":
-            # the host is now in t3track's layout on the version it had: manage that one, so the next
-            # night has something to roll back to
-            state.current = from_version
-            store.save(state)
-            journal.remove(store)
+            night.settle_rollback(store, "adopt", from_version)
             report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, version, from_version,
                                        from_version, gates=result.live + result.rollback_live)
         else:

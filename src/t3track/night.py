@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from contextlib import ExitStack
 import time
 from collections.abc import Callable
@@ -169,7 +170,7 @@ def _after_swap(config: Config, store: StateStore, result: swap.SwapResult, run_
         # a stop/snapshot/flip/start step failed: maybe the host's fault, so it only counts
         _count_failure(config, store, state, candidate, "swap", result.reason, str(evidence_dir), False)
     if result.outcome == "rolled_back":
-        journal.remove(store)
+        settle_rollback(store, "swap", result.from_version)
         return NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, candidate,
                            result.from_version, result.from_version, gates=live, evidence=str(evidence_dir))
     return NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, candidate, result.from_version, None,
@@ -192,11 +193,23 @@ def settle(config: Config, store: StateStore, kind: str, from_version: str | Non
         store.save(state)
         journal.remove(store)
         return
-    commit_swap(config, store, state, from_version, to_version, run_id)
+    _commit_swap(config, store, state, from_version, to_version, run_id)
 
 
-def commit_swap(config: Config, store: StateStore, state: State, from_version: str | None, to_version: str,
-                run_id: str) -> None:
+def settle_rollback(store: StateStore, kind: str, from_version: str | None) -> None:
+    """Bookkeeping after a completed rollback, now or in a later recovery: the journal goes, and an
+    adopt's rollback leaves the host on its hand-made version, which t3track then manages (so the
+    next night has something to roll back to)."""
+    journal.remove(store)
+    if kind == "adopt" and from_version:
+        state = store.load()
+        if state.current is None:
+            state.current = from_version
+            store.save(state)
+
+
+def _commit_swap(config: Config, store: StateStore, state: State, from_version: str | None, to_version: str,
+                 run_id: str) -> None:
     """Bookkeeping after a verified swap: state, then the journal goes, then old installs are pruned."""
     state.previous = from_version if from_version != to_version else state.previous
     state.current = to_version
@@ -209,8 +222,6 @@ def commit_swap(config: Config, store: StateStore, state: State, from_version: s
 
 
 def _prune_snapshots(store: StateStore, keep: str | None) -> None:
-    import shutil
-
     base = store.dir / "snapshots"
     if not base.is_dir():
         return
@@ -237,11 +248,8 @@ def _record_recovery(config: Config, store: StateStore, recovered: swap.Recovery
     if recovered.action == "finished" and result:
         settle(config, store, recovered.kind, result.from_version, result.to_version, recovered.run_id)
     elif recovered.action == "rolled_back":
-        journal.remove(store)
+        settle_rollback(store, recovered.kind, result.from_version if result else None)
         state = store.load()
-        if recovered.kind == "adopt" and result and result.from_version and state.current is None:
-            state.current = result.from_version  # as an uninterrupted adopt's rollback does
-            store.save(state)
         if recovered.rollback_was_for_failure and result and state.denial(result.to_version) is None:
             # a nightly candidate failed a live check before or during the recovery: deny it now
             policy.record_failure(state, result.to_version, "live-verify", result.reason, None, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import afterrun, backup, install, journal, night, swap, versions
+from t3track import afterrun, backup, install, night, swap, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.state import StateStore, operator_name
@@ -70,7 +70,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
             report = night.NightReport("swapped", ExitCode.OK, run_id, f"reverted {current} -> {target}", target,
                                        current, target, gates=result.live, notes=warnings)
         elif result.outcome == "rolled_back":
-            journal.remove(store)
+            night.settle_rollback(store, "revert", current)
             report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, target, current,
                                        current, gates=result.live + result.rollback_live, notes=warnings)
         else:
