@@ -57,3 +57,23 @@ def test_redaction_covers_every_secret_shape():
         assert secret not in out
     assert out.count(MASK) >= 7
     assert redact("the extra-secret-value here", ["extra-secret-value"]) == f"the {MASK} here"
+
+
+def test_starting_what_the_user_may_not_execute_is_an_environment_error_naming_the_user(tmp_path):
+    import pwd
+
+    import pytest
+
+    from t3track.errors import EnvironmentFault
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as another user")
+    pwd.getpwnam("nobody")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    script = private / "t3"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    with pytest.raises(EnvironmentFault) as info:
+        runner.start([script], log_path=tmp_path / "log", run_as="nobody")
+    assert "as nobody: permission denied" in info.value.message and "searchable" in info.value.hint

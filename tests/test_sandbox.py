@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import socket
 import sqlite3
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +51,25 @@ def fake_host(tmp_path):
     config = host_config(tmp_path, {"alice": fake_live_state(tmp_path / "alice")}, serve_timeout="2s")
     backup.backup_user(config, config.users[0])
     return config
+
+
+@contextlib.contextmanager
+def install_reachable_by_all(executable: Path):  # noqa: ANN201
+    """The executable's package dir, hard-linked into a 0755 dir under the system temp dir: the test
+    cache may sit in a checkout only root can traverse (CI clones into a 0700 folder), and a
+    `run_as` user needs every directory above the executable searchable, as on a real host."""
+    top = Path(tempfile.mkdtemp(prefix="t3track-reachable-"))
+    try:
+        top.chmod(0o755)
+        package = top / executable.parent.name
+        try:
+            shutil.copytree(executable.parent, package, symlinks=True, copy_function=os.link)
+        except OSError:  # another filesystem: copy instead
+            shutil.rmtree(package, ignore_errors=True)
+            shutil.copytree(executable.parent, package, symlinks=True)
+        yield package / executable.name
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def serve(config, executable, version="0.0.42", **kwargs):  # noqa: ANN001, ANN003, ANN201
@@ -186,7 +209,7 @@ def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, t
 
     nobody = pwd.getpwnam("nobody")
     config = real_host.model_copy(update={"users": [real_host.users[0].model_copy(update={"run_as": "nobody"})]})
-    with serve(config, real_t3) as server:
+    with install_reachable_by_all(real_t3) as executable, serve(config, executable) as server:
         status = Path(f"/proc/{server._process.pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1] == str(nobody.pw_uid)

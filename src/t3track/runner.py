@@ -184,6 +184,11 @@ def start(
                                 **_child_kwargs(run_as))
     except FileNotFoundError:
         raise EnvironmentFault(f"cannot run {args[0]}: not found") from None
+    except PermissionError:
+        who = f" as {run_as}" if run_as else ""
+        raise EnvironmentFault(f"cannot run {args[0]}{who}: permission denied",
+                               hint=f"the executable and every directory above it must be readable and "
+                               f"searchable{who} (root/versions is 0755 by default)") from None
     finally:
         os.close(fd)
     return Background(args, log_path, proc)
