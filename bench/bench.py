@@ -34,7 +34,7 @@ from _common import (REPO, ByteCounter, CliRun, Figure, cli_env, median, polling
 from tests.support.host import Host, build_host, nightly  # noqa: E402
 
 if TYPE_CHECKING:
-    from t3track.backup import BackupInfo
+    from t3track.host.backup import BackupInfo
 
 OLD = "0.0.42"
 
@@ -206,7 +206,7 @@ def bench_two_user_host(opts: Options, figures: list[Figure]) -> None:
 def _bare_start(executable: Path, base: Path, home: Path, log: Path, request_timeout: float = 0.3) -> float | None:
     """Seconds from spawning `serve` on `base` to the first 200 on the environment document."""
     from t3track import runner
-    from t3track.sandbox import free_port
+    from t3track.host.sandbox import free_port
 
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -222,7 +222,7 @@ def _bare_start(executable: Path, base: Path, home: Path, log: Path, request_tim
 
 def _copy_state(live_base: Path, backup_info: "BackupInfo", dest: Path) -> Path:
     """What a sandbox holds: the live base dir's small files and the newest backup's database."""
-    from t3track.backup import restore_database
+    from t3track.host.backup import restore_database
 
     shutil.copytree(live_base, dest, symlinks=True,
                     ignore=shutil.ignore_patterns("server-runtime.json", "*.sqlite", "*.sqlite-*"))
@@ -231,9 +231,9 @@ def _copy_state(live_base: Path, backup_info: "BackupInfo", dest: Path) -> Path:
 
 
 def bench_gates(opts: Options, figures: list[Figure]) -> None:
-    from t3track.backup import newest_backup
-    from t3track.gates import run_gates
-    from t3track.swap import executable_of
+    from t3track.host.backup import newest_backup
+    from t3track.night.gates import run_gates
+    from t3track.night.swap import executable_of
 
     host = build_host(opts.work / "host1", users=("alice",))
     try:
@@ -264,7 +264,7 @@ def bench_gates(opts: Options, figures: list[Figure]) -> None:
         figures.append(Figure(
             "gates for one user (emulator candidate)", secs(gates_median),
             f"candidate ready by itself {secs(ready)}; overhead {secs(gates_median - ready)}",
-            f"Median of {len(gate_s)} in-process t3track.gates.run_gates() for one user ({breakdown}); "
+            f"Median of {len(gate_s)} in-process t3track.night.gates.run_gates() for one user ({breakdown}); "
             f"sandbox-serve restores the newest backup, copies the small files, starts the candidate and "
             f"polls every 100 ms; pairing-probe mints with `t3 auth pairing create` and pairs. 'By itself' = "
             f"median of {len(ready_s)} starts of the same executable on a copy of the same state (52 -> 53 "
@@ -311,8 +311,8 @@ def bench_real_server(opts: Options, figures: list[Figure]) -> None:
         f"poll) readiness is seen that much later."))
     if not opts.real_gates:
         return
-    from t3track.backup import backup_all
-    from t3track.gates import run_gates
+    from t3track.host.backup import backup_all
+    from t3track.night.gates import run_gates
 
     say(f"gates for one user against the real {real_t3.VERSION} x{reps}")
     live = real_t3.live_base_dir(template, work / "alice-live" / "base")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from t3track import probe, runner
-from t3track.sandbox import free_port
+from t3track.host import probe
+from t3track import runner
+from t3track.host.sandbox import free_port
 
 PACKAGE = "@t3code/t3-linux-x64"
 VERSION = "0.0.42"

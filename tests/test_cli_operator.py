@@ -151,7 +151,7 @@ def test_config_check_lists_host_problems(cfg):
 
 
 def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch):
-    from t3track import ops
+    from t3track.commands import control as ops
 
     def broken(config, store):
         cookie = "t3_session_3773_abcd=SECRETCOOKIEVALUE1234"  # a local a pretty traceback would show

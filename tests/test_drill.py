@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from t3track.cli import app
-from t3track.drill import copy_name, downtime, DrillStep
+from t3track.commands.drill import copy_name, downtime, DrillStep
 from tests.support.host import build_host
 
 pytestmark = pytest.mark.slow

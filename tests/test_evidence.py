@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from t3track import evidence
+from t3track.aftermath import evidence
 from t3track.cli import app
 from t3track.config import parse_config
 from t3track.errors import ExitCode, UsageError
-from t3track.gates import GateResult
+from t3track.night.gates import GateResult
 from t3track.night import NightReport
 from t3track.state import Denial, LastRun, State, StateStore
 

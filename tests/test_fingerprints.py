@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from t3track import fingerprints
+from t3track.aftermath import fingerprints
 from t3track.config import parse_config
 from t3track.errors import ExitCode
-from t3track.gates import GateResult
+from t3track.night.gates import GateResult
 from t3track.night import NightReport
 from t3track.state import Denial, State, StateStore, utcnow
 
@@ -106,7 +106,7 @@ def test_after_unfreezing_it_takes_fresh_failures_to_freeze_again(config, store)
 
 
 def test_a_revert_that_rolled_back_never_counts_towards_the_self_freeze(config, store):
-    from t3track import afterrun
+    from t3track import aftermath as afterrun
 
     for n in (1, 2):
         report = refused(nightly(n), n=n)

@@ -11,8 +11,8 @@ import pytest
 
 from real_t3 import (files_containing, host_config, live_base_dir, processes_mentioning,  # noqa: F401
                      real_state_template, real_t3, secret_spy)
-from t3track import backup
-from t3track.gates import run_gates
+from t3track.host import backup
+from t3track.night.gates import run_gates
 from test_sandbox import fake_live_state, script
 
 VERSION = "0.0.42"

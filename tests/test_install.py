@@ -9,11 +9,12 @@ import pytest
 import respx
 
 from support.registry_server import make_package_tarball, serve, sri_sha512
-from t3track import install, runner
+from t3track.host import install
+from t3track import runner
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, UsageError
-from t3track.install import IntegrityError, ensure_installed, installed_prefix, installed_versions, prune
-from t3track.registry import RegistryClient, VersionInfo
+from t3track.host.install import IntegrityError, ensure_installed, installed_prefix, installed_versions, prune
+from t3track.host.registry import RegistryClient, VersionInfo
 from t3track.state import Pin, State
 
 V1 = "0.0.43-nightly.20261125.2890"

@@ -7,10 +7,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from t3track import afterrun, metrics
+from t3track import aftermath as afterrun
+from t3track.aftermath import metrics
 from t3track.config import parse_config
 from t3track.errors import ExitCode
-from t3track.gates import GateResult
+from t3track.night.gates import GateResult
 from t3track.night import NightReport
 from t3track.state import Freeze, LastRun, Pin, State, StateStore, utcnow
 

@@ -8,10 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from t3track import afterrun, notify
+from t3track import aftermath as afterrun
+from t3track.aftermath import notify
 from t3track.config import parse_config
 from t3track.errors import ExitCode
-from t3track.gates import GateResult
+from t3track.night.gates import GateResult
 from t3track.night import NightReport
 from t3track.state import LastRun, State, StateStore, utcnow
 

@@ -8,8 +8,8 @@ import respx
 
 from t3track.config import Config
 from t3track.errors import EnvironmentFault
-from t3track.policy import record_failure, resolve
-from t3track.registry import RegistryClient
+from t3track.night.policy import record_failure, resolve
+from t3track.host.registry import RegistryClient
 from t3track.state import Denial, Freeze, Pin, State
 
 BASE = "https://registry.test/"

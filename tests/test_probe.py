@@ -18,7 +18,7 @@ import respx
 from typer.testing import CliRunner
 
 from real_t3 import files_containing, real_t3, secret_spy, serving  # noqa: F401  (fixtures)
-from t3track import probe
+from t3track.host import probe
 from t3track.cli import app
 from t3track.errors import UsageError
 

@@ -7,10 +7,11 @@ import httpx
 import pytest
 import respx
 
-from t3track import registry, runner
+from t3track.host import registry
+from t3track import runner
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode
-from t3track.registry import RegistryClient, VersionInfo, registry_token, resolve_registry_url
+from t3track.host.registry import RegistryClient, VersionInfo, registry_token, resolve_registry_url
 
 BASE = "https://registry.test/"
 NIGHTLY = "0.0.43-nightly.20261126.2901"

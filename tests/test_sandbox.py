@@ -11,14 +11,15 @@ import sqlite3
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from real_t3 import (host_config, live_base_dir, processes_mentioning, real_state_template, real_t3,  # noqa: F401
                      secret_spy)
-from t3track import backup, probe, sandbox
-from t3track.sandbox import SandboxFailed, serve_candidate
+from t3track.host import backup, probe, sandbox
+from t3track.host.sandbox import SandboxFailed, serve_candidate
 
 
 def fake_live_state(base: Path, migrations: int = 3) -> Path:
@@ -223,7 +224,7 @@ def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, t
 def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_path):
     from emulator.package import EXECUTABLE, make_install, make_user_state
 
-    from t3track.sandbox import Sandbox
+    from t3track.host.sandbox import Sandbox
 
     make_user_state(tmp_path / "alice", migrations=52, rows=2)
     config = host_config(tmp_path, {"alice": tmp_path / "alice"}).model_copy(update={"executable": EXECUTABLE})
@@ -243,7 +244,7 @@ def test_a_sandbox_left_by_a_killed_run_is_swept_with_its_server(tmp_path):
     import subprocess as sp
     import sys as _sys
 
-    from t3track.sandbox import sweep_stale
+    from t3track.host.sandbox import sweep_stale
 
     workdir = tmp_path / "sandboxes"
     stale = workdir / "t3track-sandbox-alice-abc123"
@@ -252,6 +253,11 @@ def test_a_sandbox_left_by_a_killed_run_is_swept_with_its_server(tmp_path):
     orphan = sp.Popen([_sys.executable, "-c", "import time; time.sleep(60)", "--base-dir", str(stale)],
                       process_group=0)
     try:
+        # under load the child may not have exec'd yet: sweep once its command line names the sandbox
+        deadline = time.monotonic() + 10
+        while str(stale).encode() not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the orphan never started"
+            time.sleep(0.01)
         assert sweep_stale(workdir) == ["t3track-sandbox-alice-abc123"]
         assert orphan.wait(timeout=10) != 0
         assert not stale.exists()

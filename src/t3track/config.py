@@ -99,7 +99,7 @@ class BackupConfig(_Strict):
 
 
 class NotifyConfig(_Strict):
-    """Where to tell the operator about a refused, rolled-back or critical run (see t3track.notify).
+    """Where to tell the operator about a refused, rolled-back or critical run (see t3track.aftermath.notify).
 
     `webhook` gets a JSON POST; `command` is an argv list (no shell) with {event} {outcome} {host}
     {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Either or both."""
@@ -137,7 +137,7 @@ class Config(_Strict):
     verify_timeout: Duration = timedelta(seconds=60)
     evidence_max_age: Duration = timedelta(days=30)
     notify: NotifyConfig | None = None
-    # node_exporter textfile collector file; default state_dir/metrics/t3track.prom (see t3track.metrics)
+    # node_exporter textfile collector file; default state_dir/metrics/t3track.prom (see t3track.aftermath.metrics)
     metrics_path: Path | None = None
     # freeze the channel when this many consecutive nightlies fail the same way (0: never)
     fingerprint_freeze_after: int = Field(default=2, ge=0)

@@ -203,7 +203,7 @@ class Host:
         emu.add_rows(user.db, count, tag)
 
     def max_migration(self, user: HostUser) -> int | None:
-        from t3track.backup import max_migration_id
+        from t3track.host.backup import max_migration_id
 
         return max_migration_id(user.db)
 

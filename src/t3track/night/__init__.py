@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import afterrun, evidence, gates as gates_mod, install, journal, ops, policy, sandbox, swap
+from t3track import aftermath as afterrun
+from t3track.aftermath import evidence
+from t3track.night import gates as gates_mod, journal, policy, swap
+from t3track.host import install, sandbox
+from t3track.commands import control as ops
 from t3track.config import Config
 from t3track.errors import CriticalError, EnvironmentFault, ExitCode
-from t3track.install import IntegrityError
-from t3track.fingerprints import HOST_GATES
-from t3track.gates import GateResult
-from t3track.registry import RegistryClient
+from t3track.host.install import IntegrityError
+from t3track.aftermath.fingerprints import HOST_GATES
+from t3track.night.gates import GateResult
+from t3track.host.registry import RegistryClient
 from t3track.state import Denial, LastRun, State, StateStore, utcnow
 
 Progress = Callable[[str], None]

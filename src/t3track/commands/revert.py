@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import afterrun, backup, install, night, swap, versions
+from t3track import aftermath as afterrun, night, versions
+from t3track.host import backup, install
+from t3track.night import swap
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.state import StateStore, operator_name

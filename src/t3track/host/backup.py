@@ -6,7 +6,7 @@ renamed into place only when complete, so any directory with a manifest.json is 
 a dot-directory ending in `.partial` is the leftover of a killed run (removed by the next backup).
 
 The pre-swap snapshot (`snapshot_database`) is the same thing written into a directory the caller
-names; `restore_database` (t3track.restore) rebuilds a user's databases from either.
+names; `restore_database` (t3track.host.restore) rebuilds a user's databases from either.
 """
 
 from __future__ import annotations
@@ -381,7 +381,7 @@ def snapshot_database(user_base_dir: Path, dest_dir: Path, *, user: str | None =
                       timeout: timedelta | None = None, now: datetime | None = None) -> BackupInfo:
     """Pre-swap snapshot of a stopped server's databases into `dest_dir` (e.g.
     state_dir/snapshots/<run-id>/<user>/), same manifest format as a backup; restore it with
-    `t3track.restore.restore_database`."""
+    `t3track.host.restore.restore_database`."""
     return back_up_base_dir(user_base_dir, dest_dir, user=user or dest_dir.name, timeout=timeout, now=now)
 
 
@@ -549,7 +549,7 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
 
 def restore_database(backup: BackupInfo, dest_userdata: Path, *,
                      files: tuple[str, ...] = DB_FILES) -> None:
-    """See t3track.restore.restore_database (kept here too so callers find it beside the backups)."""
-    from t3track.restore import restore_database as restore
+    """See t3track.host.restore.restore_database (kept here too so callers find it beside the backups)."""
+    from t3track.host.restore import restore_database as restore
 
     restore(backup, dest_userdata, files=files)

@@ -13,7 +13,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from t3track.backup import DB_FILES, STAMP_FORMAT, BackupError, BackupInfo, BackupMismatch, manifest_files
+from t3track.host.backup import DB_FILES, STAMP_FORMAT, BackupError, BackupInfo, BackupMismatch, manifest_files
 from t3track.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 
 _CHUNK = 1 << 20

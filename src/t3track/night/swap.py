@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t3track import backup, journal as jr, probe, versions
+from t3track.host import backup, probe
+from t3track.night import journal as jr
+from t3track import versions
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
 from t3track.fsutil import ensure_private_dir, fsync_dir
-from t3track.gates import GateResult
-from t3track.journal import Journal, Phase
+from t3track.night.gates import GateResult
+from t3track.night.journal import Journal, Phase
 from t3track.runner import run as run_command
 from t3track.state import Freeze, StateStore, utcnow
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from t3track import evidence, fingerprints, metrics, notify
+from t3track.aftermath import evidence, fingerprints, metrics, notify
 from t3track.config import Config
 from t3track.state import StateStore
 

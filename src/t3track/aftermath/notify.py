@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from t3track import backup, runner
+from t3track.host import backup
+from t3track import runner
 from t3track.config import Config, NotifyConfig
 from t3track.errors import T3TrackError
-from t3track.evidence import run_started_at
+from t3track.aftermath.evidence import run_started_at
 from t3track.fsutil import atomic_write_text
 from t3track.redact import redact
 from t3track.state import StateStore, iso, utcnow

@@ -23,7 +23,7 @@ from t3track import runner, versions
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
-from t3track.registry import VersionInfo, registry_token
+from t3track.host.registry import VersionInfo, registry_token
 from t3track.state import State
 
 PARTIAL_SUFFIX = ".partial"

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from t3track import install, versions
+from t3track.host import install
+from t3track import versions
 from t3track.config import Config
 from t3track.errors import UsageError
 from t3track.state import Denial, Freeze, Pin, State, StateStore, iso, operator_name, utcnow
@@ -177,7 +178,7 @@ class Status:
 
 def status(config: Config, store: StateStore) -> Status:
     """Read-only: never takes the lock, never writes. An expired freeze is shown as lifted."""
-    from t3track import backup  # backups are their own concern
+    from t3track.host import backup
 
     state = store.load()
     now = utcnow()

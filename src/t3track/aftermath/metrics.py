@@ -23,10 +23,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Info
 from prometheus_client.exposition import generate_latest
 
-from t3track import backup
+from t3track.host import backup
 from t3track.config import Config
 from t3track.errors import T3TrackError
-from t3track.evidence import RESULT_FILE, evidence_dir
+from t3track.aftermath.evidence import RESULT_FILE, evidence_dir
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.state import StateStore, utcnow
 

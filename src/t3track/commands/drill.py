@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import evidence, journal, metrics, night, notify, swap, versions
+from t3track.aftermath import evidence, metrics, notify
+from t3track.night import journal, swap
+from t3track import night, versions
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
-from t3track.gates import GateResult
+from t3track.night.gates import GateResult
 from t3track.state import StateStore, operator_name, utcnow
 
 Progress = Callable[[str], None]

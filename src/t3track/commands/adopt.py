@@ -12,11 +12,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import afterrun, install, night, swap, versions
+from t3track import aftermath as afterrun, night, versions
+from t3track.host import install
+from t3track.night import swap
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
-from t3track.registry import RegistryClient
+from t3track.host.registry import RegistryClient
 from t3track.state import StateStore, operator_name, utcnow
 
 

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from t3track import versions
 from t3track.config import Config
 from t3track.errors import EnvironmentFault
-from t3track.registry import Packument, VersionInfo
+from t3track.host.registry import Packument, VersionInfo
 from t3track.state import Denial, State, iso, utcnow
 
 Action = Literal["noop", "candidate", "refused"]

@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track import backup as backup_mod
-from t3track import probe, versions
+from t3track.host import backup as backup_mod
+from t3track.host import probe
+from t3track import versions
 from t3track.config import Config, UserConfig
 from t3track.errors import T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
-from t3track.sandbox import SandboxFailed, SandboxServer, serve_candidate
+from t3track.host.sandbox import SandboxFailed, SandboxServer, serve_candidate
 
 BACKUP_PRESENT = "backup-present"
 SANDBOX_SERVE = "sandbox-serve"

@@ -1,7 +1,7 @@
 """A candidate serving a throw-away copy of one user's state, on 127.0.0.1, for the gates.
 
 The sandbox base dir is built from the user's newest backup (restored and checksum-verified by
-t3track.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
+t3track.host.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
 base dir. Never `server-runtime.json`: it points at the production process. The candidate runs in its
 own process group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's
 `run_as` when configured. Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is
@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t3track import backup as backup_mod
-from t3track import probe, runner
+from t3track.host import backup as backup_mod
+from t3track.host import probe
+from t3track import runner
 from t3track.config import Config, UserConfig
 from t3track.errors import ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from t3track import __version__, ops
+from t3track import __version__
+from t3track.commands import control as ops
 from t3track.config import Config, config_path, host_problems, load_config, parse_duration
 from t3track.errors import EXIT_CODE_HELP, ExitCode, LockBusy, T3TrackError, UsageError
-from t3track.output import Out, human_age
+from t3track.cli.render import Out, human_age
 from t3track.state import StateStore, iso
 
 _EXIT_TABLE = "\n".join(f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
@@ -98,7 +99,7 @@ _OPERATOR_ACTIONS = {"freeze_cmd", "unfreeze", "pin_cmd", "unpin", "deny_cmd", "
 
 
 def _refresh_metrics(ctx: typer.Context, out: Out) -> None:
-    from t3track import afterrun
+    from t3track import aftermath as afterrun
 
     try:
         config = ctx.obj.config()
@@ -226,7 +227,7 @@ def show(
     json_flag: JsonOpt = False,
 ) -> None:
     """One run: its result, gates, notes, the evidence files kept for it and its history lines."""
-    from t3track.evidence import show as show_run
+    from t3track.aftermath.evidence import show as show_run
 
     record = show_run(ctx.obj.store(), run_id)
     if out.as_json:
@@ -436,7 +437,7 @@ def dry_run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
 def adopt(ctx: typer.Context, out: Out, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
           json_flag: JsonOpt = False) -> None:
     """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
-    from t3track.adopt import adopt as adopt_version
+    from t3track.commands.adopt import adopt as adopt_version
 
     config = ctx.obj.config()
     _report(out, adopt_version(config, ctx.obj.store(config), version, progress=out.info))
@@ -452,7 +453,7 @@ def revert(
     json_flag: JsonOpt = False,
 ) -> None:
     """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
-    from t3track.revert import revert as revert_to
+    from t3track.commands.revert import revert as revert_to
 
     config = ctx.obj.config()
     _report(out, revert_to(config, ctx.obj.store(config), to=to, restore_state=restore_state, progress=out.info))
@@ -467,7 +468,7 @@ def drill(
     json_flag: JsonOpt = False,
 ) -> None:
     """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real."""
-    from t3track import drill as drill_mod
+    from t3track.commands import drill as drill_mod
 
     config = ctx.obj.config()
     store = ctx.obj.store(config)
@@ -496,7 +497,7 @@ def backup_cmd(
     json_flag: JsonOpt = False,
 ) -> None:
     """Online VACUUM INTO backup of each user's state, timeout-guarded, verified, pruned."""
-    from t3track.backup import backup_all
+    from t3track.host.backup import backup_all
 
     results = backup_all(ctx.obj.config(), only_user=user, progress=out.info)
     failed = [r for r in results if not r.ok]
@@ -528,7 +529,7 @@ def probe(
     json_flag: JsonOpt = False,
 ) -> None:
     """The pairing handshake (mint -> credential -> cookie, replayed, one-time) against any running server."""
-    from t3track import probe as probe_mod
+    from t3track.host import probe as probe_mod
 
     timeout = probe_mod.DEFAULT_TIMEOUT_S
     if executable is None:  # only then is the config needed

@@ -1,0 +1,1 @@
+"""What touches the world outside state_dir: registry, installs, the tree, services, backups, sandboxes, probes."""
