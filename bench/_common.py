@@ -178,7 +178,7 @@ def wait_ready(port: int, deadline_s: float = 30.0, interval: float = 0.02, requ
 
 
 class _CountingWriter:
-    def __init__(self, inner: Any, counter: "ByteCounter"):
+    def __init__(self, inner: Any, counter: ByteCounter):
         self._inner, self._counter = inner, counter
 
     def write(self, data: bytes) -> int:

@@ -28,13 +28,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, ByteCounter, CliRun, Figure, cli_env, median, polling, print_table, run_cli, say,  # noqa: E402
-                     secs, size, time_command, wait_ready)
-
+from _common import (  # noqa: E402
+    REPO,
+    ByteCounter,
+    CliRun,
+    Figure,
+    cli_env,
+    median,
+    polling,
+    print_table,
+    run_cli,
+    say,
+    secs,
+    size,
+    time_command,
+    wait_ready,
+)
 from tests.support.host import Host, build_host, nightly  # noqa: E402
 
 if TYPE_CHECKING:
-    from t3track.host.backup import BackupInfo
+    from t3track.host.manifest import BackupInfo
 
 OLD = "0.0.42"
 
@@ -220,9 +233,9 @@ def _bare_start(executable: Path, base: Path, home: Path, log: Path, request_tim
         server.stop()
 
 
-def _copy_state(live_base: Path, backup_info: "BackupInfo", dest: Path) -> Path:
+def _copy_state(live_base: Path, backup_info: BackupInfo, dest: Path) -> Path:
     """What a sandbox holds: the live base dir's small files and the newest backup's database."""
-    from t3track.host.backup import restore_database
+    from t3track.host.restore import restore_database
 
     shutil.copytree(live_base, dest, symlinks=True,
                     ignore=shutil.ignore_patterns("server-runtime.json", "*.sqlite", "*.sqlite-*"))

@@ -12,8 +12,8 @@ outlived a test.
 from __future__ import annotations
 
 import contextlib
-import json
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from t3track.host import probe
 from t3track import runner
+from t3track.host import probe
 from t3track.host.sandbox import free_port
 
 PACKAGE = "@t3code/t3-linux-x64"

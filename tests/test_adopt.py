@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-
 from tests.emulator import package as emu
 from tests.support.host import build_host, wait_for_version
 

@@ -5,23 +5,24 @@ import os
 import sqlite3
 import stat
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from t3track import __version__
-from t3track.host.backup import (MANIFEST, BackupError, BackupMismatch, BackupTimeout, Deadline, backup_all, backup_user,
-                            check_backup_present, interrupt_after, list_backups, max_migration_id, newest_backup,
-                            snapshot_database)
 from t3track.cli import app
 from t3track.config import parse_config
 from t3track.errors import LockBusy
+from t3track.host.backup import backup_all, backup_user, list_backups, newest_backup, snapshot_database
+from t3track.host.manifest import MANIFEST, BackupError, BackupMismatch, BackupTimeout
 from t3track.host.restore import restore_database
+from t3track.host.sqlite import Deadline, interrupt_after, max_migration_id
+from t3track.night.gates import check_backup_present
 from t3track.state import StateStore
 
-NOW = datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
 
 def make_state_db(path: Path, *, migrations: int | None = 52, rows: int = 10, wal: bool = True) -> Path:
@@ -509,7 +510,7 @@ def test_cli_status_shows_the_age_of_the_newest_backup(cli_config):
 
 
 def test_read_backup_returns_a_snapshot_and_refuses_an_unreadable_manifest(alice, tmp_path):
-    from t3track.host.backup import read_backup
+    from t3track.host.manifest import read_backup
 
     made = snapshot_database(alice[0], tmp_path / "snap" / "alice", now=NOW)
     assert read_backup(made.path, "alice") == made

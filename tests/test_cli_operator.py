@@ -2,7 +2,7 @@
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -32,7 +32,7 @@ def t3(*args):
 
 
 def history(tmp_path):
-    return [json.loads(l) for l in (tmp_path / "state" / "history.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "state" / "history.jsonl").read_text().splitlines()]
 
 
 def test_help_lists_every_command_of_the_spec_and_the_exit_codes():
@@ -51,7 +51,7 @@ def test_freeze_records_who_why_and_until(cfg):
     state = json.loads((cfg / "state" / "state.json").read_text())
     assert state["frozen"]["reason"] == "holiday week" and state["frozen"]["by"] == "opsperson"
     until = datetime.fromisoformat(state["frozen"]["until"].replace("Z", "+00:00"))
-    assert timedelta(days=6, hours=23) < until - datetime.now(timezone.utc) <= timedelta(days=7)
+    assert timedelta(days=6, hours=23) < until - datetime.now(UTC) <= timedelta(days=7)
     assert history(cfg)[-1]["event"] == "freeze" and history(cfg)[-1]["by"] == "opsperson"
     assert stat.S_IMODE((cfg / "state" / "state.json").stat().st_mode) == 0o600
 
@@ -64,7 +64,7 @@ def test_freeze_with_both_for_and_until_is_a_usage_error_and_changes_nothing(cfg
 
 def test_an_expired_freeze_is_not_shown_as_frozen(cfg):
     store = StateStore(cfg / "state")
-    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    past = datetime.now(UTC) - timedelta(hours=2)
     store.save(State(frozen=Freeze(reason="old", by="x", at=past, until=past + timedelta(hours=1))))
     doc = json.loads(t3("--json", "status").output)
     assert doc["frozen"] is None
@@ -151,7 +151,7 @@ def test_config_check_lists_host_problems(cfg):
 
 
 def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch):
-    from t3track.commands import control as ops
+    from t3track.commands import status as ops
 
     def broken(config, store):
         cookie = "t3_session_3773_abcd=SECRETCOOKIEVALUE1234"  # a local a pretty traceback would show

@@ -1,15 +1,15 @@
 """`t3track drill` on an emulated host: the real swap and rollback path, without changing version."""
 
 import json
-import os
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support.host import build_host
 from typer.testing import CliRunner
 
 from t3track.cli import app
-from t3track.commands.drill import copy_name, downtime, DrillStep
-from tests.support.host import build_host
+from t3track.commands.drill import copy_name, downtime
+from t3track.host.services import UserMark
 
 pytestmark = pytest.mark.slow
 
@@ -142,12 +142,16 @@ def test_a_copy_is_the_current_version_with_drill_build_metadata():
 
 
 def test_downtime_runs_from_each_stop_to_the_end_of_that_users_next_live_check():
-    steps = [DrillStep(name, at, dur) for name, at, dur in [
-        ("stop alice's server", 0.0, 1.0), ("stop bob's server", 1.0, 1.0), ("point current at X", 2.0, 0.1),
-        ("start alice's server", 2.1, 0.4), ("start bob's server", 2.5, 0.5),
-        ("live check alice on http://127.0.0.1:1", 3.0, 1.0), ("live check bob on http://127.0.0.1:2", 4.0, 1.0),
-        ("rolling back to 0.0.42: drill", 5.0, 0.0), ("stop alice's server", 5.0, 1.0),
-        ("stop bob's server", 6.0, 1.0), ("start alice's server", 7.0, 1.0), ("start bob's server", 8.0, 1.0),
-        ("live check alice on http://127.0.0.1:1", 9.0, 0.5), ("live check bob on http://127.0.0.1:2", 9.5, 0.5),
+    # the swap's own marks, as swap and verify leave them: stop, then verified when the live check passed
+    marks = [UserMark(at, user, what) for at, user, what in [
+        (0.0, "alice", "stop"), (1.0, "bob", "stop"), (2.1, "alice", "start"), (2.5, "bob", "start"),
+        (4.0, "alice", "verified"), (5.0, "bob", "verified"),
+        (5.0, "alice", "stop"), (6.0, "bob", "stop"), (7.0, "alice", "start"), (8.0, "bob", "start"),
+        (9.5, "alice", "verified"), (10.0, "bob", "verified"),
     ]]
-    assert downtime(steps, ["alice", "bob"]) == {"alice": 4.0 + 4.5, "bob": 4.0 + 4.0}
+    assert downtime(marks, ["alice", "bob"], end=10.0) == {"alice": 4.0 + 4.5, "bob": 4.0 + 4.0}
+
+
+def test_a_user_stopped_and_never_verified_again_is_down_until_the_swap_ended():
+    marks = [UserMark(1.0, "alice", "stop"), UserMark(2.0, "alice", "start")]
+    assert downtime(marks, ["alice"], end=7.0) == {"alice": 6.0}

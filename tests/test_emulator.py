@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.emulator import package as emu
 
 NIGHTLY = "0.0.43-nightly.20261101.3001"

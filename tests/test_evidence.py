@@ -3,7 +3,7 @@
 import json
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 from t3track.aftermath import evidence
 from t3track.cli import app
 from t3track.config import parse_config
-from t3track.errors import ExitCode, UsageError
-from t3track.night.gates import GateResult
-from t3track.night import NightReport
+from t3track.errors import UsageError
+from t3track.night.report import NightReport
+from t3track.results import GateResult, Outcome
 from t3track.state import Denial, LastRun, State, StateStore
 
-NOW = datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
 
 def mode(path):
@@ -37,8 +37,7 @@ def refused_report(run_id="20261127T030000Z-abc123"):
     gate = GateResult("pairing-probe", "alice", "fail", 1.25,
                       "alice: exchange answered 404; Set-Cookie: t3_session=s3cr3tvalue",
                       evidence="/x/alice.pairing-probe.json", fingerprint="pairing-probe:exchange:404:HTTPStatus")
-    return NightReport("refused", ExitCode.REFUSED, run_id, "gate pairing-probe failed for alice",
-                       "0.0.43-nightly.20261127.3001", "0.0.42", gates=[gate], evidence=f"/state/evidence/{run_id}")
+    return NightReport(outcome=Outcome.REFUSED, run_id=run_id, reason="gate pairing-probe failed for alice", candidate="0.0.43-nightly.20261127.3001", from_version="0.0.42", gates=[gate], evidence=f"/state/evidence/{run_id}")
 
 
 def test_result_json_is_the_run_document_with_fingerprints_private_and_redacted(store):

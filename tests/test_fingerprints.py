@@ -5,11 +5,11 @@ import json
 import pytest
 
 from t3track.aftermath import fingerprints
+from t3track.clock import utcnow
 from t3track.config import parse_config
-from t3track.errors import ExitCode
-from t3track.night.gates import GateResult
-from t3track.night import NightReport
-from t3track.state import Denial, State, StateStore, utcnow
+from t3track.night.report import NightReport
+from t3track.results import GateResult, Outcome
+from t3track.state import Denial, State, StateStore
 
 FP = "pairing-probe:exchange:404:HTTPStatus"
 
@@ -32,8 +32,7 @@ def store(config):
 
 def refused(version, fingerprint=FP, n=1, gate="pairing-probe"):
     failed = GateResult(gate, "alice", "fail", 1.0, "it failed", fingerprint=fingerprint)
-    return NightReport("refused", ExitCode.REFUSED, f"2026111{n}T030000Z-00000{n}", "gate failed", version, "0.0.42",
-                       gates=[failed], evidence=f"/state/evidence/run{n}")
+    return NightReport(outcome=Outcome.REFUSED, run_id=f"2026111{n}T030000Z-00000{n}", reason="gate failed", candidate=version, from_version="0.0.42", gates=[failed], evidence=f"/state/evidence/run{n}")
 
 
 def test_a_denied_version_records_the_gate_fingerprint_and_evidence(config, store):
@@ -74,7 +73,7 @@ def test_a_different_fingerprint_starts_a_new_streak(config, store):
 
 def test_a_verified_swap_ends_the_streak(config, store):
     fingerprints.after_run(config, store, refused(nightly(1), n=1))
-    fingerprints.after_run(config, store, NightReport("swapped", ExitCode.OK, "r", "ok", nightly(2), "0.0.42", nightly(2)))
+    fingerprints.after_run(config, store, NightReport(outcome=Outcome.SWAPPED, run_id="r", reason="ok", candidate=nightly(2), from_version="0.0.42", to_version=nightly(2)))
     fingerprints.after_run(config, store, refused(nightly(3), n=3))
     assert store.load().frozen is None
 
@@ -117,7 +116,8 @@ def test_a_revert_that_rolled_back_never_counts_towards_the_self_freeze(config, 
 
 @pytest.mark.slow
 def test_two_real_nightlies_failing_alike_on_the_host_freeze_the_channel(tmp_path):
-    from tests.support.host import build_host, nightly as host_nightly
+    from tests.support.host import build_host
+    from tests.support.host import nightly as host_nightly
 
     host = build_host(tmp_path / "host")
     try:

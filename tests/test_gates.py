@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from real_t3 import (files_containing, host_config, live_base_dir, processes_mentioning,  # noqa: F401
-                     real_state_template, real_t3, secret_spy)
+from real_t3 import (  # noqa: F401
+    files_containing,
+    host_config,
+    live_base_dir,
+    processes_mentioning,
+    real_state_template,
+    real_t3,
+    secret_spy,
+)
 from t3track.host import backup
 from t3track.night.gates import run_gates
+from t3track.results import to_jsonable
 from test_sandbox import fake_live_state, script
 
 VERSION = "0.0.42"
@@ -113,7 +121,7 @@ def test_the_real_candidate_passes_every_gate_on_a_real_backup(real_host, real_t
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(secret_spy.values) >= 3  # startup token, minted credential, cookie value
     assert files_containing([config.state_dir], list(secret_spy.values)) == []
-    assert not [v for v in secret_spy.values if v in json.dumps([r.to_json() for r in results])]
+    assert not [v for v in secret_spy.values if v in json.dumps(to_jsonable(results))]
     nothing_left(config)
 
 

@@ -2,17 +2,17 @@ import json
 import os
 import shutil
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import respx
 
 from support.registry_server import make_package_tarball, serve, sri_sha512
-from t3track.host import install
 from t3track import runner
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, UsageError
+from t3track.host import install
 from t3track.host.install import IntegrityError, ensure_installed, installed_prefix, installed_versions, prune
 from t3track.host.registry import RegistryClient, VersionInfo
 from t3track.state import Pin, State
@@ -54,7 +54,7 @@ def registry():
 
 def publish(server, version, **kwargs):
     tarball = make_package_tarball("t3", version, **kwargs)
-    server.publish("t3", version, tarball, tag="nightly", published_at=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    server.publish("t3", version, tarball, tag="nightly", published_at=datetime(2026, 11, 26, tzinfo=UTC))
     return tarball
 
 
@@ -296,7 +296,7 @@ def test_prune_keeps_keep_versions_newest_besides_current_previous_and_pin(tmp_p
     olds = [f"0.0.40-nightly.2026110{i}.{i}" for i in range(1, 6)]
     make_installs(config, *olds, V1, V2, V3)
     state = State(current=V2, previous=V1, pinned=Pin(version=olds[0], reason="x", by="ops",
-                                                      at=datetime(2026, 11, 1, tzinfo=timezone.utc)))
+                                                      at=datetime(2026, 11, 1, tzinfo=UTC)))
     removed = prune(config, state)
     assert sorted(removed) == sorted(olds[1:])
     assert installed_versions(config) == [olds[0], V1, V2, V3]

@@ -2,18 +2,19 @@
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from t3track import aftermath as afterrun
 from t3track.aftermath import metrics
+from t3track.clock import utcnow
 from t3track.config import parse_config
 from t3track.errors import ExitCode
-from t3track.night.gates import GateResult
-from t3track.night import NightReport
-from t3track.state import Freeze, LastRun, Pin, State, StateStore, utcnow
+from t3track.night import ledger
+from t3track.night.report import NightReport
+from t3track.results import GateResult, Outcome
+from t3track.state import Freeze, Pin, State, StateStore
 
 V1 = "0.0.43-nightly.20261126.3001"
 V2 = "0.0.43-nightly.20261127.3002"
@@ -53,14 +54,10 @@ def make_backup(config, user, age):
 
 
 def finish(store, config, report, state=None):
-    """What night._finish does, then the after-run step under test."""
-    state = state or store.load()
-    state.last_run = LastRun(at=utcnow(), outcome=report.outcome, candidate=report.candidate,
-                             exit_code=int(report.exit_code), run_id=report.run_id)
-    store.save(state)
-    store.record("run", by="t3track", run_id=report.run_id, outcome=report.outcome,
-                 exit_code=int(report.exit_code))
-    return afterrun.after_run(config, store, report)
+    """Record the run as the night does (ledger.record_run), the after-run step under test included."""
+    if state is not None:
+        store.save(state)
+    return ledger.record_run(config, store, report, event="run", last_run=True)
 
 
 def gates(*outcomes, user="alice"):
@@ -71,8 +68,7 @@ def gates(*outcomes, user="alice"):
 
 def test_after_a_good_night_the_file_says_swapped_with_the_new_version_and_passing_gates(config, store):
     make_backup(config, "alice", timedelta(hours=2))
-    report = NightReport("swapped", ExitCode.OK, "20261127T030000Z-aaaaaa", f"swapped 0.0.42 -> {V1}",
-                         V1, "0.0.42", V1, gates=gates("pass", "pass", "pass"))
+    report = NightReport(outcome=Outcome.SWAPPED, run_id="20261127T030000Z-aaaaaa", reason=f"swapped 0.0.42 -> {V1}", candidate=V1, from_version="0.0.42", to_version=V1, gates=gates("pass", "pass", "pass"))
     assert finish(store, config, report, State(current=V1, previous="0.0.42")) == []
     samples = read_metrics(config.metrics_file())
     assert value(samples, "t3track_last_run_outcome", outcome="swapped") == 1
@@ -93,10 +89,9 @@ def test_after_a_good_night_the_file_says_swapped_with_the_new_version_and_passi
 
 def test_after_refused_nights_the_file_counts_consecutive_refusals_and_shows_the_failed_gate(config, store):
     store.save(State(current="0.0.42"))
-    finish(store, config, NightReport("swapped", ExitCode.OK, "20261125T030000Z-aaaaaa", "ok", "0.0.42", None, "0.0.42"))
+    finish(store, config, NightReport(outcome=Outcome.SWAPPED, run_id="20261125T030000Z-aaaaaa", reason="ok", candidate="0.0.42", from_version=None, to_version="0.0.42"))
     for day, run_id in ((26, "20261126T030000Z-bbbbbb"), (27, "20261127T030000Z-cccccc")):
-        report = NightReport("refused", ExitCode.REFUSED, run_id, "gate pairing-probe failed for alice",
-                             f"0.0.43-nightly.202611{day}.1", "0.0.42", gates=gates("pass", "pass", "fail"))
+        report = NightReport(outcome=Outcome.REFUSED, run_id=run_id, reason="gate pairing-probe failed for alice", candidate=f"0.0.43-nightly.202611{day}.1", from_version="0.0.42", gates=gates("pass", "pass", "fail"))
         finish(store, config, report)
     samples = read_metrics(config.metrics_file())
     assert value(samples, "t3track_last_run_outcome", outcome="refused") == 1
@@ -112,8 +107,7 @@ def test_after_refused_nights_the_file_counts_consecutive_refusals_and_shows_the
 def test_after_a_rollback_the_file_says_rolled_back_and_the_live_check_failed(config, store):
     store.save(State(current="0.0.42"))
     live = [GateResult("live-verify", "bob", "fail", 3.0, "no cookie", fingerprint="live-verify:exchange:200")]
-    report = NightReport("rolled_back", ExitCode.REFUSED, "20261127T030000Z-dddddd", "live check failed for bob",
-                         V2, "0.0.42", "0.0.42", gates=gates("pass", "pass", "pass") + live)
+    report = NightReport(outcome=Outcome.ROLLED_BACK, run_id="20261127T030000Z-dddddd", reason="live check failed for bob", candidate=V2, from_version="0.0.42", to_version="0.0.42", gates=gates("pass", "pass", "pass") + live)
     finish(store, config, report)
     samples = read_metrics(config.metrics_file())
     assert value(samples, "t3track_last_run_outcome", outcome="rolled_back") == 1
@@ -123,9 +117,8 @@ def test_after_a_rollback_the_file_says_rolled_back_and_the_live_check_failed(co
 
 def test_a_no_op_night_clears_the_gate_series_of_the_night_before(config, store):
     store.save(State(current="0.0.42"))
-    finish(store, config, NightReport("refused", ExitCode.REFUSED, "20261126T030000Z-bbbbbb", "x", V1, "0.0.42",
-                                      gates=gates("fail")))
-    finish(store, config, NightReport("noop", ExitCode.OK, "20261127T030000Z-cccccc", "nightly is current"))
+    finish(store, config, NightReport(outcome=Outcome.REFUSED, run_id="20261126T030000Z-bbbbbb", reason="x", candidate=V1, from_version="0.0.42", gates=gates("fail")))
+    finish(store, config, NightReport(outcome=Outcome.NOOP, run_id="20261127T030000Z-cccccc", reason="nightly is current"))
     samples = read_metrics(config.metrics_file())
     assert not [k for k in samples if k[0] == "t3track_gate_result"]
     assert value(samples, "t3track_consecutive_refusals") == 0
@@ -168,7 +161,7 @@ def test_a_metrics_file_that_cannot_be_written_is_a_note_never_an_error(tmp_path
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     broken = config.model_copy(update={"metrics_path": blocker / "t3track.prom"})
-    report = NightReport("noop", ExitCode.OK, "20261127T030000Z-eeeeee", "nightly is current")
+    report = NightReport(outcome=Outcome.NOOP, run_id="20261127T030000Z-eeeeee", reason="nightly is current")
     notes = finish(store, broken, report)
     assert len(notes) == 1 and "metrics not written" in notes[0]
     assert report.exit_code == ExitCode.OK

@@ -8,13 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from t3track import aftermath as afterrun
 from t3track.aftermath import notify
+from t3track.clock import utcnow
 from t3track.config import parse_config
 from t3track.errors import ExitCode
-from t3track.night.gates import GateResult
-from t3track.night import NightReport
-from t3track.state import LastRun, State, StateStore, utcnow
+from t3track.night import ledger
+from t3track.night.report import NightReport
+from t3track.results import GateResult, Outcome, new_run_id
+from t3track.state import StateStore
 
 V1 = "0.0.43-nightly.20261127.3001"
 
@@ -76,24 +77,20 @@ def fresh_backup(config, user="alice", age=timedelta(hours=1)):
 
 
 def run_id_now():
-    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-abcdef"
+    return new_run_id()
 
 
 def finish(config, report):
+    """Record the run as the night does (ledger.record_run), notifications included."""
     store = StateStore(config.state_dir)
-    state = store.load()
-    state.last_run = LastRun(at=utcnow(), outcome=report.outcome, exit_code=int(report.exit_code), run_id=report.run_id)
-    store.save(state)
-    store.record("run", by="t3track", run_id=report.run_id, outcome=report.outcome)
-    return store, afterrun.after_run(config, store, report)
+    return store, ledger.record_run(config, store, report, event="run", last_run=True)
 
 
 def refused(run_id=None):
     run_id = run_id or run_id_now()
     gate = GateResult("pairing-probe", "alice", "fail", 1.0, "alice: exchange answered 404 (cookie t3_session=abcdefgh)",
                       fingerprint="pairing-probe:exchange:404:HTTPStatus")
-    return NightReport("refused", ExitCode.REFUSED, run_id, "gate pairing-probe failed for alice: exchange 404",
-                       V1, "0.0.42", gates=[gate], evidence=f"/var/lib/t3track/evidence/{run_id}")
+    return NightReport(outcome=Outcome.REFUSED, run_id=run_id, reason="gate pairing-probe failed for alice: exchange 404", candidate=V1, from_version="0.0.42", gates=[gate], evidence=f"/var/lib/t3track/evidence/{run_id}")
 
 
 def test_a_refused_night_posts_host_outcome_versions_gate_reason_and_evidence(tmp_path, receiver):
@@ -114,10 +111,8 @@ def test_a_rollback_and_a_critical_run_are_each_notified(tmp_path, receiver):
     config = make_config(tmp_path, webhook=receiver.url)
     fresh_backup(config)
     live = GateResult("live-verify", "alice", "fail", 2.0, "no cookie", fingerprint="live-verify:exchange:200")
-    finish(config, NightReport("rolled_back", ExitCode.REFUSED, run_id_now(), "live check failed for alice", V1,
-                               "0.0.42", "0.0.42", gates=[live]))
-    finish(config, NightReport("critical", ExitCode.CRITICAL, run_id_now(), "the rollback failed", V1, "0.0.42",
-                               None, gates=[live]))
+    finish(config, NightReport(outcome=Outcome.ROLLED_BACK, run_id=run_id_now(), reason="live check failed for alice", candidate=V1, from_version="0.0.42", to_version="0.0.42", gates=[live]))
+    finish(config, NightReport(outcome=Outcome.CRITICAL, run_id=run_id_now(), reason="the rollback failed", candidate=V1, from_version="0.0.42", to_version=None, gates=[live]))
     assert [b["event"] for b in receiver.bodies] == ["rolled_back", "critical"]
     assert receiver.bodies[0]["to"] == "0.0.42" and receiver.bodies[0]["gate"] == "live-verify"
 
@@ -125,8 +120,8 @@ def test_a_rollback_and_a_critical_run_are_each_notified(tmp_path, receiver):
 def test_a_no_op_night_and_a_good_swap_send_nothing(tmp_path, receiver):
     config = make_config(tmp_path, webhook=receiver.url)
     fresh_backup(config)
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is 0.0.42, which is current"))
-    finish(config, NightReport("swapped", ExitCode.OK, run_id_now(), "swapped", V1, "0.0.42", V1))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="nightly is 0.0.42, which is current"))
+    finish(config, NightReport(outcome=Outcome.SWAPPED, run_id=run_id_now(), reason="swapped", candidate=V1, from_version="0.0.42", to_version=V1))
     assert receiver.bodies == []
     assert not [e for e in StateStore(config.state_dir).history() if e["event"] == "notify"]
 
@@ -198,8 +193,8 @@ def test_placeholders_are_replaced_literally_never_formatted():
 def test_a_stale_backup_is_notified_once_even_on_a_quiet_night(tmp_path, receiver):
     config = make_config(tmp_path, webhook=receiver.url)
     stale = fresh_backup(config, age=timedelta(hours=30))
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="nightly is current"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="nightly is current"))
     assert [b["event"] for b in receiver.bodies] == ["backup_stale"]
     body = receiver.bodies[0]
     assert body["user"] == "alice" and body["backup"] == str(stale) and body["backup_age_s"] >= 30 * 3600
@@ -209,9 +204,9 @@ def test_a_stale_backup_is_notified_once_even_on_a_quiet_night(tmp_path, receive
 def test_a_stale_backup_is_notified_again_after_a_fresh_one_went_stale_too(tmp_path, receiver):
     config = make_config(tmp_path, webhook=receiver.url)
     fresh_backup(config, age=timedelta(hours=60))
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "quiet"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="quiet"))
     fresh_backup(config, age=timedelta(hours=27))  # newer, but also too old
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "quiet"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="quiet"))
     assert [b["event"] for b in receiver.bodies] == ["backup_stale", "backup_stale"]
 
 
@@ -222,7 +217,7 @@ def test_a_freeze_that_lifted_itself_during_the_run_is_notified(tmp_path, receiv
     run_id = run_id_now()
     store.record("unfreeze", by="t3track", reason="freeze expired at 2026-11-27T00:00:00Z",
                  frozen_reason="holiday week", automatic=True)
-    finish(config, NightReport("noop", ExitCode.OK, run_id, "nightly is current"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id, reason="nightly is current"))
     assert [b["event"] for b in receiver.bodies] == ["freeze_expired"]
     assert "holiday week" in receiver.bodies[0]["reason"]
 
@@ -231,7 +226,7 @@ def test_a_freeze_lifted_by_hand_is_not_notified(tmp_path, receiver):
     config = make_config(tmp_path, webhook=receiver.url)
     fresh_backup(config)
     StateStore(config.state_dir).record("unfreeze", by="ops", was_frozen=True)
-    finish(config, NightReport("noop", ExitCode.OK, run_id_now(), "nightly is current"))
+    finish(config, NightReport(outcome=Outcome.NOOP, run_id=run_id_now(), reason="nightly is current"))
     assert receiver.bodies == []
 
 

@@ -1,5 +1,5 @@
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -8,12 +8,12 @@ import respx
 
 from t3track.config import Config
 from t3track.errors import EnvironmentFault
-from t3track.night.policy import record_failure, resolve
 from t3track.host.registry import RegistryClient
+from t3track.night.policy import record_failure, resolve
 from t3track.state import Denial, Freeze, Pin, State
 
 BASE = "https://registry.test/"
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CURRENT = "0.0.43-nightly.20261120.2800"
 OLDER = "0.0.43-nightly.20261119.2790"
 SOAKED = "0.0.43-nightly.20261125.2890"   # published two days ago

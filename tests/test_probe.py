@@ -18,9 +18,10 @@ import respx
 from typer.testing import CliRunner
 
 from real_t3 import files_containing, real_t3, secret_spy, serving  # noqa: F401  (fixtures)
-from t3track.host import probe
 from t3track.cli import app
 from t3track.errors import UsageError
+from t3track.host import probe
+from t3track.results import to_jsonable
 
 URL = "http://127.0.0.1:38773"
 CREDENTIAL = "PGH54ZK8TXMA"
@@ -201,7 +202,7 @@ def test_a_credential_echoed_in_an_error_body_is_redacted(tmp_path):
         result = run_probe(tmp_path)
     assert result.step == "exchange"
     assert "nope for" in result.detail
-    assert CREDENTIAL not in json.dumps(result.to_json())
+    assert CREDENTIAL not in json.dumps(to_jsonable(result))
 
 
 def test_a_non_loopback_url_is_refused_before_connecting(tmp_path):
@@ -232,7 +233,7 @@ def test_front_door_passes_on_302_with_a_session_cookie():
             302, headers=[("location", "/"), ("set-cookie", f"t3_session={COOKIE_VALUE}; Path=/")]))
         result = probe.front_door_check(f"{URL}/", timeout=5)
     assert result.ok and result.cookie_name == "t3_session"
-    assert COOKIE_VALUE not in json.dumps(result.to_json())
+    assert COOKIE_VALUE not in json.dumps(to_jsonable(result))
 
 
 def test_front_door_answering_200_fails():
@@ -305,7 +306,7 @@ def test_era_b_emulator_passes_through_browser_session(emulator, secret_spy):  #
     assert result.ok, result.detail
     assert result.exchange_path == "/api/auth/browser-session"
     assert result.cookie_name.startswith(f"t3_session_{server.port}_")
-    assert secret_spy.values and not [v for v in secret_spy.values if v in json.dumps(result.to_json())]
+    assert secret_spy.values and not [v for v in secret_spy.values if v in json.dumps(to_jsonable(result))]
 
 
 def test_era_a_emulator_passes_through_bootstrap_with_the_plain_cookie_name(emulator):
@@ -328,7 +329,7 @@ def test_a_broken_emulator_fails_at_the_step_it_breaks(emulator, secret_spy, fau
     server, executable = emulator(fault=fault)
     result = probe.pairing_probe(server.url, server.base_dir, executable, timeout=5)
     assert (result.ok, result.step, result.status, result.kind) == (False, step, status, kind), result.detail
-    assert not [v for v in secret_spy.values if v in json.dumps(result.to_json())]
+    assert not [v for v in secret_spy.values if v in json.dumps(to_jsonable(result))]
 
 
 def test_a_build_whose_mint_fails_still_pairs_with_its_startup_token(emulator):

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from tests import real_t3
 from tests.emulator import package as emu
 from tests.real_t3 import real_t3 as real_t3_fixture  # noqa: F401  (the session-scoped install)

@@ -1,16 +1,16 @@
 import gzip
 import json
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 import respx
 
-from t3track.host import registry
 from t3track import runner
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode
+from t3track.host import registry
 from t3track.host.registry import RegistryClient, VersionInfo, registry_token, resolve_registry_url
 
 BASE = "https://registry.test/"
@@ -67,7 +67,7 @@ def test_packument_gives_versions_with_tarball_integrity_and_publish_time(mock, 
     mock.get("/t3").respond(json=packument_doc(), headers={"ETag": '"v1"'})
     doc = client.packument("t3")
     assert doc.versions[NIGHTLY] == VersionInfo(NIGHTLY, f"{BASE}t3/-/t3-{NIGHTLY}.tgz", INTEGRITY)
-    assert doc.time[NIGHTLY] == datetime(2026, 11, 26, 3, tzinfo=timezone.utc)
+    assert doc.time[NIGHTLY] == datetime(2026, 11, 26, 3, tzinfo=UTC)
     assert "created" not in doc.time
     assert doc.dist_tags["nightly"] == NIGHTLY
 
@@ -238,7 +238,7 @@ def test_a_registry_process_answers_the_revalidation_with_304_and_gzip(tmp_path)
 
     with serve() as server:
         server.publish("t3", NIGHTLY, make_package_tarball("t3", NIGHTLY), tag="nightly",
-                       published_at=datetime(2026, 11, 26, 3, tzinfo=timezone.utc))
+                       published_at=datetime(2026, 11, 26, 3, tzinfo=UTC))
         for _ in range(2):
             with RegistryClient(server.url, tmp_path / "cache") as c:
                 doc = c.packument("t3")
@@ -246,4 +246,4 @@ def test_a_registry_process_answers_the_revalidation_with_304_and_gzip(tmp_path)
         first_encoding = server.requests[0].headers.get("accept-encoding", "")
     assert statuses == [200, 304]
     assert "gzip" in first_encoding
-    assert doc.time[NIGHTLY] == datetime(2026, 11, 26, 3, tzinfo=timezone.utc)
+    assert doc.time[NIGHTLY] == datetime(2026, 11, 26, 3, tzinfo=UTC)

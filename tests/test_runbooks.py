@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -84,7 +83,7 @@ def test_runbooks_name_t3track_commands():
     assert len(COMMANDS) >= 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _help(*sub: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "t3track", *sub, "--help"], capture_output=True,

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from real_t3 import (host_config, live_base_dir, processes_mentioning, real_state_template, real_t3,  # noqa: F401
-                     secret_spy)
+from real_t3 import host_config, live_base_dir, processes_mentioning, real_state_template, real_t3, secret_spy  # noqa: F401
 from t3track.host import backup, probe, sandbox
 from t3track.host.sandbox import SandboxFailed, serve_candidate
 
@@ -224,14 +223,12 @@ def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, t
 def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_path):
     from emulator.package import EXECUTABLE, make_install, make_user_state
 
-    from t3track.host.sandbox import Sandbox
-
     make_user_state(tmp_path / "alice", migrations=52, rows=2)
     config = host_config(tmp_path, {"alice": tmp_path / "alice"}).model_copy(update={"executable": EXECUTABLE})
     backup.backup_user(config, config.users[0])
     executable = make_install(tmp_path / "candidate", "0.0.42")
-    with Sandbox(config, config.users[0], executable, "0.0.42", workdir=tmp_path / "work",
-                 evidence_dir=tmp_path / "evidence") as server:
+    with serve_candidate(config, config.users[0], executable, "0.0.42", workdir=tmp_path / "work",
+                         evidence_dir=tmp_path / "evidence") as server:
         assert probe.server_version(server.url, timeout=5) == "0.0.42"
         assert processes_mentioning(str(server.root))
         root = server.root

@@ -47,7 +47,7 @@ def test_history_is_append_only_and_read_newest_first(tmp_path):
     store.record("freeze", by="ops", reason="a")
     store.record("unfreeze", by="ops")
     lines = store.history_path.read_text().splitlines()
-    assert [json.loads(l)["event"] for l in lines] == ["freeze", "unfreeze"]
+    assert [json.loads(line)["event"] for line in lines] == ["freeze", "unfreeze"]
     assert [e["event"] for e in store.history()] == ["unfreeze", "freeze"]
     assert [e["event"] for e in store.history(limit=1)] == ["unfreeze"]
     assert mode(store.history_path) == 0o600

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
-
 from tests.support.host import build_host, nightly, wait_for_version
 
 pytestmark = pytest.mark.slow
@@ -239,14 +238,13 @@ def test_a_run_killed_at_any_journal_phase_converges_on_the_next_run(host, phase
 
 def test_sigterm_during_the_gates_removes_the_sandbox_and_ends_its_server(host):
     import time
-
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime
 
     from tests.emulator import package as emu
 
     v = nightly(1)
     host.registry.publish("t3", v, emu.tarball_bytes(v, start_delay_s=30), tag="nightly",
-                          published_at=datetime.now(timezone.utc) - timedelta(days=1))
+                          published_at=datetime.now(UTC) - timedelta(days=1))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "t3track", "--config", str(host.config_path), "dry-run"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

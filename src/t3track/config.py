@@ -180,7 +180,7 @@ class Config(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _unique_users(self) -> "Config":
+    def _unique_users(self) -> Config:
         names = [u.name for u in self.users]
         ports = [u.port for u in self.users]
         if len(set(names)) != len(names):
@@ -215,7 +215,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: Any) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"

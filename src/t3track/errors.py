@@ -34,6 +34,7 @@ class T3TrackError(Exception):
         self.message = message
         self.hint = hint
         self.problems = problems or []
+        self.details: dict[str, object] = {}  # extra fields for the --json error document
 
 
 class UsageError(T3TrackError):
@@ -66,3 +67,4 @@ class LockBusy(T3TrackError):
     def __init__(self, message: str, *, holder_pid: int | None = None, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.holder_pid = holder_pid
+        self.details["holder_pid"] = holder_pid

@@ -159,7 +159,7 @@ class Background:
     def stop(self) -> None:
         kill_group(self.proc)
 
-    def __enter__(self) -> "Background":
+    def __enter__(self) -> Background:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,26 +9,21 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from t3track.clock import iso, utcnow
 from t3track.errors import LockBusy, StateError
 from t3track.fsutil import append_line, atomic_write_text, ensure_private_dir
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.jsonl"
+JOURNAL_FILE = "journal.json"      # an unfinished swap (t3track.night.journal)
+SNAPSHOTS_DIR = "snapshots"        # pre-swap snapshots, one dir per run
 LOCK_FILE = "lock"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def operator_name() -> str:
@@ -118,6 +113,17 @@ class StateStore:
     @property
     def history_path(self) -> Path:
         return self.dir / HISTORY_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / JOURNAL_FILE
+
+    def snapshot_dir(self, run_id: str) -> Path:
+        return self.dir / SNAPSHOTS_DIR / run_id
+
+    @property
+    def snapshots_root(self) -> Path:
+        return self.dir / SNAPSHOTS_DIR
 
     def ensure(self) -> None:
         try:

@@ -15,14 +15,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
-
 from tests.emulator import package as emu
 from tests.support.registry_server import RegistryServer
 
@@ -145,7 +144,7 @@ class Host:
         """Publish an emulator build of `t3` as `version`, `age` old."""
         tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault)
         return self.registry.publish("t3", version, tarball, tag=tag,
-                                     published_at=datetime.now(timezone.utc) - age)
+                                     published_at=datetime.now(UTC) - age)
 
     def set_fault(self, version: str, fault: str | None) -> None:
         """Change an installed build's behaviour (e.g. a nightly that fails only once live)."""
@@ -203,13 +202,13 @@ class Host:
         emu.add_rows(user.db, count, tag)
 
     def max_migration(self, user: HostUser) -> int | None:
-        from t3track.host.backup import max_migration_id
+        from t3track.host.sqlite import max_migration_id
 
         return max_migration_id(user.db)
 
     def history(self) -> list[dict[str, Any]]:
         path = self.state_dir / "history.jsonl"
-        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "state.json").read_text())

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ class _Package:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def sri_sha512(data: bytes) -> str:
@@ -126,7 +126,7 @@ class RegistryServer:
         with self._lock:
             package = self._packages.setdefault(name, _Package(name))
             package.versions[version] = _Published(version, manifest, tarball, sri_sha512(tarball),
-                                                   published_at or datetime.now(timezone.utc))
+                                                   published_at or datetime.now(UTC))
             package.tags.setdefault("latest", version)
             if tag:
                 package.tags[tag] = version
@@ -156,7 +156,7 @@ class RegistryServer:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "RegistryServer":
+    def start(self) -> RegistryServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="registry-server", daemon=True)
         self._thread.start()
         return self

@@ -2,7 +2,7 @@
 
 The gates write their logs there (sandbox output, probe results); this module adds `result.json`
 (the run's report, the same document as `t3track run --json`) and `run.log` (the progress lines),
-prunes directories older than `evidence_max_age`, and reads one run back for `t3track show`.
+prunes directories older than `evidence_max_age`, and keeps the layout `t3track show` reads back (t3track.commands.show).
 
 Evidence that explains a denial still in force, and the last run's, is never pruned.
 """
@@ -13,16 +13,17 @@ import json
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from t3track.clock import iso, utcnow
 from t3track.config import Config
 from t3track.errors import UsageError
 from t3track.fsutil import append_line, atomic_write_text, ensure_private_dir
 from t3track.redact import redact
-from t3track.state import StateStore, iso, utcnow
+from t3track.results import to_jsonable
+from t3track.state import StateStore
 
 EVIDENCE_DIR = "evidence"
 RESULT_FILE = "result.json"
@@ -49,7 +50,7 @@ def run_started_at(run_id: str) -> datetime | None:
     match = _RUN_ID_RE.match(run_id)
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def ensure_evidence_dir(store: StateStore, run_id: str) -> Path:
@@ -60,12 +61,8 @@ def ensure_evidence_dir(store: StateStore, run_id: str) -> Path:
 
 
 def result_document(report: Any) -> dict[str, Any]:
-    """`report.to_json()` plus what the gates' JSON leaves out: each gate's fingerprint and evidence."""
-    document = report.to_json()
-    gates = getattr(report, "gates", None) or []
-    for entry, gate in zip(document.get("gates", []), gates):
-        entry.setdefault("fingerprint", getattr(gate, "fingerprint", None))
-        entry.setdefault("evidence", getattr(gate, "evidence", None))
+    """The run's report, the same document as `t3track run --json`."""
+    document: dict[str, Any] = to_jsonable(report)
     return document
 
 
@@ -108,7 +105,7 @@ def _age_reference(entry: Path) -> datetime:
     started = run_started_at(entry.name)
     if started is not None:
         return started
-    return datetime.fromtimestamp(entry.stat().st_mtime, tz=timezone.utc)
+    return datetime.fromtimestamp(entry.stat().st_mtime, tz=UTC)
 
 
 def protected_runs(store: StateStore) -> set[str]:
@@ -135,65 +132,3 @@ def prune(config: Config, store: StateStore, *, now: datetime | None = None) -> 
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-# ---------------------------------------------------------------- reading one run back
-
-
-@dataclass
-class EvidenceFile:
-    name: str
-    size: int
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    path: Path
-    result: dict[str, Any] | None               # result.json, when the run wrote one
-    files: list[EvidenceFile] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)  # history lines of this run, oldest first
-
-    def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "path": str(self.path), "exists": self.path.is_dir(),
-                "result": self.result, "files": [{"name": f.name, "size": f.size} for f in self.files],
-                "events": self.events}
-
-
-def _resolve_run_id(store: StateStore, run_id: str) -> str:
-    """An exact run id, a unique prefix of one, or `last`."""
-    if run_id == "last":
-        for event in store.history():
-            if event.get("run_id"):
-                return str(event["run_id"])
-        raise UsageError("there is no run in history yet")
-    evidence_dir(store, run_id)  # validates the shape
-    root = evidence_root(store)
-    known = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
-    known |= {str(e["run_id"]) for e in store.history() if e.get("run_id")}
-    if run_id in known:
-        return run_id
-    matches = sorted(k for k in known if k.startswith(run_id))
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise UsageError(f"{run_id!r} matches {len(matches)} runs", hint="give more of it: " + ", ".join(matches[:5]))
-    raise UsageError(f"no run {run_id!r} in history or under {root}",
-                     hint="`t3track history` lists runs; evidence older than evidence_max_age is pruned")
-
-
-def show(store: StateStore, run_id: str) -> RunRecord:
-    run_id = _resolve_run_id(store, run_id)
-    path = evidence_dir(store, run_id)
-    result = None
-    files = []
-    if path.is_dir():
-        try:
-            result = json.loads((path / RESULT_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            result = None
-        for item in sorted(path.rglob("*")):
-            if item.is_file():
-                files.append(EvidenceFile(str(item.relative_to(path)), item.stat().st_size))
-    events = [e for e in reversed(store.history()) if e.get("run_id") == run_id]
-    return RunRecord(run_id, path, result, files, events)

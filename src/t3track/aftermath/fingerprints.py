@@ -16,9 +16,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from t3track.clock import iso, utcnow
 from t3track.config import Config
 from t3track.fsutil import atomic_write_text
-from t3track.state import Freeze, StateStore, iso, utcnow
+from t3track.state import Freeze, StateStore
 
 FINGERPRINTS_FILE = "fingerprints.json"
 HOST_GATES = ("backup-present",)  # gates that check the host, not the candidate

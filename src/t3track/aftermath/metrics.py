@@ -23,12 +23,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Info
 from prometheus_client.exposition import generate_latest
 
-from t3track.host import backup
+from t3track.aftermath.evidence import RESULT_FILE, evidence_dir
+from t3track.clock import utcnow
 from t3track.config import Config
 from t3track.errors import T3TrackError
-from t3track.aftermath.evidence import RESULT_FILE, evidence_dir
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
-from t3track.state import StateStore, utcnow
+from t3track.host import backup
+from t3track.state import StateStore
 
 OUTCOMES = ("swapped", "noop", "refused", "rolled_back", "error", "critical")
 GATE_OUTCOMES = ("pass", "fail", "inconclusive")
@@ -104,7 +105,7 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     duration = gauge("t3track_gate_duration_seconds", "How long the gate took in the last run", ("gate", "user"))
     rolled_back = False
     for entry in _last_run_gates(store, last.run_id if last else None):
-        gate, user = str(entry.get("name")), str(entry.get("user"))
+        gate, user_name = str(entry.get("name")), str(entry.get("user"))
         if gate == "live-verify":
             # the old version's live checks after a rollback come after the failed one, under the same name
             if rolled_back:
@@ -112,9 +113,9 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
             elif entry.get("outcome") == "fail":
                 rolled_back = True
         for name in GATE_OUTCOMES:
-            result.labels(gate=gate, user=user, outcome=name).set(1 if entry.get("outcome") == name else 0)
+            result.labels(gate=gate, user=user_name, outcome=name).set(1 if entry.get("outcome") == name else 0)
         if isinstance(entry.get("duration_s"), (int, float)):
-            duration.labels(gate=gate, user=user).set(entry["duration_s"])
+            duration.labels(gate=gate, user=user_name).set(entry["duration_s"])
 
     # the tracker now
     Info("t3track_current_version", "The version root/current serves, and the one before it",
@@ -127,7 +128,7 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     gauge("t3track_pinned", "1 while held at a pinned version").set(1 if state.pinned else 0)
     gauge("t3track_denied_versions", "Versions t3track will not consider").set(len(state.denied))
     gauge("t3track_swap_unfinished", "1 when a swap journal is left (the next run recovers it)").set(
-        1 if (store.dir / "journal.json").exists() else 0)
+        1 if store.journal_path.exists() else 0)
 
     # backups
     age = gauge("t3track_backup_age_seconds", "Age of the newest backup of the user's state", ("user",))
@@ -145,8 +146,9 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
 
     # the rollback drill
     drill = next((e for e in events if e.get("event") == "drill"), None)
-    if drill is not None and _ts(drill.get("at")) is not None:
-        gauge("t3track_last_drill_timestamp_seconds", "When `t3track drill` last ran").set(_ts(drill["at"]))
+    drill_at = _ts(drill.get("at")) if drill is not None else None
+    if drill is not None and drill_at is not None:
+        gauge("t3track_last_drill_timestamp_seconds", "When `t3track drill` last ran").set(drill_at)
         gauge("t3track_last_drill_ok", "1 when the last drill rolled back and served the old version again").set(
             1 if drill.get("exit_code") == 0 else 0)
         if isinstance(drill.get("downtime_s"), (int, float)):

@@ -22,17 +22,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from t3track.host import backup
 from t3track import runner
+from t3track.aftermath.evidence import run_started_at
+from t3track.clock import iso, utcnow
 from t3track.config import Config, NotifyConfig
 from t3track.errors import T3TrackError
-from t3track.aftermath.evidence import run_started_at
 from t3track.fsutil import atomic_write_text
+from t3track.host import backup
 from t3track.redact import redact
-from t3track.state import StateStore, iso, utcnow
+from t3track.state import StateStore
 
 NOTIFY_STATE_FILE = "notify.json"
-RUN_EVENTS = ("refused", "rolled_back", "critical")
 PLACEHOLDERS = ("event", "outcome", "host", "from", "to", "candidate", "gate", "user", "reason", "evidence", "run_id")
 
 
@@ -67,7 +67,7 @@ def body_for(config: Config, event: str, report: Any, **extra: Any) -> dict[str,
     body: dict[str, Any] = {
         "host": host_name(config.notify),
         "event": event,
-        "outcome": getattr(report, "outcome", None),
+        "outcome": str(report.outcome) if report is not None else None,
         "from": getattr(report, "from_version", None),
         "to": getattr(report, "to_version", None),
         "candidate": getattr(report, "candidate", None),
@@ -157,8 +157,9 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
     state = store.load()
     frozen = state.frozen.reason if state.frozen is not None else None
     found: list[Notification] = []
-    if report.outcome in RUN_EVENTS:
-        found.append(Notification(report.outcome, body_for(config, report.outcome, report, frozen=frozen)))
+    event = report.notify_event  # refused, rolled_back, critical (a drill: critical only)
+    if event is not None:
+        found.append(Notification(event, body_for(config, event, report, frozen=frozen)))
     for event in _freeze_expiries(store, report):
         found.append(Notification("freeze_expired", body_for(
             config, "freeze_expired", report, gate=None, user=None,

@@ -1,6 +1,7 @@
 """Terminal output: rich tables on a terminal, plain lines otherwise (journald), JSON for scripts.
 
-Only the CLI uses this module; the core never prints.
+Only the CLI uses this module; the core never prints. rich is imported only when a terminal will
+show it, so plain runs (the timer, pipes, `--json`) start fast.
 """
 
 from __future__ import annotations
@@ -10,67 +11,113 @@ import os
 import sys
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Under systemd (JOURNAL_STREAM) or a pipe: no colour, no wrapping of long log lines.
-    return Console(file=stream, soft_wrap=True, highlight=False,
-                   no_color=bool(os.environ.get("NO_COLOR")) or None)
+from t3track.results import to_jsonable
 
 
 class Out:
     def __init__(self, as_json: bool):
         self.as_json = as_json
-        self.console = _console()
-        self.err = _console(stderr=True)
 
     @property
     def rich(self) -> bool:
-        return self.console.is_terminal and not self.as_json
+        return sys.stdout.isatty() and not self.as_json
 
     def json(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(document, indent=2, default=str, sort_keys=False) + "\n")
+        sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
 
     def line(self, text: str = "") -> None:
         if not self.as_json:
-            self.console.print(text, markup=False)
+            print(text, flush=True)
 
     def info(self, text: str) -> None:
         """Progress for long steps: always to stderr, so --json stdout stays one document."""
-        self.err.print(text, markup=False)
+        print(text, file=sys.stderr, flush=True)
 
     def error(self, text: str) -> None:
+        # under systemd, <3> makes journald store the line at priority err
         prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
-        self.err.print(f"{prefix}error: {text}", markup=False)
+        print(f"{prefix}error: {text}", file=sys.stderr, flush=True)
+
+    def warning(self, text: str) -> None:
+        prefix = "<4>" if os.environ.get("JOURNAL_STREAM") else ""
+        print(f"{prefix}warning: {text}", file=sys.stderr, flush=True)
+
+    def hint(self, text: str) -> None:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    def fields(self, rows: list[tuple[str, str]]) -> None:
+        """Label/value lines, labels padded to one column."""
+        width = max((len(label) for label, _ in rows), default=0) + 2
+        for label, value in rows:
+            self.line(f"{label:<{width}}{value}")
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self.as_json:
             return
         if self.rich:
+            from rich.console import Console
+            from rich.table import Table
+
             table = Table(title=title, title_justify="left")
             for column in columns:
                 table.add_column(column)
             for row in rows:
                 table.add_row(*["" if v is None else str(v) for v in row])
-            self.console.print(table)
+            Console(soft_wrap=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None).print(table)
         else:
-            self.console.print(f"{title}:", markup=False)
+            self.line(f"{title}:")
             for row in rows:
-                self.console.print("  " + "  ".join(f"{c}={'' if v is None else v}" for c, v in zip(columns, row)),
-                                   markup=False)
+                self.line("  " + "  ".join(f"{c}={'' if v is None else v}" for c, v in zip(columns, row)))
 
 
-def human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0, int(seconds))
-    if seconds >= 86400:
-        return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+def details(event: dict[str, Any], skip: set[str]) -> str:
+    """A history event's fields as `key=value` text: lists joined with commas, empty values left out."""
+    parts = []
+    for key, value in event.items():
+        if key in skip or value in (None, "", [], {}):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}:{v}" for k, v in value.items())
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def events_table(out: Out, title: str, events: list[dict[str, Any]], *, with_by: bool) -> None:
+    skip = {"at", "event", "by"} if with_by else {"at", "event", "by", "run_id", "gates"}
+    columns = ["at", "event", "by", "details"] if with_by else ["at", "event", "details"]
+    out.table(title, columns, [[e.get("at"), e.get("event"), *([e.get("by") or ""] if with_by else []),
+                                details(e, skip)] for e in events])
+
+
+def gates_table(out: Out, gates: list[Any]) -> None:
+    """Gate results, from a report or read back from its result.json (the same JSON shape)."""
+    rows = [to_jsonable(g) for g in gates]
+    out.table("gates", ["gate", "user", "outcome", "time", "detail"],
+              [[g.get("name"), g.get("user"), g.get("outcome"), f"{g.get('duration_s') or 0:.1f}s", g.get("detail")]
+               for g in rows])
+
+
+def steps_table(out: Out, steps: list[Any]) -> None:
+    rows = [to_jsonable(s) for s in steps]
+    out.table("steps", ["step", "at", "time"],
+              [[s.get("name"), f"+{s.get('at_s') or 0:.2f}s", f"{s.get('duration_s') or 0:.2f}s"] for s in rows])
+
+
+def render_run(out: Out, report: Any) -> int:
+    """A run's report (night, dry run, adopt, revert, drill): its notes, gates and verdict; returns its exit code."""
+    if out.as_json:
+        out.json(report)
+    else:
+        if report.recovered:
+            out.line(f"recovered: {report.recovered}")
+        for note in report.notes:
+            out.line(f"  note: {note}")
+        if report.gates:
+            gates_table(out, report.gates)
+        verb = "dry-run" if report.dry_run else str(report.outcome)
+        out.line(f"{verb}: {report.reason}")
+        if report.evidence:
+            out.line(f"evidence: {report.evidence}")
+    return int(report.exit_code)

@@ -12,14 +12,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import aftermath as afterrun, night, versions
-from t3track.host import install
-from t3track.night import swap
+from t3track import versions
+from t3track.clock import stamp
 from t3track.config import Config
-from t3track.errors import ExitCode, UsageError
+from t3track.errors import UsageError
 from t3track.fsutil import fsync_dir
+from t3track.host import install, tree
 from t3track.host.registry import RegistryClient
-from t3track.state import StateStore, operator_name, utcnow
+from t3track.night import ledger, recovery, swap
+from t3track.night.report import NightReport
+from t3track.results import new_run_id
+from t3track.state import StateStore, operator_name
 
 
 def _handmade_version(config: Config, directory: Path) -> str | None:
@@ -36,13 +39,13 @@ def _handmade_version(config: Config, directory: Path) -> str | None:
 def _move_handmade(config: Config, progress: Callable[[str], None]) -> None:
     """Move a plain-directory root/current into versions/ (under its own version when it can be
     read) and point a `current` symlink at it."""
-    current = config.root / "current"
+    current = tree.current_link(config)
     if current.is_symlink() or not current.is_dir():
         return
     found = _handmade_version(config, current)
-    vdir = config.root / "versions"
+    vdir = tree.versions_dir(config)
     vdir.mkdir(parents=True, exist_ok=True)
-    name = found if found and not (vdir / found).exists() else f"handmade-{utcnow().strftime('%Y%m%dT%H%M%SZ')}"
+    name = found if found and not (vdir / found).exists() else f"handmade-{stamp()}"
     progress(f"moving the hand-made {current} to {vdir / name}")
     os.rename(current, vdir / name)
     # at once point current at the moved tree, so a kill here leaves the old layout working
@@ -51,11 +54,11 @@ def _move_handmade(config: Config, progress: Callable[[str], None]) -> None:
 
 
 def adopt(config: Config, store: StateStore, version: str, *, client: RegistryClient | None = None,
-          by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> night.NightReport:
+          by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> NightReport:
     versions.require_valid(version)
-    run_id = night.new_run_id()
+    run_id = new_run_id()
     with store.lock():
-        night.recover_or_refuse(config, store, progress)
+        recovery.recover_or_refuse(config, store, progress)
         state = store.load()
         if state.current is not None:
             raise UsageError(f"t3track already manages this host (current {state.current})",
@@ -68,26 +71,13 @@ def adopt(config: Config, store: StateStore, version: str, *, client: RegistryCl
         install.ensure_installed(config, version, packument.versions[version], registry_url=client.base_url,
                                  client=client, progress=progress)
         _move_handmade(config, progress)
-        from_version = swap.current_version(config)  # what serves now, if it is a known version
+        from_version = tree.current_version(config)  # what serves now, if it is a known version
         if from_version is not None and not (versions.is_valid(from_version)
-                                             and swap.prefix_of(config, from_version).is_dir()):
+                                             and tree.prefix_of(config, from_version).is_dir()):
             from_version = None
-        result = swap.swap_to(config, store, run_id=run_id, from_version=from_version, to_version=version,
-                              kind="adopt", progress=progress)
-        who = by or operator_name()
-        if result.outcome == "swapped":
-            night.settle(config, store, "adopt", from_version, version, run_id)
-            report = night.NightReport("swapped", ExitCode.OK, run_id, f"adopted {version}", version, from_version,
-                                       version, gates=result.live)
-        elif result.outcome == "rolled_back":
-            night.settle_rollback(store, "adopt", from_version)
-            report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, version, from_version,
-                                       from_version, gates=result.live + result.rollback_live)
-        else:
-            report = night.NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, version, from_version,
-                                       None, gates=result.live + result.rollback_live)
-        report.timings.update(result.timings)
-        store.record("adopt", by=who, run_id=run_id, version=version, outcome=report.outcome,
-                     **{"from": from_version}, reason=report.reason, exit_code=int(report.exit_code))
-        afterrun.after_run(config, store, report, nightly=False)  # evidence, notifications, metrics
+        plan = swap.plan_swap(store, run_id=run_id, from_version=from_version, to_version=version, kind="adopt")
+        moved = swap.swap_and_verify(config, store, plan, progress)
+        report = ledger.conclude(config, store, "adopt", moved, run_id=run_id)
+        ledger.record_run(config, store, report, event="adopt", by=by or operator_name(), nightly=False,
+                          details={"version": version, "from": from_version})
         return report

@@ -1,4 +1,4 @@
-"""Operator actions on control state: freeze, pin, deny and their inverses, status and history.
+"""Operator actions on control state: freeze, pin, deny and their inverses.
 
 Every change takes the run lock (a run in progress gets exit 75) and is recorded in history
 with who and why.
@@ -6,37 +6,20 @@ with who and why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timedelta
 
-from t3track.host import install
 from t3track import versions
-from t3track.config import Config
+from t3track.clock import iso, parse_iso, utcnow
 from t3track.errors import UsageError
-from t3track.state import Denial, Freeze, Pin, State, StateStore, iso, operator_name, utcnow
-
-
-def lift_expired_freeze(store: StateStore, state: State, now: datetime | None = None) -> bool:
-    """A freeze with an end lifts itself once the end has passed (call with the lock held)."""
-    now = now or utcnow()
-    if state.frozen is not None and state.frozen.expired(now):
-        ended = state.frozen
-        state.frozen = None
-        store.save(state)
-        store.record("unfreeze", by="t3track", reason=f"freeze expired at {iso(ended.until)}",
-                     frozen_reason=ended.reason, automatic=True)
-        return True
-    return False
+from t3track.state import Denial, Freeze, Pin, StateStore, operator_name
 
 
 def _parse_until(until: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        return parse_iso(until)
     except ValueError:
         raise UsageError(f"--until {until!r} is not an ISO date or time",
                          hint="use e.g. 2026-12-01 or 2026-12-01T06:00:00Z") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def freeze(store: StateStore, *, reason: str, for_: timedelta | None = None, until: str | None = None,
@@ -74,8 +57,9 @@ def pin(store: StateStore, version: str, *, reason: str, by: str | None = None) 
         raise UsageError("--reason must say why")
     with store.lock():
         state = store.load()
-        if state.denial(version):
-            raise UsageError(f"{version} is denied ({state.denial(version).reason})",
+        denial = state.denial(version)
+        if denial is not None:
+            raise UsageError(f"{version} is denied ({denial.reason})",
                              hint=f"run `t3track allow {version}` first if you are sure")
         state.pinned = Pin(version=version, reason=reason, by=by or operator_name(), at=utcnow())
         store.save(state)
@@ -120,94 +104,3 @@ def allow(store: StateStore, version: str, *, by: str | None = None) -> Denial |
         store.save(state)
         store.record("allow", by=by or operator_name(), version=version, was_denied=was is not None)
         return was
-
-
-@dataclass
-class UserStatus:
-    name: str
-    port: int
-    backup_age_s: float | None
-    backup_path: str | None
-
-
-@dataclass
-class Status:
-    current: str | None
-    previous: str | None
-    channel: str
-    package: str
-    pinned: Pin | None
-    frozen: Freeze | None
-    denied: list[Denial]
-    last_run: Any
-    installed: list[str]
-    users: list[UserStatus]
-    current_link: str | None
-    swap_in_progress: bool
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        def dt(value: datetime | None) -> str | None:
-            return iso(value) if value else None
-
-        return {
-            "current": self.current,
-            "previous": self.previous,
-            "channel": self.channel,
-            "package": self.package,
-            "pinned": None if not self.pinned else {
-                "version": self.pinned.version, "reason": self.pinned.reason,
-                "by": self.pinned.by, "at": dt(self.pinned.at)},
-            "frozen": None if not self.frozen else {
-                "reason": self.frozen.reason, "by": self.frozen.by,
-                "at": dt(self.frozen.at), "until": dt(self.frozen.until)},
-            "denied": [{"version": d.version, "reason": d.reason, "gate": d.gate, "at": dt(d.at),
-                        "evidence": d.evidence} for d in self.denied],
-            "last_run": None if not self.last_run else {
-                "at": dt(self.last_run.at), "outcome": self.last_run.outcome,
-                "candidate": self.last_run.candidate, "exit_code": self.last_run.exit_code,
-                "run_id": self.last_run.run_id},
-            "installed": self.installed,
-            "users": [{"name": u.name, "port": u.port, "backup_age_s": u.backup_age_s,
-                       "backup": u.backup_path} for u in self.users],
-            "current_link": self.current_link,
-            "swap_in_progress": self.swap_in_progress,
-            "warnings": self.warnings,
-        }
-
-
-def status(config: Config, store: StateStore) -> Status:
-    """Read-only: never takes the lock, never writes. An expired freeze is shown as lifted."""
-    from t3track.host import backup
-
-    state = store.load()
-    now = utcnow()
-    frozen = None if state.frozen and state.frozen.expired(now) else state.frozen
-    link = config.root / "current"
-    target = None
-    warnings: list[str] = []
-    if link.is_symlink():
-        import os
-        target = os.readlink(link)
-        if not link.exists():
-            warnings.append(f"{link} points at {target}, which does not exist")
-    elif link.exists():
-        warnings.append(f"{link} is a plain directory: run `t3track adopt VERSION` to bring it under t3track")
-    users = []
-    for user in config.users:
-        newest = backup.newest_backup(config, user.name)
-        users.append(UserStatus(user.name, user.port,
-                                newest.age_s(now) if newest else None,
-                                str(newest.path) if newest else None))
-        if newest is None:
-            warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
-        elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
-            warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
-                            f"run `t3track backup --user {user.name}`")
-    journal = store.dir / "journal.json"
-    return Status(
-        current=state.current, previous=state.previous, channel=config.channel, package=config.package,
-        pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
-        installed=install.installed_versions(config), users=users, current_link=target,
-        swap_in_progress=journal.exists(), warnings=warnings,
-    )

@@ -16,7 +16,6 @@ as they were, removes the copy and its snapshots, and is recorded in history as 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -24,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t3track.aftermath import evidence, metrics, notify
-from t3track.night import journal, swap
-from t3track import night, versions
+from t3track import versions
+from t3track.aftermath import evidence
+from t3track.clock import stamp, utcnow
 from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
-from t3track.night.gates import GateResult
-from t3track.state import StateStore, operator_name, utcnow
+from t3track.host import tree
+from t3track.host.services import UserMark
+from t3track.night import journal, ledger, swap
+from t3track.results import GateResult, Outcome, json_key, new_run_id
+from t3track.state import StateStore, operator_name
 
 Progress = Callable[[str], None]
 SIMULATED = "the copy's live check passed and was treated as failed (the only simulated step)"
@@ -58,11 +60,10 @@ class DrillStep:
     duration_s: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DrillReport:
-    outcome: str                       # rolled_back (the drill ran) | critical (the rollback failed)
+    outcome: Outcome                   # rolled_back (the drill ran) | critical (the rollback failed)
     passed: bool                       # rolled back because of the simulated failure, old version verified
-    exit_code: ExitCode
     run_id: str
     reason: str
     version: str
@@ -76,8 +77,21 @@ class DrillReport:
     recovered: str | None = None
     dry_run: bool = False
     simulated: str = SIMULATED
+    kind: str = json_key("kind", default="drill")
+    json_extra = {"exit_code": "exit_code", "from": "from_version", "to": "to_version", "candidate": "candidate",
+                  "max_downtime_s": "max_downtime_s"}
 
-    # the names NightReport readers use
+    @property
+    def exit_code(self) -> ExitCode:
+        """A drill that rolled back as planned is a success (0), unlike a night's rollback."""
+        if self.outcome is Outcome.CRITICAL:
+            return ExitCode.CRITICAL
+        return ExitCode.OK if self.passed else ExitCode.REFUSED
+
+    @property
+    def notify_event(self) -> str | None:
+        return "critical" if self.outcome is Outcome.CRITICAL else None  # a drill that ran is no news
+
     @property
     def candidate(self) -> str:
         return self.copy
@@ -88,26 +102,11 @@ class DrillReport:
 
     @property
     def to_version(self) -> str | None:
-        return self.version if self.outcome == "rolled_back" else None
+        return self.version if self.outcome is Outcome.ROLLED_BACK else None
 
     @property
     def max_downtime_s(self) -> float:
         return max(self.downtime_s.values(), default=0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "drill", "outcome": self.outcome, "passed": self.passed, "exit_code": int(self.exit_code),
-            "run_id": self.run_id, "reason": self.reason, "version": self.version, "copy": self.copy,
-            "from": self.version, "to": self.to_version, "candidate": self.copy, "simulated": self.simulated,
-            "dry_run": False, "evidence": self.evidence, "notes": self.notes,
-            "steps": [{"name": s.name, "at_s": round(s.at_s, 3), "duration_s": round(s.duration_s, 3)}
-                      for s in self.steps],
-            "downtime_s": {u: round(v, 3) for u, v in self.downtime_s.items()},
-            "max_downtime_s": round(self.max_downtime_s, 3),
-            "gates": [{"name": g.name, "user": g.user, "outcome": g.outcome, "duration_s": round(g.duration_s, 3),
-                       "detail": g.detail} for g in self.gates],
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
 
 
 # ---------------------------------------------------------------- planning
@@ -120,7 +119,7 @@ def copy_name(current: str, stamp: str) -> str:
 
 def plan_drill(config: Config, store: StateStore) -> DrillPlan:
     """Read-only: what the drill would do, or a UsageError saying why it must not run now."""
-    if journal.journal_path(store).exists():
+    if store.journal_path.exists():
         raise UsageError("a swap is unfinished (its journal is left); a drill would swap on top of it",
                          hint="run `t3track run` (it recovers the swap first) and check `t3track status`")
     state = store.load()
@@ -130,15 +129,15 @@ def plan_drill(config: Config, store: StateStore) -> DrillPlan:
     if state.current is None:
         raise UsageError("t3track has no current version: nothing to drill",
                          hint="bring the host under t3track with `t3track adopt VERSION` first")
-    live = swap.current_version(config)
+    live = tree.current_version(config)
     if live != state.current:
         raise UsageError(f"{config.root / 'current'} points at {live or 'nothing'} but t3track's current is "
                          f"{state.current}", hint="sort that out first (`t3track status`, runbooks/t3-version-bump.md)")
-    if not swap.prefix_of(config, state.current).is_dir():
-        raise UsageError(f"{state.current} is not installed under {config.root / 'versions'}")
+    if not tree.prefix_of(config, state.current).is_dir():
+        raise UsageError(f"{state.current} is not installed under {tree.versions_dir(config)}")
     if not config.users:
         raise UsageError("no users in the config: there is nothing to swap and roll back")
-    return DrillPlan(state.current, copy_name(state.current, utcnow().strftime("%Y%m%dT%H%M%SZ")),
+    return DrillPlan(state.current, copy_name(state.current, stamp()),
                      [u.name for u in config.users])
 
 
@@ -153,8 +152,8 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_stale_copies(config: Config) -> None:
     """Copies left by a killed drill (never the one `current` points at)."""
-    vdir = config.root / "versions"
-    live = swap.current_version(config)
+    vdir = tree.versions_dir(config)
+    live = tree.current_version(config)
     for entry in vdir.iterdir() if vdir.is_dir() else []:
         if DRILL_TAG not in entry.name or entry.name == live:
             continue
@@ -165,8 +164,8 @@ def _remove_stale_copies(config: Config) -> None:
 
 
 def _make_copy(config: Config, plan: DrillPlan) -> Path:
-    source = swap.prefix_of(config, plan.current)
-    final = swap.prefix_of(config, plan.copy)
+    source = tree.prefix_of(config, plan.current)
+    final = tree.prefix_of(config, plan.copy)
     partial = final.with_name(final.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -199,21 +198,21 @@ class _Timeline:
         return out
 
 
-def downtime(steps: list[DrillStep], users: list[str]) -> dict[str, float]:
-    """Per user: from each `stop <user>'s server` to the end of that user's next passing live check."""
+def downtime(marks: list[UserMark], users: list[str], end: float) -> dict[str, float]:
+    """Per user: from each stop of that user's server to its next passing live check (or `end`)."""
     result = {}
     for user in users:
-        stop = re.compile(rf"^stop {re.escape(user)}'s server$")
-        check = re.compile(rf"^live check {re.escape(user)} on ")
         total, down_since = 0.0, None
-        for step in steps:
-            if stop.match(step.name) and down_since is None:
-                down_since = step.at_s
-            elif check.match(step.name) and down_since is not None:
-                total += step.at_s + step.duration_s - down_since
+        for mark in marks:
+            if mark.user != user:
+                continue
+            if mark.what == "stop" and down_since is None:
+                down_since = mark.at
+            elif mark.what == "verified" and down_since is not None:
+                total += mark.at - down_since
                 down_since = None
-        if down_since is not None:  # stopped and never checked again: down until the drill ended
-            total += (steps[-1].at_s + steps[-1].duration_s) - down_since
+        if down_since is not None:  # stopped and never checked again: down until the swap ended
+            total += end - down_since
         result[user] = total
     return result
 
@@ -223,71 +222,51 @@ def downtime(steps: list[DrillStep], users: list[str]) -> dict[str, float]:
 
 def run_drill(config: Config, store: StateStore, *, by: str | None = None,
               progress: Progress = lambda _: None) -> DrillReport:
-    run_id = night.new_run_id()
+    run_id = new_run_id()
     who = by or operator_name()
     with store.lock():
         plan = plan_drill(config, store)  # again, under the lock
         timeline = _Timeline(evidence.teed_progress(store, run_id, progress))
         _remove_stale_copies(config)
-        timeline(f"copy {swap.prefix_of(config, plan.current)} to {swap.prefix_of(config, plan.copy)}")
+        timeline(f"copy {tree.prefix_of(config, plan.current)} to {tree.prefix_of(config, plan.copy)}")
         _make_copy(config, plan)
-        result = swap.swap_to(config, store, run_id=run_id, from_version=plan.current, to_version=plan.copy,
-                              kind="drill", simulate_live_failure=True, progress=timeline)
-        swap_end = time.monotonic() - timeline.started
-        if result.outcome == "rolled_back":
+        moved = swap.swap_and_verify(config, store, swap.plan_swap(
+            store, run_id=run_id, from_version=plan.current, to_version=plan.copy, kind="drill",
+            simulate_live_failure=True), timeline)
+        swap_end = time.monotonic()
+        if moved.outcome == "rolled_back":
             timeline("clean up: journal, the copy and its snapshots")
             journal.remove(store)
-            _remove_tree(swap.prefix_of(config, plan.copy))
-            shutil.rmtree(store.dir / "snapshots" / run_id, ignore_errors=True)
-        end = time.monotonic() - timeline.started
-        steps = timeline.steps(end)
-        # downtime is measured on the swap's own steps, not on our clean-up afterwards
-        down = downtime([s for s in steps if s.at_s < swap_end], plan.users)
-        report = _report(run_id, plan, result, steps, down)
+            _remove_tree(tree.prefix_of(config, plan.copy))
+            shutil.rmtree(store.snapshot_dir(run_id), ignore_errors=True)
+        steps = timeline.steps(time.monotonic() - timeline.started)
+        # downtime is measured on the swap's own marks, not on our clean-up afterwards
+        report = _report(run_id, plan, moved, steps, downtime(moved.marks, plan.users, swap_end))
         report.evidence = str(evidence.evidence_dir(store, run_id))
-        store.record("drill", by=who, run_id=run_id, outcome=report.outcome, passed=report.passed,
-                     version=plan.current, copy=plan.copy, reason=report.reason, exit_code=int(report.exit_code),
-                     downtime_s=round(report.max_downtime_s, 3), simulated=SIMULATED,
-                     restored=result.restored_users)
-        _after(config, store, report)
+        ledger.record_run(config, store, report, event="drill", by=who, nightly=False, details={
+            "passed": report.passed, "version": plan.current, "copy": plan.copy,
+            "downtime_s": round(report.max_downtime_s, 3), "simulated": SIMULATED, "restored": moved.restored_users})
         return report
 
 
 def _report(run_id: str, plan: DrillPlan, result: swap.SwapResult, steps: list[DrillStep],
             down: dict[str, float]) -> DrillReport:
     real_failure = next((g for g in result.live if g.outcome != "pass"), None)
-    gates = result.live + result.rollback_live
+    common: dict[str, Any] = {"run_id": run_id, "version": plan.current, "copy": plan.copy, "steps": steps, "downtime_s": down,
+              "gates": result.live + result.rollback_live, "timings": result.timings}
     if result.outcome == "critical":
-        return DrillReport("critical", False, ExitCode.CRITICAL, run_id,
-                           f"the rollback failed: {result.reason}; t3track froze itself and kept its journal",
-                           plan.current, plan.copy, steps, down, gates, result.timings,
-                           notes=["see runbooks/t3-version-bump.md (manual rollback), then `t3track unfreeze`"])
+        return DrillReport(outcome=Outcome.CRITICAL, passed=False,
+                           reason=f"the rollback failed: {result.reason}; t3track froze itself and kept its journal",
+                           notes=["see runbooks/t3-version-bump.md (manual rollback), then `t3track unfreeze`"],
+                           **common)
     if real_failure is not None or len(result.live) < len(plan.users):
         why = real_failure.detail if real_failure else result.reason
-        return DrillReport("rolled_back", False, ExitCode.REFUSED, run_id,
-                           f"the rollback worked, but the copy of {plan.current} failed its live check for real "
-                           f"({why}): a swap on this host fails even without a new version",
-                           plan.current, plan.copy, steps, down, gates, result.timings)
-    if result.restored_users:
-        note = [f"restored the databases of {', '.join(result.restored_users)} from the pre-swap snapshots "
-                "(for real, as a rollback of a migrating version would; writes made while the copy served are undone)"]
-    else:
-        note = []
-    return DrillReport("rolled_back", True, ExitCode.OK, run_id,
-                       f"swapped to a copy of {plan.current} and rolled back to {plan.current}; every live check "
-                       f"passed; longest downtime {max(down.values(), default=0):.1f}s",
-                       plan.current, plan.copy, steps, down, gates, result.timings, notes=note)
-
-
-def _after(config: Config, store: StateStore, report: DrillReport) -> None:
-    """Evidence, metrics and (for a failed rollback only) a notification; never raises."""
-    try:
-        evidence.write_result(store, report.run_id, evidence.result_document(report))
-    except OSError as exc:
-        report.notes.append(f"evidence not written: {exc}")
-    if report.outcome == "critical" and config.notify is not None:
-        deliveries = notify.send(config, notify.Notification("critical", notify.body_for(config, "critical", report)))
-        report.notes.extend(notify.deliveries_problems(deliveries))
-    problem = metrics.write_quietly(config, store).problem
-    if problem:
-        report.notes.append(problem)
+        return DrillReport(outcome=Outcome.ROLLED_BACK, passed=False,
+                           reason=f"the rollback worked, but the copy of {plan.current} failed its live check for "
+                           f"real ({why}): a swap on this host fails even without a new version", **common)
+    note = [f"restored the databases of {', '.join(result.restored_users)} from the pre-swap snapshots (for real, "
+            "as a rollback of a migrating version would; writes made while the copy served are undone)"] \
+        if result.restored_users else []
+    return DrillReport(outcome=Outcome.ROLLED_BACK, passed=True,
+                       reason=f"swapped to a copy of {plan.current} and rolled back to {plan.current}; every live "
+                       f"check passed; longest downtime {max(down.values(), default=0):.1f}s", notes=note, **common)

@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from t3track import aftermath as afterrun, night, versions
-from t3track.host import backup, install
-from t3track.night import swap
+from t3track import versions
 from t3track.config import Config
-from t3track.errors import ExitCode, UsageError
+from t3track.errors import UsageError
+from t3track.host import sqlite, tree
+from t3track.night import ledger, recovery, swap
+from t3track.night.report import NightReport
+from t3track.results import new_run_id
 from t3track.state import StateStore, operator_name
 
 
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
-           by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> night.NightReport:
+           by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> NightReport:
     if to is not None:
         versions.require_valid(to, "--to")
-    run_id = night.new_run_id()
+    run_id = new_run_id()
     with store.lock():
-        night.recover_or_refuse(config, store, progress)
+        recovery.recover_or_refuse(config, store, progress)
         state = store.load()
         current = state.current
         if current is None:
@@ -36,9 +38,9 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                              "manual rollback in runbooks/t3-version-bump.md")
         if target == current:
             raise UsageError(f"{target} is already current")
-        if not swap.prefix_of(config, target).is_dir():
-            raise UsageError(f"{target} is not installed under {config.root / 'versions'}",
-                             hint="installed: " + (", ".join(install.installed_versions(config)) or "none"))
+        if not tree.prefix_of(config, target).is_dir():
+            raise UsageError(f"{target} is not installed under {tree.versions_dir(config)}",
+                             hint="installed: " + (", ".join(tree.installed_versions(config)) or "none"))
         restore_from = None
         warnings = []
         snapshot = Path(state.current_snapshot) if state.current_snapshot else None
@@ -55,32 +57,20 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
             restore_from = snapshot
         elif snapshot is not None and snapshot.is_dir():
             for user in config.users:
-                before = backup.max_migration_id(snapshot / user.name / "state.sqlite")
-                now = backup.max_migration_id(user.base_dir / "userdata" / "state.sqlite")
+                before = sqlite.max_migration_id(snapshot / user.name / "state.sqlite")
+                now = sqlite.max_migration_id(user.base_dir / "userdata" / "state.sqlite")
                 if before is not None and now is not None and now > before:
                     warnings.append(f"{user.name}'s database has migrations up to {now}, newer than the {before} "
                                     f"that {target} knew; {target} may hide or fail to read data "
                                     f"(use --restore-state to go back to the pre-swap database)")
-        result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=target, kind="revert",
-                              restore_from=restore_from, progress=progress)
+        plan = swap.plan_swap(store, run_id=run_id, from_version=current, to_version=target, kind="revert",
+                              restore_from=restore_from)
+        moved = swap.swap_and_verify(config, store, plan, progress)
         who = by or operator_name()
-        if result.outcome == "swapped":
-            night.settle(config, store, "revert", current, target, run_id, by=who)
-            if restore_state:
-                warnings.append(f"the databases as they were just before this revert are kept in "
-                                f"{store.dir / 'snapshots' / run_id} until the next swap")
-            report = night.NightReport("swapped", ExitCode.OK, run_id, f"reverted {current} -> {target}", target,
-                                       current, target, gates=result.live, notes=warnings)
-        elif result.outcome == "rolled_back":
-            night.settle_rollback(store, "revert", current)
-            report = night.NightReport("rolled_back", ExitCode.REFUSED, run_id, result.reason, target, current,
-                                       current, gates=result.live + result.rollback_live, notes=warnings)
-        else:
-            report = night.NightReport("critical", ExitCode.CRITICAL, run_id, result.reason, target, current, None,
-                                       gates=result.live + result.rollback_live, notes=warnings + [night.CRITICAL_NOTE])
-        report.timings.update(result.timings)
-        store.record("revert", by=who, run_id=run_id, outcome=report.outcome, **{"from": current}, to=target,
-                     restore_state=restore_state, restored=result.restored_users, reason=report.reason,
-                     exit_code=int(report.exit_code))
-        afterrun.after_run(config, store, report, nightly=False)  # evidence, notifications, metrics
+        if moved.outcome == "swapped" and restore_state:
+            warnings.append(f"the databases as they were just before this revert are kept in "
+                            f"{store.snapshot_dir(run_id)} until the next swap")
+        report = ledger.conclude(config, store, "revert", moved, run_id=run_id, notes=warnings, by=who)
+        ledger.record_run(config, store, report, event="revert", by=who, nightly=False, details={
+            "from": current, "to": target, "restore_state": restore_state, "restored": moved.restored_users})
         return report

@@ -24,10 +24,9 @@ from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
 from t3track.host.registry import VersionInfo, registry_token
+from t3track.host.tree import PARTIAL_SUFFIX, REMOVING_SUFFIX, installed_versions, live_targets, versions_dir
 from t3track.state import State
 
-PARTIAL_SUFFIX = ".partial"
-REMOVING_SUFFIX = ".removing"
 INSTALL_DIR_MODE = 0o755  # the users' servers run the installed executable: readable by them
 
 
@@ -46,21 +45,8 @@ class TarballSource(Protocol):
     def tarball(self, url: str) -> bytes: ...
 
 
-def versions_dir(config: Config) -> Path:
-    return config.root / "versions"
-
-
 def installed_prefix(config: Config, version: str) -> Path:
     return versions_dir(config) / versions.require_valid(version)
-
-
-def installed_versions(config: Config) -> list[str]:
-    """Complete installs under root/versions (names that are versions), oldest first."""
-    try:
-        names = [p.name for p in versions_dir(config).iterdir() if p.is_dir() and not p.is_symlink()]
-    except FileNotFoundError:
-        return []
-    return sorted((n for n in names if versions.is_valid(n)), key=versions.sort_key)
 
 
 def sri_sha512(data: bytes) -> str:
@@ -209,7 +195,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _discard_bad_install(config: Config, final: Path, partial: Path, problem: IntegrityError) -> None:
-    if _live_targets(config) & {final.name}:
+    if live_targets(config) & {final.name}:
         raise EnvironmentFault(f"the live install {final} fails verification: {problem.message}",
                                hint="investigate before anything replaces it; `t3track status` shows what is live")
     _remove_tree(partial)
@@ -244,14 +230,6 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def _live_targets(config: Config) -> set[str]:
-    """Names under root/versions that the `current` symlink points at (whatever state.json says)."""
-    current = config.root / "current"
-    if not current.is_symlink():
-        return set()
-    return {Path(os.readlink(current)).name}
-
-
 def prune(config: Config, state: State) -> list[str]:
     """Remove old installs beyond keep_versions; never current, previous, the pin or the live target.
 
@@ -264,7 +242,7 @@ def prune(config: Config, state: State) -> list[str]:
         if leftover.name.endswith((PARTIAL_SUFFIX, REMOVING_SUFFIX)) and not leftover.is_symlink():
             _remove_tree(leftover)
     protected = {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
-    protected |= _live_targets(config)
+    protected |= live_targets(config)
     others = [v for v in reversed(installed_versions(config)) if v not in protected]  # newest first
     removed = []
     for version in others[config.keep_versions:]:

@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,6 @@ class ProbeResult:
         if self.ok:
             return None
         return f"{gate}:{self.step}:{self.status if self.status is not None else '-'}:{self.kind or 'Failed'}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SessionCookie:
@@ -208,7 +205,7 @@ class _Session:
     def record(self, name: str, ok: bool, status: int | None, detail: str, started: float) -> None:
         self.steps.append(ProbeStep(name, ok, status, self.clean(detail), round(time.monotonic() - started, 3)))
 
-    def failed(self, failed: "_StepFailed", started: float, cookie_name: str | None = None,
+    def failed(self, failed: _StepFailed, started: float, cookie_name: str | None = None,
                exchange_path: str | None = None) -> ProbeResult:
         if not self.steps or self.steps[-1].name != failed.step:  # no answer at all: not recorded yet
             self.steps.append(ProbeStep(failed.step, False, failed.status, self.clean(failed.detail), 0.0))
@@ -263,7 +260,7 @@ def _credential_from(stdout: str) -> str | None:
 def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
           token_fallback: Callable[[], str | None] | None) -> str:
     started = time.monotonic()
-    argv = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"]
+    argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"]
     why: str
     try:
         done = runner.run(argv, timeout=max(s.timeout, 5.0), env=env if env is not None else _default_env(run_as),

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -82,7 +82,7 @@ def parse_time(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class RegistryClient:
@@ -112,7 +112,7 @@ class RegistryClient:
                                   follow_redirects=True, headers={"User-Agent": "t3track"})
 
     @classmethod
-    def for_config(cls, config: Config, **kwargs: Any) -> "RegistryClient":
+    def for_config(cls, config: Config, **kwargs: Any) -> RegistryClient:
         """The client night.py wants: URL from config or npm, token from the environment."""
         kwargs.setdefault("token", registry_token())
         return cls(resolve_registry_url(config), config.state_dir / "registry-cache", **kwargs)
@@ -120,7 +120,7 @@ class RegistryClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-from t3track.host.backup import DB_FILES, STAMP_FORMAT, BackupError, BackupInfo, BackupMismatch, manifest_files
+from t3track.clock import stamp as time_stamp
 from t3track.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
+from t3track.host.manifest import DB_FILES, BackupError, BackupInfo, BackupMismatch, manifest_files
 
 _CHUNK = 1 << 20
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -50,11 +50,11 @@ def _verified_copy(backup: BackupInfo, name: str, entry: dict, dest: Path) -> Pa
             os.fsync(out.fileno())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise BackupError(f"{backup.user}: cannot restore {name} from {backup.path}: {exc}",
+        raise BackupError(user=backup.user, detail=f"cannot restore {name} from {backup.path}: {exc}",
                           hint=f"check that {dest.parent} is writable and has room") from None
     if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
         tmp.unlink(missing_ok=True)
-        raise BackupMismatch(f"{backup.user}: {source} does not match its manifest "
+        raise BackupMismatch(user=backup.user, detail=f"{source} does not match its manifest "
                              f"({size} bytes, sha256 {digest.hexdigest()[:12]}...; manifest: {entry['size']} bytes, "
                              f"{entry['sha256'][:12]}...); refusing to restore a damaged or changed backup",
                              hint="restore from another backup (`ls` the backup dir) and keep this one for inspection")
@@ -82,7 +82,7 @@ def restore_database(backup: BackupInfo, dest_userdata: Path, *,
             raise BackupError(f"restore: {name!r} is not a T3 database file name (known: {', '.join(DB_FILES)})")
     wanted = [name for name in files if name in entries]
     if not wanted:
-        raise BackupMismatch(f"{backup.user}: backup {backup.path} holds none of {', '.join(files)}")
+        raise BackupMismatch(user=backup.user, detail=f"backup {backup.path} holds none of {', '.join(files)}")
     make_private_dirs(dest_userdata)
     temps: dict[str, Path] = {}
     try:
@@ -92,7 +92,7 @@ def restore_database(backup: BackupInfo, dest_userdata: Path, *,
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
         raise
-    stamp = datetime.now(timezone.utc).strftime(STAMP_FORMAT)
+    stamp = time_stamp()
     try:
         for name in files:
             dest = dest_userdata / name
@@ -106,7 +106,7 @@ def restore_database(backup: BackupInfo, dest_userdata: Path, *,
                         os.rename(f"{dest}{suffix}", f"{aside}{suffix}")
         fsync_dir(dest_userdata)
     except OSError as exc:
-        raise BackupError(f"{backup.user}: restoring {dest_userdata} from {backup.path} failed halfway: {exc}",
+        raise BackupError(user=backup.user, detail=f"restoring {dest_userdata} from {backup.path} failed halfway: {exc}",
                           hint=f"the servers must stay stopped; retry the restore, then check {dest_userdata}") from None
     finally:
         for tmp in temps.values():

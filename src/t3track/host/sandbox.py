@@ -20,17 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t3track.host import backup as backup_mod
-from t3track.host import probe
 from t3track import runner
 from t3track.config import Config, UserConfig
 from t3track.errors import ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
+from t3track.host import backup as backup_mod
+from t3track.host import probe, restore
+from t3track.host.sqlite import Migration, database_migrations
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
 COPIED_DIRS = ("secrets",)
-DATABASES = ("statev2.sqlite", "state.sqlite")  # newer builds move to statev2 on first start
 PORT_ATTEMPTS = 3
 POLL_S = 0.1
 LOG_TAIL_LINES = 30
@@ -47,44 +47,6 @@ class SandboxFailed(T3TrackError):
         self.reason = reason  # setup | exit | timeout | wrong-version
         self.log_tail = log_tail
         self.evidence = evidence
-
-
-@dataclass(frozen=True)
-class Migration:
-    id: int
-    name: str
-
-    @property
-    def label(self) -> str:
-        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
-        return f"{self.id}_{self.name}"
-
-
-def read_migrations(db_path: Path) -> list[Migration]:
-    """Rows of effect_sql_migrations (forward-only; PRAGMA user_version stays 0), [] when absent."""
-    if not db_path.is_file():
-        return []
-    try:
-        connection = sqlite3.connect(db_path.absolute().as_uri() + "?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return []
-    try:
-        rows = connection.execute(
-            "SELECT migration_id, name FROM effect_sql_migrations ORDER BY migration_id").fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        connection.close()
-    return [Migration(int(row[0]), str(row[1])) for row in rows]
-
-
-def database_migrations(userdata: Path) -> list[Migration]:
-    """The migrations of the database the server uses (statev2 when a build has moved to it)."""
-    for name in DATABASES:
-        rows = read_migrations(userdata / name)
-        if rows:
-            return rows
-    return []
 
 
 def free_port() -> int:
@@ -244,7 +206,7 @@ class SandboxServer:
         """The candidate's redacted log (written when the sandbox stops)."""
         return self.evidence_dir / f"{self.user}.sandbox-serve.log"
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -271,7 +233,7 @@ def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
     server.backup_path = newest.path
     userdata = ensure_private_dir(server.userdata)
     ensure_private_dir(server.home)
-    backup_mod.restore_database(newest, userdata)
+    restore.restore_database(newest, userdata)
     server.copied = _copy_live_files(Path(user.base_dir) / "userdata", userdata)
     (userdata / "server-runtime.json").unlink(missing_ok=True)  # never point at production
     server.migrations_before = database_migrations(userdata)
@@ -288,7 +250,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
     for attempt in range(PORT_ATTEMPTS):
         chosen = port if (port is not None and attempt == 0) else free_port()
         url = f"http://127.0.0.1:{chosen}"
-        argv = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
+        argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
                 "--no-browser"]
         started = time.monotonic()
         process = runner.start(argv, log_path=raw_log, env=server.env, cwd=server.home, run_as=server.run_as)
@@ -334,6 +296,7 @@ def _mint_prior_session(server: SandboxServer, current_executable: Path, *, time
     except SandboxFailed as exc:
         server.prior_session_detail = f"the current version did not start on the sandbox: {exc.message}"
         return
+    assert server.url is not None  # set by _start
     try:
         handshake = probe.pairing_handshake(server.url, server.base_dir, current_executable, timeout=probe_timeout,
                                             run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
@@ -399,29 +362,11 @@ def serve_candidate(
         raise
 
 
-class Sandbox:
-    """`with Sandbox(config, user, executable, version, workdir=..., evidence_dir=...) as server:`"""
-
-    def __init__(self, config: Config, user: UserConfig, executable: Path, expected_version: str, *,
-                 workdir: Path, evidence_dir: Path, prior_session_with: Path | None = None):
-        self._args = (config, user, executable, expected_version)
-        self._kwargs = {"workdir": workdir, "evidence_dir": evidence_dir, "prior_session_with": prior_session_with}
-        self.server: SandboxServer | None = None
-
-    def __enter__(self) -> SandboxServer:
-        self.server = serve_candidate(*self._args, **self._kwargs)
-        return self.server
-
-    def __exit__(self, *exc: object) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
 def sweep_stale(workdir: Path) -> list[str]:
     """Remove sandboxes a killed run left in `workdir`, ending their servers first (call with the run
     lock held, so none of them is in use). A sandbox holds a copy of the user's secrets and a raw
     server log with its startup token: it must not outlive its run."""
-    swept = []
+    swept: list[str] = []
     if not workdir.is_dir():
         return swept
     for root in workdir.glob("t3track-sandbox-*"):

@@ -15,52 +15,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from t3track.host import backup as backup_mod
-from t3track.host import probe
 from t3track import versions
+from t3track.clock import as_utc
 from t3track.config import Config, UserConfig
 from t3track.errors import T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
+from t3track.host import probe
+from t3track.host.backup import newest_backup, user_backup_dir
+from t3track.host.manifest import (
+    DB_FILES,
+    MIGRATIONS_TABLE,
+    BackupError,
+    BackupInfo,
+    BackupMismatch,
+    checksum_problem,
+    fix_hint,
+)
 from t3track.host.sandbox import SandboxFailed, SandboxServer, serve_candidate
+from t3track.host.sqlite import max_migration_id, quick_check_problem
+from t3track.host.tree import current_executable
+from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
 
 BACKUP_PRESENT = "backup-present"
 SANDBOX_SERVE = "sandbox-serve"
 PAIRING_PROBE = "pairing-probe"
 SESSIONS_SURVIVE = "sessions-survive"
-
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-
-
-@dataclass
-class GateResult:
-    name: str
-    user: str
-    outcome: str              # pass | fail | inconclusive
-    duration_s: float
-    detail: str               # redacted
-    evidence: str | None = None
-    one_way: list[str] = field(default_factory=list)   # migrations the candidate adds
-    fingerprint: str | None = None                     # how it failed, e.g. pairing-probe:exchange:404:HTTPStatus
-
-    @property
-    def passed(self) -> bool:
-        return self.outcome == PASS
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome == FAIL
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def current_executable(config: Config) -> Path:
-    return config.executable_in(config.root / "current")
-
 
 def _write_json_evidence(evidence_dir: Path, name: str, document: dict[str, Any]) -> Path:
     import json
@@ -94,7 +78,7 @@ class _UserGates:
 
     def backup_present(self) -> GateResult:
         started = time.monotonic()
-        check = backup_mod.check_backup_present(self.config, self.user)
+        check = check_backup_present(self.config, self.user)
         fingerprint = None if check.ok else f"{BACKUP_PRESENT}:backup:-:NoFreshBackup"
         return self._result(BACKUP_PRESENT, PASS if check.ok else FAIL, started, check.detail,
                             evidence=str(check.backup.path) if check.backup else None, fingerprint=fingerprint)
@@ -146,7 +130,7 @@ class _UserGates:
             run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
         server.secrets |= handshake.secrets
         result = handshake.result
-        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", result.to_json())
+        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
         if result.ok:
             return self._result(PAIRING_PROBE, PASS, started, f"{self.user.name}: {result.detail}", evidence=str(path))
         status = f" (HTTP {result.status})" if result.status is not None else ""
@@ -169,7 +153,7 @@ class _UserGates:
         assert server.url is not None
         result = probe.session_still_valid(server.url, server.prior_session,
                                            timeout=self.config.gates.probe_timeout.total_seconds())
-        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{SESSIONS_SURVIVE}.json", result.to_json())
+        path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{SESSIONS_SURVIVE}.json", to_jsonable(result))
         if result.ok:
             return self._result(SESSIONS_SURVIVE, PASS, started,
                                 f"{self.user.name}: a session paired with the current version still "
@@ -180,6 +164,71 @@ class _UserGates:
                   + f"; step {result.step}: {result.detail}")
         return self._result(SESSIONS_SURVIVE, INCONCLUSIVE, started, detail, evidence=str(path),
                             one_way=one_way, fingerprint=result.fingerprint(SESSIONS_SURVIVE))
+
+
+# ---------------------------------------------------------------- backup-present
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    ok: bool
+    detail: str
+    backup: BackupInfo | None
+
+
+def _age_text(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def check_backup_present(config: Config, user: UserConfig, *, now: datetime | None = None) -> GateCheck:
+    """The backup-present gate for one user: fresh, matching its manifest, sound, not behind the live db."""
+    moment = as_utc(now)
+    name = user.name
+    backup = newest_backup(config, name)
+    if backup is None:
+        return GateCheck(False, f"{name}: no backup in {user_backup_dir(config, name)}; {fix_hint(name)}", None)
+    where = f"{name}: backup {backup.path}"
+    max_age = config.gates.backup_max_age
+    if backup.age_s(moment) > max_age.total_seconds():
+        return GateCheck(False, f"{where} is {_age_text(backup.age_s(moment))} old, older than "
+                         f"gates.backup_max_age ({_age_text(max_age.total_seconds())}); {fix_hint(name)}", backup)
+    try:
+        problem = checksum_problem(backup)
+    except BackupMismatch as exc:
+        problem = exc.detail
+    if problem:
+        return GateCheck(False, f"{where} does not match its manifest ({problem}): it was damaged or changed; "
+                         f"{fix_hint(name)}", backup)
+    files = backup.files
+    live_userdata = user.base_dir / "userdata"
+    for db in DB_FILES:
+        if db not in files and (live_userdata / db).is_file():
+            return GateCheck(False, f"{where} lacks {db}, which the live state has; {fix_hint(name)}", backup)
+    summary = []
+    for db in files:
+        problem = quick_check_problem(backup.path / db)
+        if problem:
+            return GateCheck(False, f"{where}: {db} fails PRAGMA quick_check ({problem}); {fix_hint(name)}", backup)
+        try:
+            have = max_migration_id(backup.path / db)
+            live = max_migration_id(live_userdata / db) if (live_userdata / db).is_file() else None
+        except BackupError as exc:
+            return GateCheck(False, f"{name}: {exc.message}; {exc.hint}", backup)
+        if have is None:
+            return GateCheck(False, f"{where}: {db} has no {MIGRATIONS_TABLE} table, so it is not a T3 state "
+                             f"database; check users[].base_dir, then {fix_hint(name)}", backup)
+        if live is not None and have < live:
+            return GateCheck(False, f"{where}: {db} has migrations up to {have} but the live database has "
+                             f"{live} (migrated since the backup); {fix_hint(name)}", backup)
+        summary.append(f"{db} migrations up to {have}")
+    return GateCheck(True, f"{where} is {_age_text(backup.age_s(moment))} old and verified "
+                     f"({', '.join(summary)})", backup)
+
+
+# ---------------------------------------------------------------- all gates
 
 
 def run_gates(

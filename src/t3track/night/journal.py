@@ -10,15 +10,13 @@ import os
 import signal
 from datetime import datetime
 from enum import Enum
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from t3track.clock import utcnow
 from t3track.errors import CriticalError
 from t3track.fsutil import atomic_write_text, fsync_dir
-from t3track.state import StateStore, utcnow
-
-JOURNAL_FILE = "journal.json"
+from t3track.state import StateStore
 
 
 class Phase(str, Enum):
@@ -31,6 +29,12 @@ class Phase(str, Enum):
     ROLLING_BACK = "rolling_back"  # undoing: stop, flip back, restore, start, verify old
 
 
+class RollbackCause(str, Enum):
+    LIVE_CHECK = "live-check"      # the candidate failed a live check: a nightly candidate is denied for it
+    STEP = "step"                  # a stop/snapshot/flip/start step failed: maybe the host's fault
+    DRILL = "drill"                # the drill's simulated failure
+
+
 class Journal(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -41,14 +45,11 @@ class Journal(BaseModel):
     phase: Phase
     snapshot_dir: str | None = None
     rollback_reason: str | None = None
+    rollback_cause: RollbackCause | None = None
     simulate_live_failure: bool = False  # the drill
     restore_from: str | None = None  # revert --restore-state: snapshots to restore before starting
     started_at: datetime
     updated_at: datetime
-
-
-def journal_path(store: StateStore) -> Path:
-    return store.dir / JOURNAL_FILE
 
 
 # Fault injection for the kill-at-every-phase tests: the process SIGKILLs itself right after writing
@@ -61,14 +62,14 @@ def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Jo
         journal.phase = phase
     journal.updated_at = utcnow()
     store.ensure()
-    atomic_write_text(journal_path(store), journal.model_dump_json(indent=2) + "\n")
+    atomic_write_text(store.journal_path, journal.model_dump_json(indent=2) + "\n")
     if os.environ.get(FAULT_KILL_ENV) == journal.phase.value:
         os.kill(os.getpid(), signal.SIGKILL)
     return journal
 
 
 def read(store: StateStore) -> Journal | None:
-    path = journal_path(store)
+    path = store.journal_path
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -86,7 +87,7 @@ def read(store: StateStore) -> Journal | None:
 
 def remove(store: StateStore) -> None:
     try:
-        journal_path(store).unlink()
+        store.journal_path.unlink()
     except FileNotFoundError:
         return
     fsync_dir(store.dir)

@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from t3track import versions
+from t3track.clock import iso, utcnow
 from t3track.config import Config
 from t3track.errors import EnvironmentFault
 from t3track.host.registry import Packument, VersionInfo
-from t3track.state import Denial, State, iso, utcnow
+from t3track.state import Denial, Freeze, State
 
 Action = Literal["noop", "candidate", "refused"]
 Source = Literal["pin", "channel", "soaked"]
@@ -32,7 +33,7 @@ class Candidate:
     reason: str
     source: Source
     published_at: datetime | None
-    dist: VersionInfo | None = None  # what ensure_installed needs, so the caller makes no second request
+    dist: VersionInfo  # what ensure_installed needs, so the caller makes no second request
 
 
 @dataclass
@@ -41,20 +42,30 @@ class Decision:
     candidate: Candidate | None
     reason: str
     notes: list[str] = field(default_factory=list)  # every refusal considered, for dry-run
-    channel_version: str | None = None  # where the dist-tag pointed, when it was asked
+    freeze_ended: Freeze | None = None  # a freeze whose end passed, lifted by this decision
 
 
 def resolve(config: Config, state: State, client: Registry, now: datetime) -> Decision:
     """Decide tonight's candidate. Updates state.first_seen in place; the caller saves the state."""
     notes: list[str] = []
+    ended = lift_expired_freeze(state, now)
+    if ended is not None:
+        notes.append(f"the freeze ({ended.reason}) ended at {iso(ended.until) if ended.until else '?'}")
     if state.frozen is not None:
-        if not state.frozen.expired(now):
-            until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
-            return Decision("noop", None, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}")
-        notes.append(f"the freeze ({state.frozen.reason}) ended at {iso(state.frozen.until)}")
-    if state.pinned is not None:
-        return _resolve_pin(config, state, client, notes)
-    return _resolve_channel(config, state, client, now, notes)
+        until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
+        return Decision("noop", None, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}")
+    decision = _resolve_pin(config, state, client, notes) if state.pinned is not None else \
+        _resolve_channel(config, state, client, now, notes)
+    decision.freeze_ended = ended
+    return decision
+
+
+def lift_expired_freeze(state: State, now: datetime) -> Freeze | None:
+    """A freeze with an end lifts itself once the end has passed: returns the freeze it lifted."""
+    if state.frozen is not None and state.frozen.expired(now):
+        ended, state.frozen = state.frozen, None
+        return ended
+    return None
 
 
 def _resolve_pin(config: Config, state: State, client: Registry, notes: list[str]) -> Decision:
@@ -85,10 +96,10 @@ def _resolve_channel(config: Config, state: State, client: Registry, now: dateti
         raise EnvironmentFault(f"the registry has no {channel!r} dist-tag for {package} (tags: {', '.join(tags) or 'none'})",
                                hint="check `package:` and `channel:` in the config")
     if tagged == current:
-        return Decision("noop", None, f"{channel} is {tagged}, which is current", notes, tagged)
+        return Decision("noop", None, f"{channel} is {tagged}, which is current", notes)
     refusal = _channel_refusal(channel, tagged, current)
     if refusal is not None:
-        return Decision("refused", None, refusal, notes, tagged)
+        return Decision("refused", None, refusal, notes)
 
     packument = client.cached_packument(package)
     before = packument.dist_tags.get(channel) if packument is not None else None
@@ -104,21 +115,23 @@ def _resolve_channel(config: Config, state: State, client: Registry, now: dateti
 
     denial = state.denial(tagged)
     if denial is not None:
-        return Decision("noop", None, f"{channel} is {tagged}, which is denied: {_denied(denial)}", notes, tagged)
+        return Decision("noop", None, f"{channel} is {tagged}, which is denied: {_denied(denial)}", notes)
     young = _too_young(tagged, packument, state, now, config.min_release_age)
     if young is None:
         reason = f"{channel} is {tagged}, newer than current {current or '(none)'}"
         return Decision("candidate", Candidate(tagged, reason, "channel", packument.time.get(tagged),
-                                               packument.versions[tagged]), reason, notes, tagged)
+                                               packument.versions[tagged]),
+                        reason, notes)
     notes.append(young)
 
     soaked = _newest_soaked(config, state, packument, now, below=tagged, notes=notes)
     if soaked is not None:
         reason = f"{channel} is {tagged}, too young; {soaked} is the newest soaked nightly newer than current"
         return Decision("candidate", Candidate(soaked, reason, "soaked", packument.time.get(soaked),
-                                               packument.versions[soaked]), reason, notes, tagged)
+                                               packument.versions[soaked]),
+                        reason, notes)
     return Decision("noop", None, f"{young}; no older soaked nightly is newer than current {current or '(none)'}",
-                    notes, tagged)
+                    notes)
 
 
 def _channel_refusal(channel: str, tagged: str, current: str | None) -> str | None:

@@ -1,0 +1,157 @@
+"""The Typer app and the one place that turns outcomes and errors into exit codes.
+
+Each command module (control, inspect, moves, host) parses options, calls one function of the core,
+renders its result and returns an exit code; `command` raises `typer.Exit` once. Heavy modules
+(pydantic, httpx, rich) are imported inside the commands that use them, so `--help` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+
+import typer
+
+from t3track import __version__
+from t3track.cli.render import Out
+from t3track.errors import EXIT_CODE_HELP, ExitCode, T3TrackError
+
+if TYPE_CHECKING:
+    from t3track.config import Config
+    from t3track.state import StateStore
+
+_EXIT_TABLE = "\n".join(f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
+
+app = typer.Typer(
+    name="t3track",
+    help="Keep a self-hosted T3 Code host on the nightly channel, gated, with automatic rollback.\n\n"
+    "Every night `t3track run` resolves the nightly from the npm registry, installs it beside the live "
+    "version, rehearses it on a copy of each user's state (sandbox serve + the real pairing handshake), "
+    "swaps only when every gate passes, checks every live server and rolls back by itself.\n\n"
+    f"Exit codes:\n\n\b\n{_EXIT_TABLE}",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    # a traceback's local variables could hold a credential or a cookie: never print them
+    pretty_exceptions_show_locals=False,
+)
+config_app = typer.Typer(help="Check the config and the host.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(config_app, name="config")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
+ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
+
+
+class Ctx:
+    """What every command gets through typer's context: the config file, the output, the store."""
+
+    def __init__(self, config_file: Optional[Path], as_json: bool):
+        self.config_file = config_file
+        self.out = Out(as_json)
+
+    def config(self) -> Config:
+        from t3track.config import load_config
+
+        return load_config(self.config_file)
+
+    def store(self, config: Config | None = None) -> StateStore:
+        from t3track.state import StateStore
+
+        return StateStore((config or self.config()).state_dir)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"t3track {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config file (default: $T3TRACK_CONFIG, then /etc/t3track/config.yaml)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version")] = False,
+) -> None:
+    ctx.obj = Ctx(config, json_out)
+
+
+def _fail(out: Out, exc: T3TrackError) -> int:
+    if out.as_json:
+        doc: dict[str, Any] = {"error": exc.message, "exit_code": int(exc.exit_code)}
+        if exc.problems:
+            doc["problems"] = exc.problems
+        if exc.hint:
+            doc["hint"] = exc.hint
+        doc.update(exc.details)
+        out.json(doc)
+    out.error(exc.message)
+    for problem in exc.problems:
+        out.hint(f"- {problem}")
+    if exc.hint:
+        out.hint(f"next: {exc.hint}")
+    return int(exc.exit_code)
+
+
+def _refresh_metrics(ctx: typer.Context) -> None:
+    """After an operator action that changes what the metrics report (runs refresh them themselves)."""
+    from t3track import aftermath
+
+    try:
+        config = ctx.obj.config()
+        problem = aftermath.after_action(config, ctx.obj.store(config))
+    except T3TrackError:
+        return  # the action itself already reported what is wrong with the config or state
+    if problem:
+        ctx.obj.out.warning(problem)
+
+
+F = TypeVar("F", bound=Callable[..., Optional[int]])
+
+
+def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
+    """Run a command: map typed core errors, interrupts and bugs to their exit code, in one place.
+
+    The command returns its exit code (None is 0); this raises typer.Exit with it."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> None:
+            out: Out = ctx.obj.out
+            if kwargs.get("json_flag"):
+                out.as_json = True
+            errored = True  # nothing changed when it raised: nothing to refresh
+            try:
+                code = fn(ctx, *args, **kwargs) or 0
+                errored = False
+            except T3TrackError as exc:
+                code = _fail(out, exc)
+            except KeyboardInterrupt:
+                out.error("interrupted; sandboxes and their servers were cleaned up")
+                out.hint("next: run `t3track status`; if a swap was under way, the next `t3track run` "
+                         "finishes or rolls it back")
+                code = 130
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
+                import traceback
+
+                from t3track.redact import redact
+
+                out.info(redact("".join(traceback.format_exception(exc))))
+                out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
+                out.hint("next: run `t3track status`; an interrupted swap is recovered by the next "
+                         "`t3track run`; please report this traceback")
+                code = int(ExitCode.CRITICAL)
+            finally:
+                if refreshes_metrics and not errored:
+                    _refresh_metrics(ctx)  # also after a backup that failed for some users
+            raise typer.Exit(code)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,88 @@
+"""run, dry-run, adopt, revert, drill: the commands that move versions; all render through render_run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from t3track.cli.app import JsonOpt, app, command
+from t3track.cli.render import render_run, steps_table
+
+
+@app.command()
+@command()
+def run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+    """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
+    return _night(ctx, dry_run=False)
+
+
+@app.command("dry-run")
+@command()
+def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+    """Resolve -> install -> gates, never swaps; says what `run` would do and why."""
+    return _night(ctx, dry_run=True)
+
+
+def _night(ctx: typer.Context, *, dry_run: bool) -> int:
+    from t3track.night import run_night
+
+    config = ctx.obj.config()
+    return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,
+                                             progress=ctx.obj.out.info))
+
+
+@app.command()
+@command()
+def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
+          json_flag: JsonOpt = False) -> int:
+    """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
+    from t3track.commands.adopt import adopt as adopt_version
+
+    config = ctx.obj.config()
+    return render_run(ctx.obj.out, adopt_version(config, ctx.obj.store(config), version, progress=ctx.obj.out.info))
+
+
+@app.command()
+@command()
+def revert(
+    ctx: typer.Context,
+    to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
+    restore_state: Annotated[bool, typer.Option("--restore-state", help="also restore each user's database from the pre-swap snapshot")] = False,
+    json_flag: JsonOpt = False,
+) -> int:
+    """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
+    from t3track.commands.revert import revert as revert_to
+
+    config = ctx.obj.config()
+    return render_run(ctx.obj.out, revert_to(config, ctx.obj.store(config), to=to, restore_state=restore_state,
+                                             progress=ctx.obj.out.info))
+
+
+@app.command()
+@command()
+def drill(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    json_flag: JsonOpt = False,
+) -> int:
+    """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real."""
+    from t3track.commands import drill as drill_mod
+    from t3track.errors import UsageError
+
+    out = ctx.obj.out
+    config = ctx.obj.config()
+    store = ctx.obj.store(config)
+    plan = drill_mod.plan_drill(config, store)
+    try:
+        confirmed = yes or typer.confirm(plan.question, default=False, err=True)
+    except typer.Abort:  # no terminal to answer on
+        confirmed = False
+    if not confirmed:
+        raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")
+    report = drill_mod.run_drill(config, store, progress=out.info)
+    if not out.as_json:
+        steps_table(out, report.steps)
+        out.table("downtime", ["user", "seconds"], [[u, f"{d:.2f}"] for u, d in report.downtime_s.items()])
+        out.line(f"simulated: {report.simulated}")
+    return render_run(out, report)

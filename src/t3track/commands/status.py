@@ -1,0 +1,70 @@
+"""`t3track status`: what is current, pinned, frozen or denied, the last run, installs and backups.
+
+Read-only: never takes the lock, never writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from t3track.clock import utcnow
+from t3track.config import Config
+from t3track.host import backup, tree
+from t3track.results import json_key
+from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
+
+
+@dataclass
+class UserStatus:
+    name: str
+    port: int
+    backup_age_s: float | None
+    backup_path: str | None = json_key("backup")
+
+
+@dataclass
+class Status:
+    current: str | None
+    previous: str | None
+    channel: str
+    package: str
+    pinned: Pin | None
+    frozen: Freeze | None
+    denied: list[Denial]
+    last_run: LastRun | None
+    installed: list[str]
+    users: list[UserStatus]
+    current_link: str | None
+    swap_in_progress: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def status(config: Config, store: StateStore) -> Status:
+    """Read-only: never takes the lock, never writes. An expired freeze is shown as lifted."""
+    state = store.load()
+    now = utcnow()
+    frozen = None if state.frozen and state.frozen.expired(now) else state.frozen
+    link = tree.current_link(config)
+    target = tree.current_target(config)
+    warnings: list[str] = []
+    if target is not None:
+        if not link.exists():
+            warnings.append(f"{link} points at {target}, which does not exist")
+    elif link.exists():
+        warnings.append(f"{link} is a plain directory: run `t3track adopt VERSION` to bring it under t3track")
+    users = []
+    for user in config.users:
+        newest = backup.newest_backup(config, user.name)
+        users.append(UserStatus(user.name, user.port,
+                                newest.age_s(now) if newest else None,
+                                str(newest.path) if newest else None))
+        if newest is None:
+            warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
+        elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
+            warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
+                            f"run `t3track backup --user {user.name}`")
+    return Status(
+        current=state.current, previous=state.previous, channel=config.channel, package=config.package,
+        pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
+        installed=tree.installed_versions(config), users=users, current_link=target,
+        swap_in_progress=store.journal_path.exists(), warnings=warnings,
+    )

@@ -1,0 +1,124 @@
+"""A backup's manifest and what it promises: the files it holds (size, sha256, migrations), read back
+and checked before anything trusts them. Shared by making backups, restoring them and the gates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from t3track.clock import as_utc, parse_iso
+from t3track.errors import EnvironmentFault
+from t3track.results import json_key
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+MAIN_DB = "state.sqlite"
+DB_FILES = (MAIN_DB, "statev2.sqlite")  # statev2 only when present: newer builds copy state.sqlite there
+MIGRATIONS_TABLE = "effect_sql_migrations"
+_CHUNK = 1 << 20
+
+if TYPE_CHECKING:
+    from t3track.host.sqlite import Deadline
+
+
+def fix_hint(user: str) -> str:
+    return f"run `t3track backup --user {user}`"
+
+
+class BackupError(EnvironmentFault):
+    """A backup could not be made, read or restored; nothing half-done was left behind.
+
+    `detail` is what happened; the message names the user first when there is one."""
+
+    def __init__(self, detail: str, *, user: str | None = None, hint: str | None = None):
+        super().__init__(f"{user}: {detail}" if user else detail, hint=hint)
+        self.detail = detail
+        self.user = user
+
+    def for_user(self, user: str) -> BackupError:
+        """The same error, said of `user`."""
+        return type(self)(self.detail, user=user, hint=self.hint)
+
+
+class BackupTimeout(BackupError):
+    """A backup step ran past config.backup.timeout and was interrupted."""
+
+
+class BackupMismatch(BackupError):
+    """A backup does not match its manifest (damaged or changed since it was made): never restored."""
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    user: str
+    path: Path
+    created_at: datetime
+    manifest: dict[str, Any] = json_key(False)
+    json_extra = {"files": "raw_files"}
+
+    def age_s(self, now: datetime) -> float:
+        return (now - self.created_at).total_seconds()
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Database file name -> {source, size, sha256, max_migration_id, ...} (validated)."""
+        return manifest_files(self)
+
+    @property
+    def raw_files(self) -> Any:
+        return self.manifest.get("files", {})
+
+
+def read_backup(path: Path, user: str) -> BackupInfo:
+    """The finished backup (or snapshot) in `path`; BackupMismatch when its manifest is unreadable."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        created = parse_iso(manifest["created_at"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupMismatch(f"{path / MANIFEST} is missing or unreadable ({exc.__class__.__name__})",
+                             user=user, hint=f"use another backup, or {fix_hint(user)}") from None
+    return BackupInfo(user, path, as_utc(created), manifest)
+
+
+def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:
+    """The manifest's file entries, checked for shape, so a changed manifest cannot name other paths."""
+    files = backup.manifest.get("files")
+    if not isinstance(files, dict) or MAIN_DB not in files:
+        raise BackupMismatch(f"backup {backup.path} has a manifest without {MAIN_DB}",
+                             user=backup.user, hint=fix_hint(backup.user))
+    for name, entry in files.items():
+        if name not in DB_FILES or not isinstance(entry, dict) \
+                or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("size"), int):
+            raise BackupMismatch(f"backup {backup.path} has a malformed manifest entry {name!r}",
+                                 user=backup.user, hint=fix_hint(backup.user))
+    return files
+
+
+def sha256_file(path: Path, deadline: Deadline | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            if deadline is not None:
+                deadline.check()
+    return digest.hexdigest()
+
+
+def checksum_problem(backup: BackupInfo) -> str | None:
+    """None when every file of the backup has the size and sha256 its manifest records."""
+    for name, entry in manifest_files(backup).items():
+        path = backup.path / name
+        try:
+            size = path.stat().st_size
+            if size != entry["size"]:
+                return f"{name} is {size} bytes, its manifest says {entry['size']}"
+            actual = sha256_file(path)
+        except OSError as exc:
+            return f"cannot read {name}: {exc.strerror}"
+        if actual != entry["sha256"]:
+            return f"{name} has sha256 {actual[:12]}..., its manifest says {entry['sha256'][:12]}..."
+    return None

@@ -1,0 +1,106 @@
+"""Recovery: a journal left by a killed run is finished or rolled back before anything else happens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from t3track.config import Config
+from t3track.errors import CriticalError
+from t3track.night import journal as jr
+from t3track.night import ledger
+from t3track.night.journal import Phase, RollbackCause
+from t3track.night.report import CRITICAL_NOTE
+from t3track.night.swap import SwapResult, drive, rollback
+from t3track.state import StateStore
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Recovery:
+    run_id: str
+    kind: str
+    phase: str
+    action: str          # finished | rolled_back | critical | cleared
+    result: SwapResult | None
+    rollback_was_for_failure: bool = False  # a nightly candidate failed a live check: deny it
+
+    @property
+    def critical(self) -> bool:
+        return self.action == "critical"
+
+    @property
+    def reason(self) -> str:
+        return self.result.reason if self.result else "recovery failed"
+
+    def describe(self) -> str:
+        return f"{self.action} an interrupted run {self.run_id} (phase {self.phase})"
+
+
+def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> Recovery | None:
+    """Finish or undo the swap a killed run left, and settle its bookkeeping; None when there is none.
+
+    A run killed after the flip may have left the candidate serving users for hours: it is checked
+    live first and kept when it passes, so nothing users wrote since is undone."""
+    recovered = _recover(config, store, progress)
+    if recovered is not None:
+        _record(config, store, recovered)
+    return recovered
+
+
+def recover_or_refuse(config: Config, store: StateStore, progress: Progress) -> Recovery | None:
+    """For operator moves (revert, adopt): finish or undo a killed run first; refuse if that fails."""
+    recovered = recover(config, store, progress)
+    if recovered is not None and recovered.critical:
+        raise CriticalError(f"an interrupted {recovered.kind} could not be recovered: {recovered.reason}",
+                            hint=CRITICAL_NOTE)
+    return recovered
+
+
+def _recover(config: Config, store: StateStore, progress: Progress) -> Recovery | None:
+    journal = jr.read(store)
+    if journal is None:
+        return None
+    phase = journal.phase.value
+
+    def done(action: str, result: SwapResult | None, for_failure: bool = False) -> Recovery:
+        return Recovery(journal.run_id, journal.kind, phase, action, result, for_failure)
+
+    progress(f"recovering an interrupted {journal.kind} ({journal.from_version} -> {journal.to_version}, phase {phase})")
+    if journal.phase is Phase.PLANNED:
+        jr.remove(store)  # nothing was touched yet
+        return done("cleared", None)
+    if journal.phase is Phase.VERIFIED:
+        return done("finished", SwapResult("swapped", journal.from_version, journal.to_version))
+    # only a nightly candidate is denied for failing live; a revert's or adopt's target is the operator's call
+    nightly = journal.kind == "swap"
+    forward = journal.phase in (Phase.FLIPPED, Phase.STARTED) and not journal.simulate_live_failure
+    if forward or (journal.from_version is None and journal.phase is not Phase.ROLLING_BACK):
+        # (a first install has nothing to roll back to either) start what is not running, check live,
+        # and roll back only if that check fails
+        result = drive(config, store, journal, progress)
+        if result.outcome == "swapped":
+            return done("finished", result)
+        return done("rolled_back" if result.outcome == "rolled_back" else "critical", result,
+                    for_failure=nightly and any(g.failed for g in result.live))
+    for_failure = nightly and journal.rollback_cause is RollbackCause.LIVE_CHECK
+    result = rollback(config, store, journal, journal.rollback_cause or RollbackCause.STEP,
+                      journal.rollback_reason or f"interrupted during phase {phase}", progress, recovering=True)
+    return done("rolled_back" if result.outcome == "rolled_back" else "critical", result, for_failure)
+
+
+def _record(config: Config, store: StateStore, recovered: Recovery) -> None:
+    store.record("recover", by="t3track", run_id=recovered.run_id, kind=recovered.kind, phase=recovered.phase,
+                 action=recovered.action, reason=recovered.result.reason if recovered.result else None)
+    result = recovered.result
+    if recovered.action == "finished" and result:
+        ledger.settle(config, store, recovered.kind, result.from_version, result.to_version, recovered.run_id)
+    elif recovered.action == "rolled_back":
+        ledger.settle_rollback(store, recovered.kind, result.from_version if result else None)
+        if recovered.rollback_was_for_failure and result:
+            ledger.deny_failed_live(store, result.to_version, "live-verify", result.reason, None)

@@ -1,0 +1,87 @@
+"""The report of a run that moves versions (the night, adopt, revert): built by named constructors,
+its exit code decided by its outcome (results.Outcome), rendered by the CLI, kept as evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from t3track.errors import ExitCode
+from t3track.results import GateResult, Outcome, json_key
+
+CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.json): the next `t3track run` "
+                 "tries the rollback again. To fix it by hand, see runbooks/t3-version-bump.md (manual rollback), "
+                 "then move the journal aside and `t3track unfreeze`")
+
+
+@dataclass(kw_only=True)
+class NightReport:
+    outcome: Outcome
+    run_id: str
+    reason: str
+    candidate: str | None = None
+    from_version: str | None = json_key("from", default=None)
+    to_version: str | None = json_key("to", default=None)
+    gates: list[GateResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    recovered: str | None = None
+    evidence: str | None = None
+    dry_run: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    json_extra = ("exit_code",)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.outcome.exit_code
+
+    @property
+    def notify_event(self) -> str | None:
+        """The notification this run calls for, if any (refused, rolled_back, critical)."""
+        return self.outcome.value if self.outcome in (Outcome.REFUSED, Outcome.ROLLED_BACK, Outcome.CRITICAL) else None
+
+    # ------------------------------------------------------------ the ways a run ends
+
+    @classmethod
+    def nothing_to_do(cls, run_id: str, reason: str, *, current: str | None, notes: list[str],
+                      dry_run: bool = False) -> NightReport:
+        return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, from_version=current, notes=notes,
+                   dry_run=dry_run)
+
+    @classmethod
+    def refused(cls, run_id: str, reason: str, *, candidate: str | None, current: str | None,
+                gates: list[GateResult] | None = None, notes: list[str] | None = None, evidence: str | None = None,
+                dry_run: bool = False) -> NightReport:
+        return cls(outcome=Outcome.REFUSED, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates or [], notes=notes or [], evidence=evidence, dry_run=dry_run)
+
+    @classmethod
+    def environment_error(cls, run_id: str, reason: str, *, current: str | None, evidence: str | None,
+                          dry_run: bool = False) -> NightReport:
+        return cls(outcome=Outcome.ERROR, run_id=run_id, reason=reason, from_version=current, evidence=evidence,
+                   dry_run=dry_run)
+
+    @classmethod
+    def would_swap(cls, run_id: str, *, candidate: str, current: str | None, gates: list[GateResult],
+                   notes: list[str], evidence: str | None) -> NightReport:
+        return cls(outcome=Outcome.NOOP, run_id=run_id,
+                   reason=f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
+                   candidate=candidate, from_version=current, to_version=candidate, gates=gates, notes=notes,
+                   evidence=evidence, dry_run=True)
+
+    @classmethod
+    def swapped(cls, run_id: str, reason: str, *, candidate: str, current: str | None, gates: list[GateResult],
+                notes: list[str], evidence: str | None) -> NightReport:
+        return cls(outcome=Outcome.SWAPPED, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   to_version=candidate, gates=gates, notes=notes, evidence=evidence)
+
+    @classmethod
+    def rolled_back(cls, run_id: str, reason: str, *, candidate: str, current: str | None,
+                    gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        return cls(outcome=Outcome.ROLLED_BACK, run_id=run_id, reason=reason, candidate=candidate,
+                   from_version=current, to_version=current, gates=gates, notes=notes, evidence=evidence)
+
+    @classmethod
+    def critical(cls, run_id: str, reason: str, *, candidate: str | None = None, current: str | None = None,
+                 gates: list[GateResult] | None = None, notes: list[str] | None = None,
+                 evidence: str | None = None) -> NightReport:
+        return cls(outcome=Outcome.CRITICAL, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates or [], notes=[*(notes or []), CRITICAL_NOTE], evidence=evidence)
