@@ -168,18 +168,11 @@ def secret_spy(monkeypatch: pytest.MonkeyPatch) -> SecretSpy:
 # ---------------------------------------------------------------- a host with real state and backups
 
 
-_TEMPLATES: dict[Path, Path] = {}
-
-
 @pytest.fixture(scope="session")
 def real_state_template(real_t3: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A base dir the real 0.0.42 server created once per test session (migrations 1..52).
-
-    Cached here, not only by pytest: a fixture imported into several test modules is one fixture
-    per module, and each real start costs seconds."""
-    if real_t3 not in _TEMPLATES:
-        _TEMPLATES[real_t3] = make_real_state(real_t3, tmp_path_factory.mktemp("real-state") / "base")
-    return _TEMPLATES[real_t3]
+    """A base dir the real 0.0.42 server created once per test session (migrations 1..52);
+    registered once, in conftest.py, so it is one fixture for the whole session."""
+    return make_real_state(real_t3, tmp_path_factory.mktemp("real-state") / "base")
 
 
 def live_base_dir(template: Path, dest: Path, *, port: int = 38773) -> Path:

@@ -8,20 +8,17 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from real_t3 import (  # noqa: F401
+from tests.real_t3 import (
     files_containing,
     host_config,
     live_base_dir,
     processes_mentioning,
-    real_state_template,
-    real_t3,
-    secret_spy,
 )
+from tests.support.state import fake_live_state, script
+
 from t3track.host import backup
 from t3track.night.gates import run_gates
 from t3track.results import to_jsonable
-from test_sandbox import fake_live_state, script
 
 VERSION = "0.0.42"
 
@@ -158,7 +155,7 @@ NEXT = "0.0.43-nightly.20261126.2901"
 @pytest.fixture
 def emulated_host(tmp_path):
     """A host whose alice has emulator state at `live_migrations`, backed up; candidates from make_install."""
-    from emulator.package import EXECUTABLE, make_install, make_user_state
+    from tests.emulator.package import EXECUTABLE, make_install, make_user_state
 
     def make(live_migrations=52, current=None, **gates):  # noqa: ANN001, ANN003, ANN202
         make_user_state(tmp_path / "alice", migrations=live_migrations, rows=3)
@@ -252,7 +249,7 @@ def test_gates_run_the_candidate_and_the_mint_as_run_as(emulated_host, tmp_path,
     import shutil
     import tempfile
 
-    from emulator.package import make_install
+    from tests.emulator.package import make_install
 
     make, _ = emulated_host
     config = make()

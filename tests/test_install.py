@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import respx
+from tests.support.registry_server import make_package_tarball, serve, sri_sha512
 
-from support.registry_server import make_package_tarball, serve, sri_sha512
 from t3track import runner
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, UsageError

@@ -179,16 +179,6 @@ def test_the_last_drill_is_exported_from_history(config, store):
 # ---------------------------------------------------------------- real nights on the emulator host
 
 
-@pytest.fixture
-def host(tmp_path):
-    from tests.support.host import build_host
-
-    h = build_host(tmp_path / "host")
-    assert h.t3track("backup").returncode == 0
-    yield h
-    h.close()
-
-
 def host_metrics(host):
     return read_metrics(host.state_dir / "metrics" / "t3track.prom")
 

@@ -248,16 +248,6 @@ def test_no_notify_config_sends_nothing_and_records_nothing(tmp_path):
 # ---------------------------------------------------------------- real nights on the emulator host
 
 
-@pytest.fixture
-def host(tmp_path):
-    from tests.support.host import build_host
-
-    h = build_host(tmp_path / "host")
-    assert h.t3track("backup").returncode == 0
-    yield h
-    h.close()
-
-
 @pytest.mark.slow
 def test_a_refused_night_on_the_host_reaches_the_receiver(host, receiver):
     from tests.support.host import nightly

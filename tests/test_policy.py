@@ -338,7 +338,7 @@ def test_the_kth_failure_denies_the_version_with_gate_and_reason():
 
 
 def test_a_no_change_night_against_a_registry_process_makes_one_request(tmp_path, config, state):
-    from support.registry_server import make_package_tarball, serve
+    from tests.support.registry_server import make_package_tarball, serve
 
     with serve() as server:
         server.publish("t3", CURRENT, make_package_tarball("t3", CURRENT), tag="nightly",

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
+from tests.real_t3 import serving
 from typer.testing import CliRunner
 
-from real_t3 import files_containing, real_t3, secret_spy, serving  # noqa: F401  (fixtures)
 from t3track.cli import app
 from t3track.errors import UsageError
 from t3track.host import probe
@@ -284,7 +284,7 @@ def test_probe_command_passes_against_a_real_server(real_t3, secret_spy, tmp_pat
 @pytest.fixture
 def emulator(tmp_path):
     """Start an emulator install (era, fault) on a fresh base dir; every server is stopped afterwards."""
-    from emulator.package import make_install, start_server
+    from tests.emulator.package import make_install, start_server
 
     handles = []
 
@@ -349,7 +349,7 @@ def test_probe_command_against_a_broken_emulator_names_the_step_without_leaking(
 
 
 def test_probe_command_mints_with_the_current_install_by_default(emulator, tmp_path):
-    from emulator.package import EXECUTABLE
+    from tests.emulator.package import EXECUTABLE
 
     server, executable = emulator()
     prefix = executable.parents[len(Path(EXECUTABLE).parts) - 1]

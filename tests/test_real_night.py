@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 from tests import real_t3
 from tests.emulator import package as emu
-from tests.real_t3 import real_t3 as real_t3_fixture  # noqa: F401  (the session-scoped install)
 from tests.support.host import Host, build_host
 
 pytestmark = [pytest.mark.real_server, pytest.mark.slow]
@@ -137,12 +136,12 @@ USERS = ("alice", "bob")
 
 
 @pytest.fixture(scope="module")
-def host(real_t3_fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:  # noqa: F811
-    tarball = repacked_real_t3(real_t3_fixture)
+def host(real_t3: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
+    tarball = repacked_real_t3(real_t3)
     # each user's state made by its own start of the real server, both at once (seconds each)
     made = tmp_path_factory.mktemp("real-states")
     with ThreadPoolExecutor(len(USERS)) as pool:
-        list(pool.map(lambda name: real_user_state(real_t3_fixture, made / name / ".t3"), USERS))
+        list(pool.map(lambda name: real_user_state(real_t3, made / name / ".t3"), USERS))
     h = build_host(tmp_path_factory.mktemp("real-night"), users=USERS, current=OLD, current_migrations=52, rows=0,
                    make_state=lambda base: shutil.copytree(made / base.parent.name / ".t3", base, symlinks=True))
     h.registry.publish("t3", REAL, tarball.read_bytes(), tag="nightly")

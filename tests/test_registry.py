@@ -234,7 +234,7 @@ def test_npm_failing_to_say_the_registry_is_an_environment_fault(monkeypatch):
 # --- against a registry process on loopback (ETag, 304 and gzip for real) ----------------------
 
 def test_a_registry_process_answers_the_revalidation_with_304_and_gzip(tmp_path):
-    from support.registry_server import make_package_tarball, serve
+    from tests.support.registry_server import make_package_tarball, serve
 
     with serve() as server:
         server.publish("t3", NIGHTLY, make_package_tarball("t3", NIGHTLY), tag="nightly",

@@ -7,43 +7,17 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import stat
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from tests.real_t3 import host_config, live_base_dir, processes_mentioning
+from tests.support.state import fake_live_state, script
 
-from real_t3 import host_config, live_base_dir, processes_mentioning, real_state_template, real_t3, secret_spy  # noqa: F401
 from t3track.host import backup, probe, sandbox
 from t3track.host.sandbox import SandboxFailed, serve_candidate
-
-
-def fake_live_state(base: Path, migrations: int = 3) -> Path:
-    """A minimal live base dir: a state db with effect_sql_migrations, secrets, settings."""
-    userdata = base / "userdata"
-    (userdata / "secrets").mkdir(parents=True)
-    (userdata / "secrets" / "session-signing.bin").write_bytes(b"k" * 32)
-    (userdata / "environment-id").write_text("env-1234\n")
-    (userdata / "settings.json").write_text("{}")
-    (userdata / "server-runtime.json").write_text('{"pid": 1, "port": 38773}')
-    db = sqlite3.connect(userdata / "state.sqlite")
-    db.execute("CREATE TABLE effect_sql_migrations (migration_id INTEGER PRIMARY KEY, created_at TEXT, name TEXT)")
-    db.executemany("INSERT INTO effect_sql_migrations VALUES (?, '2026-01-01', ?)",
-                   [(i, f"{i}_Migration{i}") for i in range(1, migrations + 1)])
-    db.commit()
-    db.close()
-    return base
-
-
-def script(tmp_path: Path, body: str, name: str = "t3") -> Path:
-    """A stand-in executable for the ways a candidate fails before it serves."""
-    path = tmp_path / name
-    path.write_text(f"#!{sys.executable}\n{body}\n")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
 
 
 @pytest.fixture
@@ -221,7 +195,7 @@ def test_run_as_serves_as_that_user_from_a_sandbox_it_owns(real_host, real_t3, t
 
 
 def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_path):
-    from emulator.package import EXECUTABLE, make_install, make_user_state
+    from tests.emulator.package import EXECUTABLE, make_install, make_user_state
 
     make_user_state(tmp_path / "alice", migrations=52, rows=2)
     config = host_config(tmp_path, {"alice": tmp_path / "alice"}).model_copy(update={"executable": EXECUTABLE})

@@ -10,17 +10,9 @@ from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
-from tests.support.host import build_host, nightly, wait_for_version
+from tests.support.host import nightly, wait_for_version
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def host(tmp_path):
-    h = build_host(tmp_path)
-    assert h.t3track("backup").returncode == 0
-    yield h
-    h.close()
 
 
 def last_event(host, event):

@@ -4,7 +4,6 @@ run ids, and the one way any result becomes JSON (for `--json`, evidence and his
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -45,6 +44,8 @@ _EXIT_CODES = {
 
 
 def new_run_id() -> str:
+    import secrets  # only runs need an id: keep it off every command's start-up
+
     return stamp() + "-" + secrets.token_hex(3)
 
 

@@ -60,12 +60,6 @@ def is_nightly(text: str) -> bool:
     return is_valid(text) and channel_of(text) is Channel.NIGHTLY
 
 
-def nightly_date(text: str) -> str | None:
-    """The YYYYMMDD of a nightly version, or None."""
-    match = _CHANNEL_RE.match(text)
-    return match.group(2) if match and match.group(1) == "nightly" else None
-
-
 def compare(a: str, b: str) -> int:
     """SemVer precedence: -1, 0 or 1."""
     return parse(a).compare(parse(b))
@@ -78,8 +72,3 @@ def newer(a: str, b: str | None) -> bool:
 
 def sort_key(text: str) -> semver.Version:
     return parse(text)
-
-
-def newest(versions: list[str]) -> str | None:
-    valid = [v for v in versions if is_valid(v)]
-    return max(valid, key=sort_key) if valid else None

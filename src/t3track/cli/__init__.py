@@ -7,8 +7,13 @@ revert, drill) and host (backup, probe, config check).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
+
+# t3track uses no pydantic plugins: skip their discovery (a scan of every installed package's
+# metadata on the first model) at each start. Set before anything builds a pydantic model.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from t3track.cli import control, host, inspect, moves  # noqa: F401  (each registers its commands)
 from t3track.cli.app import app
