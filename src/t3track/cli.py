@@ -413,12 +413,22 @@ def _report(out: Out, report: Any) -> None:
 
 @app.command()
 @command
-def run(ctx: typer.Context, out: Out, json_flag: JsonOpt = False) -> None:
+def run(
+    ctx: typer.Context,
+    out: Out,
+    to: Annotated[Optional[str], typer.Option("--to", help="take exactly this version (install, every gate, swap, live check), whatever the channel says; refused if it is denied or not newer")] = None,
+    allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="with --to: also take a version older than current")] = False,
+    json_flag: JsonOpt = False,
+) -> None:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
-    from t3track.night import run_night
+    from t3track.night import ExactTarget, run_night
+    from t3track.versions import require_valid
 
+    if allow_downgrade and to is None:
+        raise UsageError("--allow-downgrade needs --to VERSION")
+    target = ExactTarget(require_valid(to, "--to version"), allow_downgrade) if to is not None else None
     config = ctx.obj.config()
-    _report(out, run_night(config, ctx.obj.store(config), progress=out.info))
+    _report(out, run_night(config, ctx.obj.store(config), progress=out.info, target=target))
 
 
 @app.command("dry-run")

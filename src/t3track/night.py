@@ -41,6 +41,7 @@ class NightReport:
     evidence: str | None = None
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    requested: str | None = None     # `run --to VERSION`: the exact version asked for
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class NightReport:
             "gates": [{"name": g.name, "user": g.user, "outcome": g.outcome,
                        "duration_s": round(g.duration_s, 3), "detail": g.detail} for g in self.gates],
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "requested": self.requested,
         }
 
 
@@ -58,16 +60,32 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+@dataclass(frozen=True)
+class ExactTarget:
+    """`run --to VERSION [--allow-downgrade]`: this version instead of the channel's."""
+    version: str
+    allow_downgrade: bool = False
+
+
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = lambda _: None,
-              client: RegistryClient | None = None) -> NightReport:
+              client: RegistryClient | None = None, target: ExactTarget | None = None) -> NightReport:
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
-        return _night(config, store, client, dry_run, progress)
+        return _night(config, store, client, dry_run, progress, target)
 
 
-def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: bool, progress: Progress) -> NightReport:
+def _resolve(config: Config, state: State, client: RegistryClient, target: ExactTarget | None) -> policy.Decision:
+    if target is None:
+        return policy.resolve(config, state, client, utcnow())
+    return policy.resolve_exact(config, state, client, target.version, utcnow(),
+                                allow_downgrade=target.allow_downgrade)
+
+
+def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: bool, progress: Progress,
+           target: ExactTarget | None = None) -> NightReport:
     run_id = new_run_id()
+    requested = target.version if target else None
     evidence_dir = evidence.ensure_evidence_dir(store, run_id)
     progress = evidence.teed_progress(store, run_id, progress)  # run.log in the evidence, redacted
     for name in sandbox.sweep_stale(config.state_dir / "sandboxes"):
@@ -80,19 +98,19 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
             report = NightReport("critical", ExitCode.CRITICAL, run_id, recovered.result.reason
                                  if recovered.result else "recovery failed", from_version=recovered.result.from_version
                                  if recovered.result else None, notes=[CRITICAL_NOTE])
-            return _finish(config, store, report, recovered)
+            return _finish(config, store, report, recovered, requested)
     state = store.load()
     ops.lift_expired_freeze(store, state)
     current = state.current
     try:
-        progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
-        decision = policy.resolve(config, state, client, utcnow())
+        progress(f"resolving {config.package}@{requested or config.channel} (current {current or 'none'})")
+        decision = _resolve(config, state, client, target)
         store.save(state)  # first-seen times
         if decision.action != "candidate":
             outcome = "refused" if decision.action == "refused" else "noop"
             report = NightReport(outcome, ExitCode.REFUSED if outcome == "refused" else ExitCode.OK, run_id,
                                  decision.reason, from_version=current, notes=decision.notes, dry_run=dry_run)
-            return _finish(config, store, report, recovered)
+            return _finish(config, store, report, recovered, requested)
         candidate = decision.candidate.version
 
         progress(f"installing {config.package}@{candidate} beside {current or 'nothing'}")
@@ -105,7 +123,7 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
             _count_failure(config, store, state, candidate, "install", exc.message, None, dry_run)
             report = NightReport("refused", ExitCode.REFUSED, run_id, exc.message, candidate, current,
                                  notes=decision.notes, dry_run=dry_run)
-            return _finish(config, store, report, recovered)
+            return _finish(config, store, report, recovered, requested)
         install_s = time.monotonic() - started
 
         results = gates_mod.run_gates(config, candidate, swap.executable_of(config, candidate),
@@ -115,7 +133,7 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
         report = NightReport("error", ExitCode.ENVIRONMENT, run_id,
                              exc.message + (f"; next: {exc.hint}" if exc.hint else ""), from_version=current,
                              dry_run=dry_run, evidence=str(evidence_dir))
-        return _finish(config, store, report, recovered)
+        return _finish(config, store, report, recovered, requested)
     failed = next((g for g in results if g.failed), None)  # inconclusive (sessions-survive) informs, never blocks
     if failed:
         if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
@@ -123,20 +141,20 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
         report = NightReport("refused", ExitCode.REFUSED, run_id,
                              f"gate {failed.name} failed for {failed.user}: {failed.detail}", candidate, current,
                              gates=results, notes=decision.notes, evidence=str(evidence_dir), dry_run=dry_run)
-        return _finish(config, store, report, recovered)
+        return _finish(config, store, report, recovered, requested)
     if dry_run:
         report = NightReport("noop", ExitCode.OK, run_id,
                              f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
                              candidate, current, candidate, gates=results, notes=decision.notes,
                              evidence=str(evidence_dir), dry_run=True)
-        return _finish(config, store, report, recovered)
+        return _finish(config, store, report, recovered, requested)
 
     result = swap.swap_to(config, store, run_id=run_id, from_version=current, to_version=candidate,
                           progress=progress)
     report = _after_swap(config, store, result, run_id, candidate, results, evidence_dir)
     report.notes = decision.notes
     report.timings.update(result.timings, install_s=install_s)
-    return _finish(config, store, report, recovered)
+    return _finish(config, store, report, recovered, requested)
 
 
 CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.json): the next `t3track run` "
@@ -256,7 +274,9 @@ def _record_recovery(config: Config, store: StateStore, recovered: swap.Recovery
             store.save(state)
 
 
-def _finish(config: Config, store: StateStore, report: NightReport, recovered: swap.Recovery | None) -> NightReport:
+def _finish(config: Config, store: StateStore, report: NightReport, recovered: swap.Recovery | None,
+            requested: str | None = None) -> NightReport:
+    report.requested = requested
     if recovered is not None:
         report.recovered = f"{recovered.action} an interrupted run {recovered.run_id} (phase {recovered.phase})"
     if not report.dry_run:
@@ -267,7 +287,7 @@ def _finish(config: Config, store: StateStore, report: NightReport, recovered: s
     store.record("dry-run" if report.dry_run else "run", by="t3track", run_id=report.run_id,
                  outcome=report.outcome, candidate=report.candidate, **{"from": report.from_version},
                  to=report.to_version, reason=report.reason, exit_code=int(report.exit_code),
-                 evidence=report.evidence,
+                 evidence=report.evidence, **({"requested": requested} if requested else {}),
                  gates=[f"{g.name}:{g.user}:{g.outcome}" for g in report.gates])
     afterrun.after_run(config, store, report)  # evidence, notifications, metrics: best effort
     return report
