@@ -561,6 +561,32 @@ def probe(
         raise typer.Exit(int(ExitCode.REFUSED))
 
 
+@app.command()
+@command
+def smoke(
+    ctx: typer.Context,
+    out: Out,
+    version: Annotated[str, typer.Argument(help="the version to smoke, e.g. 0.0.43-nightly.20261201.3100")],
+    package: Annotated[str, typer.Option("--package", help="npm package")] = "t3",
+    registry: Annotated[Optional[str], typer.Option("--registry", help="npm registry URL (default: `npm config get registry`)")] = None,
+    from_version: Annotated[Optional[str], typer.Option("--from", help="serve this version once first, so VERSION migrates its real database; adds sessions-survive")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="write JUnit XML here: one testcase per gate")] = None,
+    executable: Annotated[str, typer.Option("--executable", help="the server executable, relative to the install prefix")] = "node_modules/.bin/t3",
+    evidence: Annotated[Optional[Path], typer.Option("--evidence", help="keep the redacted gate logs in this directory")] = None,
+    serve_timeout: Annotated[int, typer.Option("--serve-timeout", min=1, help="seconds the candidate has to serve")] = 60,
+    json_flag: JsonOpt = False,
+) -> None:
+    """For CI, no host or config needed: install VERSION in a scratch dir, run sandbox-serve and pairing-probe (and sessions-survive with --from), clean up."""
+    from t3track import smoke as smoke_mod
+
+    report = smoke_mod.run_smoke(smoke_mod.SmokeOptions(
+        version=version, package=package, registry=registry, from_version=from_version, executable=executable,
+        serve_timeout_s=serve_timeout, evidence=evidence), progress=out.info)
+    if junit is not None:
+        smoke_mod.write_junit(report, package, junit)
+    _report(out, report)
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     # systemd stops a unit with SIGTERM: unwind like Ctrl-C so every sandbox is removed and every
     # process group we started is ended (Python runs no `finally` on an unhandled SIGTERM)
