@@ -198,3 +198,20 @@ def test_smoke_needs_no_config_file_and_a_bad_version_is_a_usage_error(tmp_path,
     done = smoke(tmp_path, registry.url, "latest")
     assert done.code == 2
     assert not done.junit.exists()
+
+
+def test_the_sample_ci_workflow_calls_smoke_with_options_it_has(tmp_path):
+    import shlex
+
+    import yaml
+
+    workflow = yaml.safe_load((REPO / "deploy" / "ci" / "t3-nightly-smoke.yml").read_text())
+    runs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    command = next(r for r in runs if "t3track smoke" in r).replace("\\\n", " ")
+    words = shlex.split(command.split("t3track", 1)[1].split(">")[0])
+    options = {w for w in words if w.startswith("--")}
+    help_text = subprocess.run([sys.executable, "-m", "t3track", "smoke", "--help"], capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(REPO / "src")), timeout=60).stdout
+    assert options >= {"--from", "--junit", "--registry", "--json"}
+    for option in options:
+        assert option in help_text, option
