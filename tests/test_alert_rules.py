@@ -41,9 +41,28 @@ class Written:
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Written]:
+    """The nights run once per test session, whatever the number of xdist workers: the first worker
+    to get here runs them under a lock in the shared base temp dir, the others read what it kept."""
+    import fcntl
+    import json
+
+    session_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_dir = session_dir.parent  # shared by this session's workers only
+    shared = session_dir / "alert-nights"
+    shared.mkdir(exist_ok=True)
+    index = shared / "index.json"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not index.exists():
+            kept = run_nights(shared)
+            index.write_text(json.dumps({name: [str(w.path), w.written_at] for name, w in kept.items()}))
+    return {name: Written(Path(path), at) for name, (path, at) in json.loads(index.read_text()).items()}
+
+
+def run_nights(base: Path) -> dict[str, Written]:
     from tests.support.host import build_host, nightly
 
-    base = tmp_path_factory.mktemp("alert-nights")
     host = build_host(base / "host")
     kept: dict[str, Written] = {}
 

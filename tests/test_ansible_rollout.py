@@ -9,7 +9,6 @@ its live check) and the channel can point elsewhere than the version the fleet i
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

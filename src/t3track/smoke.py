@@ -28,8 +28,8 @@ from t3track import backup as backup_mod
 from t3track import gates as gates_mod
 from t3track import install, probe, runner, versions
 from t3track.config import Config, parse_config
-from t3track.errors import ExitCode, T3TrackError
-from t3track.fsutil import ensure_private_dir
+from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
+from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.redact import redact
 from t3track.registry import RegistryClient
 from t3track.sandbox import free_port
@@ -67,7 +67,7 @@ class SmokeReport:
     evidence: str | None = None
     duration_s: float = 0.0
     error_step: str | None = None    # install, from, base-dir: where an environment error stopped it
-    recovered: None = None
+    recovered: str | None = None     # never: a smoke has nothing to recover (read by the CLI's renderer)
     dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -153,8 +153,6 @@ def _smoke(scratch: Path, options: SmokeOptions, progress: Progress) -> SmokeRep
 
 
 def _install(config: Config, client: RegistryClient, version: str, progress: Progress) -> Path:
-    from t3track.errors import EnvironmentFault
-
     packument = client.packument(config.package)
     info = packument.versions.get(version)
     if info is None:
@@ -172,8 +170,6 @@ def _install(config: Config, client: RegistryClient, version: str, progress: Pro
 def _serve_once(executable: Path, base_dir: Path, home: Path, log: Path) -> None:
     """Start the older version on the base dir until it answers, then stop it: it has created and
     migrated its database and written its secrets, as on a host that ran it."""
-    from t3track.errors import EnvironmentFault
-
     ensure_private_dir(base_dir)
     ensure_private_dir(home)
     port = free_port()
@@ -247,7 +243,5 @@ def junit_xml(report: SmokeReport, package: str) -> bytes:
 
 
 def write_junit(report: SmokeReport, package: str, path: Path) -> None:
-    from t3track.fsutil import atomic_write_bytes
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, junit_xml(report, package), mode=0o644)
