@@ -39,7 +39,8 @@ def registry(real_t3_fixture):  # noqa: F811
 
 
 def test_the_real_server_migrates_an_older_database_pairs_and_is_asked_about_old_sessions(tmp_path, registry):
-    done = smoke(tmp_path, registry.url, REAL, "--from", OLD, "--executable", emu.EXECUTABLE)
+    done = smoke(tmp_path, registry.url, REAL, "--from", OLD, "--executable", emu.EXECUTABLE,
+                 serve_timeout=60)  # the real server takes seconds, more on a busy machine
     assert done.code == 0, done.result.stdout + done.result.stderr
     doc = done.doc
     gates = {g["name"]: g for g in doc["gates"]}
