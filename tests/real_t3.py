@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
+import re
 import shutil
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.emulator import package as emu
 
 from t3track import runner
 from t3track.host import probe
@@ -28,6 +32,13 @@ from t3track.host.sandbox import free_port
 
 PACKAGE = "@t3code/t3-linux-x64"
 VERSION = "0.0.42"
+REPACKED_NAME = f"t3-{VERSION}-repacked.tgz"
+# what a leaked pairing token, credential or session cookie looks like in any text t3track wrote
+SECRET_SHAPES = [
+    re.compile(r"(?i)\btoken\s*[:=]\s*(?!\[REDACTED\])[A-Z0-9]{12}\b"),
+    re.compile(r'(?i)"credential"\s*:\s*"(?!\[REDACTED\])[^"]+"'),
+    re.compile(r"t3_session[A-Za-z0-9_]*=(?!\[REDACTED\])[^;\s\"']+"),
+]
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT_S = 600
 READY_TIMEOUT_S = 30
@@ -195,3 +206,45 @@ def host_config(tmp_path: Path, users: dict[str, Path], **gates: object):  # noq
         "gates": {"serve_timeout": "30s", "probe_timeout": "10s", **gates},
     }
     return parse_config(data)
+
+
+# ---------------------------------------------------------------- the real package, re-packed as t3
+
+
+def repacked_real_t3(executable: Path) -> Path:
+    """`t3@0.0.42` as an npm tarball holding the real package directory under package/bin/.
+
+    Built once (gzip level 1: the binary is ~160 MB and does not compress much anyway) and cached next
+    to the real install; concurrent test processes wait on a lock; renamed into place when complete."""
+    cache = cache_dir()
+    target = cache / REPACKED_NAME
+    if target.is_file():
+        return target
+    with open(cache / ".repack.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        package_dir = executable.parent
+        partial = target.with_name(f".{target.name}.partial")
+        manifest = {"name": "t3", "version": VERSION, "bin": {"t3": "bin/t3"}, "license": "MIT",
+                    "description": f"the real {PACKAGE}@{VERSION}, re-packed for t3track's tests"}
+        data = json.dumps(manifest, indent=2).encode() + b"\n"
+
+        def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            if info.issym() or "/.bin" in info.name:  # npm would make its own bin links
+                return None
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = emu.NPM_MTIME
+            return info
+
+        with tarfile.open(partial, "w:gz", compresslevel=1) as archive:
+            info = tarfile.TarInfo("package/package.json")
+            info.size, info.mode, info.mtime = len(data), 0o644, emu.NPM_MTIME
+            archive.addfile(info, io.BytesIO(data))
+            for entry in sorted(package_dir.iterdir()):
+                if entry.name in ("package.json", "README.md"):
+                    continue
+                archive.add(entry, arcname=f"package/bin/{entry.name}", filter=normalised)
+        partial.rename(target)
+    return target

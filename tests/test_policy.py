@@ -361,3 +361,67 @@ def test_a_tag_moved_back_but_still_newer_than_current_is_followed_and_noted(moc
     assert decision.candidate.version == SOAKED and decision.candidate.source == "channel"
     assert any(f"moved back from {NEWEST} to {SOAKED}" in note for note in decision.notes)
     assert check_root()
+
+
+# --- `run --to VERSION`: exactly one version, whatever the channel says ---------------------------
+
+from t3track.night.policy import resolve_exact  # noqa: E402
+
+
+def test_to_takes_an_older_nightly_than_the_tag_and_skips_the_soak(mock, client, config, state):
+    serve(mock, tag=NEWEST)
+    state.first_seen = {}  # never seen here: the channel policy would make it wait
+    decision = resolve_exact(config, state, client, SOAKED, NOW)
+    assert decision.action == "candidate"
+    assert decision.candidate.version == SOAKED and decision.candidate.source == "exact"
+    assert decision.candidate.dist.integrity == INTEGRITY
+    assert TAGS not in [call.request.url.path for call in mock.calls]  # the tag is not asked
+
+
+def test_to_a_denied_version_is_refused(mock, client, config, state):
+    serve(mock)
+    state.denied = [Denial(version=SOAKED, reason="canary rolled back", at=NOW, by="ops")]
+    decision = resolve_exact(config, state, client, SOAKED, NOW)
+    assert decision.action == "refused" and "denied" in decision.reason and "canary" in decision.reason
+
+
+def test_to_an_older_version_is_refused_unless_downgrades_are_allowed(mock, client, config, state):
+    serve(mock)
+    refused = resolve_exact(config, state, client, OLDER, NOW)
+    assert refused.action == "refused" and "--allow-downgrade" in refused.reason
+    allowed = resolve_exact(config, state, client, OLDER, NOW, allow_downgrade=True)
+    assert allowed.action == "candidate" and allowed.candidate.version == OLDER
+    assert "downgrade" in allowed.reason
+
+
+def test_to_the_current_version_is_nothing_to_do(mock, client, config, state):
+    decision = resolve_exact(config, state, client, CURRENT, NOW)
+    assert decision.action == "noop" and "already current" in decision.reason
+    assert not mock.calls
+
+
+def test_to_on_a_frozen_host_takes_nothing(mock, client, config, state):
+    state.frozen = Freeze(reason="exam week", by="ops", at=NOW - timedelta(hours=1))
+    decision = resolve_exact(config, state, client, NEWEST, NOW)
+    assert decision.action == "noop" and "exam week" in decision.reason and not mock.calls
+
+
+def test_to_another_version_than_the_pin_is_refused(mock, client, config, state):
+    state.pinned = Pin(version=SOAKED, reason="hold", by="ops", at=NOW)
+    decision = resolve_exact(config, state, client, NEWEST, NOW)
+    assert decision.action == "refused" and "unpin" in decision.reason
+    serve(mock)
+    assert resolve_exact(config, state, client, SOAKED, NOW).action == "candidate"
+
+
+def test_to_a_version_the_registry_does_not_have_is_refused(mock, client, config, state):
+    serve(mock)
+    decision = resolve_exact(config, state, client, "0.0.43-nightly.20261128.3000", NOW)
+    assert decision.action == "refused" and "not in the registry" in decision.reason
+
+
+def test_to_a_malformed_version_is_a_usage_error(client, config, state):
+    from t3track.errors import UsageError
+
+    with pytest.raises(UsageError):
+        resolve_exact(config, state, client, "latest", NOW)

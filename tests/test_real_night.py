@@ -18,15 +18,12 @@ The night runs once per module (fixtures `bumped` and `refused`); each test chec
 
 from __future__ import annotations
 
-import fcntl
-import io
 import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from pathlib import Path
 import pytest
 from tests import real_t3
 from tests.emulator import package as emu
+from tests.real_t3 import SECRET_SHAPES, repacked_real_t3
 from tests.support.host import Host, build_host
 
 pytestmark = [pytest.mark.real_server, pytest.mark.slow]
@@ -41,49 +39,6 @@ pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 OLD = "0.0.41"
 REAL = "0.0.42"
 BROKEN = "0.0.43-nightly.20261201.3100"
-REPACKED_NAME = f"t3-{REAL}-repacked.tgz"
-
-
-# ---------------------------------------------------------------- the real package, re-packed as t3
-
-
-def repacked_real_t3(executable: Path) -> Path:
-    """`t3@0.0.42` as an npm tarball holding the real package directory under package/bin/.
-
-    Built once (gzip level 1: the binary is ~160 MB and does not compress much anyway) and cached next
-    to the real install; concurrent test processes wait on a lock; renamed into place when complete."""
-    cache = real_t3.cache_dir()
-    target = cache / REPACKED_NAME
-    if target.is_file():
-        return target
-    with open(cache / ".repack.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
-        package_dir = executable.parent
-        partial = target.with_name(f".{target.name}.partial")
-        manifest = {"name": "t3", "version": REAL, "bin": {"t3": "bin/t3"}, "license": "MIT",
-                    "description": f"the real {real_t3.PACKAGE}@{REAL}, re-packed for t3track's tests"}
-        data = json.dumps(manifest, indent=2).encode() + b"\n"
-
-        def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            if info.issym() or "/.bin" in info.name:  # npm would make its own bin links
-                return None
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = emu.NPM_MTIME
-            return info
-
-        with tarfile.open(partial, "w:gz", compresslevel=1) as archive:
-            info = tarfile.TarInfo("package/package.json")
-            info.size, info.mode, info.mtime = len(data), 0o644, emu.NPM_MTIME
-            archive.addfile(info, io.BytesIO(data))
-            for entry in sorted(package_dir.iterdir()):
-                if entry.name in ("package.json", "README.md"):
-                    continue
-                archive.add(entry, arcname=f"package/bin/{entry.name}", filter=normalised)
-        partial.rename(target)
-    return target
 
 
 # ---------------------------------------------------------------- the night, run once for the module
@@ -210,11 +165,6 @@ def files_under(*roots: Path) -> list[Path]:
     return [p for root in roots if root.exists() for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
 
 
-SECRET_SHAPES = [
-    re.compile(r"(?i)\btoken\s*[:=]\s*(?!\[REDACTED\])[A-Z0-9]{12}\b"),
-    re.compile(r'(?i)"credential"\s*:\s*"(?!\[REDACTED\])[^"]+"'),
-    re.compile(r"t3_session[A-Za-z0-9_]*=(?!\[REDACTED\])[^;\s\"']+"),
-]
 
 
 # ---------------------------------------------------------------- before the night

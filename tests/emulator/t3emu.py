@@ -116,6 +116,46 @@ SCHEMA: dict[int, list[str]] = {
     41: ["ALTER TABLE auth_sessions ADD COLUMN client_surface TEXT",
          "ALTER TABLE auth_sessions ADD COLUMN client_app_version TEXT"],
 }
+# The rest of the real 0.0.42 schema (its tables and columns the emulator does not use), created at
+# 52 because which real migration made which is not known here. With it a database the emulator
+# created is one the real server can serve (tests/test_smoke_real.py: the real 0.0.42 smoked
+# `--from` an emulated 0.0.41). A real-created database has it all already and never runs this.
+REAL_0_0_42_REST = [
+    'CREATE TABLE projection_pending_approvals ( request_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, turn_id TEXT, status TEXT NOT NULL, decision TEXT, created_at TEXT NOT NULL, resolved_at TEXT )',
+    'CREATE TABLE projection_thread_activities ( activity_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, turn_id TEXT, tone TEXT NOT NULL, kind TEXT NOT NULL, summary TEXT NOT NULL, payload_json TEXT NOT NULL, created_at TEXT NOT NULL , sequence INTEGER)',
+    'CREATE TABLE projection_thread_proposed_plans ( plan_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, turn_id TEXT, plan_markdown TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL , implemented_at TEXT, implementation_thread_id TEXT)',
+    'CREATE TABLE projection_thread_pull_requests ( thread_id TEXT NOT NULL, host TEXT NOT NULL, repository TEXT NOT NULL, number INTEGER NOT NULL, url TEXT NOT NULL, source TEXT NOT NULL, linked_at TEXT NOT NULL, snapshot_json TEXT, stack_json TEXT, PRIMARY KEY (thread_id, host, repository, number) )',
+    "CREATE TABLE projection_thread_sessions ( thread_id TEXT PRIMARY KEY, status TEXT NOT NULL, provider_name TEXT, provider_session_id TEXT, provider_thread_id TEXT, active_turn_id TEXT, last_error TEXT, updated_at TEXT NOT NULL , runtime_mode TEXT NOT NULL DEFAULT 'full-access', provider_instance_id TEXT)",
+    'CREATE TABLE projection_turns ( row_id INTEGER PRIMARY KEY AUTOINCREMENT, thread_id TEXT NOT NULL, turn_id TEXT, pending_message_id TEXT, assistant_message_id TEXT, state TEXT NOT NULL, requested_at TEXT NOT NULL, started_at TEXT, completed_at TEXT, checkpoint_turn_count INTEGER, checkpoint_ref TEXT, checkpoint_status TEXT, checkpoint_files_json TEXT NOT NULL, source_proposed_plan_thread_id TEXT, source_proposed_plan_id TEXT, UNIQUE (thread_id, turn_id), UNIQUE (thread_id, checkpoint_turn_count) )',
+    'ALTER TABLE projection_projects ADD COLUMN default_model_selection_json TEXT',
+    'ALTER TABLE projection_projects ADD COLUMN default_thread_env_mode TEXT',
+    'ALTER TABLE projection_projects ADD COLUMN favicon_path TEXT',
+    'ALTER TABLE projection_projects ADD COLUMN auto_pull INTEGER NOT NULL DEFAULT 0',
+    'ALTER TABLE projection_projects ADD COLUMN project_icon_json TEXT',
+    'ALTER TABLE projection_thread_messages ADD COLUMN attachments_json TEXT',
+    'ALTER TABLE projection_thread_messages ADD COLUMN context_json TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN model_selection_json TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN latest_user_message_at TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN pending_approval_count INTEGER NOT NULL DEFAULT 0',
+    'ALTER TABLE projection_threads ADD COLUMN pending_user_input_count INTEGER NOT NULL DEFAULT 0',
+    'ALTER TABLE projection_threads ADD COLUMN has_actionable_proposed_plan INTEGER NOT NULL DEFAULT 0',
+    'ALTER TABLE projection_threads ADD COLUMN settled_override TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN settled_at TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN snoozed_until TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN snoozed_at TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN title_regeneration_request_id TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN title_regeneration_started_at TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN pin_order_key TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN linked_pull_request_json TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN unsettled_at TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN branch_pull_request_json TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN active_order_key TEXT',
+    'ALTER TABLE projection_threads ADD COLUMN title_state_json TEXT',
+    "ALTER TABLE provider_session_runtime ADD COLUMN runtime_mode TEXT NOT NULL DEFAULT 'full-access'",
+    'ALTER TABLE provider_session_runtime ADD COLUMN provider_instance_id TEXT',
+]
+SCHEMA[52] = SCHEMA.get(52, []) + REAL_0_0_42_REST
+
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS "effect_sql_migrations" (
   migration_id integer PRIMARY KEY NOT NULL,
   created_at datetime NOT NULL DEFAULT current_timestamp,
@@ -224,18 +264,62 @@ class Paths:
         self.environment_id = self.userdata / "environment-id"
 
 
+_ED_P = 2**255 - 19
+_ED_D = -121665 * pow(121666, _ED_P - 2, _ED_P) % _ED_P
+_ED_B = (15112221349535400772501151409588531511454012693041857206046113283949847762202,
+         46316835694926478169428394003475163141307993866256225615783033603165251855960)
+
+
+def _ed25519_public(seed: bytes) -> bytes:
+    """RFC 8032 public key of a 32-byte seed (stdlib only; one key per fresh base dir)."""
+    p = _ED_P
+
+    def add(a, b):  # extended coordinates; also doubles
+        x1, y1, z1, t1 = a
+        x2, y2, z2, t2 = b
+        aa, bb = (y1 - x1) * (y2 - x2) % p, (y1 + x1) * (y2 + x2) % p
+        cc, dd = 2 * t1 * t2 * _ED_D % p, 2 * z1 * z2 % p
+        e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+        return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+    digest = hashlib.sha512(seed).digest()
+    scalar = (int.from_bytes(digest[:32], "little") & ((1 << 254) - 8)) | (1 << 254)
+    point, result = (_ED_B[0], _ED_B[1], 1, _ED_B[0] * _ED_B[1] % p), (0, 1, 1, 0)
+    while scalar:
+        if scalar & 1:
+            result = add(result, point)
+        point, scalar = add(point, point), scalar >> 1
+    zinv = pow(result[2], p - 2, p)
+    x, y = result[0] * zinv % p, result[1] * zinv % p
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def ed25519_key_pair_json() -> bytes:
+    """cloud-link-ed25519-key-pair.bin as the real 0.0.42 writes it: JSON with PKCS#8 / SPKI PEM keys
+    (270 bytes), so the real server can start on a base dir the emulator created."""
+    seed = secrets.token_bytes(32)
+
+    def pem(label: str, der: bytes) -> str:
+        return f"-----BEGIN {label}-----\n{base64.b64encode(der).decode()}\n-----END {label}-----\n"
+
+    private = pem("PRIVATE KEY", bytes.fromhex("302e020100300506032b657004220420") + seed)
+    public = pem("PUBLIC KEY", bytes.fromhex("302a300506032b6570032100") + _ed25519_public(seed))
+    return json.dumps({"privateKey": private, "publicKey": public}, separators=(",", ":")).encode()
+
+
 def ensure_userdata(paths: Paths) -> None:
     for directory in (paths.userdata, paths.userdata / "logs", paths.userdata / "attachments",
                       paths.base / "worktrees", paths.base / "caches"):
         directory.mkdir(parents=True, exist_ok=True)
     paths.secrets.mkdir(mode=0o700, exist_ok=True)
     os.chmod(paths.secrets, 0o700)
-    for name, size in (("server-signing-key.bin", 32), ("cloud-link-ed25519-key-pair.bin", 270)):
+    for name, make in (("server-signing-key.bin", lambda: secrets.token_bytes(32)),
+                       ("cloud-link-ed25519-key-pair.bin", ed25519_key_pair_json)):
         target = paths.secrets / name
         if not target.exists():
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(size))
+                handle.write(make())
     if not paths.environment_id.exists():
         paths.environment_id.write_text(f"{uuid.uuid4()}\n")
 

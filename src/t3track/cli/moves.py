@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from t3track.cli.app import JsonOpt, app, command
 from t3track.cli.render import render_run, steps_table
 
+if TYPE_CHECKING:
+    from t3track.night import ExactTarget
+
 
 @app.command()
 @command()
-def run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+def run(
+    ctx: typer.Context,
+    to: Annotated[Optional[str], typer.Option("--to", help="take exactly this version (install, every gate, swap, live check), whatever the channel says; refused if it is denied or not newer")] = None,
+    allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="with --to: also take a version older than current")] = False,
+    json_flag: JsonOpt = False,
+) -> int:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
-    return _night(ctx, dry_run=False)
+    from t3track.errors import UsageError
+    from t3track.night import ExactTarget
+    from t3track.versions import require_valid
+
+    if allow_downgrade and to is None:
+        raise UsageError("--allow-downgrade needs --to VERSION")
+    target = ExactTarget(require_valid(to, "--to version"), allow_downgrade) if to is not None else None
+    return _night(ctx, dry_run=False, target=target)
 
 
 @app.command("dry-run")
@@ -24,12 +40,12 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     return _night(ctx, dry_run=True)
 
 
-def _night(ctx: typer.Context, *, dry_run: bool) -> int:
+def _night(ctx: typer.Context, *, dry_run: bool, target: ExactTarget | None = None) -> int:
     from t3track.night import run_night
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,
-                                             progress=ctx.obj.out.info))
+                                             progress=ctx.obj.out.info, target=target))
 
 
 @app.command()
@@ -86,3 +102,28 @@ def drill(
         out.table("downtime", ["user", "seconds"], [[u, f"{d:.2f}"] for u, d in report.downtime_s.items()])
         out.line(f"simulated: {report.simulated}")
     return render_run(out, report)
+
+
+@app.command()
+@command()
+def smoke(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="the version to smoke, e.g. 0.0.43-nightly.20261201.3100")],
+    package: Annotated[str, typer.Option("--package", help="npm package")] = "t3",
+    registry: Annotated[Optional[str], typer.Option("--registry", help="npm registry URL (default: `npm config get registry`)")] = None,
+    from_version: Annotated[Optional[str], typer.Option("--from", help="serve this version once first, so VERSION migrates its real database; adds sessions-survive")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="write JUnit XML here: one testcase per gate")] = None,
+    executable: Annotated[str, typer.Option("--executable", help="the server executable, relative to the install prefix")] = "node_modules/.bin/t3",
+    evidence: Annotated[Optional[Path], typer.Option("--evidence", help="keep the redacted gate logs in this directory")] = None,
+    serve_timeout: Annotated[int, typer.Option("--serve-timeout", min=1, help="seconds the candidate has to serve")] = 60,
+    json_flag: JsonOpt = False,
+) -> int:
+    """For CI, no host or config needed: install VERSION in a scratch dir, run sandbox-serve and pairing-probe (and sessions-survive with --from), clean up."""
+    from t3track.commands import smoke as smoke_mod
+
+    report = smoke_mod.run_smoke(smoke_mod.SmokeOptions(
+        version=version, package=package, registry=registry, from_version=from_version, executable=executable,
+        serve_timeout_s=serve_timeout, evidence=evidence), progress=ctx.obj.out.info)
+    if junit is not None:
+        smoke_mod.write_junit(report, package, junit)
+    return render_run(ctx.obj.out, report)

@@ -28,11 +28,19 @@ from t3track.state import StateStore
 
 Progress = Callable[[str], None]
 
-__all__ = ["NightReport", "run_night"]
+__all__ = ["ExactTarget", "NightReport", "run_night"]
 
 
 def _quiet(_: str) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class ExactTarget:
+    """`run --to VERSION [--allow-downgrade]`: this version instead of the channel's (a fleet rollout)."""
+
+    version: str
+    allow_downgrade: bool = False
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Night:
     client: RegistryClient
     dry_run: bool
     progress: Progress
+    target: ExactTarget | None = None
     run_id: str = field(default_factory=new_run_id)
     recovered: recovery.Recovery | None = None
 
@@ -53,19 +62,21 @@ class Night:
 
 
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
-              client: RegistryClient | None = None) -> NightReport:
+              client: RegistryClient | None = None, target: ExactTarget | None = None) -> NightReport:
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
-        night = Night(config, store, client, dry_run, progress)
+        night = Night(config, store, client, dry_run, progress, target)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
         report = _pipeline(night)
         if night.recovered is not None:
             report.recovered = night.recovered.describe()
+        report.requested = target.version if target else None
         ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
             "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
-            "evidence": report.evidence, "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
+            "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
+            "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
         return report
 
 
@@ -80,7 +91,8 @@ def _pipeline(n: Night) -> NightReport:
     state = n.store.load()
     current = state.current
     try:
-        n.progress(f"resolving {n.config.package}@{n.config.channel} (current {current or 'none'})")
+        wanted = n.target.version if n.target else n.config.channel
+        n.progress(f"resolving {n.config.package}@{wanted} (current {current or 'none'})")
         decision = _resolve(n, state)
         if decision.candidate is None:
             return _no_candidate(n, decision, current)
@@ -116,7 +128,11 @@ def _pipeline(n: Night) -> NightReport:
 
 def _resolve(n: Night, state: policy.State) -> policy.Decision:
     """The policy's decision; first-seen times and a freeze that ended are saved at once."""
-    decision = policy.resolve(n.config, state, n.client, utcnow())
+    if n.target is None:
+        decision = policy.resolve(n.config, state, n.client, utcnow())
+    else:
+        decision = policy.resolve_exact(n.config, state, n.client, n.target.version, utcnow(),
+                                        allow_downgrade=n.target.allow_downgrade)
     n.store.save(state)
     if decision.freeze_ended is not None:
         ended = decision.freeze_ended

@@ -18,7 +18,7 @@ from t3track.host.registry import Packument, VersionInfo
 from t3track.state import Denial, Freeze, State
 
 Action = Literal["noop", "candidate", "refused"]
-Source = Literal["pin", "channel", "soaked"]
+Source = Literal["pin", "channel", "soaked", "exact"]
 
 
 class Registry(Protocol):
@@ -66,6 +66,57 @@ def lift_expired_freeze(state: State, now: datetime) -> Freeze | None:
         ended, state.frozen = state.frozen, None
         return ended
     return None
+
+
+# ---------------------------------------------------------------- `run --to VERSION`: one exact target
+
+
+def resolve_exact(config: Config, state: State, client: Registry, version: str, now: datetime, *,
+                  allow_downgrade: bool = False) -> Decision:
+    """Tonight's candidate is exactly `version`, whatever the channel says (a fleet rollout brings each
+    host to the version its canary verified). The operator's holds still win: frozen is a noop, a pin
+    on another version and a denial refuse. The version must be newer than current unless
+    `allow_downgrade`; current already is a noop (a rollout run twice changes nothing). No soak:
+    whoever names the version has decided it is old enough (on a fleet: it served the canary)."""
+    versions.require_valid(version, "--to version")
+    notes: list[str] = []
+    current = state.current
+    ended = lift_expired_freeze(state, now)
+    if ended is not None:
+        notes.append(f"the freeze ({ended.reason}) ended at {iso(ended.until) if ended.until else '?'}")
+    if state.frozen is not None:
+        until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
+        return Decision("noop", None, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}; "
+                        f"{version} not taken")
+    decision = _resolve_exact(config, state, client, version, current, notes, allow_downgrade)
+    decision.freeze_ended = ended
+    return decision
+
+
+def _resolve_exact(config: Config, state: State, client: Registry, version: str, current: str | None,
+                   notes: list[str], allow_downgrade: bool) -> Decision:
+    if state.pinned is not None and state.pinned.version != version:
+        return Decision("refused", None, f"pinned at {state.pinned.version} by {state.pinned.by} "
+                        f"({state.pinned.reason}); `t3track unpin` before taking {version}", notes)
+    denial = state.denial(version)
+    if denial is not None:
+        return Decision("refused", None, f"{version} is denied: {_denied(denial)}", notes)
+    if version == current:
+        return Decision("noop", None, f"{version} is already current", notes)
+    downgrade = current is not None and versions.is_valid(current) and not versions.newer(version, current)
+    if downgrade and not allow_downgrade:
+        return Decision("refused", None, f"{version} is older than current {current}; "
+                        "pass --allow-downgrade to go back on purpose", notes)
+    packument = client.cached_packument(config.package)
+    if packument is None or version not in packument.versions:
+        packument = client.packument(config.package)
+    info = packument.versions.get(version)
+    if info is None:
+        return Decision("refused", None, f"{version} is not in the registry's {config.package} packument", notes)
+    reason = (f"--to {version}" + (f", a downgrade from {current} (--allow-downgrade)" if downgrade else
+                                   f", newer than current {current or '(none)'}"))
+    return Decision("candidate", Candidate(version, reason, "exact", packument.time.get(version), info),
+                    reason, notes)
 
 
 def _resolve_pin(config: Config, state: State, client: Registry, notes: list[str]) -> Decision:

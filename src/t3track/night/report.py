@@ -27,6 +27,7 @@ class NightReport:
     evidence: str | None = None
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    requested: str | None = None     # `run --to VERSION`: the exact version asked for
     json_extra = ("exit_code",)
 
     @property
