@@ -121,6 +121,10 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
         dest = snapshot_dir / user.name
         if (dest / backup.MANIFEST).is_file():
             continue  # a resumed swap keeps the snapshot taken before it was killed
+        if not (user.base_dir / "userdata" / backup.MAIN_DB).exists():
+            # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
+            progress(f"{user.name} has no T3 state yet: nothing to snapshot")
+            continue
         progress(f"snapshot {user.name}'s database")
         backup.snapshot_database(user.base_dir, dest)
 
