@@ -79,12 +79,43 @@ def test_tracker_is_a_timeout_guarded_oneshot_that_reports_failure():
         "/usr/local/bin/t3track", "--config", "/etc/t3track/config.yaml", "run"]
 
 
+def writable_paths(name: str) -> set[str]:
+    """What a unit's ProtectSystem=strict sandbox leaves writable: ReadWritePaths= (a leading `-`
+    only makes a missing path no error) and the StateDirectory= systemd makes under /var/lib."""
+    service = unit(name)["Service"]
+    paths = {p.lstrip("-") for p in " ".join(service.get("ReadWritePaths", [])).split()}
+    return paths | {f"/var/lib/{d}" for d in " ".join(service.get("StateDirectory", [])).split()}
+
+
+def made_before_the_sandbox(name: str) -> set[str]:
+    """Directories the unit itself creates before its sandbox is set up: StateDirectory= (systemd)
+    and `ExecStartPre=+/bin/mkdir -p ...` (outside the sandbox)."""
+    service = unit(name)["Service"]
+    made = {f"/var/lib/{d}" for d in " ".join(service.get("StateDirectory", [])).split()}
+    for line in service.get("ExecStartPre", []):
+        argv = shlex.split(line)
+        if argv[:2] == ["+/bin/mkdir", "-p"]:
+            made |= {a for a in argv[2:] if a.startswith("/")}
+    return made
+
+
 def test_tracker_sandbox_leaves_only_root_state_and_backups_writable():
     service = unit("t3track.service")["Service"]
     assert service["ProtectSystem"] == ["strict"]
-    assert set(" ".join(service["ReadWritePaths"]).split()) == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
+    assert writable_paths("t3track.service") == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelModules", "RestrictSUIDSGID"):
         assert service[key] == ["yes"], key
+
+
+@pytest.mark.parametrize("name", ["t3track.service", "t3-backup-state.service"])
+def test_units_make_every_writable_path_they_need_so_a_new_host_does_not_fail_at_namespace(name):
+    # ReadWritePaths= on a path that does not exist fails the unit with 226/NAMESPACE before t3track
+    # starts (seen under a real systemd on a fresh host): each one is made by the unit itself.
+    assert writable_paths(name) <= made_before_the_sandbox(name)
+    for path in " ".join(unit(name)["Service"].get("ReadWritePaths", [])).split():
+        # even a "+" ExecStartPre= gets ReadWritePaths= applied: only "-" lets it run to make the path
+        assert path.startswith("-"), f"{name}: ReadWritePaths={path} fails at NAMESPACE while missing"
+    assert unit(name)["Service"]["StateDirectoryMode"] == ["0700"]
 
 
 def test_tracker_keeps_what_restarting_users_servers_needs():
@@ -270,8 +301,7 @@ def test_sample_config_is_valid_and_matches_the_units():
     assert str(config.root) == "/opt/t3"
     exec_start = one("t3@.service", "Service", "ExecStart")
     assert exec_start.startswith(f"{config.root}/current/{config.executable} serve")
-    assert set(one("t3track.service", "Service", "ReadWritePaths").split()) == {
-        str(config.root), str(config.state_dir), str(config.backup_dir)}
+    assert writable_paths("t3track.service") == {str(config.root), str(config.state_dir), str(config.backup_dir)}
 
 
 # --- the CI script ----------------------------------------------------------------------------------
