@@ -169,10 +169,35 @@ def test_no_unit_lets_t3_update_itself(name):
             assert " update" not in line and "service install" not in line
 
 
-def _failure_script() -> list[str]:
-    """t3track-failure@.service's ExecStart as the argv systemd would run for t3track.service."""
-    line = one("t3track-failure@.service", "Service", "ExecStart").replace("$$", "$").replace("%I", "t3track.service")
-    return shlex.split(line)
+def unescape(instance: str) -> str:
+    """systemd's %I: the instance unescaped (`-` is `/`, `\\xNN` a byte), as `systemd-escape -u` does."""
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), instance.replace("-", "/"))
+
+
+def expand_specifiers(line: str, instance: str) -> str:
+    """The unit specifiers this unit may use, expanded as systemd does for `t3track-failure@INSTANCE`."""
+    values = {"i": instance, "I": unescape(instance), "n": f"t3track-failure@{instance}.service", "%": "%"}
+    return re.sub(r"%(.)", lambda m: values[m.group(1)], line)
+
+
+def _failure_script(failed_unit: str = "t3track.service") -> list[str]:
+    """t3track-failure@.service's ExecStart as the argv systemd runs when `failed_unit` fails
+    (OnFailure=t3track-failure@%n.service makes the failed unit's name the instance)."""
+    line = expand_specifiers(one("t3track-failure@.service", "Service", "ExecStart"), failed_unit)
+    return shlex.split(line.replace("$$", "$"))
+
+
+@pytest.mark.parametrize("failed_unit", ["t3track.service", "t3-backup-state.service"])
+def test_failure_notice_names_the_unit_that_failed_as_journalctl_knows_it(failed_unit):
+    # %I would unescape t3-backup-state.service into t3/backup/state.service: a unit that does not
+    # exist, whose `journalctl -u` finds nothing.
+    env = {"PATH": "/usr/bin:/bin", "MONITOR_SERVICE_RESULT": "exit-code", "MONITOR_EXIT_STATUS": "1"}
+    proc = subprocess.run(_failure_script(failed_unit), capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"<3>t3track: {failed_unit} failed (")
+    assert proc.stdout.rstrip().endswith(f"journalctl -u {failed_unit}")
+    description = expand_specifiers(one("t3track-failure@.service", "Unit", "Description"), failed_unit)
+    assert description.endswith(f"for {failed_unit}")
 
 
 def test_failure_unit_logs_an_error_line_and_runs_the_configured_notifier(tmp_path):
