@@ -150,6 +150,16 @@ def test_config_check_lists_host_problems(cfg):
     assert any("users[0].base_dir" in p for p in doc["problems"])
 
 
+def test_config_check_on_a_new_host_accepts_users_with_no_state_yet(cfg):
+    (cfg / "alice").mkdir()  # provisioned, nobody has served T3 here, nothing adopted yet
+    result = t3("config", "check", "--json")
+    assert json.loads(result.output)["problems"] == [] and result.exit_code == 0, result.output
+    (cfg / "root" / "versions" / "0.0.42").mkdir(parents=True)
+    (cfg / "root" / "current").symlink_to("versions/0.0.42")  # adopted: now a missing database is a problem
+    doc = json.loads(t3("config", "check", "--json").output)
+    assert any("no userdata/state.sqlite" in p and "systemctl status t3@alice.service" in p for p in doc["problems"])
+
+
 def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch):
     from t3track import ops
 
