@@ -405,7 +405,9 @@ def _report(out: Out, report: Any) -> None:
             out.table("gates", ["gate", "user", "outcome", "time", "detail"],
                       [[g.name, g.user, g.outcome, f"{g.duration_s:.1f}s", g.detail] for g in report.gates])
         verb = "dry-run" if report.dry_run else report.outcome
-        out.line(f"{verb}: {report.reason}")
+        # the verdict of a night that failed the unit is an error in the journal, a critical one crit
+        priority = {ExitCode.OK: None, ExitCode.LOCKED: None, ExitCode.CRITICAL: 2}.get(report.exit_code, 3)
+        out.line(f"{verb}: {report.reason}", priority=priority)
         if report.evidence:
             out.line(f"evidence: {report.evidence}")
     raise typer.Exit(int(report.exit_code))

@@ -34,9 +34,12 @@ class Out:
     def json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(document, indent=2, default=str, sort_keys=False) + "\n")
 
-    def line(self, text: str = "") -> None:
+    def line(self, text: str = "", *, priority: int | None = None) -> None:
+        """A line on stdout. `priority` (syslog: 2 crit, 3 err, 4 warning) is given to journald as a
+        `<N>` prefix when running under systemd, so `journalctl -p err` finds the line."""
         if not self.as_json:
-            self.console.print(text, markup=False)
+            prefix = f"<{priority}>" if priority is not None and os.environ.get("JOURNAL_STREAM") else ""
+            self.console.print(prefix + text, markup=False)
 
     def info(self, text: str) -> None:
         """Progress for long steps: always to stderr, so --json stdout stays one document."""
