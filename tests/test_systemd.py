@@ -161,6 +161,13 @@ def test_user_server_serves_current_on_loopback_with_port_and_base_dir_from_env_
         "--base-dir", "${T3_BASE_DIR}", "--no-browser"]
 
 
+def test_user_server_keeps_its_startup_pairing_credential_out_of_the_journal():
+    # `Token: …` on stdout at every start is a one-time credential; the journal must not hold it
+    service = unit("t3@.service")["Service"]
+    assert service["StandardOutput"] == ["null"]
+    assert service["StandardError"] == ["journal"]
+
+
 @pytest.mark.parametrize("name", UNITS)
 def test_no_unit_lets_t3_update_itself(name):
     text = (SYSTEMD / name).read_text()
