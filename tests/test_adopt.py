@@ -126,6 +126,17 @@ def test_an_adopt_killed_right_after_moving_the_hand_made_tree_leaves_it_serving
     assert host.current_target() == "versions/0.0.41"
 
 
+def test_a_night_before_the_first_adopt_installs_nothing_and_says_to_adopt(host):
+    empty_root(host)
+    host.publish("0.0.43-nightly.20261101.3001")
+    night = host.t3track("run", "--json")
+    doc = json.loads(night.stdout)
+    assert (night.returncode, doc["outcome"]) == (0, "noop"), night.stderr
+    assert "t3track adopt VERSION" in doc["reason"]
+    assert not (host.root / "versions").exists() and not (host.root / "current").exists()
+    assert [e["outcome"] for e in host.history() if e["event"] == "run"] == ["noop"]
+
+
 def test_adopt_on_a_new_host_whose_users_have_no_state_yet_starts_them_and_checks_them_live(host):
     # A host nobody has served T3 on: empty base dirs (t3-provision-users.sh makes them), no database.
     empty_root(host)

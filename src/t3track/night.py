@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from contextlib import ExitStack
@@ -84,6 +85,14 @@ def _night(config: Config, store: StateStore, client: RegistryClient, dry_run: b
     state = store.load()
     ops.lift_expired_freeze(store, state)
     current = state.current
+    if current is None and not os.path.lexists(config.root / "current"):
+        # a new host between install and the operator's first `adopt`: a night here would install a
+        # nightly and refuse it for want of a backup of state nobody has made yet
+        report = NightReport("noop", ExitCode.OK, run_id,
+                             "t3track does not manage this host yet: nothing was installed; run "
+                             "`t3track adopt VERSION` (the first install; it starts and checks every user's server)",
+                             dry_run=dry_run)
+        return _finish(config, store, report, recovered)
     try:
         progress(f"resolving {config.package}@{config.channel} (current {current or 'none'})")
         decision = policy.resolve(config, state, client, utcnow())
