@@ -274,6 +274,7 @@ def test_units_on_a_new_host_make_their_own_directories_instead_of_failing_at_na
     backup_log = host.journal("t3-backup-state.service", since_cursor=cursor)
     assert "Failed at step NAMESPACE" not in backup_log
     assert "no database at /home/alice/.t3/userdata/state.sqlite" in backup_log, backup_log
+    assert "next: on a new host the server makes it on its first start: `t3track adopt VERSION`" in backup_log
     # ... and the failure notice names the unit that failed, so its own hint finds the journal.
     expected = "t3track: t3-backup-state.service failed (result=exit-code"
     notice = host.wait_journal("t3track-failure@t3-backup-state.service.service", expected, priority="err",
@@ -282,9 +283,14 @@ def test_units_on_a_new_host_make_their_own_directories_instead_of_failing_at_na
     assert "journalctl -u t3-backup-state.service" in notice and "t3/backup/state" not in notice
 
     box.run("systemctl", "start", "t3track.service", check=False)
+    night = host.journal("t3track.service", since_cursor=cursor)
     assert host.prop("t3track.service", "ExecMainStatus") != "226"
-    assert "Failed at step NAMESPACE" not in host.journal("t3track.service", since_cursor=cursor)
+    assert "Failed at step NAMESPACE" not in night
     assert box.run("stat", "-c", "%a", "/opt/t3").stdout.strip() == "755"
+    # a night before the first adopt changes nothing and says what comes first
+    assert host.prop("t3track.service", "Result") == "success", night[-2000:]
+    assert "run `t3track adopt VERSION`" in night
+    assert box.run("ls", "-A", "/opt/t3").stdout == ""
 
 
 def test_adopt_on_a_new_host_starts_both_servers_as_their_users_and_checks_them_live(host):
