@@ -16,5 +16,5 @@ if ! command -v systemd-nspawn >/dev/null && [[ $(id -u) == 0 ]] && command -v a
   apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends systemd-container >/dev/null
 fi
 # Three workers on two cores: most tests wait on servers and npm, not the CPU (3m40s vs 6m25s serial).
-# loadgroup: a module whose tests build on one host (xdist_group) stays on one worker, in order.
+# loadgroup: a module whose tests build on one host stays on one worker, in order (tests/conftest.py).
 exec "$venv/bin/python" -m pytest -n "${T3TRACK_TEST_WORKERS:-3}" --dist loadgroup "$@"

@@ -6,7 +6,7 @@ a loopback npm registry serving emulator builds in the real package layout, the 
 shipped (only its registry, users and soak time changed). Each test asserts what a real host would
 show: unit results and journal lines with their priority, the `current` symlink, who each server
 runs as, files and their modes. The tests build on each other (one host, night after night), so
-they run in file order on one xdist worker (group `real-systemd`).
+they run in file order on one xdist worker (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ LIVE_ONLY = "0.0.43-nightly.20261104.3003"  # breaks only in production: rolled 
 CONFIG = "/etc/t3track/config.yaml"
 T3TRACK = "/usr/local/bin/t3track"
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_systemd, pytest.mark.xdist_group("real-systemd")]
+pytestmark = [pytest.mark.slow, pytest.mark.real_systemd]
 
 
 # ---------------------------------------------------------------- fixtures
@@ -191,7 +191,10 @@ class Host:
         return out.strip().rsplit("cursor: ", 1)[-1]
 
 
-@pytest.fixture(scope="module")
+# Session scope, not module: should a worker run another module's test between two of these, a
+# module fixture would power the host off and boot a blank one in the middle of the story. The
+# last test powers it off; this finalizer is the net.
+@pytest.fixture(scope="session")
 def host(tmp_path_factory, worker_id):
     reason = unavailable_reason()
     if reason and os.geteuid() != 0:
@@ -399,3 +402,14 @@ def test_no_log_or_journal_holds_a_pairing_token(host):
     journal = host.box.run("journalctl", "-b", "--no-pager", "-o", "cat").stdout
     assert not re.search(r"^Token: \S", journal, re.M)
     assert not re.search(r"pair#token=\S", journal)
+
+
+def test_the_host_powers_off_cleanly_and_leaves_nothing_running(host):
+    box = host.box
+    nspawn_pid = box.nspawn.pid
+    box.teardown()
+    assert box.nspawn.poll() is not None and nspawn_pid not in nspawn_processes()
+    assert box.poweroff_s is not None and box.poweroff_s < 30
+    assert not box.work_dir.exists()
+    assert not any(Path("/sys/fs/cgroup").glob(f"*/t3track-nspawn-{box.name}")) and \
+        not Path(f"/sys/fs/cgroup/t3track-nspawn-{box.name}").exists()

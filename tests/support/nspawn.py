@@ -169,6 +169,7 @@ class Container:
                 _rmdir(hostroot)
             (self.work_dir / "console.log").unlink(missing_ok=True)
             _rmdir(self.work_dir)
+            _rmdir(self.work_dir.parent)  # /run/t3track-nspawn, once no container is left in it
 
     def _nspawn_pid(self) -> int | None:
         """The systemd-nspawn process: our Popen's pid once bash and unshare have exec'd into it."""
