@@ -1,4 +1,4 @@
-"""Fixtures every test module may use, defined once.
+"""Fixtures every test module may use, defined once, and the suite's xdist scheduling.
 
 The real T3 Code server (installed once per session into the test cache) and the secret spy live
 in tests/real_t3.py; an emulated host (tests/support/host.py) with a fresh backup is `host`.
@@ -23,3 +23,27 @@ def host(tmp_path: Path) -> Iterator[Host]:
     assert h.t3track("backup").returncode == 0
     yield h
     h.close()
+
+
+# Modules whose tests build on one host, in order (tests/test_real_systemd.py boots one container
+# and runs its nights one after the other): each goes to a single xdist worker as a whole.
+ONE_WORKER_MODULES = frozenset({"tests/test_real_systemd.py"})
+
+
+def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 (xdist's hook)
+    """`--dist loadgroup`, done here: every test on its own like `load`, except ONE_WORKER_MODULES.
+
+    xdist 3.8 implements loadgroup by rewriting `item._nodeid`, which pytest 9.2 no longer reads
+    (Node.nodeid is `str(self._id)`): the xdist_group mark was ignored and the real-systemd tier's
+    tests were spread over workers (checked with -v). This scheduler groups by module path instead.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerPerModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerPerModule(config, log)

@@ -123,3 +123,35 @@ def test_an_adopt_killed_right_after_moving_the_hand_made_tree_leaves_it_serving
     doc = json.loads(again.stdout)
     assert (again.returncode, doc["outcome"], doc["from"]) == (1, "rolled_back", "0.0.41"), again.stderr
     assert host.current_target() == "versions/0.0.41"
+
+
+def test_a_night_before_the_first_adopt_installs_nothing_and_says_to_adopt(host):
+    empty_root(host)
+    host.publish("0.0.43-nightly.20261101.3001")
+    night = host.t3track("run", "--json")
+    doc = json.loads(night.stdout)
+    assert (night.returncode, doc["outcome"]) == (0, "noop"), night.stderr
+    assert "t3track adopt VERSION" in doc["reason"]
+    assert not (host.root / "versions").exists() and not (host.root / "current").exists()
+    assert [e["outcome"] for e in host.history() if e["event"] == "run"] == ["noop"]
+
+
+def test_adopt_on_a_new_host_whose_users_have_no_state_yet_starts_them_and_checks_them_live(host):
+    # A host nobody has served T3 on: empty base dirs (t3-provision-users.sh makes them), no database.
+    empty_root(host)
+    for user in host.users:
+        shutil.rmtree(user.base_dir)
+        user.base_dir.mkdir(mode=0o700)
+
+    result = host.t3track("adopt", "0.0.42", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "swapped" and doc["from"] is None, doc["reason"]
+    assert [g["outcome"] for g in doc["gates"]] == ["pass", "pass"]  # each live pairing handshake
+    assert host.current_target() == "versions/0.0.42"
+    for user in host.users:
+        assert host.serving(user) == "0.0.42"
+        assert emu.migration_ids(user.db) == list(range(1, 53))  # the server created its state
+    assert "nothing to snapshot" in result.stderr
+    state = host.state()
+    assert state["current"] == "0.0.42" and state.get("frozen") is None

@@ -150,6 +150,23 @@ def test_config_check_lists_host_problems(cfg):
     assert any("users[0].base_dir" in p for p in doc["problems"])
 
 
+def test_config_check_on_a_new_host_accepts_users_with_no_state_yet(cfg):
+    (cfg / "alice").mkdir()  # provisioned, nobody has served T3 here, nothing adopted yet
+    result = t3("config", "check", "--json")
+    assert json.loads(result.output)["problems"] == [] and result.exit_code == 0, result.output
+    (cfg / "root" / "versions" / "0.0.42").mkdir(parents=True)
+    (cfg / "root" / "current").symlink_to("versions/0.0.42")  # adopted: now a missing database is a problem
+    doc = json.loads(t3("config", "check", "--json").output)
+    assert any("no userdata/state.sqlite" in p and "systemctl status t3@alice.service" in p for p in doc["problems"])
+
+
+def test_status_on_a_new_host_says_adopt_comes_first_not_a_backup_that_would_fail(cfg):
+    result = t3("status")
+    assert result.exit_code == 0, result.output
+    assert "run `t3track adopt VERSION`" in result.output
+    assert "t3track backup" not in result.output  # nobody has served T3 here: nothing to back up yet
+
+
 def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch):
     from t3track.commands import status as ops
 

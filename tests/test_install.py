@@ -152,6 +152,84 @@ def test_the_registry_token_reaches_npm_through_the_private_userconfig_only(conf
     assert f"//127.0.0.1:{registry.port}/:_authToken=tok-0123456789" in npmrc.read_text()
 
 
+# --- the real package layout: a launcher whose optional dependency holds the executable --------
+
+from tests.emulator import package as emu  # noqa: E402
+
+EXAMPLE_EXECUTABLE = "node_modules/@t3code/t3-linux-x64/t3"  # systemd/config.example.yaml, as shipped
+
+
+@pytest.fixture
+def release_config(tmp_path):
+    return Config(root=tmp_path / "root", state_dir=tmp_path / "state", install_timeout="2m",
+                  executable=EXAMPLE_EXECUTABLE)
+
+
+def publish_release(server, version, *, platform: bytes | None = None, with_platform: bool = True):
+    tarballs = emu.release_tarballs(version)
+    if with_platform:
+        server.publish(emu.PLATFORM_PACKAGE, version, tarballs[emu.PLATFORM_PACKAGE])
+        if platform is not None:
+            server.tamper(emu.PLATFORM_PACKAGE, version, platform)
+    server.publish("t3", version, tarballs["t3"], tag="nightly",
+                   published_at=datetime(2026, 11, 26, tzinfo=UTC))
+
+
+def test_the_emulator_release_is_in_the_shipped_layout():
+    from t3track.config import load_config
+
+    assert load_config(Path(__file__).parents[1] / "systemd/config.example.yaml").executable == emu.RELEASE_EXECUTABLE
+    assert emu.RELEASE_EXECUTABLE == EXAMPLE_EXECUTABLE
+
+
+@needs_npm
+def test_real_npm_installs_launcher_and_platform_package_and_both_are_verified(registry, release_config, tmp_path):
+    publish_release(registry, V1)
+    client, info = info_for(registry, tmp_path, V1)
+    prefix = ensure_installed(release_config, V1, info, registry_url=registry.url, client=client)
+    lock = json.loads((prefix / "package-lock.json").read_text())["packages"]
+    platform = client.packument(emu.PLATFORM_PACKAGE).versions[V1]
+    assert lock[f"node_modules/{emu.PLATFORM_PACKAGE}"]["integrity"] == platform.integrity
+    assert lock["node_modules/t3"]["integrity"] == info.integrity
+    executable = prefix / EXAMPLE_EXECUTABLE
+    assert runner.run([executable, "--version"], timeout=10).stdout.strip() == f"t3 v{V1}"
+    assert runner.run([prefix / "node_modules/.bin/t3", "--version"], timeout=10).stdout.strip() == f"t3 v{V1}"
+
+
+@needs_npm
+def test_a_tampered_platform_package_is_refused_and_leaves_no_install(registry, release_config, tmp_path,
+                                                                       monkeypatch):
+    write_npmrc = install.write_npmrc
+
+    def without_retries(config, registry_url):  # npm retries EINTEGRITY with a minute of backoff
+        path = write_npmrc(config, registry_url)
+        path.write_text(path.read_text() + "fetch-retries=0\n")
+        return path
+
+    monkeypatch.setattr(install, "write_npmrc", without_retries)
+    evil = emu.platform_tarball_bytes(V1, fault="no-cookie")
+    publish_release(registry, V1, platform=evil)
+    client, info = info_for(registry, tmp_path, V1)
+    with pytest.raises(IntegrityError) as caught:
+        ensure_installed(release_config, V1, info, registry_url=registry.url, client=client)
+    # npm drops an optional package that fails its integrity check and exits 0: refused all the same
+    assert caught.value.exit_code == ExitCode.REFUSED, caught.value.message
+    assert f"npm did not install {emu.PLATFORM_PACKAGE}@{V1}" in caught.value.message
+    assert tree(release_config.root / "versions") == []
+
+
+@needs_npm
+def test_a_release_whose_platform_package_is_missing_is_refused_for_its_executable(registry, release_config,
+                                                                                   tmp_path):
+    publish_release(registry, V1, with_platform=False)  # npm skips a missing optional dependency quietly
+    client, info = info_for(registry, tmp_path, V1)
+    with pytest.raises(IntegrityError) as caught:
+        ensure_installed(release_config, V1, info, registry_url=registry.url, client=client)
+    assert caught.value.check == "executable" and EXAMPLE_EXECUTABLE in caught.value.message
+    assert f"npm did not install {emu.PLATFORM_PACKAGE}@{V1}" in caught.value.message
+    assert tree(release_config.root / "versions") == []
+
+
 # --- with a stand-in npm: the failures the real one rarely produces on demand ------------------
 
 TARBALL = make_package_tarball("t3", V1)
@@ -180,10 +258,11 @@ def fake_npm(monkeypatch, *, version=V1, integrity=INFO.integrity, executable=Tr
         (prefix / "node_modules/t3/package.json").write_text(json.dumps({"name": "t3", "version": version}))
         (prefix / "package-lock.json").write_text(json.dumps(
             {"packages": {"node_modules/t3": {"version": version, "integrity": integrity}}}))
-        if executable:
+        if executable:  # like npm: the package's bin, linked from node_modules/.bin
+            (prefix / "node_modules/t3/bin/t3").write_text("#!/bin/sh\n")
+            os.chmod(prefix / "node_modules/t3/bin/t3", 0o755)
             (prefix / "node_modules/.bin").mkdir()
-            (prefix / "node_modules/.bin/t3").write_text("#!/bin/sh\n")
-            os.chmod(prefix / "node_modules/.bin/t3", 0o755)
+            (prefix / "node_modules/.bin/t3").symlink_to("../t3/bin/t3")
         return runner.Completed(argv, None if timed_out else returncode, "", stderr, 1.0, timed_out)
 
     monkeypatch.setattr(install.runner, "run", run)
@@ -315,3 +394,70 @@ def test_prune_clears_leftovers_and_ignores_names_that_are_not_versions(tmp_path
     make_installs(config, f"{V3}.partial", f"{V1}.removing", "hand-made")
     assert prune(config, State()) == []
     assert tree(config.root / "versions") == ["hand-made"]
+
+
+class ReleaseClient(FakeClient):
+    """The registry's answers for a release: t3's tarball, and the platform package's packument."""
+
+    def __init__(self, platform_integrity):
+        super().__init__()
+        self.platform_integrity = platform_integrity
+
+    def packument(self, package):
+        from t3track.host.registry import Packument
+
+        assert package == "@t3code/t3-linux-x64"
+        return Packument(package, {}, {V1: VersionInfo(V1, "https://registry.test/p.tgz", self.platform_integrity)}, {})
+
+
+def fake_release_npm(monkeypatch, platform_integrity):
+    """npm laying out a release: the launcher, and the platform package with the integrity given."""
+    def run(argv, **kwargs):
+        argv = list(map(str, argv))
+        prefix = Path(argv[argv.index("--prefix") + 1])
+        (prefix / "node_modules/t3").mkdir(parents=True)
+        (prefix / "node_modules/t3/package.json").write_text(json.dumps({"name": "t3", "version": V1}))
+        platform = prefix / "node_modules/@t3code/t3-linux-x64"
+        platform.mkdir(parents=True)
+        (platform / "t3").write_text("#!/bin/sh\n")
+        os.chmod(platform / "t3", 0o755)
+        (prefix / "package-lock.json").write_text(json.dumps({"packages": {
+            "": {"dependencies": {"t3": V1}},
+            "node_modules/t3": {"version": V1, "integrity": INFO.integrity},
+            "node_modules/@t3code/t3-linux-x64": {"version": V1, "integrity": platform_integrity, "optional": True}}}))
+        return runner.Completed(argv, 0, "", "", 1.0, False)
+
+    monkeypatch.setattr(install.runner, "run", run)
+
+
+def test_a_platform_package_npm_recorded_with_another_integrity_is_refused(monkeypatch, tmp_path):
+    config = Config(root=tmp_path / "root", state_dir=tmp_path / "state", executable="node_modules/@t3code/t3-linux-x64/t3")
+    published = sri_sha512(b"the platform tarball the registry publishes")
+    fake_release_npm(monkeypatch, platform_integrity=sri_sha512(b"something else"))
+    with pytest.raises(IntegrityError) as caught:
+        ensure_installed(config, V1, INFO, registry_url="https://registry.test/", client=ReleaseClient(published))
+    assert caught.value.check == "dependency-integrity" and "@t3code/t3-linux-x64@" in caught.value.message
+    assert tree(config.root / "versions") == []
+
+    fake_release_npm(monkeypatch, platform_integrity=published)  # the same tree, as published: accepted
+    prefix = ensure_installed(config, V1, INFO, registry_url="https://registry.test/", client=ReleaseClient(published))
+    assert (prefix / "node_modules/@t3code/t3-linux-x64/t3").is_file()
+
+
+def test_an_executable_outside_every_package_npm_recorded_is_refused(monkeypatch, tmp_path):
+    config = Config(root=tmp_path / "root", state_dir=tmp_path / "state", executable="node_modules/@t3code/t3-linux-x64/t3")
+    fake_release_npm(monkeypatch, platform_integrity=None)
+    real = install.runner.run
+
+    def run_and_drop_the_platform_entry(argv, **kwargs):
+        done = real(argv, **kwargs)
+        prefix = Path(list(map(str, argv))[list(map(str, argv)).index("--prefix") + 1])
+        lock = json.loads((prefix / "package-lock.json").read_text())
+        del lock["packages"]["node_modules/@t3code/t3-linux-x64"]
+        (prefix / "package-lock.json").write_text(json.dumps(lock))
+        return done
+
+    monkeypatch.setattr(install.runner, "run", run_and_drop_the_platform_entry)
+    with pytest.raises(IntegrityError) as caught:
+        ensure_installed(config, V1, INFO, registry_url="https://registry.test/", client=ReleaseClient(None))
+    assert caught.value.check == "executable" and "in no package npm recorded" in caught.value.message

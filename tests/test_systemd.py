@@ -79,12 +79,43 @@ def test_tracker_is_a_timeout_guarded_oneshot_that_reports_failure():
         "/usr/local/bin/t3track", "--config", "/etc/t3track/config.yaml", "run"]
 
 
+def writable_paths(name: str) -> set[str]:
+    """What a unit's ProtectSystem=strict sandbox leaves writable: ReadWritePaths= (a leading `-`
+    only makes a missing path no error) and the StateDirectory= systemd makes under /var/lib."""
+    service = unit(name)["Service"]
+    paths = {p.lstrip("-") for p in " ".join(service.get("ReadWritePaths", [])).split()}
+    return paths | {f"/var/lib/{d}" for d in " ".join(service.get("StateDirectory", [])).split()}
+
+
+def made_before_the_sandbox(name: str) -> set[str]:
+    """Directories the unit itself creates before its sandbox is set up: StateDirectory= (systemd)
+    and `ExecStartPre=+/bin/mkdir -p ...` (outside the sandbox)."""
+    service = unit(name)["Service"]
+    made = {f"/var/lib/{d}" for d in " ".join(service.get("StateDirectory", [])).split()}
+    for line in service.get("ExecStartPre", []):
+        argv = shlex.split(line)
+        if argv[:2] == ["+/bin/mkdir", "-p"]:
+            made |= {a for a in argv[2:] if a.startswith("/")}
+    return made
+
+
 def test_tracker_sandbox_leaves_only_root_state_and_backups_writable():
     service = unit("t3track.service")["Service"]
     assert service["ProtectSystem"] == ["strict"]
-    assert set(" ".join(service["ReadWritePaths"]).split()) == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
+    assert writable_paths("t3track.service") == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelModules", "RestrictSUIDSGID"):
         assert service[key] == ["yes"], key
+
+
+@pytest.mark.parametrize("name", ["t3track.service", "t3-backup-state.service"])
+def test_units_make_every_writable_path_they_need_so_a_new_host_does_not_fail_at_namespace(name):
+    # ReadWritePaths= on a path that does not exist fails the unit with 226/NAMESPACE before t3track
+    # starts (seen under a real systemd on a fresh host): each one is made by the unit itself.
+    assert writable_paths(name) <= made_before_the_sandbox(name)
+    for path in " ".join(unit(name)["Service"].get("ReadWritePaths", [])).split():
+        # even a "+" ExecStartPre= gets ReadWritePaths= applied: only "-" lets it run to make the path
+        assert path.startswith("-"), f"{name}: ReadWritePaths={path} fails at NAMESPACE while missing"
+    assert unit(name)["Service"]["StateDirectoryMode"] == ["0700"]
 
 
 def test_tracker_keeps_what_restarting_users_servers_needs():
@@ -130,6 +161,13 @@ def test_user_server_serves_current_on_loopback_with_port_and_base_dir_from_env_
         "--base-dir", "${T3_BASE_DIR}", "--no-browser"]
 
 
+def test_user_server_keeps_its_startup_pairing_credential_out_of_the_journal():
+    # `Token: …` on stdout at every start is a one-time credential; the journal must not hold it
+    service = unit("t3@.service")["Service"]
+    assert service["StandardOutput"] == ["null"]
+    assert service["StandardError"] == ["journal"]
+
+
 @pytest.mark.parametrize("name", UNITS)
 def test_no_unit_lets_t3_update_itself(name):
     text = (SYSTEMD / name).read_text()
@@ -138,10 +176,35 @@ def test_no_unit_lets_t3_update_itself(name):
             assert " update" not in line and "service install" not in line
 
 
-def _failure_script() -> list[str]:
-    """t3track-failure@.service's ExecStart as the argv systemd would run for t3track.service."""
-    line = one("t3track-failure@.service", "Service", "ExecStart").replace("$$", "$").replace("%I", "t3track.service")
-    return shlex.split(line)
+def unescape(instance: str) -> str:
+    """systemd's %I: the instance unescaped (`-` is `/`, `\\xNN` a byte), as `systemd-escape -u` does."""
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), instance.replace("-", "/"))
+
+
+def expand_specifiers(line: str, instance: str) -> str:
+    """The unit specifiers this unit may use, expanded as systemd does for `t3track-failure@INSTANCE`."""
+    values = {"i": instance, "I": unescape(instance), "n": f"t3track-failure@{instance}.service", "%": "%"}
+    return re.sub(r"%(.)", lambda m: values[m.group(1)], line)
+
+
+def _failure_script(failed_unit: str = "t3track.service") -> list[str]:
+    """t3track-failure@.service's ExecStart as the argv systemd runs when `failed_unit` fails
+    (OnFailure=t3track-failure@%n.service makes the failed unit's name the instance)."""
+    line = expand_specifiers(one("t3track-failure@.service", "Service", "ExecStart"), failed_unit)
+    return shlex.split(line.replace("$$", "$"))
+
+
+@pytest.mark.parametrize("failed_unit", ["t3track.service", "t3-backup-state.service"])
+def test_failure_notice_names_the_unit_that_failed_as_journalctl_knows_it(failed_unit):
+    # %I would unescape t3-backup-state.service into t3/backup/state.service: a unit that does not
+    # exist, whose `journalctl -u` finds nothing.
+    env = {"PATH": "/usr/bin:/bin", "MONITOR_SERVICE_RESULT": "exit-code", "MONITOR_EXIT_STATUS": "1"}
+    proc = subprocess.run(_failure_script(failed_unit), capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"<3>t3track: {failed_unit} failed (")
+    assert proc.stdout.rstrip().endswith(f"journalctl -u {failed_unit}")
+    description = expand_specifiers(one("t3track-failure@.service", "Unit", "Description"), failed_unit)
+    assert description.endswith(f"for {failed_unit}")
 
 
 def test_failure_unit_logs_an_error_line_and_runs_the_configured_notifier(tmp_path):
@@ -270,8 +333,7 @@ def test_sample_config_is_valid_and_matches_the_units():
     assert str(config.root) == "/opt/t3"
     exec_start = one("t3@.service", "Service", "ExecStart")
     assert exec_start.startswith(f"{config.root}/current/{config.executable} serve")
-    assert set(one("t3track.service", "Service", "ReadWritePaths").split()) == {
-        str(config.root), str(config.state_dir), str(config.backup_dir)}
+    assert writable_paths("t3track.service") == {str(config.root), str(config.state_dir), str(config.backup_dir)}
 
 
 # --- the CI script ----------------------------------------------------------------------------------

@@ -302,8 +302,11 @@ def host_problems(config: Config) -> list[str]:
     for i, user in enumerate(config.users):
         if not user.base_dir.is_dir():
             problems.append(f"users[{i}].base_dir: {user.base_dir} does not exist")
-        elif not (user.base_dir / "userdata" / "state.sqlite").is_file():
-            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite under {user.base_dir}")
+        elif not (user.base_dir / "userdata" / "state.sqlite").is_file() and os.path.lexists(current):
+            # before the first install (`t3track adopt VERSION`) nobody has served T3 here: the
+            # server creates its state on its first start
+            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite under {user.base_dir} "
+                            f"(is {user.name}'s server running? `systemctl status t3@{user.name}.service`)")
         if user.run_as is not None:
             import pwd
             try:

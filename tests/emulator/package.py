@@ -91,24 +91,85 @@ def _manifest(version: str) -> dict:
     return {"name": PACKAGE, "version": version, "bin": {"t3": "bin/t3"}, "license": "MIT"}
 
 
-def tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
-                  start_delay_s: float = 0, **extra) -> bytes:
-    """An npm tarball of the emulator: package/{package.json, bin/t3 (0755), bin/emulator.json}, no deps."""
-    entries = [
-        ("package/package.json", json.dumps(_manifest(version), indent=2).encode() + b"\n", 0o644),
-        ("package/bin/t3", EMULATOR.read_bytes(), 0o755),
-        ("package/bin/emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
-                                                          start_delay_s=start_delay_s, **extra)).encode(), 0o644),
-    ]
+def _tarball(entries: list[tuple[str, bytes, int]]) -> bytes:
+    """An npm tarball of `entries` (path under package/, bytes, mode), npm pack's fixed mtime, gzip."""
+    import gzip
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for name, data, mode in entries:
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(f"package/{name}")
             info.size, info.mode, info.mtime = len(data), mode, NPM_MTIME
             archive.addfile(info, io.BytesIO(data))
-    import gzip
-
     return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
+                  start_delay_s: float = 0, **extra) -> bytes:
+    """An npm tarball of the emulator: package/{package.json, bin/t3 (0755), bin/emulator.json}, no deps."""
+    return _tarball([
+        ("package.json", json.dumps(_manifest(version), indent=2).encode() + b"\n", 0o644),
+        ("bin/t3", EMULATOR.read_bytes(), 0o755),
+        ("bin/emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
+                                                  start_delay_s=start_delay_s, **extra)).encode(), 0o644),
+    ])
+
+
+# ---------------------------------------------------------------- the real package layout
+# Since ~2026-09 `t3` is a small Node launcher whose optional dependency `@t3code/t3-linux-x64` (same
+# version) holds the executable `t3` at its package root: what systemd/config.example.yaml's
+# `executable` and t3@.service's ExecStart= name. release_tarballs() builds both packages around
+# the emulator, so a real `npm install t3@V` lays the tree out exactly as for a real release.
+
+PLATFORM_PACKAGE = "@t3code/t3-linux-x64"
+RELEASE_EXECUTABLE = f"node_modules/{PLATFORM_PACKAGE}/t3"   # the shipped config's `executable`
+_LAUNCHER = """#!/usr/bin/env node
+// t3 launcher (emulated): run the platform package's executable with our arguments.
+const { spawnSync } = require("child_process");
+const path = require("path");
+const exe = path.join(path.dirname(require.resolve("%s/package.json")), "t3");
+const done = spawnSync(exe, process.argv.slice(2), { stdio: "inherit" });
+process.exit(done.status === null ? 1 : done.status);
+""" % PLATFORM_PACKAGE
+
+
+def launcher_tarball_bytes(version: str) -> bytes:
+    """`t3@version`: bin/t3.js (a Node launcher), optionalDependencies {PLATFORM_PACKAGE: version}."""
+    manifest = {"name": PACKAGE, "version": version, "bin": {"t3": "bin/t3.js"}, "license": "MIT",
+                "optionalDependencies": {PLATFORM_PACKAGE: version}}
+    return _tarball([("package.json", json.dumps(manifest, indent=2).encode() + b"\n", 0o644),
+                     ("bin/t3.js", _LAUNCHER.encode(), 0o755)])
+
+
+def platform_tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
+                           start_delay_s: float = 0, **extra) -> bytes:
+    """`@t3code/t3-linux-x64@version`: the emulator as `t3` at the package root (no `bin` entry),
+    emulator.json beside it; os/cpu like the real one."""
+    manifest = {"name": PLATFORM_PACKAGE, "version": version, "license": "MIT", "os": ["linux"], "cpu": ["x64"]}
+    return _tarball([
+        ("package.json", json.dumps(manifest, indent=2).encode() + b"\n", 0o644),
+        ("t3", EMULATOR.read_bytes(), 0o755),
+        ("emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
+                                              start_delay_s=start_delay_s, **extra)).encode(), 0o644),
+    ])
+
+
+def release_tarballs(version: str, **build) -> dict[str, bytes]:
+    """Both packages of a release in the real layout: {package name: tarball}. Publish the platform
+    package as well (without a dist-tag): npm resolves it by version."""
+    return {PACKAGE: launcher_tarball_bytes(version), PLATFORM_PACKAGE: platform_tarball_bytes(version, **build)}
+
+
+def pack_release(dest_dir: Path, version: str, **build) -> list[Path]:
+    """Write both tarballs of a release into dest_dir (`t3-V.tgz`, `t3code-t3-linux-x64-V.tgz`, like npm pack)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in release_tarballs(version, **build).items():
+        path = dest_dir / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
 
 
 def pack_tarball(dest_dir: Path, version: str, era: str = "B", migrations: int | None = None,

@@ -25,9 +25,12 @@ class Out:
     def json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
 
-    def line(self, text: str = "") -> None:
+    def line(self, text: str = "", *, priority: int | None = None) -> None:
+        """A line on stdout. `priority` (syslog: 2 crit, 3 err, 4 warning) is given to journald as a
+        `<N>` prefix when running under systemd, so `journalctl -p err` finds the line."""
         if not self.as_json:
-            print(text, flush=True)
+            prefix = f"<{priority}>" if priority is not None and os.environ.get("JOURNAL_STREAM") else ""
+            print(prefix + text, flush=True)
 
     def info(self, text: str) -> None:
         """Progress for long steps: always to stderr, so --json stdout stays one document."""
@@ -117,7 +120,9 @@ def render_run(out: Out, report: Any) -> int:
         if report.gates:
             gates_table(out, report.gates)
         verb = "dry-run" if report.dry_run else str(report.outcome)
-        out.line(f"{verb}: {report.reason}")
+        # the verdict of a run that fails the unit is an error in the journal, a critical one crit
+        code = int(report.exit_code)
+        out.line(f"{verb}: {report.reason}", priority=None if code in (0, 75) else 2 if code == 4 else 3)
         if report.evidence:
             out.line(f"evidence: {report.evidence}")
     return int(report.exit_code)

@@ -51,6 +51,11 @@ def status(config: Config, store: StateStore) -> Status:
             warnings.append(f"{link} points at {target}, which does not exist")
     elif link.exists():
         warnings.append(f"{link} is a plain directory: run `t3track adopt VERSION` to bring it under t3track")
+    new_host = state.current is None and not link.is_symlink() and not link.exists()
+    if new_host:
+        # nobody has served T3 here yet: a backup now would find no database
+        warnings.append("t3track does not manage this host yet: run `t3track adopt VERSION` "
+                        "(the first install; it starts and checks every user's server)")
     users = []
     for user in config.users:
         newest = backup.newest_backup(config, user.name)
@@ -58,7 +63,8 @@ def status(config: Config, store: StateStore) -> Status:
                                 newest.age_s(now) if newest else None,
                                 str(newest.path) if newest else None))
         if newest is None:
-            warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
+            if not new_host:
+                warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
         elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
             warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
                             f"run `t3track backup --user {user.name}`")

@@ -152,7 +152,8 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
     source_main = userdata / MAIN_DB
     if not source_main.is_file():
         raise BackupError(f"no database at {source_main}", user=user,
-                          hint=f"check users[].base_dir for {user} in the config (`t3track config check`)")
+                          hint=f"on a new host the server makes it on its first start: `t3track adopt VERSION`; "
+                               f"else check users[].base_dir for {user} in the config (`t3track config check`)")
     if target.exists():
         raise BackupError(f"{target} already exists; a backup never overwrites one", user=user,
                           hint="move it aside, or use another target")

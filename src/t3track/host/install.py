@@ -2,8 +2,9 @@
 
 Nothing half-done ever carries a version's name: an install is built under `<v>.partial` and
 renamed to `<v>` only once npm succeeded and the installed package.json version, the tarball's
-sha512 against the packument's dist.integrity, package-lock.json's record and the executable all
-check out. A tampered artefact raises IntegrityError (the version is refused, exit 1); npm failing
+sha512 against the packument's dist.integrity, package-lock.json's record of it and of every other
+package npm fetched (the platform package holding the executable among them) and the executable
+all check out. A tampered artefact raises IntegrityError (the version is refused, exit 1); npm failing
 or timing out raises EnvironmentFault (exit 3). Either way root/versions holds no partial.
 """
 
@@ -23,7 +24,7 @@ from t3track import runner, versions
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
-from t3track.host.registry import VersionInfo, registry_token
+from t3track.host.registry import Packument, VersionInfo, registry_token
 from t3track.host.tree import PARTIAL_SUFFIX, REMOVING_SUFFIX, installed_versions, live_targets, versions_dir
 from t3track.state import State
 
@@ -38,11 +39,13 @@ class IntegrityError(T3TrackError):
     def __init__(self, message: str, *, version: str, check: str, hint: str | None = None):
         super().__init__(message, hint=hint or f"do not install {version}; `t3track deny {version}` keeps it out")
         self.version = version
-        self.check = check  # tarball-integrity | lockfile-integrity | package-version | executable
+        self.check = check  # tarball-integrity | lockfile-integrity | dependency-integrity | package-version | executable
 
 
 class TarballSource(Protocol):
     def tarball(self, url: str) -> bytes: ...
+
+    def packument(self, package: str) -> Packument: ...
 
 
 def installed_prefix(config: Config, version: str) -> Path:
@@ -104,6 +107,7 @@ def ensure_installed(
         say(f"npm install {config.package}@{version}")
         _npm_install(config, version, partial, registry_url)
         _verify_tree(config, version, partial, expected)
+        _verify_dependencies(config, version, partial, client)
         _fsync_tree(partial)
         os.rename(partial, final)
         fsync_dir(final.parent)
@@ -181,7 +185,46 @@ def _verify_tree(config: Config, version: str, prefix: Path, expected: str) -> N
             f"the registry publishes {expected[:23]}…", version=version, check="lockfile-integrity")
     executable = config.executable_in(prefix)
     if not executable.is_file() or not os.access(executable, os.X_OK):
+        skipped = [f"{name}@{want}" for name, want in sorted((manifest.get("optionalDependencies") or {}).items())
+                   if config.executable.startswith(f"node_modules/{name}/")
+                   and not (prefix / "node_modules" / name / "package.json").is_file()]
+        if skipped:  # npm leaves out an optional package it cannot fetch or verify, and exits 0
+            raise IntegrityError(
+                f"{config.package}@{version} has no executable at {executable}: npm did not install "
+                f"{skipped[0]}, the optional dependency that holds it (npm skips an optional package whose "
+                f"tarball fails its integrity check, is missing, or does not fit this os/cpu)",
+                version=version, check="executable",
+                hint=f"npm's logs are in {config.state_dir / 'npm-logs'}; do not install {version} until the "
+                     f"registry serves {skipped[0]} as published (`t3track deny {version}` keeps it out)")
         raise IntegrityError(f"{config.package}@{version} has no executable at {executable}",
+                             version=version, check="executable",
+                             hint="check `executable:` in the config (relative to the install prefix)")
+
+
+def _verify_dependencies(config: Config, version: str, prefix: Path, client: TarballSource) -> None:
+    """Every other package npm installed carries the sha512 the registry publishes for it, and the
+    executable lies inside a package npm recorded. Since ~2026-09 the executable is in the launcher's
+    optional dependency (@t3code/t3-<os>-<arch>), which npm fetches itself: its integrity is checked
+    here, against t3track's own read of that package's packument, before the install is renamed into place."""
+    packages = (_read_json(prefix / "package-lock.json").get("packages") or {})
+    for path, entry in sorted(packages.items()):
+        if not path or path == f"node_modules/{config.package}" or not isinstance(entry, dict) or entry.get("link"):
+            continue
+        name = path.rsplit("node_modules/", 1)[-1]
+        dep_version = entry.get("version")
+        recorded = sha512_of(entry.get("integrity"))
+        published = client.packument(name).versions.get(dep_version) if isinstance(dep_version, str) else None
+        wanted = sha512_of(published.integrity) if published else None
+        if recorded is None or recorded != wanted:
+            raise IntegrityError(
+                f"{config.package}@{version}: npm installed {name}@{dep_version} with integrity "
+                f"{str(recorded)[:23]}…, the registry publishes {str(wanted)[:23]}…",
+                version=version, check="dependency-integrity")
+    executable = os.path.realpath(config.executable_in(prefix))
+    holders = [p for p in packages if p and executable.startswith(os.path.realpath(prefix / p) + os.sep)]
+    if not holders:
+        raise IntegrityError(f"{config.package}@{version}: the executable {executable} is in no package npm "
+                             f"recorded in package-lock.json, so its integrity is unknown",
                              version=version, check="executable",
                              hint="check `executable:` in the config (relative to the install prefix)")
 

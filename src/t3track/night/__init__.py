@@ -7,6 +7,7 @@ history, evidence, metrics, notifications) exactly once, after the pipeline retu
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ from t3track.errors import EnvironmentFault
 from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
-from t3track.host.tree import executable_of
+from t3track.host.tree import current_link, executable_of
 from t3track.night import gates, ledger, policy, recovery, swap
 from t3track.night.report import NightReport
 from t3track.results import first_failure, new_run_id
@@ -90,6 +91,13 @@ def _pipeline(n: Night) -> NightReport:
                                     if n.recovered.result else None)
     state = n.store.load()
     current = state.current
+    if current is None and not os.path.lexists(current_link(n.config)):
+        # a new host between install and the operator's first `adopt`: a night here would install a
+        # nightly and refuse it for want of a backup of state nobody has made yet
+        return NightReport.nothing_to_do(
+            n.run_id, "t3track does not manage this host yet: nothing was installed; run `t3track adopt "
+            "VERSION` (the first install; it starts and checks every user's server)", current=None, notes=[],
+            dry_run=n.dry_run)
     try:
         wanted = n.target.version if n.target else n.config.channel
         n.progress(f"resolving {n.config.package}@{wanted} (current {current or 'none'})")

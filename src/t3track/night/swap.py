@@ -17,7 +17,7 @@ from t3track.config import Config
 from t3track.errors import CriticalError, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore
-from t3track.host.manifest import MANIFEST, read_backup
+from t3track.host.manifest import MAIN_DB, MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import max_migration_id
 from t3track.host.tree import current_version, flip_current
@@ -56,6 +56,10 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
         dest = snapshot_dir / user.name
         if (dest / MANIFEST).is_file():
             continue  # a resumed swap keeps the snapshot taken before it was killed
+        if not (user.base_dir / "userdata" / MAIN_DB).exists():
+            # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
+            progress(f"{user.name} has no T3 state yet: nothing to snapshot")
+            continue
         progress(f"snapshot {user.name}'s database")
         backup.snapshot_database(user.base_dir, dest)
 
