@@ -70,7 +70,7 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
 
 
 def _pipeline(n: Night) -> NightReport:
-    for name in sandbox.sweep_stale(n.config.state_dir / "sandboxes"):
+    for name in sandbox.sweep_stale(n.config.state_dir / "sandboxes", tuple(u.name for u in n.config.users)):
         n.progress(f"removed a sandbox left by a killed run: {name}")
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
     if n.recovered is not None and n.recovered.critical:
