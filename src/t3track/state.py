@@ -155,9 +155,11 @@ class StateStore:
         atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
 
     def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
-        """Append one history line: {at, event, by, ...data}."""
+        """Append one history line: {at, event, by, ...data}; long texts are cut (a registry or a
+        user can put anything into a reason), so one line stays small."""
         self.ensure()
-        entry = HistoryEvent(at=iso(utcnow()), event=event, by=by, data=data)
+        data = {key: _bounded(value) for key, value in data.items()}
+        entry = HistoryEvent(at=iso(utcnow()), event=event, by=_bounded(by), data=data)
         line = json.dumps({"at": entry.at, "event": event, "by": by, **data}, default=str, sort_keys=False)
         append_line(self.history_path, line)
         return entry
@@ -205,6 +207,22 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+HISTORY_TEXT_MAX = 4000   # characters of one value in a history line
+HISTORY_ITEMS_MAX = 200   # entries of one list or mapping
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= HISTORY_TEXT_MAX else value[:HISTORY_TEXT_MAX] + f"… [{len(value)} chars]"
+    if depth > 4:
+        return _bounded(str(value))
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth + 1) for v in list(value)[:HISTORY_ITEMS_MAX]]
+    if isinstance(value, dict):
+        return {_bounded(str(k)): _bounded(v, depth + 1) for k, v in list(value.items())[:HISTORY_ITEMS_MAX]}
+    return value
 
 
 def _read_pid(fd: int) -> int | None:
