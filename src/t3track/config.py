@@ -95,14 +95,36 @@ class UserConfig(_Strict):
         return value
 
 
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """An argv template may name only `names` ({user}, ...): an unknown one would reach the command
+    literally and fail at the worst moment (a `{nokey}` in services.stop, mid-swap)."""
+    for part in argv:
+        unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in names]
+        if unknown:
+            known = " ".join("{" + n + "}" for n in names)
+            raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
+    return argv
+
+
+SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
+
+
 class ServicesConfig(_Strict):
     stop: list[str] = Field(default_factory=lambda: ["systemctl", "stop", "t3@{user}.service"], min_length=1)
     start: list[str] = Field(default_factory=lambda: ["systemctl", "start", "t3@{user}.service"], min_length=1)
     timeout: Duration = timedelta(seconds=60)
 
+    @field_validator("stop", "start")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        return check_template(value, SERVICE_PLACEHOLDERS)
+
 
 class GatesConfig(_Strict):
-    order: list[str] = Field(default_factory=lambda: list(GATE_NAMES))
+    order: list[str] = Field(default_factory=lambda: list(GATE_NAMES), min_length=1)  # no swap without a gate
     backup_max_age: Duration = timedelta(hours=26)
     serve_timeout: Duration = timedelta(seconds=60)
     probe_timeout: Duration = timedelta(seconds=10)
