@@ -354,6 +354,16 @@ def test_a_rollback_never_writes_into_bobs_dir_through_alices_userdata_link(host
     conn.close()
 
 
+def test_config_check_names_the_link_in_alices_tree(host):
+    from t3track.host.usertree import tree_problems
+
+    config, alice, bob = host
+    plant_link(userdata_of(config, alice) / "state.sqlite", userdata_of(config, bob) / "state.sqlite", alice)
+    problems = tree_problems(config)
+    assert [p for p in problems if p.startswith("users[0].base_dir") and "symbolic link" in p]
+    assert not [p for p in problems if p.startswith("users[1]")]
+
+
 # ---------------------------------------------------------------- one user blocking everyone
 
 

@@ -179,6 +179,33 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
     return replace(tree, databases=tuple(present))
 
 
+def tree_problems(config: Any) -> list[str]:
+    """For `config check`: each user's tree as a night would find it (no link, regular databases
+    of its owner's, the owner is run_as, no two users share one)."""
+    problems: list[str] = []
+    seen: dict[tuple[int, int], str] = {}
+    for i, user in enumerate(config.users):
+        if not (user.base_dir / "userdata").exists():
+            continue  # host_problems says so already
+        try:
+            tree = check_tree(user.base_dir, user=user.name)
+        except UserTreeFault as exc:
+            problems.append(f"users[{i}].base_dir: {exc.detail}")
+            continue
+        other = seen.setdefault((tree.dev, tree.ino), user.name)
+        if other != user.name:
+            problems.append(f"users[{i}].base_dir: {tree.userdata} is the same directory as {other}'s userdata")
+        if user.run_as is not None:
+            try:
+                run_uid = pwd.getpwnam(user.run_as).pw_uid
+            except KeyError:
+                continue  # host_problems says so already
+            if tree.uid not in (0, run_uid):
+                problems.append(f"users[{i}].run_as: {tree.userdata} belongs to uid {tree.uid}, not to "
+                                f"{user.run_as} (uid {run_uid})")
+    return problems
+
+
 def db_sizes(base_dir: Path, *, user: str) -> int:
     """Bytes of the databases (and WALs) a snapshot of this user copies, by lstat: nothing read."""
     total = 0
