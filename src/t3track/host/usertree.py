@@ -171,7 +171,10 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
                     continue
                 problem = _file_problem(st, tree.uid, None)
                 if problem:
-                    raise UserTreeFault(user, f"{tree.userdata / full} {problem}")
+                    raise UserTreeFault(user, f"{tree.userdata / full} {problem}", hint=(
+                        f"with {user}'s server stopped, `chown {tree.uid}:{tree.gid} {tree.userdata / full}` "
+                        "(a file a root tool left), or remove what is not a database file"
+                        if "owned by uid" in problem else None))
                 if full == name:
                     present.append(name)
     finally:
