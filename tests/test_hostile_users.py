@@ -354,6 +354,30 @@ def test_a_rollback_never_writes_into_bobs_dir_through_alices_userdata_link(host
     conn.close()
 
 
+def test_the_live_probe_never_mints_as_bob_into_bobs_tree_through_alices_link(host):
+    from t3track.host import probe
+
+    config, alice, bob = host
+    alices = config.user(alice.name).base_dir
+    assert probe.base_dir_owner(alices) == alice.name
+    shutil.move(alices, alices.with_name(".t3.moved"))
+    plant_link(alices, config.user(bob.name).base_dir, alice)
+    assert probe.base_dir_owner(alices) not in (bob.name, None)  # neither bob's rights nor root's
+
+
+def test_one_users_fifo_wal_fails_her_backup_alone_and_quickly(host):
+    config, alice, bob = host
+    fifo = userdata_of(config, alice) / "state.sqlite-wal"
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    os.chown(fifo, alice.uid, alice.gid)
+    started = time.monotonic()
+    results = {r.user: r for r in backup.backup_all(config)}
+    assert time.monotonic() - started < 30
+    assert not results[alice.name].ok and "FIFO" in results[alice.name].error
+    assert results[bob.name].ok
+
+
 def test_config_check_names_the_link_in_alices_tree(host):
     from t3track.host.usertree import tree_problems
 
