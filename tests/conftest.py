@@ -30,6 +30,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
 ONE_WORKER_MODULES = frozenset({"tests/test_real_systemd.py"})
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown when the suite runs without xdist
 def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 (xdist's hook)
     """`--dist loadgroup`, done here: every test on its own like `load`, except ONE_WORKER_MODULES.
 

@@ -111,8 +111,10 @@ def test_backup_files_are_private_and_nothing_partial_is_left(config, alice):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
 def test_backup_is_owned_like_the_source_database_inside_a_dir_the_user_cannot_reach(config, alice):
-    for path in (alice[1], *alice[1].parent.glob("state.sqlite-*")):
+    for path in (alice[1].parent, alice[1], *alice[1].parent.glob("state.sqlite-*")):
         os.chown(path, 65534, 65534)
+    for parent in alice[1].parents[1:]:  # the owner reads its tree itself: it must reach it, as on a host
+        parent.chmod(parent.stat().st_mode | 0o011)
     info = backup_user(config, config.user("alice"), now=NOW)
     for path in (info.path, info.path / "state.sqlite", info.path / MANIFEST):
         assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534)

@@ -20,6 +20,7 @@ GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 3650 * 86400  # ten years: anything longer overflows timers and dates
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -29,16 +30,43 @@ def parse_duration(value: Any) -> timedelta:
         return value
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 90s, 15m, 6h or 7d")
+    seconds: int | None = None
     if isinstance(value, int):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str):
         match = _DURATION_RE.match(value)
-        if match:
-            return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    raise ValueError(f"must be a duration such as 90s, 15m, 6h or 7d, not {value!r}")
+        if match and len(match.group(1)) <= 12:
+            seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"must be a duration such as 90s, 15m, 6h or 7d, not {str(value)[:40]!r}")
+    if not 0 <= seconds <= MAX_DURATION_S:
+        raise ValueError("must be between 0s and 3650d")
+    return timedelta(seconds=seconds)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+MAX_SIZE = 64 << 30
+
+
+def parse_size(value: Any) -> int:
+    """`65536`, `64KiB`, `32MiB`, `1GiB` (at most 64 GiB)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 64KiB, 32MiB or 1GiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"must be a size such as 64KiB, 32MiB or 1GiB, not {value!r}")
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError("must be between 1 byte and 64GiB")
+    return size
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class _Strict(BaseModel):
@@ -67,14 +95,36 @@ class UserConfig(_Strict):
         return value
 
 
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """An argv template may name only `names` ({user}, ...): an unknown one would reach the command
+    literally and fail at the worst moment (a `{nokey}` in services.stop, mid-swap)."""
+    for part in argv:
+        unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in names]
+        if unknown:
+            known = " ".join("{" + n + "}" for n in names)
+            raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
+    return argv
+
+
+SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
+
+
 class ServicesConfig(_Strict):
     stop: list[str] = Field(default_factory=lambda: ["systemctl", "stop", "t3@{user}.service"], min_length=1)
     start: list[str] = Field(default_factory=lambda: ["systemctl", "start", "t3@{user}.service"], min_length=1)
     timeout: Duration = timedelta(seconds=60)
 
+    @field_validator("stop", "start")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        return check_template(value, SERVICE_PLACEHOLDERS)
+
 
 class GatesConfig(_Strict):
-    order: list[str] = Field(default_factory=lambda: list(GATE_NAMES))
+    order: list[str] = Field(default_factory=lambda: list(GATE_NAMES), min_length=1)  # no swap without a gate
     backup_max_age: Duration = timedelta(hours=26)
     serve_timeout: Duration = timedelta(seconds=60)
     probe_timeout: Duration = timedelta(seconds=10)
@@ -118,10 +168,21 @@ class NotifyConfig(_Strict):
         return value
 
 
+class RegistryLimitsConfig(_Strict):
+    """What one registry answer may cost: decoded bytes per kind of document, and one request's
+    overall deadline (retries included)."""
+
+    dist_tags: Size = 64 << 10
+    packument: Size = 32 << 20
+    tarball: Size = 512 << 20
+    deadline: Duration = timedelta(seconds=120)
+
+
 class Config(_Strict):
     package: str = "t3"
     channel: str = "nightly"
     registry: str | None = None
+    registry_limits: RegistryLimitsConfig = Field(default_factory=RegistryLimitsConfig)
     executable: str = "node_modules/.bin/t3"
     root: Path = Path("/opt/t3")
     state_dir: Path = Path("/var/lib/t3track")

@@ -6,10 +6,12 @@ Tests and the fault-injection suite replace this single seam.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from t3track.errors import EnvironmentFault
 from t3track.redact import redact
 
 KILL_GRACE_S = 5.0
+CHILD_UMASK = 0o077        # what a reader run as a user (collect_as) creates is private to that user
+LOG_HEAD_BYTES = 64 << 10  # a background child's output kept in memory: the start (the startup token)...
+LOG_TAIL_BYTES = 1 << 20   # ...and the newest part; never a file in a directory someone else controls
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,23 @@ class Completed:
         return f"`{Path(self.argv[0]).name} …` {what}" + (f":\n{tail}" if tail else "")
 
 
+def account(name: str) -> tuple[int, int]:
+    """uid and gid of a Linux account; a missing one is the host's fault (exit 3), never a traceback."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise EnvironmentFault(f"there is no Linux user {name!r} (named by run_as)",
+                               hint="create the account, or fix run_as in the config (`t3track config check`)") from None
+    return entry.pw_uid, entry.pw_gid
+
+
 def _child_kwargs(run_as: str | None) -> dict:
     kwargs: dict = {"process_group": 0}
     if run_as is not None and os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam(run_as)
-        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+        uid, gid = account(run_as)
+        kwargs.update(user=uid, group=gid, extra_groups=[])
     return kwargs
 
 
@@ -131,14 +146,57 @@ def run(
                      time.monotonic() - started, timed_out)
 
 
+class OutputBuffer:
+    """A child's output read from a pipe by a thread: the first LOG_HEAD_BYTES and the newest
+    LOG_TAIL_BYTES, so a chatty (or hostile) child can neither fill the memory nor the disk."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 65536):
+                with self._lock:
+                    room = LOG_HEAD_BYTES - len(self._head)
+                    if room > 0:
+                        self._head += chunk[:room]
+                        chunk = chunk[room:]
+                    self._tail += chunk
+                    if len(self._tail) > LOG_TAIL_BYTES:
+                        cut = len(self._tail) - LOG_TAIL_BYTES
+                        self._dropped += cut
+                        del self._tail[:cut]
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+
+    def text(self) -> str:
+        with self._lock:
+            gap = f"\n[... {self._dropped} bytes not kept ...]\n".encode() if self._dropped else b""
+            data = bytes(self._head) + gap + bytes(self._tail)
+        return data.decode("utf-8", errors="replace")
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
 @dataclass
 class Background:
-    """A long-running child (a sandboxed server) whose output goes to a log file."""
+    """A long-running child (a sandboxed server). Its output is read from a pipe into memory
+    (`log_path` None) or, for tests and tools, written to a file of the caller's own."""
 
     argv: list[str]
-    log_path: Path
+    log_path: Path | None
     proc: subprocess.Popen
     started: float = field(default_factory=time.monotonic)
+    output: OutputBuffer | None = None
 
     @property
     def pid(self) -> int:
@@ -148,6 +206,10 @@ class Background:
         return self.proc.poll() is None
 
     def log_text(self) -> str:
+        if self.output is not None:
+            return self.output.text()
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -158,6 +220,8 @@ class Background:
 
     def stop(self) -> None:
         kill_group(self.proc)
+        if self.output is not None:
+            self.output.join(timeout=KILL_GRACE_S)  # the last lines, once the group is gone
 
     def __enter__(self) -> Background:
         return self
@@ -169,29 +233,112 @@ class Background:
 def start(
     argv: Sequence[str | os.PathLike],
     *,
-    log_path: Path,
+    log_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     run_as: str | None = None,
 ) -> Background:
-    """Start a child in its own process group. Its raw log may hold the startup token: callers
-    must read it through `log_tail` (redacted) and delete it, never copy it raw."""
+    """Start a child in its own process group. Its output (which may hold the startup token) is read
+    from a pipe; read it through `log_tail` (redacted). With `log_path` it goes to that file instead,
+    created new (never through a link): only for a directory no one else can write."""
     args = [os.fspath(a) for a in argv]
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    kwargs = _child_kwargs(run_as)
+    if log_path is not None:
+        read_fd, write_fd = -1, os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                                         | os.O_CLOEXEC, 0o600)
+    else:
+        read_fd, write_fd = os.pipe()
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                                env=dict(env) if env is not None else None, cwd=cwd,
-                                **_child_kwargs(run_as))
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.STDOUT,
+                                env=dict(env) if env is not None else None, cwd=cwd, **kwargs)
     except FileNotFoundError:
+        _close(read_fd)
         raise EnvironmentFault(f"cannot run {args[0]}: not found") from None
     except PermissionError:
+        _close(read_fd)
         who = f" as {run_as}" if run_as else ""
         raise EnvironmentFault(f"cannot run {args[0]}{who}: permission denied",
                                hint=f"the executable and every directory above it must be readable and "
                                f"searchable{who} (root/versions is 0755 by default)") from None
     finally:
+        os.close(write_fd)
+    return Background(args, log_path, proc, output=OutputBuffer(read_fd) if read_fd >= 0 else None)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
         os.close(fd)
-    return Background(args, log_path, proc)
+
+
+# ---------------------------------------------------------------- work done with another user's rights
+
+
+@dataclass(frozen=True)
+class Collected:
+    returncode: int | None  # None when it was killed (timeout, or more output than allowed)
+    stdout: bytes           # b"" when a sink took it
+    stderr: str
+    problem: str | None = None  # why it was killed
+
+
+def collect_as(argv: Sequence[str | os.PathLike], *, uid: int, gid: int, timeout: float, max_bytes: int,
+               sink: Callable[[bytes], None] | None = None, pass_fds: Sequence[int] = ()) -> Collected:
+    """Run argv with `uid`/`gid` and no supplementary groups (the kernel, not t3track, then decides
+    what it may read), binary stdout read by us: at most `max_bytes`, within `timeout` seconds, else
+    the group is killed. With `sink`, stdout is handed over chunk by chunk. Only `pass_fds` (say a
+    directory opened without following links) are inherited; stdin is empty."""
+    args = [os.fspath(a) for a in argv]
+    kwargs: dict = {"process_group": 0, "umask": CHILD_UMASK}
+    if os.geteuid() != uid or os.getegid() != gid:
+        kwargs.update(user=uid, group=gid, extra_groups=[])
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", close_fds=True,
+                            pass_fds=tuple(pass_fds), **kwargs)
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    errors = bytearray()
+    received = 0
+    problem: str | None = None
+    streams = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
+    try:
+        while streams and problem is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                problem = f"did not finish within {timeout:g}s"
+                break
+            ready, _, _ = select.select(list(streams), [], [], min(left, 1.0))
+            for fd in ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    del streams[fd]
+                elif streams[fd] == "err":
+                    errors += chunk[: max(0, 4096 - len(errors))]
+                else:
+                    received += len(chunk)
+                    if received > max_bytes:
+                        problem = f"sent more than {max_bytes} bytes"
+                        break
+                    if sink is not None:
+                        sink(chunk)
+                    else:
+                        chunks.append(chunk)
+    except BaseException:
+        kill_group(proc, grace_s=0.5)
+        raise
+    finally:
+        if problem is not None:
+            kill_group(proc, grace_s=0.5)
+        proc.stdout.close()
+        proc.stderr.close()
+    try:
+        returncode: int | None = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        kill_group(proc, grace_s=0.5)
+        returncode, problem = None, problem or f"did not exit within {timeout:g}s"
+    if problem is not None:
+        returncode = None
+    return Collected(returncode, b"".join(chunks), errors.decode("utf-8", errors="replace"), problem)
 
 
 def scrubbed_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -9,15 +9,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from t3track import versions
 from t3track.clock import iso, utcnow
 from t3track.errors import LockBusy, StateError
-from t3track.fsutil import append_line, atomic_write_text, ensure_private_dir
+from t3track.fsutil import append_line, atomic_write_text, make_private_dirs
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.jsonl"
@@ -40,35 +41,56 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _valid_version(value: str) -> str:
+    """A version read back is held to the CLI's rule: it reaches paths (versions/<v>) and argv."""
+    if not versions.is_valid(value):
+        raise ValueError(f"{value[:80]!r} is not a valid version")
+    return value
+
+
+def utc_or_far(value: datetime) -> datetime:
+    """Aware UTC; a moment UTC cannot hold (9999-12-31T23:00-14:00) is 'the far future'."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+Version = Annotated[str, AfterValidator(_valid_version)]
+Moment = Annotated[datetime, AfterValidator(utc_or_far)]
+
+
 class Pin(_Model):
-    version: str
+    version: Version
     reason: str
     by: str
-    at: datetime
+    at: Moment
 
 
 class Freeze(_Model):
     reason: str
     by: str
-    at: datetime
-    until: datetime | None = None
+    at: Moment
+    until: Moment | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.until is not None and now >= self.until
 
 
 class Denial(_Model):
-    version: str
+    version: Version
     reason: str
     gate: str | None = None
-    at: datetime
+    at: Moment
     by: str | None = None
     evidence: str | None = None
     fingerprint: str | None = None
 
 
 class LastRun(_Model):
-    at: datetime
+    at: Moment
     outcome: str
     candidate: str | None = None
     exit_code: int
@@ -77,8 +99,8 @@ class LastRun(_Model):
 
 class State(_Model):
     schema_version: int = 1
-    current: str | None = None
-    previous: str | None = None
+    current: Version | None = None
+    previous: Version | None = None
     pinned: Pin | None = None
     frozen: Freeze | None = None
     denied: list[Denial] = Field(default_factory=list)
@@ -87,6 +109,13 @@ class State(_Model):
     last_run: LastRun | None = None
     # snapshots taken just before the swap into `current`: what `revert --restore-state` restores
     current_snapshot: str | None = None
+
+    @field_validator("first_seen", "failures")
+    @classmethod
+    def _version_keys(cls, value: dict) -> dict:
+        for key in value:
+            _valid_version(key)
+        return value
 
     def denial(self, version: str) -> Denial | None:
         return next((d for d in self.denied if d.version == version), None)
@@ -127,14 +156,14 @@ class StateStore:
 
     def ensure(self) -> None:
         try:
-            ensure_private_dir(self.dir)
+            make_private_dirs(self.dir)  # created 0700; an existing (maybe shared) dir keeps its mode
         except OSError as exc:
             raise StateError(f"cannot create state_dir {self.dir}: {exc.strerror}",
                              hint="check the path and permissions of state_dir in the config") from None
 
     def load(self) -> State:
         try:
-            text = self.state_path.read_text(encoding="utf-8")
+            text = self.state_path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return State()
         except OSError as exc:
@@ -142,7 +171,7 @@ class StateStore:
                              hint="check its permissions; t3track never replaces a state file it cannot read") from None
         try:
             return State.model_validate(json.loads(text))
-        except (json.JSONDecodeError, ValidationError) as exc:
+        except (ValueError, RecursionError, ValidationError) as exc:
             raise StateError(
                 f"{self.state_path} is corrupt ({exc.__class__.__name__}); t3track will not overwrite it",
                 hint=f"inspect it, restore it from a copy, or move it aside (mv {self.state_path} "
@@ -155,27 +184,33 @@ class StateStore:
         atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
 
     def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
-        """Append one history line: {at, event, by, ...data}."""
+        """Append one history line: {at, event, by, ...data}; long texts are cut (a registry or a
+        user can put anything into a reason), so one line stays small."""
         self.ensure()
-        entry = HistoryEvent(at=iso(utcnow()), event=event, by=by, data=data)
+        data = {key: _bounded(value) for key, value in data.items()}
+        entry = HistoryEvent(at=iso(utcnow()), event=event, by=_bounded(by), data=data)
         line = json.dumps({"at": entry.at, "event": event, "by": by, **data}, default=str, sort_keys=False)
         append_line(self.history_path, line)
         return entry
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Newest first. A torn last line (a crash mid-write) is skipped, never fatal."""
+        """Newest first. A line that is not a JSON object in UTF-8 (a torn last line, a stray edit)
+        is skipped, never fatal."""
         try:
-            lines = self.history_path.read_text(encoding="utf-8").splitlines()
+            lines = self.history_path.read_bytes().splitlines()
         except FileNotFoundError:
             return []
         events = []
-        for line in reversed(lines):
-            if not line.strip():
+        for raw in reversed(lines):
+            if not raw.strip():
                 continue
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
+                event = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 continue
+            if not isinstance(event, dict):
+                continue
+            events.append(event)
             if limit is not None and len(events) >= limit:
                 break
         return events
@@ -205,6 +240,22 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+HISTORY_TEXT_MAX = 4000   # characters of one value in a history line
+HISTORY_ITEMS_MAX = 200   # entries of one list or mapping
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= HISTORY_TEXT_MAX else value[:HISTORY_TEXT_MAX] + f"… [{len(value)} chars]"
+    if depth > 4:
+        return _bounded(str(value))
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth + 1) for v in list(value)[:HISTORY_ITEMS_MAX]]
+    if isinstance(value, dict):
+        return {_bounded(str(k)): _bounded(v, depth + 1) for k, v in list(value.items())[:HISTORY_ITEMS_MAX]}
+    return value
 
 
 def _read_pid(fd: int) -> int | None:

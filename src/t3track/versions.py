@@ -20,10 +20,17 @@ class Channel(str, Enum):
     OTHER = "other"  # some other pre-release (e.g. 1.0.0-rc.1)
 
 
+MAX_LENGTH = 256        # npm's own limit on a version string
+MAX_NUMBER_DIGITS = 16  # a major, minor, patch or numeric pre-release part: far above any real one
+
+
 def parse(text: str) -> semver.Version:
-    """Parse an npm version; raises ValueError when it is not strict SemVer 2.0."""
-    if not isinstance(text, str) or text != text.strip() or not text:
-        raise ValueError(f"not a version: {text!r}")
+    """Parse an npm version; raises ValueError when it is not strict SemVer 2.0 or absurd (a
+    300-digit build number, a string longer than npm allows)."""
+    if not isinstance(text, str) or text != text.strip() or not text or len(text) > MAX_LENGTH:
+        raise ValueError(f"not a version: {text[:80]!r}" if isinstance(text, str) else f"not a version: {text!r}")
+    if any(len(part) > MAX_NUMBER_DIGITS for part in re.split(r"[^0-9]+", text)):
+        raise ValueError(f"not a version (a number longer than {MAX_NUMBER_DIGITS} digits): {text[:80]!r}")
     return semver.Version.parse(text)
 
 

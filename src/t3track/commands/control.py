@@ -6,7 +6,7 @@ with who and why.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from t3track import versions
 from t3track.clock import iso, parse_iso, utcnow
@@ -16,8 +16,8 @@ from t3track.state import Denial, Freeze, Pin, StateStore, operator_name
 
 def _parse_until(until: str) -> datetime:
     try:
-        return parse_iso(until)
-    except ValueError:
+        return parse_iso(until).astimezone(UTC)  # stored and shown in UTC, which must hold it
+    except (ValueError, OverflowError):
         raise UsageError(f"--until {until!r} is not an ISO date or time",
                          hint="use e.g. 2026-12-01 or 2026-12-01T06:00:00Z") from None
 

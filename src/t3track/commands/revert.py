@@ -12,7 +12,7 @@ from pathlib import Path
 from t3track import versions
 from t3track.config import Config
 from t3track.errors import UsageError
-from t3track.host import sqlite, tree
+from t3track.host import sqlite, tree, usertree
 from t3track.night import ledger, recovery, swap
 from t3track.night.report import NightReport
 from t3track.results import new_run_id
@@ -58,8 +58,9 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         elif snapshot is not None and snapshot.is_dir():
             for user in config.users:
                 before = sqlite.max_migration_id(snapshot / user.name / "state.sqlite")
-                now = sqlite.max_migration_id(user.base_dir / "userdata" / "state.sqlite")
-                if before is not None and now is not None and now > before:
+                live = usertree.live_migrations(user.base_dir, user=user.name, names=("state.sqlite",))
+                now = live.get("state.sqlite")  # read as the owner: no link of hers is followed
+                if before is not None and isinstance(now, int) and now > before:
                     warnings.append(f"{user.name}'s database has migrations up to {now}, newer than the {before} "
                                     f"that {target} knew; {target} may hide or fail to read data "
                                     f"(use --restore-state to go back to the pre-swap database)")

@@ -28,9 +28,8 @@ from t3track.clock import as_utc, iso, stamp
 from t3track.config import Config, UserConfig
 from t3track.errors import ConfigError
 from t3track.fsutil import PRIVATE_DIR, PRIVATE_FILE, atomic_write_text, fsync_dir, make_private_dirs
+from t3track.host import usertree
 from t3track.host.manifest import (
-    DB_FILES,
-    MAIN_DB,
     MANIFEST,
     MANIFEST_FORMAT,
     BackupError,
@@ -92,35 +91,45 @@ def newest_backup(config: Config, user: str) -> BackupInfo | None:
 # ---------------------------------------------------------------- making a backup
 
 
-def _chown_like(paths: list[Path], source: Path) -> None:
-    """Backups are owned like the database they copy (only root can give files away)."""
+def _chown_like(paths: list[Path], uid: int, gid: int) -> None:
+    """Backups are owned like the tree they copy (only root can give files away); they stay in
+    root's 0700 backup_dir/<user>, so the owner still cannot reach them."""
     if os.geteuid() != 0:
         return
-    st = source.stat()
     for path in paths:
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _copy_one(source: Path, dest: Path, deadline: Deadline) -> dict[str, Any]:
-    """VACUUM INTO `dest` (absent), then integrity_check, migrations and checksum of the copy."""
+MAX_DATABASE_BYTES = 64 << 30  # what one copied database may grow to while it is read
+
+
+def _copy_one(base_dir: Path, name: str, dest: Path, deadline: Deadline, *, user: str) -> dict[str, Any]:
+    """A consistent copy of the user's `name` into `dest` (absent), read with the tree owner's rights
+    (t3track.host.usertree), then integrity_check, migrations and checksum of the copy."""
     started = time.monotonic()
-    conn = connect_ro(source, deadline.busy_timeout())
+    source = base_dir / "userdata" / name
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
     try:
-        with interrupt_after(conn, deadline):
-            conn.execute("VACUUM INTO ?", (str(dest),))
-    finally:
-        conn.close()
-    vacuumed = time.monotonic()
-    os.chmod(dest, PRIVATE_FILE)
-    fd = os.open(dest, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # VACUUM INTO does not sync its output
+        try:
+            usertree.copy_database(base_dir, name, fd, user=user, timeout_s=deadline.remaining(),
+                                   max_bytes=MAX_DATABASE_BYTES)
+        except usertree.UserTreeFault as exc:
+            deadline.check()  # the child ran out of time: say it timed out
+            raise BackupError(exc.detail, user=user, hint=exc.hint) from None
+        os.fsync(fd)  # nothing of SQLite's syncs what the child sent
     finally:
         os.close(fd)
+    # the copy carries the live file's WAL flag: make it a plain database, as VACUUM INTO would
+    plain = sqlite3.connect(dest, isolation_level=None)
+    try:
+        plain.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        plain.close()
+    vacuumed = time.monotonic()
     copy = connect_ro(dest, deadline.busy_timeout())
     try:
         with interrupt_after(copy, deadline):
@@ -149,11 +158,11 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
     """
     created = as_utc(now)
     userdata = base_dir / "userdata"
-    source_main = userdata / MAIN_DB
-    if not source_main.is_file():
-        raise BackupError(f"no database at {source_main}", user=user,
-                          hint=f"on a new host the server makes it on its first start: `t3track adopt VERSION`; "
-                               f"else check users[].base_dir for {user} in the config (`t3track config check`)")
+    try:
+        tree = usertree.check_tree(base_dir, user=user)  # no link followed, only regular files of its owner's
+    except usertree.UserTreeFault as exc:
+        raise BackupError(exc.detail, user=user, hint=exc.hint or
+                          f"check users[].base_dir for {user} in the config (`t3track config check`)") from None
     if target.exists():
         raise BackupError(f"{target} already exists; a backup never overwrites one", user=user,
                           hint="move it aside, or use another target")
@@ -165,15 +174,13 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
     try:
         partial.mkdir(mode=PRIVATE_DIR)
         files: dict[str, Any] = {}
-        for name in DB_FILES:
-            source = userdata / name
-            if name == MAIN_DB or source.is_file():
-                files[name] = _copy_one(source, partial / name, deadline)
+        for name in tree.databases:
+            files[name] = _copy_one(base_dir, name, partial / name, deadline, user=user)
         manifest = {"format": MANIFEST_FORMAT, "user": user, "created_at": iso(created),
                     "t3track_version": __version__, "source_base_dir": str(base_dir), "files": files,
                     "duration_s": round(time.monotonic() - started, 3)}
         atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _chown_like([partial, *(partial / n for n in files), partial / MANIFEST], source_main)
+        _chown_like([partial, *(partial / n for n in files), partial / MANIFEST], tree.uid, tree.gid)
         deadline.check()
         os.rename(partial, target)
         fsync_dir(target.parent)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from t3track import runner, versions
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
-from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from t3track.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, make_private_dirs
 from t3track.host.registry import Packument, VersionInfo, registry_token
 from t3track.host.tree import PARTIAL_SUFFIX, REMOVING_SUFFIX, installed_versions, live_targets, versions_dir
 from t3track.state import State
@@ -133,7 +133,10 @@ def _npm_install(config: Config, version: str, prefix: Path, registry_url: str) 
         argv.append("--ignore-scripts")
     argv.append(f"{config.package}@{version}")
     timeout = config.install_timeout.total_seconds()
-    done = runner.run(argv, timeout=timeout, env=_npm_env(), cwd=prefix)
+    try:
+        done = runner.run(argv, timeout=timeout, env=_npm_env(), cwd=prefix)
+    finally:
+        _private_logs(config.state_dir / "npm-logs")
     if done.timed_out:
         raise EnvironmentFault(f"npm install of {config.package}@{version} timed out after {timeout:.0f}s",
                                hint="check the registry and the network; raise install_timeout if installs are slow")
@@ -146,10 +149,24 @@ def _npm_install(config: Config, version: str, prefix: Path, registry_url: str) 
                                hint=f"npm's logs are in {config.state_dir / 'npm-logs'}")
 
 
+def _private_logs(logs: Path) -> None:
+    """npm writes its logs 0644 whatever its parent's mode: they can quote URLs and paths. 0600."""
+    try:
+        entries = list(logs.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, 0o600)
+        except OSError:
+            continue
+
+
 def write_npmrc(config: Config, registry_url: str) -> Path:
     """t3track's own npm userconfig (0600): a stray ~/.npmrc cannot change what is installed, and
     the registry token reaches npm through this file, never argv or the environment."""
-    ensure_private_dir(config.state_dir)
+    make_private_dirs(config.state_dir)  # an existing state_dir keeps its mode: it may be shared
     lines = [f"registry={registry_url}"]
     token = registry_token()
     if token:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ MAIN_DB = "state.sqlite"
 DB_FILES = (MAIN_DB, "statev2.sqlite")  # statev2 only when present: newer builds copy state.sqlite there
 MIGRATIONS_TABLE = "effect_sql_migrations"
 _CHUNK = 1 << 20
+MANIFEST_CAP = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
 
 if TYPE_CHECKING:
     from t3track.host.sqlite import Deadline
@@ -76,9 +78,12 @@ class BackupInfo:
 def read_backup(path: Path, user: str) -> BackupInfo:
     """The finished backup (or snapshot) in `path`; BackupMismatch when its manifest is unreadable."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((path / MANIFEST).read_bytes()[:MANIFEST_CAP + 1].decode("utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("created_at"), str):
+            raise TypeError("not a manifest")
         created = parse_iso(manifest["created_at"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        as_utc(created).astimezone()  # a moment we can compare
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
         raise BackupMismatch(f"{path / MANIFEST} is missing or unreadable ({exc.__class__.__name__})",
                              user=user, hint=f"use another backup, or {fix_hint(user)}") from None
     return BackupInfo(user, path, as_utc(created), manifest)
@@ -92,7 +97,9 @@ def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:
                              user=backup.user, hint=fix_hint(backup.user))
     for name, entry in files.items():
         if name not in DB_FILES or not isinstance(entry, dict) \
-                or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("size"), int):
+                or not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) \
+                or not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) \
+                or entry["size"] < 0:
             raise BackupMismatch(f"backup {backup.path} has a malformed manifest entry {name!r}",
                                  user=backup.user, hint=fix_hint(backup.user))
     return files

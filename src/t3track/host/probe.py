@@ -228,6 +228,9 @@ def _default_env(run_as: str | None) -> dict[str, str]:
     return runner.scrubbed_env(Path(home))
 
 
+UNTRUSTED_MINTER = "nobody"
+
+
 def base_dir_owner(base_dir: Path) -> str | None:
     """Who should mint into `base_dir` when root runs the probe: its owner, so that nothing the mint
     creates there ends up owned by root (the user's server could not write it). None: as ourselves."""
@@ -235,11 +238,20 @@ def base_dir_owner(base_dir: Path) -> str | None:
         return None
     import pwd
 
+    from t3track.host.usertree import UserTreeFault, open_dir
+
     try:
-        uid = base_dir.stat().st_uid
+        fd = open_dir(base_dir, user=base_dir.name)  # never the owner of what a link names
+    except UserTreeFault:
+        return UNTRUSTED_MINTER  # a linked base dir: mint with no rights at all, so the probe fails safe
+    try:
+        uid = os.fstat(fd).st_uid
+    finally:
+        os.close(fd)
+    try:
         return None if uid == 0 else pwd.getpwuid(uid).pw_name
-    except (OSError, KeyError):
-        return None
+    except KeyError:
+        return UNTRUSTED_MINTER
 
 
 def _credential_from(stdout: str) -> str | None:

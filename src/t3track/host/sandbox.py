@@ -2,10 +2,13 @@
 
 The sandbox base dir is built from the user's newest backup (restored and checksum-verified by
 t3track.host.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
-base dir. Never `server-runtime.json`: it points at the production process. The candidate runs in its
-own process group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's
-`run_as` when configured. Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is
-killed, the redacted log is written to the evidence dir and the sandbox, raw log included, is deleted.
+base dir, read with the live tree owner's rights (t3track.host.usertree: no link followed, regular
+files of a sane size only; anything else is the host's fault, exit 3, never the candidate's). Never
+`server-runtime.json`: it points at the production process. The candidate runs in its own process
+group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when
+configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
+Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is killed, the redacted log
+is written to the evidence dir and the sandbox is deleted.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from pathlib import Path
 
 from t3track import runner
 from t3track.config import Config, UserConfig
-from t3track.errors import ExitCode, T3TrackError
+from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import probe, restore
+from t3track.host import probe, restore, usertree
 from t3track.host.sqlite import Migration, database_migrations
 from t3track.redact import redact
 
@@ -63,10 +66,7 @@ def _address_in_use(log: str) -> bool:
 def _owner(run_as: str | None) -> tuple[int, int] | None:
     if run_as is None or os.geteuid() != 0:
         return None
-    import pwd
-
-    entry = pwd.getpwnam(run_as)
-    return entry.pw_uid, entry.pw_gid
+    return runner.account(run_as)
 
 
 def _traversable_by(path: Path, uid: int, gid: int) -> bool:
@@ -94,19 +94,32 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _copy_live_files(live_userdata: Path, userdata: Path) -> list[str]:
+def _write_new(dir_fd: int, name: str, data: bytes) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _copy_live_files(user: UserConfig, userdata: Path) -> list[str]:
+    """The live files the sandbox needs, read as their owner, written by us into our fresh dir."""
+    files, dirs = usertree.read_live_files(user.base_dir, user=user.name, files=COPIED_FILES, dirs=COPIED_DIRS)
     copied = []
-    for name in COPIED_DIRS:
-        source = live_userdata / name
-        if source.is_dir():
-            shutil.copytree(source, userdata / name, symlinks=True)
-            os.chmod(userdata / name, 0o700)
+    dest = os.open(userdata, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name, entries in dirs.items():
+            os.mkdir(name, 0o700, dir_fd=dest)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest)
+            try:
+                for entry, data in entries.items():
+                    _write_new(sub, entry, data)
+            finally:
+                os.close(sub)
             copied.append(name + "/")
-    for name in COPIED_FILES:
-        source = live_userdata / name
-        if source.is_file():
-            shutil.copy2(source, userdata / name)
+        for name, data in files.items():
+            _write_new(dest, name, data)
             copied.append(name)
+    finally:
+        os.close(dest)
     return copied
 
 
@@ -133,7 +146,7 @@ class SandboxServer:
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)
     _process: runner.Background | None = field(default=None, repr=False)
-    _logs: dict[Path, str] = field(default_factory=dict, repr=False)  # raw log -> evidence file name
+    _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
     _stopped: bool = False
 
     @property
@@ -192,14 +205,10 @@ class SandboxServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _save_evidence(self) -> None:
-        for raw, name in self._logs.items():
-            try:
-                text = raw.read_text(encoding="utf-8", errors="replace")
-            except FileNotFoundError:
-                continue
+        for name, process in self._logs.items():
+            process.stop()  # idempotent: its output is complete once the group is gone
             ensure_private_dir(self.evidence_dir)
-            target = self.evidence_dir / name
-            atomic_write_text(target, redact(text, self.secrets))
+            atomic_write_text(self.evidence_dir / name, redact(process.log_text(), self.secrets))
 
     @property
     def evidence(self) -> Path:
@@ -213,14 +222,25 @@ class SandboxServer:
         self.stop()
 
 
+def _prefix(user: str, home: Path | None) -> str:
+    """Sandboxes in the shared temp dir carry a tag of the workdir they belong to, so a night sweeps
+    only its own (another t3track on the host, or a test, has its own)."""
+    if home is None:
+        return f"t3track-sandbox-{user}-"
+    import hashlib
+
+    return f"t3track-sandbox-{user}-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}-"
+
+
 def _sandbox_root(workdir: Path, user: UserConfig, owner: tuple[int, int] | None, notes: list[str]) -> Path:
     ensure_private_dir(workdir)
+    fallback_used, home = False, workdir
     if owner is not None and not _traversable_by(workdir, *owner):
         # The user's server could not reach a sandbox under a private state dir.
         fallback = Path(tempfile.gettempdir())
         notes.append(f"{workdir} is not reachable by {user.run_as}; sandbox under {fallback}")
-        workdir = fallback
-    root = Path(tempfile.mkdtemp(prefix=f"t3track-sandbox-{user.name}-", dir=workdir))
+        workdir, fallback_used = fallback, True
+    root = Path(tempfile.mkdtemp(prefix=_prefix(user.name, home if fallback_used else None), dir=workdir))
     os.chmod(root, 0o700)
     return root
 
@@ -234,9 +254,30 @@ def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
     userdata = ensure_private_dir(server.userdata)
     ensure_private_dir(server.home)
     restore.restore_database(newest, userdata)
-    server.copied = _copy_live_files(Path(user.base_dir) / "userdata", userdata)
-    (userdata / "server-runtime.json").unlink(missing_ok=True)  # never point at production
-    server.migrations_before = database_migrations(userdata)
+    server.copied = _copy_live_files(user, userdata)  # never server-runtime.json: it points at production
+    server.migrations_before = database_migrations(userdata)  # still our own dir: read it ourselves
+
+
+def _remove_runtime_file(server: SandboxServer) -> None:
+    """server-runtime.json of the sandbox's own run, removed through a descriptor: the sandbox is its
+    user's by now, so no name in it is followed."""
+    fd = usertree.open_dir(server.userdata, user=server.user)
+    try:
+        os.unlink("server-runtime.json", dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _migrations_after(server: SandboxServer) -> list[Migration]:
+    """The migrations the candidate left, read with the sandbox owner's rights (it is theirs now)."""
+    try:
+        rows = usertree.migration_rows(server.base_dir, user=server.user)
+    except EnvironmentFault as exc:
+        server.notes.append(f"could not read the migrations the candidate left: {exc.message}")
+        return []
+    return [Migration(i, n) for i, n in rows]
 
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
@@ -244,8 +285,6 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says why."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
-    raw_log = server.root / f"{log_name}.raw.log"
-    server._logs[raw_log] = f"{server.user}.{log_name}.log"
     deadline = time.monotonic() + timeout_s
     for attempt in range(PORT_ATTEMPTS):
         chosen = port if (port is not None and attempt == 0) else free_port()
@@ -253,8 +292,9 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
         argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
                 "--no-browser"]
         started = time.monotonic()
-        process = runner.start(argv, log_path=raw_log, env=server.env, cwd=server.home, run_as=server.run_as)
+        process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as)
         server._process = process
+        server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
         try:
             while True:
                 if not process.alive():
@@ -307,7 +347,7 @@ def _mint_prior_session(server: SandboxServer, current_executable: Path, *, time
     finally:
         process.stop()
         server._process = None
-    (server.userdata / "server-runtime.json").unlink(missing_ok=True)
+    _remove_runtime_file(server)
 
 
 def serve_candidate(
@@ -335,12 +375,13 @@ def serve_candidate(
     try:
         try:
             _build(server, config, user)
-        except SandboxFailed:
-            raise
+        except (SandboxFailed, EnvironmentFault):
+            raise  # a user's odd file, a full disk: the host's fault (exit 3), never the candidate's
         except (T3TrackError, OSError, sqlite3.Error) as exc:
             message = exc.message if isinstance(exc, T3TrackError) else f"{type(exc).__name__}: {exc}"
-            raise SandboxFailed(f"could not build {user.name}'s sandbox: {message}", reason="setup",
-                                hint=getattr(exc, "hint", None) or "check the backup and the live base dir") from None
+            raise EnvironmentFault(f"{user.name}: could not build the sandbox in {root}: {message}",
+                                   hint="check free space and permissions of state_dir (or the system temp dir)"
+                                   ) from None
         if owner is not None:
             _chown_tree(root, *owner)
         port = None
@@ -350,7 +391,7 @@ def serve_candidate(
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
                                  log_name="sandbox-serve", port=port)
-        server.migrations_after = database_migrations(server.userdata)
+        server.migrations_after = _migrations_after(server)
         return server
     except SandboxFailed as exc:
         server.stop()
@@ -362,21 +403,26 @@ def serve_candidate(
         raise
 
 
-def sweep_stale(workdir: Path) -> list[str]:
-    """Remove sandboxes a killed run left in `workdir`, ending their servers first (call with the run
-    lock held, so none of them is in use). A sandbox holds a copy of the user's secrets and a raw
-    server log with its startup token: it must not outlive its run."""
+def sweep_stale(workdir: Path, users: tuple[str, ...] = ()) -> list[str]:
+    """Remove sandboxes a killed run left in `workdir` (and, for `users`, in the system temp dir,
+    where a sandbox goes when state_dir is not reachable by run_as), ending their servers first (call
+    with the run lock held, so none of them is in use). A sandbox holds a copy of the user's secrets:
+    it must not outlive its run, nor its server the night."""
     swept: list[str] = []
-    if not workdir.is_dir():
-        return swept
-    for root in workdir.glob("t3track-sandbox-*"):
+    roots = list(workdir.glob("t3track-sandbox-*")) if workdir.is_dir() else []
+    tmp = Path(tempfile.gettempdir())
+    if tmp != workdir:
+        roots += [p for u in users for p in tmp.glob(_prefix(u, workdir) + "*")]
+    for root in roots:
+        if root.is_symlink() or not root.is_dir():
+            continue  # not one of ours: a name someone else made in a shared dir
         marker = str(root)
         for pid in _pids_mentioning(marker):
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # fd-based: never follows a link inside
         swept.append(root.name)
     return swept
 

@@ -23,8 +23,15 @@ class UserMark:
 
 
 def service_argv(template: list[str], user: UserConfig) -> list[str]:
+    """{user} {port} {base_dir} filled by plain replacement (no str.format: a config must not reach
+    attributes, and a stray brace must not raise mid-swap); config validation refuses other names."""
     values = {"user": user.name, "port": str(user.port), "base_dir": str(user.base_dir)}
-    return [part.format(**values) for part in template]
+    argv = []
+    for part in template:
+        for key, value in values.items():
+            part = part.replace("{" + key + "}", value)
+        argv.append(part)
+    return argv
 
 
 def service(config: Config, action: str, user: UserConfig) -> None:

@@ -65,6 +65,8 @@ def live_targets(config: Config) -> set[str]:
 
 def flip_current(config: Config, version: str) -> None:
     """Point root/current at versions/<version> atomically: a new symlink, then rename over the old."""
+    if not versions.is_valid(version) or "/" in version:
+        raise CriticalError(f"refusing to point current at {version[:80]!r}: not a version")
     target = prefix_of(config, version)
     if not target.is_dir():
         raise CriticalError(f"cannot point current at {version}: {target} is not installed")

@@ -82,7 +82,7 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
 
 
 def _pipeline(n: Night) -> NightReport:
-    for name in sandbox.sweep_stale(n.config.state_dir / "sandboxes"):
+    for name in sandbox.sweep_stale(n.config.state_dir / "sandboxes", tuple(u.name for u in n.config.users)):
         n.progress(f"removed a sandbox left by a killed run: {name}")
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
     if n.recovered is not None and n.recovered.critical:
@@ -127,7 +127,11 @@ def _pipeline(n: Night) -> NightReport:
         return NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results, notes=notes,
                                       evidence=n.evidence)
     plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=candidate)
-    moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
+    try:
+        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
+    except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
+        return NightReport.environment_error(n.run_id, exc.message + (f"; next: {exc.hint}" if exc.hint else ""),
+                                             current=current, evidence=n.evidence, dry_run=n.dry_run)
     report = ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes,
                              evidence=n.evidence)
     report.timings["install_s"] = install_s

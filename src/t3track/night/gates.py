@@ -23,9 +23,9 @@ from typing import Any
 from t3track import versions
 from t3track.clock import as_utc
 from t3track.config import Config, UserConfig
-from t3track.errors import T3TrackError
+from t3track.errors import EnvironmentFault, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
-from t3track.host import probe
+from t3track.host import probe, usertree
 from t3track.host.backup import newest_backup, user_backup_dir
 from t3track.host.manifest import (
     DB_FILES,
@@ -203,9 +203,9 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         return GateCheck(False, f"{where} does not match its manifest ({problem}): it was damaged or changed; "
                          f"{fix_hint(name)}", backup)
     files = backup.files
-    live_userdata = user.base_dir / "userdata"
+    live_ids = usertree.live_migrations(user.base_dir, user=name)  # as the owner, no link followed
     for db in DB_FILES:
-        if db not in files and (live_userdata / db).is_file():
+        if db not in files and db in live_ids:
             return GateCheck(False, f"{where} lacks {db}, which the live state has; {fix_hint(name)}", backup)
     summary = []
     for db in files:
@@ -214,7 +214,10 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
             return GateCheck(False, f"{where}: {db} fails PRAGMA quick_check ({problem}); {fix_hint(name)}", backup)
         try:
             have = max_migration_id(backup.path / db)
-            live = max_migration_id(live_userdata / db) if (live_userdata / db).is_file() else None
+            live_value = live_ids.get(db)
+            if isinstance(live_value, str):
+                raise BackupError(f"{db} of the live state is {live_value}")
+            live = live_value
         except BackupError as exc:
             return GateCheck(False, f"{name}: {exc.message}; {exc.hint}", backup)
         if have is None:
@@ -277,6 +280,8 @@ def _run_one(gates: _UserGates, name: str) -> GateResult:
         if name == PAIRING_PROBE:
             return gates.pairing_probe()
     except T3TrackError as exc:  # e.g. an unreadable backup dir: the gate cannot pass
+        if isinstance(exc, usertree.UserTreeFault) or (isinstance(exc, EnvironmentFault) and name != BACKUP_PRESENT):
+            raise  # a user's odd file, a full disk: the host's fault (exit 3), never held against the candidate
         detail = f"{gates.user.name}: {exc.message}" + (f"; {exc.hint}" if exc.hint else "")
         return GateResult(name, gates.user.name, FAIL, round(time.monotonic() - started, 3), detail,
                           fingerprint=f"{name}:error:-:{type(exc).__name__}")

@@ -10,13 +10,14 @@ import os
 import signal
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from t3track.clock import utcnow
 from t3track.errors import CriticalError
 from t3track.fsutil import atomic_write_text, fsync_dir
-from t3track.state import StateStore
+from t3track.state import StateStore, Version
 
 
 class Phase(str, Enum):
@@ -38,10 +39,10 @@ class RollbackCause(str, Enum):
 class Journal(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    run_id: str
-    kind: str = "swap"             # swap | revert | adopt | drill
-    from_version: str | None
-    to_version: str
+    run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$")
+    kind: str = Field(default="swap", pattern=r"^(swap|revert|adopt|drill)$")
+    from_version: Version | None
+    to_version: Version
     phase: Phase
     snapshot_dir: str | None = None
     rollback_reason: str | None = None
@@ -71,12 +72,18 @@ def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Jo
 def read(store: StateStore) -> Journal | None:
     path = store.journal_path
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        text = ""
     try:
-        return Journal.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError):
+        journal = Journal.model_validate(json.loads(text))
+        for where in (journal.snapshot_dir, journal.restore_from):
+            if where is not None and Path(where).parent != store.snapshots_root:
+                raise ValueError(f"{where} is not a snapshot dir of {store.snapshots_root}")
+        return journal
+    except (ValueError, RecursionError, ValidationError):
         raise CriticalError(
             f"the swap journal {path} is unreadable; a swap was interrupted and cannot be recovered automatically",
             hint=f"check where root/current points (`readlink ROOT/current`, ROOT from the config) and that every "

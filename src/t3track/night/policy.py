@@ -144,7 +144,8 @@ def _resolve_channel(config: Config, state: State, client: Registry, now: dateti
     tags = client.dist_tags(package)
     tagged = tags.get(channel)
     if tagged is None:
-        raise EnvironmentFault(f"the registry has no {channel!r} dist-tag for {package} (tags: {', '.join(tags) or 'none'})",
+        raise EnvironmentFault(f"the registry has no {channel!r} dist-tag for {package} "
+                               f"(tags: {_quoted(', '.join(tags) or 'none', 200)})",
                                hint="check `package:` and `channel:` in the config")
     if tagged == current:
         return Decision("noop", None, f"{channel} is {tagged}, which is current", notes)
@@ -185,9 +186,14 @@ def _resolve_channel(config: Config, state: State, client: Registry, now: dateti
                     notes)
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """A registry's string in a message: repr'd and cut, so a 200 MB tag never reaches history."""
+    return repr(text[:limit]) + (f"… ({len(text)} chars)" if len(text) > limit else "")
+
+
 def _channel_refusal(channel: str, tagged: str, current: str | None) -> str | None:
-    if not versions.is_valid(tagged):
-        return f"the {channel} tag points at {tagged!r}, which is not a SemVer version"
+    if len(tagged) > versions.MAX_LENGTH or not versions.is_valid(tagged):
+        return f"the {channel} tag points at {_quoted(tagged)}, which is not a SemVer version"
     if not versions.is_nightly(tagged):
         kind = versions.channel_of(tagged).value
         return f"the {channel} tag points at {tagged}, a {kind} version; only nightlies are tracked"

@@ -7,16 +7,17 @@ a database, because an older binary on a newer database hides or fails to read d
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from t3track.clock import utcnow
-from t3track.config import Config
-from t3track.errors import CriticalError, T3TrackError
+from t3track.config import Config, UserConfig
+from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, restore
+from t3track.host import backup, restore, usertree
 from t3track.host.manifest import MAIN_DB, MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import max_migration_id
@@ -28,6 +29,8 @@ from t3track.results import GateResult
 from t3track.state import Freeze, StateStore
 
 Progress = Callable[[str], None]
+SNAPSHOT_MARGIN = 1.2        # a snapshot is at most its database (and WAL); a little room on top
+SNAPSHOT_SLACK = 16 << 20    # manifests, the journal, history
 
 
 def _quiet(_: str) -> None:
@@ -56,7 +59,7 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
         dest = snapshot_dir / user.name
         if (dest / MANIFEST).is_file():
             continue  # a resumed swap keeps the snapshot taken before it was killed
-        if not (user.base_dir / "userdata" / MAIN_DB).exists():
+        if not os.path.lexists(user.base_dir / "userdata" / MAIN_DB):
             # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
             progress(f"{user.name} has no T3 state yet: nothing to snapshot")
             continue
@@ -76,7 +79,7 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
         if not (snap / MANIFEST).is_file():
             continue  # killed before this snapshot completed: the candidate never touched this database
         userdata = user.base_dir / "userdata"
-        if only_if_migrated and not _migrated(snap, userdata):
+        if only_if_migrated and not _migrated(snap, user):
             continue
         progress(f"restore {user.name}'s database from {snap}")
         try:
@@ -86,31 +89,61 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
                 raise
             problems.append(f"restore of {user.name}'s database from {snap} failed: {exc}")
             continue
-        if not (snap / "statev2.sqlite").exists():
-            # newer builds copy state.sqlite to statev2.sqlite on first start; the old one never had it
-            try:
-                (userdata / "statev2.sqlite").unlink()
-            except FileNotFoundError:
-                pass
+        # (a statev2.sqlite the snapshot lacks was moved aside by the restore: the old build never had it)
         restored.append(user.name)
     return restored
 
 
-def _migrated(snap: Path, userdata: Path) -> bool:
-    """Did the candidate move either database forward (or create statev2)? Unreadable counts as yes:
-    restoring a snapshot taken a moment ago loses less than running the old binary on an unknown schema."""
+def _migrated(snap: Path, user: UserConfig) -> bool:
+    """Did the candidate move either database forward (or create statev2)? Read with the owner's
+    rights, never through a link. Unreadable counts as yes: restoring a snapshot taken a moment ago
+    loses less than running the old binary on an unknown schema."""
+    try:
+        live = usertree.live_migrations(user.base_dir, user=user.name)
+    except T3TrackError:
+        return True
     for name in ("state.sqlite", "statev2.sqlite"):
-        live, saved = userdata / name, snap / name
-        if not live.exists():
+        if name not in live:
             continue
+        saved = snap / name
         if not saved.exists():
             return True
         try:
-            if (max_migration_id(live) or 0) > (max_migration_id(saved) or 0):
+            value = live[name]
+            if not isinstance(value, int | None) or (value or 0) > (max_migration_id(saved) or 0):
                 return True
         except (T3TrackError, OSError):
             return True
     return False
+
+
+def preflight(config: Config, store: StateStore) -> None:
+    """What must hold before any server stops: every user's tree is one t3track will touch (no link,
+    regular databases of its owner's), no two users share one, and state_dir has room for every
+    snapshot. Raises EnvironmentFault (exit 3), nothing stopped, naming the user or the disk."""
+    seen: dict[tuple[int, int], str] = {}
+    need = 0
+    for user in config.users:
+        try:
+            tree = usertree.check_tree(user.base_dir, user=user.name)
+        except usertree.UserTreeFault as exc:
+            if exc.missing:
+                continue  # a new host (adopt): no T3 state yet, nothing to snapshot (see _snapshot_all)
+            raise
+        other = seen.setdefault((tree.dev, tree.ino), user.name)
+        if other != user.name:
+            raise usertree.UserTreeFault(user.name, f"{tree.userdata} is the same directory as {other}'s userdata",
+                                         hint=f"give {user.name} and {other} base dirs of their own")
+        need += usertree.db_sizes(user.base_dir, user=user.name)
+    store.ensure()
+    fs = os.statvfs(store.dir)
+    free = fs.f_bavail * fs.f_frsize
+    wanted = int(need * SNAPSHOT_MARGIN) + SNAPSHOT_SLACK
+    if free < wanted:
+        raise EnvironmentFault(
+            f"state_dir {store.dir} has {free // 1024} KiB free; the pre-swap snapshots of "
+            f"{len(config.users)} user(s) need about {wanted // 1024} KiB; nothing was stopped",
+            hint="free space on state_dir's filesystem (or move state_dir), then run again")
 
 
 def _failed(results: list[GateResult]) -> GateResult | None:
@@ -125,7 +158,9 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
     itself if a step or the live check fails. The plan is written before anything is touched.
 
     A plan with `simulate_live_failure` (the drill) treats a passing live check as failed, so the
-    whole rollback path runs for real."""
+    whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
+    refused first (EnvironmentFault, nothing stopped): see `preflight`."""
+    preflight(config, store)
     jr.write(store, plan, Phase.PLANNED)
     return drive(config, store, plan, progress)
 
