@@ -650,7 +650,7 @@ def acquire_ownership(paths: Paths) -> tuple[sqlite3.Connection, str]:
     except sqlite3.OperationalError:
         owner.close()
         raise StateDirOwned(f"ServerAlreadyRunningError: A T3 Code server already owns {paths.userdata}. Stop that "
-                            "server, or use a separate T3 home and pair with it, then retry. No server was stopped.")
+                            "server, or use a separate T3 home and pair with it, then retry. No server was stopped.") from None
     try:
         previous = json.loads(paths.runtime.read_text())
     except (OSError, ValueError):
