@@ -302,8 +302,10 @@ def host_problems(config: Config) -> list[str]:
     for i, user in enumerate(config.users):
         if not user.base_dir.is_dir():
             problems.append(f"users[{i}].base_dir: {user.base_dir} does not exist")
-        elif not (user.base_dir / "userdata" / "state.sqlite").is_file():
-            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite under {user.base_dir}")
+        elif not any((user.base_dir / "userdata" / name).is_file() for name in ("state.sqlite", "statev2.sqlite")):
+            # V2 builds use statev2.sqlite; a host first installed on one has no state.sqlite at all
+            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite or userdata/statev2.sqlite "
+                            f"under {user.base_dir}")
         if user.run_as is not None:
             import pwd
             try:

@@ -33,6 +33,7 @@ from t3track.host.manifest import (
     MAIN_DB,
     MANIFEST,
     MANIFEST_FORMAT,
+    V2_DB,
     BackupError,
     BackupInfo,
     BackupMismatch,
@@ -141,7 +142,7 @@ def _copy_one(source: Path, dest: Path, deadline: Deadline) -> dict[str, Any]:
 
 def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timedelta | None,
                      now: datetime | None = None) -> BackupInfo:
-    """Back up base_dir/userdata/{state,statev2}.sqlite into `target` (which must not exist).
+    """Back up base_dir/userdata/{state,statev2}.sqlite (whichever exist) into `target` (which must not exist).
 
     Built in a sibling `.<name>.partial` dir, verified, given a manifest, then renamed into place;
     on any failure or timeout the partial dir is removed. The shared core of `backup_user` and
@@ -149,10 +150,11 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
     """
     created = as_utc(now)
     userdata = base_dir / "userdata"
-    source_main = userdata / MAIN_DB
-    if not source_main.is_file():
-        raise BackupError(f"no database at {source_main}", user=user,
+    present = live_databases(userdata)
+    if not present:
+        raise BackupError(f"no database at {userdata / MAIN_DB} or {userdata / V2_DB}", user=user,
                           hint=f"check users[].base_dir for {user} in the config (`t3track config check`)")
+    source_main = userdata / present[0]
     if target.exists():
         raise BackupError(f"{target} already exists; a backup never overwrites one", user=user,
                           hint="move it aside, or use another target")
@@ -164,10 +166,8 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
     try:
         partial.mkdir(mode=PRIVATE_DIR)
         files: dict[str, Any] = {}
-        for name in DB_FILES:
-            source = userdata / name
-            if name == MAIN_DB or source.is_file():
-                files[name] = _copy_one(source, partial / name, deadline)
+        for name in present:  # both when a V2 build left a frozen state.sqlite beside statev2
+            files[name] = _copy_one(userdata / name, partial / name, deadline)
         manifest = {"format": MANIFEST_FORMAT, "user": user, "created_at": iso(created),
                     "t3track_version": __version__, "source_base_dir": str(base_dir), "files": files,
                     "duration_s": round(time.monotonic() - started, 3)}
@@ -189,6 +189,11 @@ def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timede
         _remove_tree(partial)
         raise
     return BackupInfo(user, target, created.replace(microsecond=0), manifest)
+
+
+def live_databases(userdata: Path) -> list[str]:
+    """The database files a user's base dir holds, of DB_FILES, in that order."""
+    return [name for name in DB_FILES if (userdata / name).is_file()]
 
 
 def snapshot_database(user_base_dir: Path, dest_dir: Path, *, user: str | None = None,
