@@ -37,7 +37,7 @@ from t3track.host.manifest import (
     fix_hint,
 )
 from t3track.host.sandbox import SandboxFailed, SandboxServer, serve_candidate
-from t3track.host.sqlite import max_migration_id, quick_check_problem
+from t3track.host.sqlite import added, migration_history, quick_check_problem
 from t3track.host.tree import current_executable
 from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
 
@@ -213,17 +213,19 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         if problem:
             return GateCheck(False, f"{where}: {db} fails PRAGMA quick_check ({problem}); {fix_hint(name)}", backup)
         try:
-            have = max_migration_id(backup.path / db)
-            live = max_migration_id(live_userdata / db) if (live_userdata / db).is_file() else None
+            have = migration_history(backup.path / db)
+            live = migration_history(live_userdata / db) if (live_userdata / db).is_file() else []
         except BackupError as exc:
             return GateCheck(False, f"{name}: {exc.message}; {exc.hint}", backup)
-        if have is None:
+        if not have:
             return GateCheck(False, f"{where}: {db} has no {MIGRATIONS_TABLE} table, so it is not a T3 state "
                              f"database; check users[].base_dir, then {fix_hint(name)}", backup)
-        if live is not None and have < live:
-            return GateCheck(False, f"{where}: {db} has migrations up to {have} but the live database has "
-                             f"{live} (migrated since the backup); {fix_hint(name)}", backup)
-        summary.append(f"{db} migrations up to {have}")
+        since = added(have, live)  # (id, name) pairs: a renamed id counts, the highest id alone would not
+        if since:
+            return GateCheck(False, f"{where}: {db} has migrations up to {have[-1].id} but the live database has "
+                             f"{live[-1].id}, with {', '.join(m.label for m in since)} that the backup lacks "
+                             f"(migrated since the backup); {fix_hint(name)}", backup)
+        summary.append(f"{db} migrations up to {have[-1].id}")
     return GateCheck(True, f"{where} is {_age_text(backup.age_s(moment))} old and verified "
                      f"({', '.join(summary)})", backup)
 
