@@ -17,9 +17,9 @@ from t3track.config import Config
 from t3track.errors import CriticalError, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore
-from t3track.host.manifest import MANIFEST, read_backup
+from t3track.host.manifest import DB_FILES, MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
-from t3track.host.sqlite import max_migration_id
+from t3track.host.sqlite import added, migration_history
 from t3track.host.tree import current_version, flip_current
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
@@ -82,27 +82,24 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
                 raise
             problems.append(f"restore of {user.name}'s database from {snap} failed: {exc}")
             continue
-        if not (snap / "statev2.sqlite").exists():
-            # newer builds copy state.sqlite to statev2.sqlite on first start; the old one never had it
-            try:
-                (userdata / "statev2.sqlite").unlink()
-            except FileNotFoundError:
-                pass
+        # A statev2.sqlite the snapshot lacks (the candidate crossed to V2) was moved aside by the restore,
+        # never deleted: the old version reads state.sqlite, exactly as it was before the swap.
         restored.append(user.name)
     return restored
 
 
 def _migrated(snap: Path, userdata: Path) -> bool:
-    """Did the candidate move either database forward (or create statev2)? Unreadable counts as yes:
+    """Did the candidate move either database forward (or create statev2)? Migrations are compared as
+    (id, name) pairs: one recorded under another name is a change too. Unreadable counts as yes:
     restoring a snapshot taken a moment ago loses less than running the old binary on an unknown schema."""
-    for name in ("state.sqlite", "statev2.sqlite"):
+    for name in DB_FILES:
         live, saved = userdata / name, snap / name
         if not live.exists():
             continue
         if not saved.exists():
             return True
         try:
-            if (max_migration_id(live) or 0) > (max_migration_id(saved) or 0):
+            if added(migration_history(saved), migration_history(live)):
                 return True
         except (T3TrackError, OSError):
             return True
