@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from t3track.clock import utcnow
 from t3track.config import Config
-from t3track.host import backup, tree
+from t3track.host import backup, sqlite, tree
 from t3track.results import json_key
 from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
 
@@ -19,6 +19,8 @@ class UserStatus:
     port: int
     backup_age_s: float | None
     backup_path: str | None = json_key("backup")
+    database: str | None = None     # the file the user's server uses: state.sqlite, or statev2.sqlite (V2 builds)
+    migration: int | None = None    # its newest migration id
 
 
 @dataclass
@@ -54,9 +56,13 @@ def status(config: Config, store: StateStore) -> Status:
     users = []
     for user in config.users:
         newest = backup.newest_backup(config, user.name)
+        userdata = user.base_dir / "userdata"
+        migrations = sqlite.database_migrations(userdata)
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
-                                str(newest.path) if newest else None))
+                                str(newest.path) if newest else None,
+                                database=sqlite.database_in_use(userdata),
+                                migration=migrations[-1].id if migrations else None))
         if newest is None:
             warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
         elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
