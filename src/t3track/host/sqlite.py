@@ -154,12 +154,6 @@ def added(before: list[Migration], after: list[Migration]) -> list[Migration]:
     return [m for m in after if m not in known]
 
 
-def renamed(ours: list[Migration], theirs: list[Migration]) -> list[tuple[Migration, Migration]]:
-    """Ids both histories hold under different names: (ours, theirs) for each."""
-    names = {m.id: m for m in theirs}
-    return [(m, names[m.id]) for m in ours if m.id in names and names[m.id].name != m.name]
-
-
 def database_in_use(userdata: Path) -> str | None:
     """The name of the database the server uses (statev2 when a build has moved to it), or None."""
     for name in DATABASES:
