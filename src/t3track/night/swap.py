@@ -45,6 +45,7 @@ class SwapResult:
     restored_users: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
+    notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
 
 
 # ---------------------------------------------------------------- snapshots
@@ -145,7 +146,7 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
     try:
         if journal.phase in (Phase.PLANNED, Phase.STOPPING):
             jr.write(store, journal, Phase.STOPPING)
-            each_user(config, "stop", progress, marks=result.marks)
+            each_user(config, "stop", progress, marks=result.marks, notes=result.notes)
             _snapshot_all(config, snapshot_dir, progress)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
@@ -196,7 +197,7 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
         progress(f"rolling back to {journal.from_version}: {result.reason}")
         if journal.from_version is None:
             raise CriticalError("there is no previous version to roll back to (first install)")
-        problems += each_user(config, "stop", progress, keep_going=True, marks=result.marks)
+        problems += each_user(config, "stop", progress, keep_going=True, marks=result.marks, notes=result.notes)
         if current_version(config) != journal.from_version:
             progress(f"point current back at {journal.from_version}")
             flip_current(config, journal.from_version)
