@@ -132,7 +132,10 @@ class _UserGates:
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
         if result.ok:
-            return self._result(PAIRING_PROBE, PASS, started, f"{self.user.name}: {result.detail}", evidence=str(path))
+            # a missing no-store on a good exchange: a second signal of the 7756 class, not a failure
+            outcome = INCONCLUSIVE if result.warnings else PASS
+            return self._result(PAIRING_PROBE, outcome, started, f"{self.user.name}: {result.detail}", evidence=str(path),
+                                fingerprint=f"{PAIRING_PROBE}:exchange:200:NoStoreMissing" if result.warnings else None)
         status = f" (HTTP {result.status})" if result.status is not None else ""
         return self._result(PAIRING_PROBE, FAIL, started,
                             f"{self.user.name}: {self.version} fails the pairing handshake at step "
