@@ -670,19 +670,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def record_env(settings: dict, command: str) -> None:
+def record_env(settings: dict, command: str, base_dir: str) -> None:
     """Tests: which T3CODE_* variables reached this process (append-only JSON lines)."""
     if settings.get("env_record"):
         seen = {k: v for k, v in os.environ.items() if k.startswith("T3CODE_")}
         with open(settings["env_record"], "a") as handle:
-            handle.write(json.dumps({"command": command, "pid": os.getpid(), "env": seen}) + "\n")
+            handle.write(json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen}) + "\n")
 
 
 def serve(args: argparse.Namespace, settings: dict) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    record_env(settings, "serve")
+    record_env(settings, "serve", args.base_dir)
     fault = active_fault(settings)
     paths = Paths(args.base_dir, settings)
     owner, owner_id = None, None
@@ -766,7 +766,7 @@ def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: P
 
 
 def pairing_create(args: argparse.Namespace, settings: dict) -> int:
-    record_env(settings, "auth pairing create")
+    record_env(settings, "auth pairing create", args.base_dir)
     if active_fault(settings) == "mint-fails":
         print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
         return 1
