@@ -109,7 +109,7 @@ def test_status_json_has_the_fields_of_the_spec(cfg):
     for key in ["current", "previous", "channel", "pinned", "frozen", "denied", "last_run", "installed", "users"]:
         assert key in doc
     assert doc["users"] == [{"name": "alice", "port": 3773, "backup_age_s": None, "backup": None,
-                             "database": None, "migration": None}]
+                             "database": None, "migration": None, "serving": None, "drift": False}]
 
 
 def test_history_json_newest_first_with_limit(cfg):
