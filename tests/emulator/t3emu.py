@@ -49,7 +49,8 @@ DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "s
             "migration_names": {},      # {"53": "PreviewName"}: a preview/branch build's names for some ids
             "ownership_lock": False,    # hold userdata/server-owner.sqlite; refuse a state dir owned by a live pid
             "stop_delay_s": 0,          # keep serving this long after SIGTERM (a slow graceful shutdown)
-            "env_record": None}         # a file each process appends the T3CODE_* variables it saw to (tests)
+            "env_record": None,         # a file each process appends the T3CODE_* variables it saw to (tests)
+            "clock_offset_s": 0}        # this build's clock runs ahead by this much (time passing, for expiries)
 DATABASES = ("state", "statev2")
 V2_DB = "statev2.sqlite"
 OWNER_DB = "server-owner.sqlite"
@@ -199,8 +200,11 @@ def active_fault(settings: dict) -> str | None:
     return fault
 
 
+CLOCK_OFFSET = timedelta(0)
+
+
 def now() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(UTC) + CLOCK_OFFSET
 
 
 def iso(moment: datetime) -> str:
@@ -829,6 +833,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
+    global CLOCK_OFFSET
+    CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
     if args.version:
         print(f"t3 v{settings['version']}")
         return 0

@@ -159,8 +159,8 @@ class _UserGates:
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{SESSIONS_SURVIVE}.json", to_jsonable(result))
         if result.ok:
             return self._result(SESSIONS_SURVIVE, PASS, started,
-                                f"{self.user.name}: a session paired with the current version still "
-                                f"authenticates on {self.version}", evidence=str(path))
+                                f"{self.user.name}: a session paired with the current version just before the "
+                                f"upgrade still authenticates on {self.version}", evidence=str(path))
         one_way = server.one_way
         detail = (f"{self.user.name}: sessions from the current version do not survive {self.version}: every user "
                   "will have to pair again after the swap" + (f" (it migrates: {', '.join(one_way)})" if one_way else "")
