@@ -37,14 +37,15 @@ def migrated_forward(user: str, snapshot: Path, userdata: Path, target: str) -> 
                                 f"exactly; {V2_DB} is moved aside, not deleted)")
             continue
         try:
-            since = sqlite.added(sqlite.migration_history(saved), sqlite.migration_history(live))
+            now = sqlite.migration_history(live)
+            since = sqlite.added(sqlite.migration_history(saved), now)
         except T3TrackError as exc:
             warnings.append(f"{user}: cannot compare {name} with the pre-swap snapshot: {exc.message}")
             continue
         if since:
-            warnings.append(f"{user}'s {name} has migrations {target} did not know "
-                            f"({', '.join(m.label for m in since)}); {target} may hide or fail to read data "
-                            f"(use --restore-state to go back to the pre-swap database)")
+            warnings.append(f"{user}'s {name} has migrations up to {now[-1].id}, with "
+                            f"{', '.join(m.label for m in since)} that {target} did not know; {target} may hide "
+                            f"or fail to read data (use --restore-state to go back to the pre-swap database)")
     return warnings
 
 
