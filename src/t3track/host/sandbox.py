@@ -2,7 +2,9 @@
 
 The sandbox base dir is built from the user's newest backup (restored and checksum-verified by
 t3track.host.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
-base dir. Never `server-runtime.json`: it points at the production process. The candidate runs in its
+base dir. Never `server-runtime.json` (it points at the production process, and a newer build refuses a
+state dir whose runtime file names a live pid) nor `server-owner.sqlite` (the production server's
+ownership lock): only the database files and the names in COPIED_FILES/COPIED_DIRS are carried. The candidate runs in its
 own process group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's
 `run_as` when configured. Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is
 killed, the redacted log is written to the evidence dir and the sandbox, raw log included, is deleted.
