@@ -23,7 +23,7 @@ from t3track.host.registry import RegistryClient
 from t3track.host.tree import executable_of
 from t3track.night import drift, gates, ledger, policy, recovery, swap
 from t3track.night.report import NightReport
-from t3track.results import GateResult, first_failure, new_run_id
+from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
 from t3track.state import StateStore
 
 Progress = Callable[[str], None]
@@ -83,7 +83,10 @@ def _pipeline(n: Night) -> NightReport:
         n.progress(f"resolving {n.config.package}@{n.config.channel} (current {current or 'none'})")
         decision = _resolve(n, state)
         if decision.candidate is None:
-            return _no_candidate(n, decision, current)
+            report = _no_candidate(n, decision, current)
+            report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told
+            report.notes += [g.detail for g in report.gates]
+            return report
         candidate, notes = decision.candidate.version, decision.notes
         install_s = _install(n, decision.candidate, current)
         drifted = _drift(n, current)
@@ -118,12 +121,12 @@ def _pipeline(n: Night) -> NightReport:
     return report
 
 
-def _drift(n: Night, current: str | None) -> list[GateResult]:
+def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
     started = time.monotonic()
     found = drift.find(n.config, current)
     for one in found:
         n.progress(f"drift: {one.describe()}")
-    return drift.as_gates(found, started)
+    return drift.as_gates(found, started, outcome)
 
 
 def _resolve(n: Night, state: policy.State) -> policy.Decision:

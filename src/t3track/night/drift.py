@@ -50,7 +50,8 @@ def find(config: Config, installed: str | None) -> list[Drift]:
     return found
 
 
-def as_gates(drifts: list[Drift], started: float) -> list[GateResult]:
-    """The drift as failed host checks of the night's report (never fingerprinted as the candidate's)."""
-    return [GateResult(DRIFT, d.user, FAIL, round(time.monotonic() - started, 3), d.describe(),
+def as_gates(drifts: list[Drift], started: float, outcome: str = FAIL) -> list[GateResult]:
+    """The drift as host checks of the night's report (never fingerprinted as the candidate's): failed
+    when it stops a candidate, inconclusive on a night with nothing to move (it is still told)."""
+    return [GateResult(DRIFT, d.user, outcome, round(time.monotonic() - started, 3), d.describe(),
                        fingerprint=f"{DRIFT}:version:-:Drift") for d in drifts]
