@@ -82,3 +82,19 @@ def test_config_check_warns_about_t3s_own_updater_and_service(host):
     assert any("t3code.service" in w and "t3 service install" in w for w in warnings)
     assert any(".local/bin/t3" in w for w in warnings)
     assert not [w for w in doc["warnings"] if "(bob)" in w]
+
+
+def test_a_quiet_night_that_finds_drift_tells_it_once(drifted, tmp_path):
+    told = tmp_path / "told.jsonl"
+    script = f"import sys; open({str(told)!r}, 'a').write(sys.stdin.read() + '\\n')"
+    drifted.write_config(notify={"command": [sys.executable, "-c", script]})
+    assert drifted.t3track("freeze", "--reason", "holiday").returncode == 0
+    result = drifted.t3track("run", "--json")                 # frozen: a quiet night
+    doc = json.loads(result.stdout)
+    assert result.returncode == 0 and doc["outcome"] == "noop", result.stdout + result.stderr
+    assert [(g["name"], g["user"], g["outcome"]) for g in doc["gates"]] == [("drift", "alice", "inconclusive")]
+    assert any(f"serves {UPDATED}, not 0.0.42" in n for n in doc["notes"])
+    notices = [json.loads(line) for line in told.read_text().splitlines() if line.strip()]
+    assert [(n["event"], n["user"]) for n in notices] == [("drift", "alice")] and UPDATED in notices[0]["reason"]
+    assert drifted.t3track("run").returncode == 0
+    assert len([line for line in told.read_text().splitlines() if line.strip()]) == 1   # once, not every night
