@@ -108,7 +108,8 @@ def test_status_json_has_the_fields_of_the_spec(cfg):
     doc = json.loads(t3("status", "--json").output)
     for key in ["current", "previous", "channel", "pinned", "frozen", "denied", "last_run", "installed", "users"]:
         assert key in doc
-    assert doc["users"] == [{"name": "alice", "port": 3773, "backup_age_s": None, "backup": None}]
+    assert doc["users"] == [{"name": "alice", "port": 3773, "backup_age_s": None, "backup": None,
+                             "database": None, "migration": None, "serving": None, "drift": False}]
 
 
 def test_history_json_newest_first_with_limit(cfg):

@@ -363,11 +363,14 @@ def host_problems(config: Config) -> list[str]:
     for i, user in enumerate(config.users):
         if not user.base_dir.is_dir():
             problems.append(f"users[{i}].base_dir: {user.base_dir} does not exist")
-        elif not (user.base_dir / "userdata" / "state.sqlite").is_file() and os.path.lexists(current):
+        elif not any((user.base_dir / "userdata" / name).is_file() for name in ("state.sqlite", "statev2.sqlite")) \
+                and os.path.lexists(current):
+            # V2 builds use statev2.sqlite (a host first installed on one has no state.sqlite at all);
             # before the first install (`t3track adopt VERSION`) nobody has served T3 here: the
             # server creates its state on its first start
-            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite under {user.base_dir} "
-                            f"(is {user.name}'s server running? `systemctl status t3@{user.name}.service`)")
+            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite or userdata/statev2.sqlite "
+                            f"under {user.base_dir} (is {user.name}'s server running? "
+                            f"`systemctl status t3@{user.name}.service`)")
         if user.run_as is not None:
             import pwd
             try:
@@ -379,3 +382,46 @@ def host_problems(config: Config) -> list[str]:
         if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
             problems.append(f"services.{key}: {argv[0]!r} not found")
     return problems
+
+
+# What upstream's own updater leaves on a host (t3code-contract.md, "Upstream's own updater"): it
+# installs into <T3 home>/runtime/versions/<v>, repoints ~/.local/bin/t3 and, with `t3 service
+# install`, runs a per-user unit that updates itself: each one fights t3track's pin.
+UPDATER_TRACES = (
+    ("runtime/versions", "t3home", "T3's own updater (`t3 update`) has installed versions there"),
+    (".config/systemd/user/t3code.service", "home", "T3's own background service (`t3 service install`) "
+     "updates and restarts the server by itself"),
+    (".local/bin/t3", "home", "upstream's installer points this `t3` at its own runtime, not at root/current"),
+)
+
+
+def _user_home(user: UserConfig) -> Path:
+    """The Linux home of a T3 user: run_as's, else the directory holding the default `.t3` base dir,
+    else the base dir owner's."""
+    import pwd
+
+    if user.run_as is not None:
+        try:
+            return Path(pwd.getpwnam(user.run_as).pw_dir)
+        except KeyError:
+            pass
+    if user.base_dir.name == ".t3":
+        return user.base_dir.parent
+    try:
+        return Path(pwd.getpwuid(user.base_dir.stat().st_uid).pw_dir)
+    except (OSError, KeyError):
+        return user.base_dir.parent
+
+
+def host_warnings(config: Config) -> list[str]:
+    """Things on the host that do not stop t3track but fight it: T3's own updater and service per user."""
+    warnings: list[str] = []
+    for i, user in enumerate(config.users):
+        home = _user_home(user)
+        for relative, under, why in UPDATER_TRACES:
+            path = (user.base_dir if under == "t3home" else home) / relative
+            if os.path.lexists(path):
+                warnings.append(f"users[{i}] ({user.name}): {path} exists: {why}, which fights t3track's pin "
+                                "(a live serverVersion that is not `current` is drift); remove it "
+                                "(`t3 service uninstall` as the user) and let t3track manage the version")
+    return warnings

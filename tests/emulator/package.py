@@ -206,14 +206,20 @@ def state_db(base_dir: Path) -> Path:
     return Path(base_dir) / "userdata" / "state.sqlite"
 
 
-def make_user_state(base_dir: Path, migrations: int = 52, rows: int = 5) -> UserState:
+def live_db(base_dir: Path) -> Path:
+    """The database a server on base_dir uses: statev2.sqlite once a V2 build created it."""
+    v2 = Path(base_dir) / "userdata" / t3emu.V2_DB
+    return v2 if v2.exists() else state_db(base_dir)
+
+
+def make_user_state(base_dir: Path, migrations: int = 52, rows: int = 5, database: str = "state") -> UserState:
     """A user's T3 base dir as a server at `migrations` leaves it, with `rows` threads of user data.
 
     userdata/state.sqlite (WAL, effect_sql_migrations 1..migrations, one project, `rows` rows in
     projection_threads), secrets/*.bin (0600 in a 0700 dir), environment-id, settings.json,
     keybindings.json. No server-runtime.json (no server is running).
     """
-    paths = t3emu.Paths(str(base_dir))
+    paths = t3emu.Paths(str(base_dir), {"database": database})  # "statev2": a host first installed on a V2 build
     t3emu.ensure_userdata(paths)
     with t3emu.connected(paths.db) as conn:
         t3emu.migrate(conn, migrations)

@@ -39,9 +39,21 @@ from pathlib import Path
 FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
+    "no-cache-headers",
 )
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0,
-            "reported_version": None}
+            "reported_version": None,
+            # V2-era behaviour (t3code-contract.md, "Since 0.0.42"), each off by default:
+            "database": "state",        # "statev2": import state.sqlite once, then use only statev2.sqlite
+            "history_check": None,      # "warn" | "refuse": what a build does with unknown id:name pairs
+            "migration_names": {},      # {"53": "PreviewName"}: a preview/branch build's names for some ids
+            "ownership_lock": False,    # hold userdata/server-owner.sqlite; refuse a state dir owned by a live pid
+            "stop_delay_s": 0,          # keep serving this long after SIGTERM (a slow graceful shutdown)
+            "env_record": None,         # a file each process appends the T3CODE_* variables it saw to (tests)
+            "clock_offset_s": 0}        # this build's clock runs ahead by this much (time passing, for expiries)
+DATABASES = ("state", "statev2")
+V2_DB = "statev2.sqlite"
+OWNER_DB = "server-owner.sqlite"
 
 # Migration names of the real 0.0.42 (1..52); later ones are the emulator's own.
 MIGRATION_NAMES = [
@@ -175,7 +187,11 @@ INDEX_HTML = (b"<!doctype html>\n<html lang=\"en\">\n  <head>\n    <meta charset
               b"    <title>T3 Code</title>\n  </head>\n  <body><div id=\"root\"></div></body>\n</html>\n")
 
 
-def migration_name(migration_id: int) -> str:
+def migration_name(migration_id: int, settings: dict | None = None) -> str:
+    """This build's name for a migration id: a preview build's `migration_names` win over the real ones."""
+    renamed = (settings or {}).get("migration_names") or {}
+    if str(migration_id) in renamed:
+        return renamed[str(migration_id)]
     if migration_id <= len(MIGRATION_NAMES):
         return MIGRATION_NAMES[migration_id - 1]
     return f"EmulatedNightlyChange{migration_id}"
@@ -204,6 +220,10 @@ def load_settings() -> dict:
         raise SystemExit(f"emulator.json: era must be 'A' or 'B', not {settings['era']!r}")
     if not isinstance(settings["migrations"], int) or settings["migrations"] < 20:
         raise SystemExit("emulator.json: migrations must be an integer >= 20 (the auth tables come at 20)")
+    if settings["database"] not in DATABASES:
+        raise SystemExit(f"emulator.json: database must be one of {DATABASES}, not {settings['database']!r}")
+    if settings["history_check"] not in (None, "warn", "refuse"):
+        raise SystemExit("emulator.json: history_check must be null, 'warn' or 'refuse'")
     fault = settings["fault"]
     if fault is not None:
         base = fault[:-5] if fault.endswith("-live") else fault
@@ -220,8 +240,11 @@ def active_fault(settings: dict) -> str | None:
     return fault
 
 
+CLOCK_OFFSET = timedelta(0)
+
+
 def now() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(UTC) + CLOCK_OFFSET
 
 
 def iso(moment: datetime) -> str:
@@ -254,10 +277,14 @@ def parse_ttl(text: str) -> timedelta:
 
 
 class Paths:
-    def __init__(self, base_dir: str):
+    def __init__(self, base_dir: str, settings: dict | None = None):
         self.base = Path(os.path.abspath(os.path.expanduser(base_dir)))
         self.userdata = self.base / "userdata"
-        self.db = self.userdata / "state.sqlite"
+        self.v1_db = self.userdata / "state.sqlite"
+        self.v2_db = self.userdata / V2_DB
+        # A V2 build (0.0.46-nightly.20261003.2610 on) reads and writes only statev2.sqlite.
+        self.db = self.v2_db if (settings or {}).get("database") == "statev2" else self.v1_db
+        self.owner = self.userdata / OWNER_DB
         self.secrets = self.userdata / "secrets"
         self.signing_key = self.secrets / "server-signing-key.bin"
         self.runtime = self.userdata / "server-runtime.json"
@@ -345,8 +372,10 @@ def applied_migrations(conn: sqlite3.Connection) -> list[int]:
     return [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]
 
 
-def migrate(conn: sqlite3.Connection, target: int) -> list[str]:
-    """Apply the missing migrations up to `target`, forward only. Returns `N_Name` of each one applied."""
+def migrate(conn: sqlite3.Connection, target: int, settings: dict | None = None) -> list[str]:
+    """Apply the missing migrations up to `target`, forward only. Returns `N_Name` of each one applied.
+
+    Like upstream's migrator, an id already recorded is skipped whatever name it was recorded under."""
     conn.execute("PRAGMA journal_mode = WAL")
     done = set(applied_migrations(conn))
     applied = []
@@ -358,19 +387,77 @@ def migrate(conn: sqlite3.Connection, target: int) -> list[str]:
             for statement in migration_sql(migration_id):
                 conn.execute(statement)
             conn.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (?, ?)",
-                         (migration_id, migration_name(migration_id)))
+                         (migration_id, migration_name(migration_id, settings)))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        applied.append(f"{migration_id}_{migration_name(migration_id)}")
+        applied.append(f"{migration_id}_{migration_name(migration_id, settings)}")
     return applied
+
+
+def import_v1_state(paths: Paths, announce: bool) -> None:
+    """First start of a V2 build: copy state.sqlite into statev2.sqlite once, only when statev2 is absent.
+
+    As upstream's initializeV2Database: an SQLite backup into a `.v2-import-*` temp dir beside it, then a
+    hard link (which fails rather than replace a statev2 that appeared meanwhile), then the temp dir goes.
+    state.sqlite itself is never written again."""
+    if paths.db != paths.v2_db or paths.v2_db.exists() or not paths.v1_db.exists():
+        return
+    import shutil
+    import tempfile
+
+    temporary = Path(tempfile.mkdtemp(prefix=".v2-import-", dir=paths.userdata))
+    try:
+        snapshot = temporary / "snapshot.sqlite"
+        source = sqlite3.connect(f"{paths.v1_db.as_uri()}?mode=ro", uri=True)
+        target = sqlite3.connect(snapshot)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        try:
+            os.link(snapshot, paths.v2_db)
+        except FileExistsError:
+            pass
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    if announce:
+        log("INFO", f"Imported {paths.v1_db.name} into {paths.v2_db.name}")
+
+
+def diverged_history(conn: sqlite3.Connection, settings: dict) -> list[str]:
+    """Recorded `id:name` pairs this build does not know under that name (upstream Migrations.ts)."""
+    divergent = []
+    for row in conn.execute("SELECT migration_id, name FROM effect_sql_migrations ORDER BY 1"):
+        migration_id, name = int(row[0]), row[1]
+        if migration_id > settings["migrations"]:
+            continue  # a newer build's: said by the "newer than this server" warning
+        expected = migration_name(migration_id, settings)
+        if expected != name:
+            divergent.append(f"{migration_id}:{name} (this build: {expected})")
+    return divergent
+
+
+class HistoryRefused(Exception):
+    pass
 
 
 def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connection:
     ensure_userdata(paths)
+    import_v1_state(paths, announce)
     conn = connect(paths.db)
-    applied = migrate(conn, settings["migrations"])
+    conn.execute(MIGRATIONS_TABLE)
+    divergent = diverged_history(conn, settings) if settings["history_check"] else []
+    if divergent and settings["history_check"] == "refuse":
+        conn.close()
+        raise HistoryRefused(f"Unrecognized migration history at {divergent[0].split(' ', 1)[0]}")
+    if divergent and announce:
+        listing = ",\n".join(f"    '{item}'" for item in divergent)
+        log("WARN", "Database migration history diverges from this build; recorded migration ids are skipped, "
+                    f"not reconciled by name.\n  divergent: [\n{listing}\n  ]")
+    applied = migrate(conn, settings["migrations"], settings)
     newest = max(applied_migrations(conn), default=0)
     if announce and applied:
         listing = ",\n".join(f"    '{name}'" for name in applied)
@@ -622,7 +709,11 @@ def make_handler(app: Emulator):
                                              "reason": "invalid_credential", "traceId": secrets.token_hex(16)})
             body, value = redeemed
             headers = [("cache-control", "no-store"), ("pragma", "no-cache")]
-            if app.fault == "no-cookie":  # upstream issue 7756: a pass without a session
+            if app.fault in ("no-cookie", "no-cache-headers"):
+                # upstream issue 7756: a second copy of a library in the bundle dropped every pre-response
+                # handler, so the cookie went together with these headers
+                headers = []
+            if app.fault == "no-cookie":  # a pass without a session
                 return self.reply_json(200, {"authenticated": True}, tuple(headers))
             expires = email.utils.formatdate(parse_iso(body["expiresAt"]).timestamp(), usegmt=True)
             headers.append(("set-cookie", f"{app.issued_cookie_name()}={value}; Path=/; Expires={expires};"
@@ -632,13 +723,77 @@ def make_handler(app: Emulator):
     return Handler
 
 
+class StateDirOwned(Exception):
+    pass
+
+
+def acquire_ownership(paths: Paths) -> tuple[sqlite3.Connection, str]:
+    """As upstream's serverOwnership.ts: an exclusive transaction on server-owner.sqlite, held for the
+    server's life (the OS drops it on any exit; the file is never deleted), and a legacy
+    server-runtime.json without an ownerId whose pid is alive also owns the state dir."""
+    paths.userdata.mkdir(parents=True, exist_ok=True)
+    owner = sqlite3.connect(paths.owner, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        owner.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError:
+        owner.close()
+        raise StateDirOwned(f"ServerAlreadyRunningError: A T3 Code server already owns {paths.userdata}. Stop that "
+                            "server, or use a separate T3 home and pair with it, then retry. No server was stopped.") from None
+    try:
+        previous = json.loads(paths.runtime.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and previous.get("ownerId") is None and isinstance(previous.get("pid"), int) \
+            and previous["pid"] != os.getpid() and pid_alive(previous["pid"]):
+        owner.close()
+        raise StateDirOwned(f"T3_STATE_DIR_OWNED: {paths.runtime} names a live server (pid {previous['pid']})")
+    return owner, str(uuid.uuid4())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def record_env(settings: dict, command: str, base_dir: str) -> None:
+    """Tests: which T3CODE_* variables reached this process (append-only JSON lines)."""
+    if settings.get("env_record"):
+        seen = {k: v for k, v in os.environ.items() if k.startswith("T3CODE_")}
+        with open(settings["env_record"], "a") as handle:
+            handle.write(json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen}) + "\n")
+
+
 def serve(args: argparse.Namespace, settings: dict) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    record_env(settings, "serve", args.base_dir)
     fault = active_fault(settings)
-    paths = Paths(args.base_dir)
-    open_state(paths, settings, announce=True).close()
+    paths = Paths(args.base_dir, settings)
+    owner, owner_id = None, None
+    if settings["ownership_lock"]:
+        try:
+            owner, owner_id = acquire_ownership(paths)
+        except StateDirOwned as error:
+            log("ERROR", str(error), stream=sys.stderr)
+            return 1
+    try:
+        return _serve(args, settings, fault, paths, stop, owner_id)
+    finally:
+        if owner is not None:
+            owner.close()  # releases the lock; server-owner.sqlite itself stays, as upstream's
+
+
+def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: Paths, stop: threading.Event,
+           owner_id: str | None) -> int:
+    try:
+        open_state(paths, settings, announce=True).close()
+    except HistoryRefused as error:
+        log("ERROR", f"Server failed to start\n  cause: {error}", stream=sys.stderr)
+        return 1
     if fault == "crash-on-start":
         log("ERROR", "Server failed to start\n  cause: Error: emulated crash-on-start (the database was "
                      "already migrated)", stream=sys.stderr)
@@ -656,6 +811,8 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
     origin = f"http://{args.host}:{args.port}"
     runtime = {"version": 1, "pid": os.getpid(), "host": args.host, "port": args.port, "origin": origin,
                "startedAt": iso(now())}
+    if owner_id is not None:
+        runtime["ownerId"] = owner_id
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     try:
         # The socket listens from here; requests wait in the backlog until the ready lines are out, so a
@@ -678,6 +835,10 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
         thread.start()
         while not stop.wait(0.5):
             pass
+        # a slow graceful shutdown: still serving (and owning the state dir) for a while after SIGTERM
+        time_left = float(settings.get("stop_delay_s") or 0)
+        if time_left:
+            threading.Event().wait(time_left)
     finally:
         app.stopping.set()
         if thread.is_alive():
@@ -693,6 +854,7 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
 
 
 def pairing_create(args: argparse.Namespace, settings: dict) -> int:
+    record_env(settings, "auth pairing create", args.base_dir)
     if active_fault(settings) == "mint-fails":
         print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
         return 1
@@ -702,7 +864,11 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
         print(f'\nERROR\n  Invalid value for flag --ttl: "{args.ttl}". Expected: Schema validation failed: '
               "Invalid duration. Use values like 5m, 1h, 30d, or 15 minutes.", file=sys.stderr)
         return 1
-    conn = open_state(Paths(args.base_dir), settings, announce=False)
+    try:
+        conn = open_state(Paths(args.base_dir, settings), settings, announce=False)
+    except HistoryRefused as error:
+        print(f"\nERROR\n  {error}", file=sys.stderr)
+        return 1
     try:
         link = issue_pairing_link(conn, settings, ttl=ttl, subject="one-time-token", label=args.label, admin=False)
     except sqlite3.Error as error:
@@ -724,15 +890,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="t3", description="T3 Code server emulator")
     parser.add_argument("--version", "-v", action="store_true")
     commands = parser.add_subparsers(dest="command")
+    # V2-era builds: every serve flag falls back to a T3CODE_* variable (the flag wins when given).
+    env = os.environ
     serve_parser = commands.add_parser("serve")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, required=True)
-    serve_parser.add_argument("--base-dir", default="~/.t3")
-    serve_parser.add_argument("--no-browser", action="store_true")
+    serve_parser.add_argument("--host", default=env.get("T3CODE_HOST", "127.0.0.1"))
+    serve_parser.add_argument("--port", type=int, default=int(env["T3CODE_PORT"]) if env.get("T3CODE_PORT") else None)
+    serve_parser.add_argument("--base-dir", default=env.get("T3CODE_HOME", "~/.t3"))
+    serve_parser.add_argument("--no-browser", action="store_true", default=env.get("T3CODE_NO_BROWSER") == "1")
+    serve_parser.add_argument("--mode", choices=("web", "desktop"), default=env.get("T3CODE_MODE", "web"))
     auth = commands.add_parser("auth").add_subparsers(dest="auth_command", required=True)
     pairing = auth.add_parser("pairing").add_subparsers(dest="pairing_command", required=True)
     create = pairing.add_parser("create")
-    create.add_argument("--base-dir", default="~/.t3")
+    create.add_argument("--base-dir", default=os.environ.get("T3CODE_HOME", "~/.t3"))
     create.add_argument("--ttl", default="5m")
     create.add_argument("--label")
     create.add_argument("--base-url")
@@ -740,12 +909,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.version and args.command is None:
         parser.error("a subcommand is required")
+    if args.command == "serve" and args.port is None:
+        parser.error("--port is required (or T3CODE_PORT)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
+    global CLOCK_OFFSET
+    CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
     if args.version:
         print(f"t3 v{settings['version']}")
         return 0

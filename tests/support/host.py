@@ -49,7 +49,8 @@ class HostUser:
 
     @property
     def db(self) -> Path:
-        return self.base_dir / "userdata" / "state.sqlite"
+        """The database the user's server uses: statev2.sqlite once a V2 build created it."""
+        return emu.live_db(self.base_dir)
 
     @property
     def url(self) -> str:
@@ -140,17 +141,21 @@ class Host:
     # ------------------------------------------------------------ builds
 
     def publish(self, version: str, *, era: str = "B", migrations: int = 52, fault: str | None = None,
-                age: timedelta = timedelta(days=1), tag: str | None = "nightly") -> str:
-        """Publish an emulator build of `t3` as `version`, `age` old."""
-        tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault)
+                age: timedelta = timedelta(days=1), tag: str | None = "nightly", **extra: Any) -> str:
+        """Publish an emulator build of `t3` as `version`, `age` old (`extra`: V2-era emulator.json keys)."""
+        tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault, **extra)
         return self.registry.publish("t3", version, tarball, tag=tag,
                                      published_at=datetime.now(UTC) - age)
 
     def set_fault(self, version: str, fault: str | None) -> None:
         """Change an installed build's behaviour (e.g. a nightly that fails only once live)."""
+        self.set_emulator(version, fault=fault)
+
+    def set_emulator(self, version: str, **changes: Any) -> None:
+        """Change any emulator.json key of an installed build."""
         path = self.root / "versions" / version / Path(EMULATOR_EXECUTABLE).parent / "emulator.json"
         data = json.loads(path.read_text())
-        data["fault"] = fault
+        data.update(changes)
         path.write_text(json.dumps(data))
 
     # ------------------------------------------------------------ running
@@ -241,13 +246,15 @@ def wait_for_version(url: str, version: str | None, timeout: float) -> str | Non
 
 def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), current: str = "0.0.42",
                current_migrations: int = 52, rows: int = 5, registry_url: str | None = None,
-               make_state: Callable[[Path], object] | None = None) -> Host:
+               make_state: Callable[[Path], object] | None = None,
+               current_settings: dict[str, Any] | None = None) -> Host:
     """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken.
 
     registry_url: use a registry started elsewhere (verdaccio) instead of a loopback RegistryServer;
     nothing is published to it here (the caller publishes `current` and the nightlies itself).
     make_state: builds a user's base dir instead of emu.make_user_state (e.g. the real server creating
     its own state); `rows` threads of user data are added to it afterwards.
+    current_settings: more emulator.json keys for the current build (e.g. a V2 build: database="statev2").
     """
     registry: RegistryServer | ExternalRegistry = (
         ExternalRegistry(registry_url) if registry_url else RegistryServer().start())
@@ -259,14 +266,14 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
         else:
             make_state(base)
             if rows:
-                emu.add_rows(emu.state_db(base), rows, "initial")
+                emu.add_rows(emu.live_db(base), rows, "initial")
         host_users.append(HostUser(name, free_port(), base))
     host = Host(directory, registry, host_users)
     host.write_config()
     if isinstance(registry, RegistryServer):
-        host.publish(current, migrations=current_migrations, tag=None)
+        host.publish(current, migrations=current_migrations, tag=None, **(current_settings or {}))
     prefix = host.root / "versions" / current
-    emu.make_install(prefix, current, migrations=current_migrations)
+    emu.make_install(prefix, current, migrations=current_migrations, **(current_settings or {}))
     (host.root / "current").symlink_to(Path("versions") / current)
     host.state_dir.mkdir(mode=0o700, parents=True)
     (host.state_dir / "state.json").write_text(json.dumps({"current": current}))

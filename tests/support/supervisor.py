@@ -7,7 +7,10 @@ group can end without taking the server with it), remembers the pid, and stops i
 SIGKILL.
 
     supervisor.py start --user U --port P --base-dir D --root R --executable E --run-dir RUN
-    supervisor.py stop  --user U --run-dir RUN
+    supervisor.py stop  --user U --run-dir RUN [--no-wait]
+
+`--no-wait` returns right after the SIGTERM (like `systemctl stop --no-block` or a bare `kill`): the
+server may still be shutting down when the next command runs.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def stop(args: argparse.Namespace) -> int:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
+    if args.no_wait:
+        _pidfile(run_dir, args.user).unlink(missing_ok=True)
+        return 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p_stop = sub.add_parser("stop")
     p_stop.add_argument("--user", required=True)
     p_stop.add_argument("--run-dir", required=True)
+    p_stop.add_argument("--no-wait", action="store_true")
     args = parser.parse_args(argv)
     return start(args) if args.action == "start" else stop(args)
 

@@ -22,7 +22,7 @@ from t3track.fsutil import atomic_write_text
 from t3track.state import Freeze, StateStore
 
 FINGERPRINTS_FILE = "fingerprints.json"
-HOST_GATES = ("backup-present",)  # gates that check the host, not the candidate
+HOST_GATES = ("backup-present", "drift")  # checks of the host, not the candidate: never its failure
 
 
 @dataclass

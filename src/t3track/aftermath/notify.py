@@ -1,7 +1,8 @@
 """Tell the operator: a JSON webhook and/or a command, on the nights that need a human.
 
-Sent on: a refused run, a rollback, a critical run, a freeze that lifted itself, and a user whose
-newest backup is older than gates.backup_max_age (once per stale backup, not every night). Never on
+Sent on: a refused run, a rollback, a critical run, a freeze that lifted itself, a user whose
+newest backup is older than gates.backup_max_age (once per stale backup, not every night), and drift
+found on a night with nothing to move (once per user and version served). Never on
 a quiet night (nothing to do, or a swap that verified) and never for a dry run.
 
 A notification that fails (endpoint down, non-2xx, command exits non-zero or times out) is recorded
@@ -38,7 +39,7 @@ PLACEHOLDERS = ("event", "outcome", "host", "from", "to", "candidate", "gate", "
 
 @dataclass
 class Notification:
-    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale
+    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale | drift
     body: dict[str, Any]
 
 
@@ -148,6 +149,21 @@ def _stale_backups(config: Config, store: StateStore, sent: dict[str, Any], now:
     return notes
 
 
+def _drift(config: Config, report: Any, sent: dict[str, Any]) -> list[Notification]:
+    """Drift a quiet night found (a refused night already tells it in its reason): once per user and
+    version served, told again when it changes, forgotten when it ends."""
+    told: dict[str, str] = dict(sent.get("drift", {}))
+    drifting = {g.user: g for g in getattr(report, "gates", None) or [] if g.name == "drift"}
+    found = []
+    if report.notify_event is None:
+        for user, gate in drifting.items():
+            if told.get(user) != gate.detail:
+                found.append(Notification("drift", body_for(config, "drift", report, gate="drift", user=user,
+                                                            reason=gate.detail)))
+    sent["drift"] = {user: gate.detail for user, gate in drifting.items()}
+    return found
+
+
 def notifications_for_run(config: Config, store: StateStore, report: Any, *,
                           now: datetime | None = None) -> list[Notification]:
     """What this (non-dry) run should tell the operator; remembers stale backups already told."""
@@ -166,6 +182,7 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
             reason=f"the freeze ({event.get('frozen_reason')}) ended; t3track follows {config.channel} again "
                    f"({event.get('reason')})")))
     sent = _load_sent(store)
+    found += _drift(config, report, sent)
     for stale in _stale_backups(config, store, sent, moment):
         body = body_for(config, "backup_stale", report, gate="backup-present")
         body.update({k: redact(v) if isinstance(v, str) else v for k, v in stale.body.items()})

@@ -82,7 +82,7 @@ def probe(
 @command()
 def config_check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     """Validate the config and the host (paths, npm, users); every problem listed, exit 2 if any."""
-    from t3track.config import config_path, host_problems
+    from t3track.config import config_path, host_problems, host_warnings
     from t3track.errors import ExitCode
     from t3track.host.usertree import tree_problems
 
@@ -90,11 +90,14 @@ def config_check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     path = config_path(ctx.obj.config_file)
     config = ctx.obj.config()  # file problems raise ConfigError with every path listed
     problems = host_problems(config) + tree_problems(config)
+    warnings = host_warnings(config)  # said, but they do not make the check fail
     if out.as_json:
-        out.json({"config": str(path), "ok": not problems, "problems": problems})
+        out.json({"config": str(path), "ok": not problems, "problems": problems, "warnings": warnings})
     else:
         out.line(f"{path}: config is valid")
         for problem in problems:
             out.line(f"  - {problem}")
+        for warning in warnings:
+            out.line(f"  ! warning: {warning}")
         out.line("host: ok" if not problems else f"host: {len(problems)} problem(s)")
     return int(ExitCode.USAGE if problems else ExitCode.OK)

@@ -43,8 +43,10 @@ def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
         out.table("denied", ["version", "gate", "at", "reason"],
                   [[d.version, d.gate or "operator", iso(d.at), d.reason] for d in result.denied])
     if result.users:
-        out.table("users", ["user", "port", "newest backup"],
-                  [[u.name, u.port, human_age(u.backup_age_s) + (" old" if u.backup_age_s is not None else "")]
+        out.table("users", ["user", "port", "serving", "database", "newest backup"],
+                  [[u.name, u.port, (u.serving or "not answering") + (" (DRIFT)" if u.drift else ""),
+                    f"{u.database or '-'}" + (f" @{u.migration}" if u.migration is not None else ""),
+                    human_age(u.backup_age_s) + (" old" if u.backup_age_s is not None else "")]
                    for u in result.users])
     for warning in result.warnings:
         out.line(f"warning: {warning}")

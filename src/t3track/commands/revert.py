@@ -11,12 +11,47 @@ from pathlib import Path
 
 from t3track import versions
 from t3track.config import Config
-from t3track.errors import UsageError
+from t3track.errors import T3TrackError, UsageError
 from t3track.host import sqlite, tree, usertree
+from t3track.host.manifest import DB_FILES, MAIN_DB, V2_DB
 from t3track.night import ledger, recovery, swap
 from t3track.night.report import NightReport
 from t3track.results import new_run_id
 from t3track.state import StateStore, operator_name
+
+
+def migrated_forward(user: str, snapshot: Path, base_dir: Path, target: str) -> list[str]:
+    """What `target` would find changed since the pre-swap snapshot, per database file: migrations it
+    did not know (as (id, name) pairs, in statev2.sqlite as in state.sqlite), or a statev2.sqlite the
+    current version created, which `target` (a V1 build) never reads. The live databases are read as
+    their owner: no link in the user's tree is followed."""
+    try:
+        live = usertree.live_histories(base_dir, user=user)
+    except T3TrackError as exc:
+        return [f"{user}: cannot compare the databases with the pre-swap snapshot: {exc.message}"]
+    warnings = []
+    for name in DB_FILES:
+        saved = snapshot / name
+        if name not in live:
+            continue
+        if not saved.is_file():
+            if name == V2_DB:
+                warnings.append(f"{user}'s data since the swap is in {V2_DB}, which {target} does not read: "
+                                f"{target} reads {MAIN_DB}, frozen since the swap, so users would not see what "
+                                f"they did since (use --restore-state to go back to the pre-swap database "
+                                f"exactly; {V2_DB} is moved aside, not deleted)")
+            continue
+        now = live[name]
+        try:
+            since = sqlite.added(sqlite.migration_history(saved), now)
+        except T3TrackError as exc:
+            warnings.append(f"{user}: cannot compare {name} with the pre-swap snapshot: {exc.message}")
+            continue
+        if since:
+            warnings.append(f"{user}'s {name} has migrations up to {now[-1].id}, with "
+                            f"{', '.join(m.label for m in since)} that {target} did not know; {target} may hide "
+                            f"or fail to read data (use --restore-state to go back to the pre-swap database)")
+    return warnings
 
 
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
@@ -57,13 +92,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
             restore_from = snapshot
         elif snapshot is not None and snapshot.is_dir():
             for user in config.users:
-                before = sqlite.max_migration_id(snapshot / user.name / "state.sqlite")
-                live = usertree.live_migrations(user.base_dir, user=user.name, names=("state.sqlite",))
-                now = live.get("state.sqlite")  # read as the owner: no link of hers is followed
-                if before is not None and isinstance(now, int) and now > before:
-                    warnings.append(f"{user.name}'s database has migrations up to {now}, newer than the {before} "
-                                    f"that {target} knew; {target} may hide or fail to read data "
-                                    f"(use --restore-state to go back to the pre-swap database)")
+                warnings += migrated_forward(user.name, snapshot / user.name, user.base_dir, target)
         plan = swap.plan_swap(store, run_id=run_id, from_version=current, to_version=target, kind="revert",
                               restore_from=restore_from)
         moved = swap.swap_and_verify(config, store, plan, progress)

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from t3track.clock import utcnow
 from t3track.config import Config
-from t3track.host import backup, tree
+from t3track.host import backup, sqlite, tree
+from t3track.night import drift
+from t3track.night.verify import same_version
 from t3track.results import json_key
 from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
 
@@ -19,6 +21,10 @@ class UserStatus:
     port: int
     backup_age_s: float | None
     backup_path: str | None = json_key("backup")
+    database: str | None = None     # the file the user's server uses: state.sqlite, or statev2.sqlite (V2 builds)
+    migration: int | None = None    # its newest migration id
+    serving: str | None = None      # the serverVersion the live server reports (None: not answering)
+    drift: bool = False             # it answers with another version than t3track installed (`current`)
 
 
 @dataclass
@@ -59,9 +65,20 @@ def status(config: Config, store: StateStore) -> Status:
     users = []
     for user in config.users:
         newest = backup.newest_backup(config, user.name)
+        userdata = user.base_dir / "userdata"
+        migrations = sqlite.database_migrations(userdata)
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
-                                str(newest.path) if newest else None))
+                                str(newest.path) if newest else None,
+                                database=sqlite.database_in_use(userdata),
+                                migration=migrations[-1].id if migrations else None,
+                                serving=drift.serving(user)))
+        drifted = users[-1].serving is not None and state.current is not None \
+            and not same_version(users[-1].serving, state.current)
+        if drifted:
+            users[-1].drift = True
+            warnings.append(drift.Drift(user.name, f"http://127.0.0.1:{user.port}", users[-1].serving or "",
+                                        state.current or "").describe())
         if newest is None:
             if not new_host:
                 warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")

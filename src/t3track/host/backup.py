@@ -64,6 +64,12 @@ def user_backup_dir(config: Config, user: str) -> Path:
     return config.backup_dir / user
 
 
+def _newest_first_key(backup: BackupInfo) -> tuple[datetime, int]:
+    """Backups made within one second share a stamp: `<stamp>-2`, `<stamp>-3`... are the later ones."""
+    _, _, n = backup.path.name.partition("-")
+    return backup.created_at, int(n) if n.isdigit() else 1
+
+
 def list_backups(config: Config, user: str) -> list[BackupInfo]:
     """Finished backups of one user, newest first. Unreadable manifests are skipped here and
     reported by the backup-present gate."""
@@ -78,7 +84,7 @@ def list_backups(config: Config, user: str) -> list[BackupInfo]:
             found.append(read_backup(entry, user))
         except BackupMismatch:
             continue
-    return sorted(found, key=lambda b: b.created_at, reverse=True)
+    return sorted(found, key=_newest_first_key, reverse=True)
 
 
 def newest_backup(config: Config, user: str) -> BackupInfo | None:
@@ -150,7 +156,7 @@ def _copy_one(base_dir: Path, name: str, dest: Path, deadline: Deadline, *, user
 
 def back_up_base_dir(base_dir: Path, target: Path, *, user: str, timeout: timedelta | None,
                      now: datetime | None = None) -> BackupInfo:
-    """Back up base_dir/userdata/{state,statev2}.sqlite into `target` (which must not exist).
+    """Back up base_dir/userdata/{state,statev2}.sqlite (whichever exist) into `target` (which must not exist).
 
     Built in a sibling `.<name>.partial` dir, verified, given a manifest, then renamed into place;
     on any failure or timeout the partial dir is removed. The shared core of `backup_user` and

@@ -18,7 +18,10 @@ from t3track.results import json_key
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 MAIN_DB = "state.sqlite"
-DB_FILES = (MAIN_DB, "statev2.sqlite")  # statev2 only when present: newer builds copy state.sqlite there
+V2_DB = "statev2.sqlite"
+# Either or both: V2 builds copy state.sqlite into statev2.sqlite once (state.sqlite then stays frozen),
+# and a host first installed on a V2 build has statev2.sqlite alone.
+DB_FILES = (MAIN_DB, V2_DB)
 MIGRATIONS_TABLE = "effect_sql_migrations"
 _CHUNK = 1 << 20
 MANIFEST_CAP = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
@@ -92,8 +95,9 @@ def read_backup(path: Path, user: str) -> BackupInfo:
 def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:
     """The manifest's file entries, checked for shape, so a changed manifest cannot name other paths."""
     files = backup.manifest.get("files")
-    if not isinstance(files, dict) or MAIN_DB not in files:
-        raise BackupMismatch(f"backup {backup.path} has a manifest without {MAIN_DB}",
+    # a host first installed on a V2 build has statev2.sqlite alone: any one database will do
+    if not isinstance(files, dict) or not any(name in files for name in DB_FILES):
+        raise BackupMismatch(f"backup {backup.path} has a manifest without {' or '.join(DB_FILES)}",
                              user=backup.user, hint=fix_hint(backup.user))
     for name, entry in files.items():
         if name not in DB_FILES or not isinstance(entry, dict) \

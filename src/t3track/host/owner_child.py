@@ -135,7 +135,7 @@ def connect_ro(dir_fd, name, busy_s):
     return sqlite3.connect(f"file:/proc/self/fd/{dir_fd}/{name}?mode=ro", uri=True, timeout=busy_s)
 
 
-def migrations(dir_fd, names):
+def migration_rows(dir_fd, names):
     found: dict = {}
     for name in names:
         try:
@@ -147,29 +147,11 @@ def migrations(dir_fd, names):
         try:
             table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (MIGRATIONS_TABLE,)).fetchone()
-            value = conn.execute(f"SELECT max(migration_id) FROM {MIGRATIONS_TABLE}").fetchone()[0] if table else None
-            found[name] = int(value) if value is not None else None
-        except sqlite3.Error as exc:
-            found[name] = f"unreadable: {exc}"
-        finally:
-            conn.close()
-    sys.stdout.buffer.write(json.dumps(found).encode())
-
-
-def migration_rows(dir_fd, names):
-    found = {}
-    for name in names:
-        try:
-            conn = connect_ro(dir_fd, name, 5.0)
-        except Refused as exc:
-            if str(exc) == f"no {name}":
-                continue
-            raise
-        try:
-            rows = conn.execute(f"SELECT migration_id, name FROM {MIGRATIONS_TABLE} ORDER BY migration_id").fetchall()
+            rows = conn.execute(f"SELECT migration_id, name FROM {MIGRATIONS_TABLE} ORDER BY migration_id").fetchall() \
+                if table else []
             found[name] = [[int(i), str(n)] for i, n in rows]
-        except sqlite3.Error:
-            found[name] = []
+        except sqlite3.Error as exc:
+            found[name] = f"unreadable: {exc}"  # never mistaken for "no migrations"
         finally:
             conn.close()
     sys.stdout.buffer.write(json.dumps(found).encode())
@@ -203,8 +185,6 @@ def main(argv):
     try:
         if command == "read-files":
             read_files(dir_fd, int(argv[2]), int(argv[3]), int(argv[4]), split(argv[5]), split(argv[6]))
-        elif command == "migrations":
-            migrations(dir_fd, split(argv[2]))
         elif command == "migration-rows":
             migration_rows(dir_fd, split(argv[2]))
         elif command == "copy-db":

@@ -15,6 +15,11 @@ Steps, in order (each a `ProbeStep` in the result):
   replay    GET /api/auth/session with that cookie: authenticated: true
   one-time  the same credential posted again must be refused with a 4xx
 
+The exchange's answer must also carry `cache-control: no-store` and `pragma: no-cache`, as every
+credential response of upstream does: the 7756 build lost them together with the cookie. Their absence
+on an exchange that otherwise passes is a warning in the result (a second signal of that class,
+inconclusive on its own); on one without a cookie it is said beside the missing cookie, which fails.
+
 Credentials and cookie values never leave this module unredacted: every detail goes through
 t3track.redact with the values seen so far.
 """
@@ -75,6 +80,7 @@ class ProbeResult:
     steps: list[ProbeStep] = field(default_factory=list)
     duration_s: float = 0.0
     kind: str | None = None   # failure class, e.g. HTTPStatus, MissingCookie, CredentialReusable
+    warnings: list[str] = field(default_factory=list)  # signals that do not fail it, e.g. no `no-store`
 
     def fingerprint(self, gate: str = "pairing-probe") -> str | None:
         """A stable label of how it failed, e.g. `pairing-probe:exchange:404:HTTPStatus`."""
@@ -318,6 +324,24 @@ def _check_session(s: _Session) -> str:
     return cookie_name
 
 
+def missing_cache_headers(response: httpx.Response) -> list[str]:
+    """The credential-response headers upstream always sends that this answer lacks."""
+    missing = []
+    if "no-store" not in response.headers.get("cache-control", "").lower():
+        missing.append("cache-control: no-store")
+    if "no-cache" not in response.headers.get("pragma", "").lower():
+        missing.append("pragma: no-cache")
+    return missing
+
+
+def _cache_warning(path: str, response: httpx.Response) -> str | None:
+    missing = missing_cache_headers(response)
+    if not missing:
+        return None
+    return (f"POST {path} answered without {' and '.join(missing)} (upstream sends both on every credential "
+            "response; the 7756 build lost them with the cookie)")
+
+
 def _exchange(s: _Session, credential: str) -> tuple[str, httpx.Response]:
     started = time.monotonic()
     path = BROWSER_SESSION_PATH
@@ -347,8 +371,10 @@ def _cookie(s: _Session, response: httpx.Response, expected: str, path: str) -> 
             s.record(STEP_COOKIE, True, response.status_code, f"Set-Cookie {name}", started)
             return SessionCookie(name, value)
     if not cookies:
-        detail = (f"POST {path} answered {response.status_code} without a Set-Cookie "
-                  "(a false pass like upstream issue 7756)")
+        missing = missing_cache_headers(response)
+        detail = (f"POST {path} answered {response.status_code} without a Set-Cookie"
+                  + (f" and without {' and '.join(missing)}" if missing else "")
+                  + " (a false pass like upstream issue 7756)")
         kind = "MissingCookie"
     else:
         names = ", ".join(sorted({n or '(no name)' for n, _ in cookies}))
@@ -412,8 +438,10 @@ def pairing_handshake(
         return Handshake(s.failed(failed, started, cookie_name, path), None, set(s.secrets))
     finally:
         s.close()
-    result = ProbeResult(True, STEP_DONE, None, f"paired through {path}; cookie {cookie_name} replayed; "
-                         "credential one-time", cookie_name, path, s.steps, round(time.monotonic() - started, 3))
+    warning = _cache_warning(path, response)
+    detail = f"paired through {path}; cookie {cookie_name} replayed; credential one-time"
+    result = ProbeResult(True, STEP_DONE, None, detail + (f"; but {warning}" if warning else ""), cookie_name, path,
+                         s.steps, round(time.monotonic() - started, 3), warnings=[warning] if warning else [])
     return Handshake(result, cookie, set(s.secrets))
 
 

@@ -4,7 +4,9 @@ The sandbox base dir is built from the user's newest backup (restored and checks
 t3track.host.backup) plus `secrets/`, `environment-id`, `settings.json` and `keybindings.json` from the live
 base dir, read with the live tree owner's rights (t3track.host.usertree: no link followed, regular
 files of a sane size only; anything else is the host's fault, exit 3, never the candidate's). Never
-`server-runtime.json`: it points at the production process. The candidate runs in its own process
+`server-runtime.json` (it points at the production process, and a newer build refuses a state dir
+whose runtime file names a live pid) nor `server-owner.sqlite` (the production server's ownership lock):
+only the database files and the names in COPIED_FILES/COPIED_DIRS are carried. The candidate runs in its own process
 group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when
 configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
 Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is killed, the redacted log
@@ -14,6 +16,7 @@ is written to the evidence dir and the sandbox is deleted.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,11 +32,15 @@ from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import probe, restore, usertree
-from t3track.host.sqlite import Migration, database_migrations
+from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
 COPIED_DIRS = ("secrets",)
+# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts),
+# and what a later build (unverified) says when it refuses to start on one.
+DIVERGED_MARKER = "Database migration history diverges from this build"
+REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 POLL_S = 0.1
 LOG_TAIL_LINES = 30
@@ -141,6 +148,9 @@ class SandboxServer:
     copied: list[str] = field(default_factory=list)
     migrations_before: list[Migration] = field(default_factory=list)
     migrations_after: list[Migration] = field(default_factory=list)
+    database_before: str | None = None   # the file the server uses: state.sqlite, or statev2.sqlite
+    database_after: str | None = None
+    diverged: list[str] = field(default_factory=list)   # `id:name` pairs the candidate does not know by name
     prior_session: probe.SessionCookie | None = None   # minted with the current version, if asked
     prior_session_detail: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -159,17 +169,24 @@ class SandboxServer:
 
     @property
     def one_way(self) -> list[str]:
-        """Names of the migrations the candidate added: after a swap, only a restore goes back."""
-        before = {m.id for m in self.migrations_before}
-        return [m.label for m in self.migrations_after if m.id not in before]
+        """Names of the migrations the candidate added, as (id, name) pairs: after a swap, only a
+        restore goes back."""
+        return [m.label for m in added(self.migrations_before, self.migrations_after)]
 
     def migration_report(self) -> str:
         def top(rows: list[Migration]) -> str:
             return str(rows[-1].id) if rows else "none"
 
-        added = self.one_way
+        one_way = self.one_way
         text = f"migrations {top(self.migrations_before)} -> {top(self.migrations_after)}"
-        return text + (f"; one-way: adds {', '.join(added)}" if added else "; no schema change")
+        text += f"; one-way: adds {', '.join(one_way)}" if one_way else "; no schema change"
+        if self.database_after and self.database_after != self.database_before:
+            text += (f"; moves the database from {self.database_before} to {self.database_after} "
+                     f"({self.database_before} is no longer written)")
+        if self.diverged:
+            text += ("; diverged migration history: the candidate knows "
+                     + ", ".join(self.diverged) + " under other names and skips those ids")
+        return text
 
     def startup_token(self) -> str | None:
         """The one-time `Token:` of the startup output: the fallback when minting fails."""
@@ -256,6 +273,7 @@ def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
     restore.restore_database(newest, userdata)
     server.copied = _copy_live_files(user, userdata)  # never server-runtime.json: it points at production
     server.migrations_before = database_migrations(userdata)  # still our own dir: read it ourselves
+    server.database_before = database_in_use(userdata)
 
 
 def _remove_runtime_file(server: SandboxServer) -> None:
@@ -270,14 +288,16 @@ def _remove_runtime_file(server: SandboxServer) -> None:
         os.close(fd)
 
 
-def _migrations_after(server: SandboxServer) -> list[Migration]:
-    """The migrations the candidate left, read with the sandbox owner's rights (it is theirs now)."""
+def _read_after(server: SandboxServer) -> None:
+    """The migrations the candidate left and the database it uses, read with the sandbox owner's
+    rights (the sandbox is theirs now)."""
     try:
-        rows = usertree.migration_rows(server.base_dir, user=server.user)
+        histories = usertree.live_histories(server.base_dir, user=server.user)
     except EnvironmentFault as exc:
         server.notes.append(f"could not read the migrations the candidate left: {exc.message}")
-        return []
-    return [Migration(i, n) for i, n in rows]
+        return
+    server.database_after = next((name for name in DATABASES if histories.get(name)), None)
+    server.migrations_after = histories.get(server.database_after, []) if server.database_after else []
 
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
@@ -300,6 +320,14 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                 if not process.alive():
                     if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
                         break  # someone took the port between our check and the bind: next port
+                    refused = REFUSED_HISTORY.search(process.log_text())
+                    if refused:
+                        raise SandboxFailed(
+                            f"{what} refuses the database: {refused.group(0)}", reason="diverged-history",
+                            log_tail=server.log_tail(),
+                            hint="the user's database carries a migration history this build does not know "
+                            "(a preview or another branch's build ran on it); restore a backup from before it, "
+                            "or wait for a build that reconciles it")
                     raise SandboxFailed(
                         f"{what} exited with {process.proc.returncode} before it was ready",
                         reason="exit", log_tail=server.log_tail(),
@@ -391,7 +419,8 @@ def serve_candidate(
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
                                  log_name="sandbox-serve", port=port)
-        server.migrations_after = _migrations_after(server)
+        _read_after(server)
+        server.diverged = diverged_pairs(server._process.log_text())
         return server
     except SandboxFailed as exc:
         server.stop()
@@ -401,6 +430,18 @@ def serve_candidate(
     except BaseException:  # Ctrl-C or a bug: the sandbox must not outlive us
         server.stop()
         raise
+
+
+def diverged_pairs(log: str) -> list[str]:
+    """The `id:name` entries of a candidate's "history diverges" warning (its `divergent` list), or the
+    warning itself when it names none we can read."""
+    at = log.find(DIVERGED_MARKER)
+    if at < 0:
+        return []
+    after = log[at:]
+    listing = after[: after.find("]") + 1] if "]" in after else after.split("\n", 1)[0]
+    found = re.findall(r"'(\d+:[^']+)'", listing)
+    return found or [f"(the candidate logs: {DIVERGED_MARKER})"]
 
 
 def sweep_stale(workdir: Path, users: tuple[str, ...] = ()) -> list[str]:

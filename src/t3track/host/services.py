@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
+from t3track.host import owner
 from t3track.runner import run as run_command
 
 Progress = Callable[[str], None]
+POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,13 @@ def service(config: Config, action: str, user: UserConfig) -> None:
 
 
 def each_user(config: Config, action: str, progress: Progress, *, keep_going: bool = False,
-              marks: list[UserMark] | None = None) -> list[str]:
+              marks: list[UserMark] | None = None, notes: list[str] | None = None) -> list[str]:
     """Run `action` for every user. A swap stops at the first failure; a rollback tries every user
-    (a user left stopped because another user's start failed would be a second outage)."""
+    (a user left stopped because another user's start failed would be a second outage).
+
+    A `stop` is done only when the old process has exited (a stop command may return before it is
+    gone; newer builds hold an ownership lock that makes the next server exit at once): when it had
+    to wait, a line goes into `notes`."""
     problems = []
     for user in config.users:
         progress(f"{action} {user.name}'s server")
@@ -57,8 +63,32 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
             marks.append(UserMark(time.monotonic(), user.name, action))
         try:
             service(config, action, user)
+            if action == "stop":
+                waited = wait_until_stopped(config, user, progress)
+                if waited and notes is not None:
+                    notes.append(waited)
         except CriticalError as exc:
             if not keep_going:
                 raise
             problems.append(exc.message)
     return problems
+
+
+def wait_until_stopped(config: Config, user: UserConfig, progress: Progress) -> str | None:
+    """Wait (up to services.timeout) until the user's old server has exited; CriticalError if it never
+    does. Returns what it waited for, or None when the server was already gone."""
+    userdata = user.base_dir / "userdata"
+    holder = owner.old_server(userdata)
+    if holder is None:
+        return None
+    progress(f"{user.name}'s server ({holder}) is still running after stop: waiting for it to exit")
+    started = time.monotonic()
+    deadline = started + config.services.timeout.total_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        if owner.old_server(userdata) is None:
+            return (f"{user.name}: waited {time.monotonic() - started:.1f}s for the old server ({holder}) to exit "
+                    f"after the stop command returned, before starting the next one")
+    raise CriticalError(f"{user.name}'s server ({holder}) still runs {config.services.timeout.total_seconds():.0f}s "
+                        "after the stop command returned; starting another would fail on its ownership lock",
+                        hint=f"stop it by hand, then check the stop command: {' '.join(config.services.stop)}")

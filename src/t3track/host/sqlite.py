@@ -129,6 +129,39 @@ def read_migrations(db_path: Path) -> list[Migration]:
     return [Migration(int(row[0]), str(row[1])) for row in rows]
 
 
+def migration_history(db_path: Path) -> list[Migration]:
+    """Like read_migrations, but a database that cannot be read raises BackupError (callers that must
+    not mistake "unreadable" for "no migrations", such as the rollback's migrated test)."""
+    try:
+        conn = connect_ro(db_path)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (MIGRATIONS_TABLE,)).fetchone():
+                return []
+            rows = conn.execute(f"SELECT migration_id, name FROM {MIGRATIONS_TABLE} ORDER BY migration_id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot read the migrations of {db_path}: {exc}",
+                          hint="check that the file exists and is a readable SQLite database") from None
+    return [Migration(int(row[0]), str(row[1])) for row in rows]
+
+
+def added(before: list[Migration], after: list[Migration]) -> list[Migration]:
+    """Migrations of `after` that `before` lacks, as (id, name) identities: a preview build's 53 under
+    another name is not the nightly's 53, whatever the highest id says."""
+    known = set(before)
+    return [m for m in after if m not in known]
+
+
+def database_in_use(userdata: Path) -> str | None:
+    """The name of the database the server uses (statev2 when a build has moved to it), or None."""
+    for name in DATABASES:
+        if read_migrations(userdata / name):
+            return name
+    return None
+
+
 def database_migrations(userdata: Path) -> list[Migration]:
     """The migrations of the database the server uses (statev2 when a build has moved to it)."""
     for name in DATABASES:

@@ -33,6 +33,7 @@ from typing import Any
 from t3track import runner
 from t3track.errors import EnvironmentFault
 from t3track.host import owner_child
+from t3track.host.sqlite import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
@@ -174,8 +175,6 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
                 try:
                     st = os.stat(full, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    if full == DB_NAMES[0]:
-                        raise _no_database(user, f"no database at {tree.userdata / full}") from None
                     continue
                 problem = _file_problem(st, tree.uid, None)
                 if problem:
@@ -187,6 +186,8 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
                     present.append(name)
     finally:
         opened.__exit__(None, None, None)
+    if not present:  # either will do: a host first installed on a V2 build has statev2.sqlite alone
+        raise _no_database(user, f"no database at {tree.userdata / DB_NAMES[0]} or {tree.userdata / DB_NAMES[1]}")
     return replace(tree, databases=tuple(present))
 
 
@@ -305,29 +306,21 @@ def read_live_files(base_dir: Path, *, user: str, files: tuple[str, ...], dirs: 
             {d: {k: base64.b64decode(v) for k, v in entries.items()} for d, entries in found["dirs"].items()})
 
 
-def live_migrations(base_dir: Path, *, user: str, names: tuple[str, ...] = DB_NAMES) -> dict[str, Any]:
-    """max migration id of each present database, read as the owner: an int, None (no table), or
-    'unreadable: ...'."""
+def live_histories(base_dir: Path, *, user: str) -> dict[str, list[Migration]]:
+    """The (id, name) migration rows of each database the tree holds, read as the tree's owner
+    (state.sqlite and statev2.sqlite, whichever exist). A database that cannot be read raises
+    UserTreeFault: callers never mistake "unreadable" for "no migrations"."""
     with userdata_fd(base_dir, user=user) as (fd, tree):
-        raw = _run_child(tree, fd, "migrations", ",".join(names), timeout=READ_TIMEOUT_S, max_bytes=1 << 16)
+        raw = _run_child(tree, fd, "migration-rows", ",".join(DB_NAMES), timeout=READ_TIMEOUT_S, max_bytes=1 << 20)
     found = json.loads(raw)
     if not isinstance(found, dict):
         raise UserTreeFault(user, "the reader's answer was not a JSON object")
-    return found
-
-
-def migration_rows(base_dir: Path, *, user: str) -> list[tuple[int, str]]:
-    """effect_sql_migrations rows of the database a server uses (statev2 once a build moved to it),
-    read as the tree's owner."""
-    order = ("statev2.sqlite", "state.sqlite")
-    with userdata_fd(base_dir, user=user) as (fd, tree):
-        raw = _run_child(tree, fd, "migration-rows", ",".join(order), timeout=READ_TIMEOUT_S, max_bytes=1 << 20)
-    found = json.loads(raw)
-    for name in order:
-        rows = found.get(name) if isinstance(found, dict) else None
-        if rows:
-            return [(int(i), str(n)) for i, n in rows]
-    return []
+    histories = {}
+    for name, rows in found.items():
+        if not isinstance(rows, list):
+            raise UserTreeFault(user, f"cannot read the migrations of {name}: {rows}")
+        histories[str(name)] = [Migration(int(i), str(n)) for i, n in rows]
+    return histories
 
 
 def copy_database(base_dir: Path, name: str, dest_fd: int, *, user: str, timeout_s: float | None,

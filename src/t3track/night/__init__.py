@@ -22,9 +22,9 @@ from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of
-from t3track.night import gates, ledger, policy, recovery, swap
+from t3track.night import drift, gates, ledger, policy, recovery, swap
 from t3track.night.report import NightReport
-from t3track.results import first_failure, new_run_id
+from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
 from t3track.state import StateStore
 
 Progress = Callable[[str], None]
@@ -103,9 +103,16 @@ def _pipeline(n: Night) -> NightReport:
         n.progress(f"resolving {n.config.package}@{wanted} (current {current or 'none'})")
         decision = _resolve(n, state)
         if decision.candidate is None:
-            return _no_candidate(n, decision, current)
+            report = _no_candidate(n, decision, current)
+            report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told
+            report.notes += [g.detail for g in report.gates]
+            return report
         candidate, notes = decision.candidate.version, decision.notes
         install_s = _install(n, decision.candidate, current)
+        drifted = _drift(n, current)
+        if drifted:  # the host's problem, said before any gate: a swap would act around a foreign server
+            return NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=candidate, current=current,
+                                       gates=drifted, notes=notes, evidence=n.evidence, dry_run=n.dry_run)
         results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
                                   evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
     except IntegrityError as exc:
@@ -136,6 +143,14 @@ def _pipeline(n: Night) -> NightReport:
                              evidence=n.evidence)
     report.timings["install_s"] = install_s
     return report
+
+
+def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
+    started = time.monotonic()
+    found = drift.find(n.config, current)
+    for one in found:
+        n.progress(f"drift: {one.describe()}")
+    return drift.as_gates(found, started, outcome)
 
 
 def _resolve(n: Night, state: policy.State) -> policy.Decision:

@@ -37,7 +37,7 @@ from t3track.host.manifest import (
     fix_hint,
 )
 from t3track.host.sandbox import SandboxFailed, SandboxServer, serve_candidate
-from t3track.host.sqlite import max_migration_id, quick_check_problem
+from t3track.host.sqlite import added, migration_history, quick_check_problem
 from t3track.host.tree import current_executable
 from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
 
@@ -132,7 +132,10 @@ class _UserGates:
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
         if result.ok:
-            return self._result(PAIRING_PROBE, PASS, started, f"{self.user.name}: {result.detail}", evidence=str(path))
+            # a missing no-store on a good exchange: a second signal of the 7756 class, not a failure
+            outcome = INCONCLUSIVE if result.warnings else PASS
+            return self._result(PAIRING_PROBE, outcome, started, f"{self.user.name}: {result.detail}", evidence=str(path),
+                                fingerprint=f"{PAIRING_PROBE}:exchange:200:NoStoreMissing" if result.warnings else None)
         status = f" (HTTP {result.status})" if result.status is not None else ""
         return self._result(PAIRING_PROBE, FAIL, started,
                             f"{self.user.name}: {self.version} fails the pairing handshake at step "
@@ -156,8 +159,8 @@ class _UserGates:
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{SESSIONS_SURVIVE}.json", to_jsonable(result))
         if result.ok:
             return self._result(SESSIONS_SURVIVE, PASS, started,
-                                f"{self.user.name}: a session paired with the current version still "
-                                f"authenticates on {self.version}", evidence=str(path))
+                                f"{self.user.name}: a session paired with the current version just before the "
+                                f"upgrade still authenticates on {self.version}", evidence=str(path))
         one_way = server.one_way
         detail = (f"{self.user.name}: sessions from the current version do not survive {self.version}: every user "
                   "will have to pair again after the swap" + (f" (it migrates: {', '.join(one_way)})" if one_way else "")
@@ -203,9 +206,12 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         return GateCheck(False, f"{where} does not match its manifest ({problem}): it was damaged or changed; "
                          f"{fix_hint(name)}", backup)
     files = backup.files
-    live_ids = usertree.live_migrations(user.base_dir, user=name)  # as the owner, no link followed
+    try:
+        live_histories = usertree.live_histories(user.base_dir, user=name)  # as the owner, no link followed
+    except BackupError as exc:
+        return GateCheck(False, f"{name}: {exc.message}; {exc.hint}", backup)
     for db in DB_FILES:
-        if db not in files and db in live_ids:
+        if db not in files and db in live_histories:
             return GateCheck(False, f"{where} lacks {db}, which the live state has; {fix_hint(name)}", backup)
     summary = []
     for db in files:
@@ -213,20 +219,19 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         if problem:
             return GateCheck(False, f"{where}: {db} fails PRAGMA quick_check ({problem}); {fix_hint(name)}", backup)
         try:
-            have = max_migration_id(backup.path / db)
-            live_value = live_ids.get(db)
-            if isinstance(live_value, str):
-                raise BackupError(f"{db} of the live state is {live_value}")
-            live = live_value
+            have = migration_history(backup.path / db)
+            live = live_histories.get(db, [])
         except BackupError as exc:
             return GateCheck(False, f"{name}: {exc.message}; {exc.hint}", backup)
-        if have is None:
+        if not have:
             return GateCheck(False, f"{where}: {db} has no {MIGRATIONS_TABLE} table, so it is not a T3 state "
                              f"database; check users[].base_dir, then {fix_hint(name)}", backup)
-        if live is not None and have < live:
-            return GateCheck(False, f"{where}: {db} has migrations up to {have} but the live database has "
-                             f"{live} (migrated since the backup); {fix_hint(name)}", backup)
-        summary.append(f"{db} migrations up to {have}")
+        since = added(have, live)  # (id, name) pairs: a renamed id counts, the highest id alone would not
+        if since:
+            return GateCheck(False, f"{where}: {db} has migrations up to {have[-1].id} but the live database has "
+                             f"{live[-1].id}, with {', '.join(m.label for m in since)} that the backup lacks "
+                             f"(migrated since the backup); {fix_hint(name)}", backup)
+        summary.append(f"{db} migrations up to {have[-1].id}")
     return GateCheck(True, f"{where} is {_age_text(backup.age_s(moment))} old and verified "
                      f"({', '.join(summary)})", backup)
 

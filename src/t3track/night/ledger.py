@@ -28,7 +28,7 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
     A nightly candidate (kind `swap`) that failed live is denied at once (it already cost users
     downtime); one whose stop/snapshot/flip/start step failed only counts (maybe the host's fault)."""
     checked = [*(gates or []), *result.live, *result.rollback_live]
-    notes = list(notes or [])
+    notes = [*(notes or []), *result.notes]
     common: dict[str, Any] = {"candidate": result.to_version, "current": result.from_version, "gates": checked,
                               "notes": notes, "evidence": evidence}
     if result.outcome == "swapped":

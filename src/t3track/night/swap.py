@@ -18,9 +18,9 @@ from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore, usertree
-from t3track.host.manifest import MAIN_DB, MANIFEST, read_backup
+from t3track.host.manifest import DB_FILES, MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
-from t3track.host.sqlite import max_migration_id
+from t3track.host.sqlite import added, migration_history
 from t3track.host.tree import current_version, flip_current
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
@@ -48,6 +48,7 @@ class SwapResult:
     restored_users: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
+    notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
 
 
 # ---------------------------------------------------------------- snapshots
@@ -59,7 +60,7 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
         dest = snapshot_dir / user.name
         if (dest / MANIFEST).is_file():
             continue  # a resumed swap keeps the snapshot taken before it was killed
-        if not os.path.lexists(user.base_dir / "userdata" / MAIN_DB):
+        if not any(os.path.lexists(user.base_dir / "userdata" / name) for name in DB_FILES):
             # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
             progress(f"{user.name} has no T3 state yet: nothing to snapshot")
             continue
@@ -89,28 +90,29 @@ def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool,
                 raise
             problems.append(f"restore of {user.name}'s database from {snap} failed: {exc}")
             continue
-        # (a statev2.sqlite the snapshot lacks was moved aside by the restore: the old build never had it)
+        # A statev2.sqlite the snapshot lacks (the candidate crossed to V2) was moved aside by the restore,
+        # never deleted: the old version reads state.sqlite, exactly as it was before the swap.
         restored.append(user.name)
     return restored
 
 
 def _migrated(snap: Path, user: UserConfig) -> bool:
-    """Did the candidate move either database forward (or create statev2)? Read with the owner's
-    rights, never through a link. Unreadable counts as yes: restoring a snapshot taken a moment ago
-    loses less than running the old binary on an unknown schema."""
+    """Did the candidate move either database forward (or create statev2)? Migrations are compared as
+    (id, name) pairs: one recorded under another name is a change too. The live databases are read with
+    the owner's rights, never through a link. Unreadable counts as yes: restoring a snapshot taken a
+    moment ago loses less than running the old binary on an unknown schema."""
     try:
-        live = usertree.live_migrations(user.base_dir, user=user.name)
+        live = usertree.live_histories(user.base_dir, user=user.name)
     except T3TrackError:
         return True
-    for name in ("state.sqlite", "statev2.sqlite"):
+    for name in DB_FILES:
         if name not in live:
             continue
         saved = snap / name
         if not saved.exists():
             return True
         try:
-            value = live[name]
-            if not isinstance(value, int | None) or (value or 0) > (max_migration_id(saved) or 0):
+            if added(migration_history(saved), live[name]):
                 return True
         except (T3TrackError, OSError):
             return True
@@ -187,7 +189,7 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
     try:
         if journal.phase in (Phase.PLANNED, Phase.STOPPING):
             jr.write(store, journal, Phase.STOPPING)
-            each_user(config, "stop", progress, marks=result.marks)
+            each_user(config, "stop", progress, marks=result.marks, notes=result.notes)
             _snapshot_all(config, snapshot_dir, progress)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
@@ -238,7 +240,7 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
         progress(f"rolling back to {journal.from_version}: {result.reason}")
         if journal.from_version is None:
             raise CriticalError("there is no previous version to roll back to (first install)")
-        problems += each_user(config, "stop", progress, keep_going=True, marks=result.marks)
+        problems += each_user(config, "stop", progress, keep_going=True, marks=result.marks, notes=result.notes)
         if current_version(config) != journal.from_version:
             progress(f"point current back at {journal.from_version}")
             flip_current(config, journal.from_version)

@@ -72,7 +72,8 @@ def verify_live(config: Config, version: str, progress: Progress = _quiet, gate:
                 return fail(f"front door {user.front_door} failed: {door.detail}",
                             door.fingerprint("front-door") or "front-door:-:-:Failed")
         results.append(GateResult(gate, user.name, PASS, time.monotonic() - started,
-                                  f"serving {version}; pairing handshake passed"))
+                                  f"serving {version}; pairing handshake passed"
+                                  + "".join(f"; but {warning}" for warning in outcome.warnings)))
         if marks is not None:
             marks.append(UserMark(time.monotonic(), user.name, "verified"))
     return results
