@@ -6,17 +6,9 @@ import os
 import subprocess
 
 import pytest
-from tests.support.host import build_host, nightly
+from tests.support.host import nightly
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def host(tmp_path):
-    h = build_host(tmp_path)
-    assert h.t3track("backup").returncode == 0
-    yield h
-    h.close()
 
 
 def test_a_fifo_in_one_users_secrets_is_exit_3_and_never_counts_against_the_candidate(host):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.support.tags import TagsOnly
 
 from t3track import runner
 from t3track.commands import control
@@ -32,24 +33,10 @@ def write_state(store: StateStore, doc: object) -> None:
     store.state_path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
 
 
-class _Tags:
-    def __init__(self, tag: str):
-        self.tag = tag
-
-    def dist_tags(self, package: str) -> dict[str, str]:
-        return {"nightly": self.tag}
-
-    def packument(self, package: str):  # noqa: ANN201
-        raise AssertionError("a refused tag needs no packument")
-
-    def cached_packument(self, package: str):  # noqa: ANN201
-        return None
-
-
 def test_a_300_digit_nightly_is_refused_not_followed(tmp_path):
     config = parse_config({"state_dir": str(tmp_path)})
     tag = "0.0.43-nightly.20261201." + "9" * 300
-    decision = policy.resolve(config, State(current="0.0.42"), _Tags(tag), datetime.now(UTC))
+    decision = policy.resolve(config, State(current="0.0.42"), TagsOnly(tag), datetime.now(UTC))
     assert decision.action == "refused" and "not a SemVer version" in decision.reason
     assert len(decision.reason) < 300
 

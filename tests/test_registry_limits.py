@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from tests.support.tags import TagsOnly
 
 from t3track.config import parse_config
 from t3track.errors import EnvironmentFault
@@ -143,23 +144,9 @@ def test_deeply_nested_json_is_malformed_json_not_a_crash(tmp_path):
             client.packument("t3")
 
 
-class _Tags:
-    def __init__(self, tag: str):
-        self.tag = tag
-
-    def dist_tags(self, package: str) -> dict[str, str]:
-        return {"nightly": self.tag}
-
-    def packument(self, package: str):  # noqa: ANN201
-        raise AssertionError("not reached")
-
-    def cached_packument(self, package: str):  # noqa: ANN201
-        return None
-
-
 def test_what_a_tag_says_reaches_history_bounded(tmp_path):
     config = parse_config({"state_dir": str(tmp_path)})
-    decision = policy.resolve(config, State(current="0.0.42"), _Tags("x" * 60_000), datetime.now(UTC))
+    decision = policy.resolve(config, State(current="0.0.42"), TagsOnly("x" * 60_000), datetime.now(UTC))
     assert decision.action == "refused" and len(decision.reason) < 1000
     store = StateStore(tmp_path / "state")
     store.record("run", by="t3track", reason="y" * 5_000_000, gates=["z" * 100_000])

@@ -4,17 +4,9 @@ VERSION through install, every gate, the swap and the live check, whatever the c
 import json
 
 import pytest
-from tests.support.host import build_host, nightly
+from tests.support.host import nightly
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def host(tmp_path):
-    h = build_host(tmp_path)
-    assert h.t3track("backup").returncode == 0
-    yield h
-    h.close()
 
 
 def last_run(host):
