@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from t3track.commands.status import status as host_status
 from t3track.config import parse_config
 from t3track.errors import EnvironmentFault
 from t3track.host import backup, restore, sandbox
@@ -309,6 +310,19 @@ def test_a_snapshot_never_copies_the_database_alices_link_names(host):
     assert contains(config.state_dir, b"bob-") == []
     with pytest.raises(EnvironmentFault):  # and the swap says so before it stops anyone
         swap.preflight(config, store)
+
+
+def test_status_reads_alices_database_as_her_and_never_through_her_link(host):
+    config, alice, bob = host
+    bobs_db = userdata_of(config, bob) / "state.sqlite"
+    with sqlite3.connect(bobs_db) as conn:  # bob's history has a migration alice's never had
+        conn.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (99, 'BobsOwn')")
+    plant_link(userdata_of(config, alice) / "state.sqlite", bobs_db, alice)
+    result = host_status(config, StateStore(config.state_dir))
+    seen = {u.name: u for u in result.users}
+    assert seen[alice.name].migration is None and seen[alice.name].database is None  # bob's 99 never shown
+    assert seen[bob.name].migration == 99
+    assert any(alice.name in w and "link" in w for w in result.warnings), result.warnings
 
 
 def test_a_restore_replaces_alices_planted_link_with_a_private_file_of_hers_and_leaves_bobs_alone(host):

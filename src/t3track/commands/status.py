@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from t3track.clock import utcnow
-from t3track.config import Config
-from t3track.host import backup, sqlite, tree
+from t3track.config import Config, UserConfig
+from t3track.errors import T3TrackError
+from t3track.host import backup, tree, usertree
+from t3track.host.sqlite import DATABASES
 from t3track.night import drift
 from t3track.night.verify import same_version
 from t3track.results import json_key
@@ -65,14 +67,11 @@ def status(config: Config, store: StateStore) -> Status:
     users = []
     for user in config.users:
         newest = backup.newest_backup(config, user.name)
-        userdata = user.base_dir / "userdata"
-        migrations = sqlite.database_migrations(userdata)
+        database, migration = _database_of(user, warnings)
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
                                 str(newest.path) if newest else None,
-                                database=sqlite.database_in_use(userdata),
-                                migration=migrations[-1].id if migrations else None,
-                                serving=drift.serving(user)))
+                                database=database, migration=migration, serving=drift.serving(user)))
         drifted = users[-1].serving is not None and state.current is not None \
             and not same_version(users[-1].serving, state.current)
         if drifted:
@@ -91,3 +90,16 @@ def status(config: Config, store: StateStore) -> Status:
         installed=tree.installed_versions(config), users=users, current_link=target,
         swap_in_progress=store.journal_path.exists(), warnings=warnings,
     )
+
+
+def _database_of(user: UserConfig, warnings: list[str]) -> tuple[str | None, int | None]:
+    """The database the user's server uses and its newest migration id, read as the tree's owner (no
+    link in the user's tree is followed); a tree t3track would refuse is a warning here, never an error."""
+    try:
+        histories = usertree.live_histories(user.base_dir, user=user.name)
+    except T3TrackError as exc:
+        if not getattr(exc, "missing", False):  # no T3 state yet is no news (new_host says what to do)
+            warnings.append(exc.message)
+        return None, None
+    database = next((name for name in DATABASES if histories.get(name)), None)
+    return database, histories[database][-1].id if database else None
