@@ -120,8 +120,8 @@ def _pipeline(n: Night) -> NightReport:
         return NightReport.refused(n.run_id, exc.message, candidate=exc.version, current=current, notes=notes,
                                    dry_run=n.dry_run)
     except EnvironmentFault as exc:  # registry down, npm failed, disk full: nothing was swapped
-        return NightReport.environment_error(n.run_id, exc.message + (f"; next: {exc.hint}" if exc.hint else ""),
-                                             current=current, evidence=n.evidence, dry_run=n.dry_run)
+        return NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
+                                             dry_run=n.dry_run)
     failed = first_failure(results)
     if failed:
         if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
@@ -137,8 +137,8 @@ def _pipeline(n: Night) -> NightReport:
     try:
         moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
     except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
-        return NightReport.environment_error(n.run_id, exc.message + (f"; next: {exc.hint}" if exc.hint else ""),
-                                             current=current, evidence=n.evidence, dry_run=n.dry_run)
+        return NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
+                                             dry_run=n.dry_run)
     report = ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes,
                              evidence=n.evidence)
     report.timings["install_s"] = install_s

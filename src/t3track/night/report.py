@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from t3track.errors import ExitCode
+from t3track.errors import ExitCode, T3TrackError
 from t3track.results import GateResult, Outcome, json_key
 
 CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.json): the next `t3track run` "
@@ -55,8 +55,10 @@ class NightReport:
                    gates=gates or [], notes=notes or [], evidence=evidence, dry_run=dry_run)
 
     @classmethod
-    def environment_error(cls, run_id: str, reason: str, *, current: str | None, evidence: str | None,
+    def environment_error(cls, run_id: str, fault: T3TrackError, *, current: str | None, evidence: str | None,
                           dry_run: bool = False) -> NightReport:
+        """The environment failed (registry, npm, disk, a user's tree): the reason says what to do next."""
+        reason = fault.message + (f"; next: {fault.hint}" if fault.hint else "")
         return cls(outcome=Outcome.ERROR, run_id=run_id, reason=reason, from_version=current, evidence=evidence,
                    dry_run=dry_run)
 
