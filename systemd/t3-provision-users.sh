@@ -229,8 +229,29 @@ enable_servers() {
       continue
     elif [[ ! -e $T3_ROOT/current ]]; then
       note "skip: start $unit ($T3_ROOT/current is missing: run t3track adopt VERSION)"
+    elif [[ ! -e $T3_ROOT/users/$name ]]; then
+      note "skip: start $unit ($T3_ROOT/users/$name, its link, is missing: \`t3track run\` makes it)"
     elif ! systemctl is-active --quiet "$unit"; then
       act systemctl start "$unit"
+    fi
+  done
+}
+
+# 5c. The link each user's server starts through (t3@.service: /opt/t3/users/%i). On a host without
+# rings it is ../current, made here so a new user or a host from before the per-user links starts at
+# once; with rings (/opt/t3/rings/ exists) t3track's next run links the user to the ring's link itself.
+link_users() {
+  local name link
+  [[ -L $(at "$T3_ROOT/current") ]] || return 0   # a new host: `t3track adopt` makes every link
+  for name in "${NAMES[@]}"; do
+    link=$(at "$T3_ROOT/users/$name")
+    if [[ -L $link ]]; then
+      note "ok: $T3_ROOT/users/$name"
+    elif [[ -d $(at "$T3_ROOT/rings") ]]; then
+      note "skip: $T3_ROOT/users/$name (a host with rings: \`t3track run\` links $name to its ring)"
+    else
+      act install -d -m 0755 "$(at "$T3_ROOT/users")"
+      act ln -s ../current "$link"
     fi
   done
 }
@@ -243,6 +264,7 @@ main() {
   write_env_files
   make_base_dirs
   write_sandbox_dropins
+  link_users
   # Units on disk changed above; the live manager must re-read them before enabling or starting.
   if [[ $ROOT == / ]] && ((CHANGES)); then act systemctl daemon-reload; fi
   enable_timers

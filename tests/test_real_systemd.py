@@ -37,6 +37,7 @@ V0 = "0.0.42"                              # adopted on the new host
 GOOD = "0.0.43-nightly.20261102.3001"      # passes every gate
 BROKEN = "0.0.43-nightly.20261103.3002"    # pairs without a cookie: refused in the sandbox
 LIVE_ONLY = "0.0.43-nightly.20261104.3003"  # breaks only in production: rolled back
+CANARY = "0.0.43-nightly.20261105.3004"     # a two-ring night: alice takes it, bob waits for the soak
 CONFIG = "/etc/t3track/config.yaml"
 T3TRACK = "/usr/local/bin/t3track"
 
@@ -310,7 +311,8 @@ def test_adopt_on_a_new_host_starts_both_servers_as_their_users_and_checks_them_
     # the example's executable, inside the platform package, is what t3@.service runs
     exe = f"/opt/t3/versions/{V0}/node_modules/@t3code/t3-linux-x64/t3"
     assert box.run("test", "-x", exe, check=False).returncode == 0
-    assert "/opt/t3/current/node_modules/@t3code/t3-linux-x64/t3 serve" in host.prop("t3@alice.service", "ExecStart")
+    assert "/opt/t3/users/alice/node_modules/@t3code/t3-linux-x64/t3 serve" in host.prop("t3@alice.service", "ExecStart")
+    assert box.run("readlink", "/opt/t3/users/alice").stdout.strip() == "../current"  # adopt made each user's link
     host.show("after adopt")
 
 
@@ -370,6 +372,33 @@ def test_a_night_that_fails_live_is_rolled_back_by_itself(host):
     history = json.loads(host.t3track("history", "--json").stdout)["events"]
     assert history[0]["outcome"] == "rolled_back" and history[0]["to"] == GOOD
     host.show("after a rollback")
+
+
+def test_a_two_ring_night_moves_the_canary_only_and_never_restarts_the_rest(host):
+    box = host.box
+    config = box.run("cat", CONFIG).stdout
+    box.write(CONFIG, config + "rings:\n  - name: canary\n    users: [alice]\n"
+                               "  - name: everyone\n    users: [bob]\n    soak: 24h\n")
+    assert host.t3track("config", "check").returncode == 0
+    bob_pid = host.prop("t3@bob.service", "MainPID")
+    host.publish(CANARY, migrations=54)
+    host.fire("t3-backup-state.timer", "t3-backup-state.service")  # the daily backup, after the last swap
+    host.fire("t3track.timer", "t3track.service")
+    log = host.journal("t3track.service")
+    assert host.prop("t3track.service", "Result") == "success", log[-3000:]
+    assert box.run("readlink", "/opt/t3/current").stdout.strip() == f"versions/{CANARY}"
+    assert box.run("readlink", "/opt/t3/rings/everyone").stdout.strip() == f"../versions/{GOOD}"
+    assert box.run("readlink", "/opt/t3/users/bob").stdout.strip() == "../rings/everyone"
+    assert host.serving("alice", CANARY)["serverVersion"] == CANARY
+    assert host.serving("bob", GOOD)["serverVersion"] == GOOD
+    assert host.prop("t3@bob.service", "MainPID") == bob_pid  # bob's server was never restarted
+    assert host.runs_as("t3@alice.service") == "alice"
+    status = json.loads(host.t3track("--json", "status").stdout)
+    assert [(r["name"], r["current"]) for r in status["rings"]] == [("canary", CANARY), ("everyone", GOOD)]
+    assert "soak" in next(r for r in status["rings"] if r["name"] == "everyone")["next"]
+    history = json.loads(host.t3track("history", "--json").stdout)["events"]
+    assert history[0]["event"] == "run" and history[0]["ring"] == "canary" and history[0]["to"] == CANARY
+    host.show("after a two-ring night")
 
 
 def test_the_real_t3_runs_as_t3_alice_under_the_shipped_hardening_and_passes_the_live_check(host):

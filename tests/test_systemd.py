@@ -150,14 +150,15 @@ def test_backup_runs_daily_timeout_guarded_and_finishes_its_window_before_the_tr
     assert latest_backup_start + backup_timeout <= earliest_tracker
 
 
-def test_user_server_serves_current_on_loopback_with_port_and_base_dir_from_env_file():
+def test_user_server_serves_its_own_link_on_loopback_with_port_and_base_dir_from_env_file():
+    # through root/users/<user> (its ring's version), not root/current: a ring's swap moves only its users
     service = unit("t3@.service")["Service"]
     assert service["User"] == ["%i"]
     assert service["EnvironmentFile"] == ["/etc/t3/users/%i.env"]
     assert service["Environment"] == ["T3CODE_TELEMETRY_ENABLED=false"]
     assert service["Restart"] == ["on-failure"]
     assert shlex.split(service["ExecStart"][0]) == [
-        f"/opt/t3/current/{EXECUTABLE}", "serve", "--host", "127.0.0.1", "--port", "${T3_PORT}",
+        f"/opt/t3/users/%i/{EXECUTABLE}", "serve", "--host", "127.0.0.1", "--port", "${T3_PORT}",
         "--base-dir", "${T3_BASE_DIR}", "--no-browser"]
 
 
@@ -332,7 +333,7 @@ def test_sample_config_is_valid_and_matches_the_units():
     assert config.services.start == ["systemctl", "start", "t3@{user}.service"]
     assert str(config.root) == "/opt/t3"
     exec_start = one("t3@.service", "Service", "ExecStart")
-    assert exec_start.startswith(f"{config.root}/current/{config.executable} serve")
+    assert exec_start.startswith(f"{config.root}/users/%i/{config.executable} serve")
     assert writable_paths("t3track.service") == {str(config.root), str(config.state_dir), str(config.backup_dir)}
 
 

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from t3track.errors import ConfigError
 
@@ -168,6 +177,26 @@ class NotifyConfig(_Strict):
         return value
 
 
+_RING_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+DEFAULT_RING = "all"  # the one ring of every user when the config names none
+
+
+class RingConfig(_Strict):
+    """One ring: users that move together. The first ring follows the channel; each later ring takes
+    the newest version that served the ring before it for `soak`, every live re-check there passing."""
+
+    name: str
+    users: list[str] = Field(min_length=1)
+    soak: Duration = timedelta(0)
+
+    @field_validator("name")
+    @classmethod
+    def _ring_name(cls, value: str) -> str:
+        if not _RING_RE.match(value):
+            raise ValueError("must be a short name (lowercase letters, digits, _ and -), e.g. canary")
+        return value
+
+
 class RegistryLimitsConfig(_Strict):
     """What one registry answer may cost: decoded bytes per kind of document, and one request's
     overall deadline (retries included)."""
@@ -198,6 +227,8 @@ class Config(_Strict):
     verify_timeout: Duration = timedelta(seconds=60)
     evidence_max_age: Duration = timedelta(days=30)
     notify: NotifyConfig | None = None
+    # some users first: see RingConfig (default: one ring of every user, which moves at once)
+    rings: list[RingConfig] | None = Field(default=None, min_length=1)
     # node_exporter textfile collector file; default state_dir/metrics/t3track.prom (see t3track.aftermath.metrics)
     metrics_path: Path | None = None
     # freeze the channel when this many consecutive nightlies fail the same way (0: never)
@@ -249,6 +280,82 @@ class Config(_Strict):
         if len(set(ports)) != len(ports):
             raise ValueError("users: two users share a port")
         return self
+
+    @model_validator(mode="after")
+    def _rings_cover_users(self) -> Config:
+        if self.rings is None:
+            return self
+        known = [u.name for u in self.users]
+        seen: dict[str, str] = {}
+        if len({r.name for r in self.rings}) != len(self.rings):
+            raise ValueError("rings: a ring name is listed twice")
+        if self.rings[0].soak:
+            raise ValueError(f"rings[0].soak: the first ring ({self.rings[0].name}) follows the channel; "
+                             "a soak applies to the rings after it")
+        for ring in self.rings:
+            for name in ring.users:
+                if name not in known:
+                    raise ValueError(f"rings: {ring.name} names {name!r}, which is not in users")
+                if name in seen:
+                    raise ValueError(f"rings: {name} is in both {seen[name]} and {ring.name}; "
+                                     "every user is in exactly one ring")
+                seen[name] = ring.name
+        missing = [n for n in known if n not in seen]
+        if missing:
+            raise ValueError(f"rings: {', '.join(missing)} in no ring; every user is in exactly one ring")
+        return self
+
+    # -------------------------------------------------------------- rings
+
+    _ring: str | None = PrivateAttr(default=None)  # set on a ring's view (see `ring_view`)
+    _host: Config | None = PrivateAttr(default=None)
+
+    def ring_configs(self) -> list[RingConfig]:
+        """The rings in order; without `rings`, one ring of every user."""
+        if self.rings is not None:
+            return list(self.rings)
+        return [RingConfig(name=DEFAULT_RING, users=[u.name for u in self.users])]
+
+    @property
+    def ringed(self) -> bool:
+        """More than one ring: users move at different times."""
+        return self.rings is not None and len(self.rings) > 1
+
+    def ring_names(self) -> list[str]:
+        return [r.name for r in self.ring_configs()]
+
+    def ring_config(self, name: str) -> RingConfig:
+        for ring in self.ring_configs():
+            if ring.name == name:
+                return ring
+        raise ConfigError(f"no ring named {name!r} in the config",
+                          hint=f"known rings: {', '.join(self.ring_names())}")
+
+    def ring_of(self, user: str) -> str:
+        return next(r.name for r in self.ring_configs() if user in r.users)
+
+    @property
+    def ring(self) -> str | None:
+        """The ring this view moves (None: the whole host)."""
+        return self._ring
+
+    @property
+    def first_ring(self) -> str:
+        return self.ring_configs()[0].name
+
+    def ring_view(self, name: str) -> Config:
+        """This config seen by one ring's move: its users only, and `ring` set (which `current` link a
+        swap flips, see host.tree). The whole host's view is the config itself."""
+        ring = self.ring_config(name)
+        host = self.host
+        view = host.model_copy(update={"users": [u for u in host.users if u.name in ring.users]})
+        view._ring, view._host = name, host
+        return view
+
+    @property
+    def host(self) -> Config:
+        """The whole host's view of a ring's view (itself when it is one)."""
+        return self._host if self._host is not None else self
 
     def user(self, name: str) -> UserConfig:
         for user in self.users:

@@ -95,6 +95,39 @@ class LastRun(_Model):
     candidate: str | None = None
     exit_code: int
     run_id: str | None = None
+    ring: str | None = None  # the ring it moved, on a host with rings
+
+
+class Served(_Model):
+    """A stretch of time a ring's link named one version: what a later ring's soak is measured on."""
+    version: Version
+    since: Moment
+    until: Moment | None = None  # None: it still does
+
+    def served_for(self, now: datetime) -> float:
+        return ((self.until or now) - self.since).total_seconds()
+
+
+SERVED_KEPT = 30  # stretches kept per ring: a month of nightlies
+
+
+class RingState(_Model):
+    """What a ring has that the host does not share (see RingStore). The first ring's current,
+    previous and current_snapshot are the State's own fields (a host without rings is one ring)."""
+    current: Version | None = None
+    previous: Version | None = None
+    current_snapshot: str | None = None
+    pinned: Pin | None = None
+    frozen: Freeze | None = None
+    served: list[Served] = Field(default_factory=list)
+    checked_at: Moment | None = None  # the last live re-check of its servers that passed
+
+
+def _ring_keys(value: dict) -> dict:
+    for key in value:
+        if not (isinstance(key, str) and 0 < len(key) <= 32 and key.replace("-", "").replace("_", "").isalnum()):
+            raise ValueError(f"{str(key)[:40]!r} is not a ring name")
+    return value
 
 
 class State(_Model):
@@ -109,6 +142,7 @@ class State(_Model):
     last_run: LastRun | None = None
     # snapshots taken just before the swap into `current`: what `revert --restore-state` restores
     current_snapshot: str | None = None
+    rings: Annotated[dict[str, RingState], AfterValidator(_ring_keys)] = Field(default_factory=dict)
 
     @field_validator("first_seen", "failures")
     @classmethod
@@ -146,6 +180,11 @@ class StateStore:
     @property
     def journal_path(self) -> Path:
         return self.dir / JOURNAL_FILE
+
+    @property
+    def host(self) -> StateStore:
+        """The whole host's store (a RingStore's is the plain store of the same state_dir)."""
+        return self
 
     def snapshot_dir(self, run_id: str) -> Path:
         return self.dir / SNAPSHOTS_DIR / run_id
@@ -240,6 +279,77 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+RING_OWN = ("current", "previous", "current_snapshot")
+
+
+class RingStore(StateStore):
+    """state_dir seen by one ring's move. `load()` gives a State whose current, previous and
+    current_snapshot are the ring's, and whose pin and freeze are the ring's own or else the host's,
+    so every move (swap, rollback, revert, recovery) settles the ring it moved through the same code
+    as a host without rings; `save()` writes those back into the ring and everything else (denials,
+    failures, first-seen times, the last run) into the host's state. A change of the ring's current
+    opens a new `served` stretch. History lines name the ring."""
+
+    def __init__(self, state_dir: Path, ring: str, *, first: bool):
+        super().__init__(state_dir)
+        self.ring, self.first = ring, first
+        self._held: dict[str, tuple[str, Any]] = {}  # pinned/frozen: where the loaded value came from
+
+    def load(self) -> State:
+        whole = super().load()
+        own = whole.rings.get(self.ring, RingState())
+        view = whole.model_copy(deep=True)
+        if not self.first:
+            for key in RING_OWN:
+                setattr(view, key, getattr(own, key))
+        for key in ("pinned", "frozen"):
+            mine = getattr(own, key)
+            setattr(view, key, mine if mine is not None else getattr(whole, key))
+            self._held[key] = ("ring" if mine is not None else "host", getattr(view, key))
+        return view
+
+    def save(self, state: State) -> None:
+        whole = super().load()
+        own = whole.rings.setdefault(self.ring, RingState())
+        before = whole.current if self.first else own.current
+        for key in state.model_fields:
+            if key in ("pinned", "frozen", "rings") or (key in RING_OWN and not self.first):
+                continue
+            setattr(whole, key, getattr(state, key))
+        if not self.first:
+            for key in RING_OWN:
+                setattr(own, key, getattr(state, key))
+        for key in ("pinned", "frozen"):
+            where, loaded = self._held.get(key, ("host", getattr(whole, key)))
+            value = getattr(state, key)
+            if value == loaded:
+                continue
+            # a value this move changed: lifted where it was held; a new freeze (a failed rollback) is the host's
+            setattr(own if where == "ring" and value is None else whole, key, value)
+            self._held[key] = (where if value is None else "host", value)
+        if state.current != before:
+            note_served(own, state.current, utcnow())
+        StateStore.save(self, whole)
+
+    @property
+    def host(self) -> StateStore:
+        return StateStore(self.dir)
+
+    def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
+        data.setdefault("ring", self.ring)
+        return super().record(event, by=by, **data)
+
+
+def note_served(ring: RingState, version: str | None, now: datetime) -> None:
+    """The ring's link now names `version`: close the stretch that was open and start one."""
+    for stretch in ring.served:
+        if stretch.until is None:
+            stretch.until = now
+    if version is not None:
+        ring.served.append(Served(version=version, since=now))
+    del ring.served[:-SERVED_KEPT]
 
 
 HISTORY_TEXT_MAX = 4000   # characters of one value in a history line

@@ -76,6 +76,7 @@ class Host:
     registry: RegistryServer | ExternalRegistry
     users: list[HostUser]
     overrides: dict[str, Any] = field(default_factory=dict)
+    through: str = "users"  # what the emulated t3@.service starts through: root/users/<user>, or root/current (before rings)
 
     # ------------------------------------------------------------ layout
 
@@ -105,7 +106,7 @@ class Host:
     def config_dict(self) -> dict[str, Any]:
         start = [sys.executable, str(SUPERVISOR), "start", "--user", "{user}", "--port", "{port}",
                  "--base-dir", "{base_dir}", "--root", str(self.root), "--executable", EMULATOR_EXECUTABLE,
-                 "--run-dir", str(self.run_dir)]
+                 "--run-dir", str(self.run_dir), "--through", self.through]
         stop = [sys.executable, str(SUPERVISOR), "stop", "--user", "{user}", "--run-dir", str(self.run_dir)]
         data: dict[str, Any] = {
             "package": "t3",
@@ -194,6 +195,13 @@ class Host:
         link = self.root / "current"
         return os.readlink(link) if link.is_symlink() else None
 
+    def linked(self, user: HostUser) -> str | None:
+        """The version user's server starts: root/users/<user>, through its ring's link."""
+        link = self.root / "users" / user.name
+        if not link.is_symlink():
+            return None
+        return Path(os.path.realpath(link)).name
+
     def serving(self, user: HostUser) -> str | None:
         return serving_version(user.url)
 
@@ -247,7 +255,8 @@ def wait_for_version(url: str, version: str | None, timeout: float) -> str | Non
 def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), current: str = "0.0.42",
                current_migrations: int = 52, rows: int = 5, registry_url: str | None = None,
                make_state: Callable[[Path], object] | None = None,
-               current_settings: dict[str, Any] | None = None) -> Host:
+               current_settings: dict[str, Any] | None = None, through: str = "users",
+               rings: list[dict[str, Any]] | None = None) -> Host:
     """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken.
 
     registry_url: use a registry started elsewhere (verdaccio) instead of a loopback RegistryServer;
@@ -255,6 +264,9 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
     make_state: builds a user's base dir instead of emu.make_user_state (e.g. the real server creating
     its own state); `rows` threads of user data are added to it afterwards.
     current_settings: more emulator.json keys for the current build (e.g. a V2 build: database="statev2").
+    through: "users" (the shipped t3@.service: each user's server starts through root/users/<user>,
+    made here as provisioning does) or "current" (a host from before rings: root/current only).
+    rings: the config's `rings` (users start through their ring's link, every ring on `current`).
     """
     registry: RegistryServer | ExternalRegistry = (
         ExternalRegistry(registry_url) if registry_url else RegistryServer().start())
@@ -268,13 +280,24 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
             if rows:
                 emu.add_rows(emu.live_db(base), rows, "initial")
         host_users.append(HostUser(name, free_port(), base))
-    host = Host(directory, registry, host_users)
-    host.write_config()
+    host = Host(directory, registry, host_users, through=through)
+    host.write_config(**({"rings": rings} if rings else {}))
     if isinstance(registry, RegistryServer):
         host.publish(current, migrations=current_migrations, tag=None, **(current_settings or {}))
     prefix = host.root / "versions" / current
     emu.make_install(prefix, current, migrations=current_migrations, **(current_settings or {}))
     (host.root / "current").symlink_to(Path("versions") / current)
+    if through == "users":
+        ring_of = {u: r["name"] for r in (rings or []) for u in r["users"]}
+        first = rings[0]["name"] if rings else None
+        for user in host_users:
+            ring = ring_of.get(user.name, first)
+            link = Path("../current") if ring in (None, first) else Path("../rings") / ring
+            if ring not in (None, first) and not (host.root / "rings" / ring).is_symlink():
+                (host.root / "rings").mkdir(exist_ok=True)
+                (host.root / "rings" / ring).symlink_to(Path("../versions") / current)
+            (host.root / "users").mkdir(exist_ok=True)
+            (host.root / "users" / user.name).symlink_to(link)
     host.state_dir.mkdir(mode=0o700, parents=True)
     (host.state_dir / "state.json").write_text(json.dumps({"current": current}))
     host.start_servers()

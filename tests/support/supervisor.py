@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A tiny service supervisor standing in for `systemctl start/stop t3@USER.service`.
 
-The tests and the demo point t3track's `services.start`/`services.stop` at it. Like systemd, it runs
-`<root>/current/<executable> serve ...` for a user in a session of its own (so the caller's process
+The tests and the demo point t3track's `services.start`/`services.stop` at it. Like systemd with the
+shipped t3@.service, it runs `<root>/users/<user>/<executable> serve ...` (`--through current`: the
+unit before rings, `<root>/current/<executable>`) for a user in a session of its own (so the caller's process
 group can end without taking the server with it), remembers the pid, and stops it with SIGTERM then
 SIGKILL.
 
-    supervisor.py start --user U --port P --base-dir D --root R --executable E --run-dir RUN
+    supervisor.py start --user U --port P --base-dir D --root R --executable E --run-dir RUN [--through current]
     supervisor.py stop  --user U --run-dir RUN [--no-wait]
 
 `--no-wait` returns right after the SIGTERM (like `systemctl stop --no-block` or a bare `kill`): the
@@ -49,7 +50,8 @@ def start(args: argparse.Namespace) -> int:
     pid = _read_pid(run_dir, args.user)
     if pid and _alive(pid):
         return 0
-    exe = Path(args.root) / "current" / args.executable
+    through = Path(args.root) / ("current" if args.through == "current" else f"users/{args.user}")
+    exe = through / args.executable
     # T3EMU_LIVE marks a "production" server: an emulator build with a `*-live` fault misbehaves only
     # here, never in t3track's sandbox (whose environment is scrubbed) — a nightly that fails only live.
     env = dict(os.environ, T3CODE_TELEMETRY_ENABLED="false", T3EMU_LIVE="1")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--root", required=True)
     p_start.add_argument("--executable", required=True)
     p_start.add_argument("--run-dir", required=True)
+    p_start.add_argument("--through", choices=("users", "current"), default="users")
     p_stop = sub.add_parser("stop")
     p_stop.add_argument("--user", required=True)
     p_stop.add_argument("--run-dir", required=True)

@@ -29,7 +29,7 @@ from t3track.config import Config
 from t3track.errors import T3TrackError
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.host import backup
-from t3track.state import StateStore
+from t3track.state import RingState, State, StateStore
 
 OUTCOMES = ("swapped", "noop", "refused", "rolled_back", "error", "critical")
 GATE_OUTCOMES = ("pass", "fail", "inconclusive")
@@ -72,6 +72,7 @@ def _last_run_gates(store: StateStore, run_id: str | None) -> list[dict[str, Any
 
 
 def build_registry(config: Config, store: StateStore, *, now: datetime | None = None) -> CollectorRegistry:
+    config, store = config.host, store.host  # the whole host, whichever ring's move wrote them
     moment = now or utcnow()
     state = store.load()
     events = store.history()
@@ -129,6 +130,8 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     gauge("t3track_denied_versions", "Versions t3track will not consider").set(len(state.denied))
     gauge("t3track_swap_unfinished", "1 when a swap journal is left (the next run recovers it)").set(
         1 if store.journal_path.exists() else 0)
+    if config.ringed:
+        _ring_metrics(config, state, moment, gauge, registry)
 
     # backups
     age = gauge("t3track_backup_age_seconds", "Age of the newest backup of the user's state", ("user",))
@@ -155,6 +158,28 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
             gauge("t3track_last_drill_downtime_seconds",
                   "The longest user downtime in the last drill (swap plus rollback)").set(drill["downtime_s"])
     return registry
+
+
+def _ring_metrics(config: Config, state: State, moment: datetime, gauge: Any, registry: CollectorRegistry) -> None:
+    """Each ring of a host with rings: its version, how long it has served it, its own holds, and
+    which ring the last nightly run moved."""
+    info = Info("t3track_ring_version", "The version each ring's link serves, and the one before it", ("ring",),
+                registry=registry)
+    soaked = gauge("t3track_ring_soaked_seconds", "How long the ring has served its current version", ("ring",))
+    frozen = gauge("t3track_ring_frozen", "1 while the ring's own freeze holds it", ("ring",))
+    pinned = gauge("t3track_ring_pinned", "1 while the ring's own pin holds it", ("ring",))
+    for i, ring in enumerate(config.ring_names()):
+        own = state.rings.get(ring, RingState())
+        current, previous = (state.current, state.previous) if i == 0 else (own.current, own.previous)
+        info.labels(ring=ring).info({"version": current or "", "previous": previous or ""})
+        stretch = next((s for s in reversed(own.served) if s.until is None and s.version == current), None)
+        if stretch is not None:
+            soaked.labels(ring=ring).set(round(stretch.served_for(moment), 3))
+        frozen.labels(ring=ring).set(1 if own.frozen is not None and not own.frozen.expired(moment) else 0)
+        pinned.labels(ring=ring).set(1 if own.pinned is not None else 0)
+    last = state.last_run
+    if last is not None and last.ring:
+        Info("t3track_last_run_ring", "The ring the last nightly run moved", registry=registry).info({"ring": last.ring})
 
 
 @dataclass

@@ -34,7 +34,8 @@ from t3track.redact import redact
 from t3track.state import StateStore
 
 NOTIFY_STATE_FILE = "notify.json"
-PLACEHOLDERS = ("event", "outcome", "host", "from", "to", "candidate", "gate", "user", "reason", "evidence", "run_id")
+PLACEHOLDERS = ("event", "outcome", "host", "ring", "from", "to", "candidate", "gate", "user", "reason", "evidence",
+                "run_id")
 
 
 @dataclass
@@ -68,6 +69,7 @@ def body_for(config: Config, event: str, report: Any, **extra: Any) -> dict[str,
     body: dict[str, Any] = {
         "host": host_name(config.notify),
         "event": event,
+        "ring": getattr(report, "ring", None),  # the ring it moved, on a host with rings
         "outcome": str(report.outcome) if report is not None else None,
         "from": getattr(report, "from_version", None),
         "to": getattr(report, "to_version", None),

@@ -44,6 +44,14 @@ app.add_typer(config_app, name="config")
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
 ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
+RingOpt = Annotated[Optional[str], typer.Option("--ring", help="only this ring (config `rings`), e.g. canary")]
+
+
+def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
+    """A --ring the config names (ConfigError, exit 2, listing the rings, if not)."""
+    if ring is not None:
+        ctx.obj.config().ring_config(ring)
+    return ring
 
 
 class Ctx:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from t3track.cli.app import ByOpt, JsonOpt, ReasonOpt, app, command
+from t3track.cli.app import ByOpt, JsonOpt, ReasonOpt, RingOpt, app, command, ring_of
 
 
 @app.command("freeze")
@@ -16,10 +16,14 @@ def freeze_cmd(
     reason: ReasonOpt,
     for_: Annotated[Optional[str], typer.Option("--for", help="lift itself after this long: 90s, 15m, 6h, 7d")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="lift itself at this ISO time, e.g. 2026-12-01T06:00Z")] = None,
+    ring: RingOpt = None,
     by: ByOpt = None,
     json_flag: JsonOpt = False,
 ) -> None:
-    """Stop bumps until `unfreeze` (or until --for/--until passes). The current version keeps serving."""
+    """Stop bumps until `unfreeze` (or until --for/--until passes). The current version keeps serving.
+
+    With --ring, only that ring stops moving (the others go on; a later ring still takes what the
+    frozen ring served long enough)."""
     from t3track.clock import iso
     from t3track.commands import control
     from t3track.config import parse_duration
@@ -32,22 +36,25 @@ def freeze_cmd(
             duration = parse_duration(for_)
         except ValueError as exc:
             raise UsageError(f"--for: {exc}") from None
-    result = control.freeze(ctx.obj.store(), reason=reason, for_=duration, until=until, by=by)
+    ring = ring_of(ctx, ring)
+    result = control.freeze(ctx.obj.store(), reason=reason, for_=duration, until=until, by=by, ring=ring)
     if out.as_json:
-        out.json({"frozen": result})
+        out.json({"frozen": result, **({"ring": ring} if ring else {})})
         return
-    end = f" until {iso(result.until)}" if result.until else " until `t3track unfreeze`"
-    out.line(f"frozen by {result.by}{end}: {result.reason}")
+    end = f" until {iso(result.until)}" if result.until else f" until `t3track unfreeze{_flag(ring)}`"
+    out.line(f"{'ring ' + ring + ' ' if ring else ''}frozen by {result.by}{end}: {result.reason}")
 
 
 @app.command()
 @command(refreshes_metrics=True)
-def unfreeze(ctx: typer.Context, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
-    """Resume bumps."""
+def unfreeze(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
+    """Resume bumps (with --ring: that ring's own freeze only)."""
     from t3track.commands import control
 
-    was = control.unfreeze(ctx.obj.store(), by=by)
-    _said(ctx, {"unfrozen": was is not None}, "unfrozen" if was else "was not frozen; nothing changed")
+    ring = ring_of(ctx, ring)
+    was = control.unfreeze(ctx.obj.store(), by=by, ring=ring)
+    _said(ctx, {"unfrozen": was is not None, **({"ring": ring} if ring else {})},
+          "unfrozen" if was else "was not frozen; nothing changed")
 
 
 @app.command("pin")
@@ -56,25 +63,31 @@ def pin_cmd(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="exact version, e.g. 0.0.42")],
     reason: ReasonOpt,
+    ring: RingOpt = None,
     by: ByOpt = None,
     json_flag: JsonOpt = False,
 ) -> None:
-    """Hold at one version instead of following the channel; the next run installs it through the gates."""
+    """Hold at one version instead of following the channel; the next run installs it through the gates.
+
+    With --ring, only that ring holds (a pin is the operator's word: it needs no soak)."""
     from t3track.commands import control
 
-    result = control.pin(ctx.obj.store(), version, reason=reason, by=by)
-    _said(ctx, {"pinned": result}, f"pinned {result.version}: {result.reason} (the next `t3track run` moves to it "
-          "through the gates if it is not current)")
+    ring = ring_of(ctx, ring)
+    result = control.pin(ctx.obj.store(), version, reason=reason, by=by, ring=ring)
+    _said(ctx, {"pinned": result, **({"ring": ring} if ring else {})},
+          f"{'ring ' + ring + ' ' if ring else ''}pinned {result.version}: {result.reason} (the next `t3track run` "
+          "moves to it through the gates if it is not current)")
 
 
 @app.command()
 @command(refreshes_metrics=True)
-def unpin(ctx: typer.Context, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
-    """Follow the channel again."""
+def unpin(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
+    """Follow the channel again (with --ring: that ring's own pin only)."""
     from t3track.commands import control
 
-    was = control.unpin(ctx.obj.store(), by=by)
-    _said(ctx, {"unpinned": was.version if was else None},
+    ring = ring_of(ctx, ring)
+    was = control.unpin(ctx.obj.store(), by=by, ring=ring)
+    _said(ctx, {"unpinned": was.version if was else None, **({"ring": ring} if ring else {})},
           f"unpinned {was.version}" if was else "was not pinned; nothing changed")
 
 
@@ -116,3 +129,7 @@ def _said(ctx: typer.Context, document: dict[str, object], line: str) -> None:
         out.json(document)
     else:
         out.line(line)
+
+
+def _flag(ring: str | None) -> str:
+    return f" --ring {ring}" if ring else ""

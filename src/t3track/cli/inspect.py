@@ -42,9 +42,20 @@ def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
     if result.denied:
         out.table("denied", ["version", "gate", "at", "reason"],
                   [[d.version, d.gate or "operator", iso(d.at), d.reason] for d in result.denied])
+    if result.rings:
+        out.table("rings", ["ring", "users", "version", "soaked", "soak", "pin/freeze", "next"],
+                  [[r.name, ", ".join(r.users), (r.current or "-") + ("" if r.linked == r.current else
+                                                                     f" (link: {r.linked or 'none'})"),
+                    human_age(r.soaked_s) if r.soaked_s is not None else "-", human_age(r.soak) if r.soak else "-",
+                    "; ".join([*([f"pinned {r.pinned.version}"] if r.pinned else []),
+                               *(["frozen"] if r.frozen else [])]) or "-", r.next or "follows the channel"]
+                   for r in result.rings])
     if result.users:
-        out.table("users", ["user", "port", "serving", "database", "newest backup"],
-                  [[u.name, u.port, (u.serving or "not answering") + (" (DRIFT)" if u.drift else ""),
+        ringed = bool(result.rings)
+        out.table("users", ["user", *(["ring", "linked"] if ringed else []), "port", "serving", "database",
+                            "newest backup"],
+                  [[u.name, *([u.ring or "-", u.linked or "-"] if ringed else []), u.port,
+                    (u.serving or "not answering") + (" (DRIFT)" if u.drift else ""),
                     f"{u.database or '-'}" + (f" @{u.migration}" if u.migration is not None else ""),
                     human_age(u.backup_age_s) + (" old" if u.backup_age_s is not None else "")]
                    for u in result.users])

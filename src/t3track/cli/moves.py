@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from t3track.cli.app import JsonOpt, app, command
+from t3track.cli.app import JsonOpt, RingOpt, app, command
 from t3track.cli.render import render_run, steps_table
 
 if TYPE_CHECKING:
@@ -65,14 +65,17 @@ def revert(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
     restore_state: Annotated[bool, typer.Option("--restore-state", help="also restore each user's database from the pre-swap snapshot")] = False,
+    ring: RingOpt = None,
     json_flag: JsonOpt = False,
 ) -> int:
-    """Go back to the previous (or named) installed version, with the live check; denies the version it leaves."""
+    """Go back to the previous (or named) installed version, with the live check; denies the version it leaves.
+
+    On a host with rings, --ring names the ring to revert (its users only; the others keep serving)."""
     from t3track.commands.revert import revert as revert_to
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, revert_to(config, ctx.obj.store(config), to=to, restore_state=restore_state,
-                                             progress=ctx.obj.out.info))
+                                             ring=ring, progress=ctx.obj.out.info))
 
 
 @app.command()
@@ -80,23 +83,26 @@ def revert(
 def drill(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    ring: RingOpt = None,
     json_flag: JsonOpt = False,
 ) -> int:
-    """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real."""
+    """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real.
+
+    On a host with rings, --ring names the ring to drill (only its users' servers stop)."""
     from t3track.commands import drill as drill_mod
     from t3track.errors import UsageError
 
     out = ctx.obj.out
     config = ctx.obj.config()
     store = ctx.obj.store(config)
-    plan = drill_mod.plan_drill(config, store)
+    plan = drill_mod.plan_drill(config, store, ring)
     try:
         confirmed = yes or typer.confirm(plan.question, default=False, err=True)
     except typer.Abort:  # no terminal to answer on
         confirmed = False
     if not confirmed:
         raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")
-    report = drill_mod.run_drill(config, store, progress=out.info)
+    report = drill_mod.run_drill(config, store, ring=ring, progress=out.info)
     if not out.as_json:
         steps_table(out, report.steps)
         out.table("downtime", ["user", "seconds"], [[u, f"{d:.2f}"] for u, d in report.downtime_s.items()])

@@ -31,7 +31,7 @@ from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
 from t3track.host import tree
 from t3track.host.services import UserMark
-from t3track.night import journal, ledger, swap
+from t3track.night import journal, ledger, rings, swap
 from t3track.results import GateResult, Outcome, json_key, new_run_id
 from t3track.state import StateStore, operator_name
 
@@ -45,10 +45,12 @@ class DrillPlan:
     current: str
     copy: str
     users: list[str]
+    ring: str | None = None
 
     @property
     def question(self) -> str:
-        return (f"Drill on this live host: stop {', '.join(self.users)}, swap to a copy of {self.current}, "
+        where = f"ring {self.ring} of this live host" if self.ring else "this live host"
+        return (f"Drill on {where}: stop {', '.join(self.users)}, swap to a copy of {self.current}, "
                 f"then roll back to {self.current} for real. Users lose their servers for a few seconds, "
                 "twice. Go ahead?")
 
@@ -77,6 +79,7 @@ class DrillReport:
     recovered: str | None = None
     dry_run: bool = False
     simulated: str = SIMULATED
+    ring: str | None = None  # the ring it drilled, on a host with rings
     kind: str = json_key("kind", default="drill")
     json_extra = {"exit_code": "exit_code", "from": "from_version", "to": "to_version", "candidate": "candidate",
                   "max_downtime_s": "max_downtime_s"}
@@ -117,8 +120,10 @@ def copy_name(current: str, stamp: str) -> str:
     return versions.require_valid(f"{base}{DRILL_TAG}{stamp}", "drill copy")
 
 
-def plan_drill(config: Config, store: StateStore) -> DrillPlan:
-    """Read-only: what the drill would do, or a UsageError saying why it must not run now."""
+def plan_drill(config: Config, store: StateStore, ring: str | None = None) -> DrillPlan:
+    """Read-only: what the drill would do, or a UsageError saying why it must not run now. On a host
+    with rings, a drill moves one ring (`ring`), so the others never stop."""
+    config, store = rings.for_operator(config, store, ring, "drill")
     if store.journal_path.exists():
         raise UsageError("a swap is unfinished (its journal is left); a drill would swap on top of it",
                          hint="run `t3track run` (it recovers the swap first) and check `t3track status`")
@@ -138,7 +143,7 @@ def plan_drill(config: Config, store: StateStore) -> DrillPlan:
     if not config.users:
         raise UsageError("no users in the config: there is nothing to swap and roll back")
     return DrillPlan(state.current, copy_name(state.current, stamp()),
-                     [u.name for u in config.users])
+                     [u.name for u in config.users], ring=config.ring)
 
 
 # ---------------------------------------------------------------- the copy
@@ -220,19 +225,20 @@ def downtime(marks: list[UserMark], users: list[str], end: float) -> dict[str, f
 # ---------------------------------------------------------------- the drill
 
 
-def run_drill(config: Config, store: StateStore, *, by: str | None = None,
+def run_drill(config: Config, store: StateStore, *, by: str | None = None, ring: str | None = None,
               progress: Progress = lambda _: None) -> DrillReport:
     run_id = new_run_id()
     who = by or operator_name()
     with store.lock():
-        plan = plan_drill(config, store)  # again, under the lock
+        plan = plan_drill(config, store, ring)  # again, under the lock
+        config, store = rings.for_operator(config, store, ring, "drill")
         timeline = _Timeline(evidence.teed_progress(store, run_id, progress))
         _remove_stale_copies(config)
         timeline(f"copy {tree.prefix_of(config, plan.current)} to {tree.prefix_of(config, plan.copy)}")
         _make_copy(config, plan)
         moved = swap.swap_and_verify(config, store, swap.plan_swap(
             store, run_id=run_id, from_version=plan.current, to_version=plan.copy, kind="drill",
-            simulate_live_failure=True), timeline)
+            simulate_live_failure=True, ring=config.ring), timeline)
         swap_end = time.monotonic()
         if moved.outcome == "rolled_back":
             timeline("clean up: journal, the copy and its snapshots")
@@ -243,6 +249,7 @@ def run_drill(config: Config, store: StateStore, *, by: str | None = None,
         # downtime is measured on the swap's own marks, not on our clean-up afterwards
         report = _report(run_id, plan, moved, steps, downtime(moved.marks, plan.users, swap_end))
         report.evidence = str(evidence.evidence_dir(store, run_id))
+        report.ring = config.ring
         ledger.record_run(config, store, report, event="drill", by=who, nightly=False, details={
             "passed": report.passed, "version": plan.current, "copy": plan.copy,
             "downtime_s": round(report.max_downtime_s, 3), "simulated": SIMULATED, "restored": moved.restored_users})

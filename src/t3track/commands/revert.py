@@ -11,56 +11,25 @@ from pathlib import Path
 
 from t3track import versions
 from t3track.config import Config
-from t3track.errors import T3TrackError, UsageError
-from t3track.host import sqlite, tree, usertree
-from t3track.host.manifest import DB_FILES, MAIN_DB, V2_DB
-from t3track.night import ledger, recovery, swap
+from t3track.errors import UsageError
+from t3track.host import tree
+from t3track.night import ledger, recovery, rings, swap
 from t3track.night.report import NightReport
 from t3track.results import new_run_id
 from t3track.state import StateStore, operator_name
 
 
-def migrated_forward(user: str, snapshot: Path, base_dir: Path, target: str) -> list[str]:
-    """What `target` would find changed since the pre-swap snapshot, per database file: migrations it
-    did not know (as (id, name) pairs, in statev2.sqlite as in state.sqlite), or a statev2.sqlite the
-    current version created, which `target` (a V1 build) never reads. The live databases are read as
-    their owner: no link in the user's tree is followed."""
-    try:
-        live = usertree.live_histories(base_dir, user=user)
-    except T3TrackError as exc:
-        return [f"{user}: cannot compare the databases with the pre-swap snapshot: {exc.message}"]
-    warnings = []
-    for name in DB_FILES:
-        saved = snapshot / name
-        if name not in live:
-            continue
-        if not saved.is_file():
-            if name == V2_DB:
-                warnings.append(f"{user}'s data since the swap is in {V2_DB}, which {target} does not read: "
-                                f"{target} reads {MAIN_DB}, frozen since the swap, so users would not see what "
-                                f"they did since (use --restore-state to go back to the pre-swap database "
-                                f"exactly; {V2_DB} is moved aside, not deleted)")
-            continue
-        now = live[name]
-        try:
-            since = sqlite.added(sqlite.migration_history(saved), now)
-        except T3TrackError as exc:
-            warnings.append(f"{user}: cannot compare {name} with the pre-swap snapshot: {exc.message}")
-            continue
-        if since:
-            warnings.append(f"{user}'s {name} has migrations up to {now[-1].id}, with "
-                            f"{', '.join(m.label for m in since)} that {target} did not know; {target} may hide "
-                            f"or fail to read data (use --restore-state to go back to the pre-swap database)")
-    return warnings
-
-
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
-           by: str | None = None, progress: Callable[[str], None] = lambda _: None) -> NightReport:
+           by: str | None = None, ring: str | None = None,
+           progress: Callable[[str], None] = lambda _: None) -> NightReport:
+    """Revert the host (or, on a host with rings, the ring named): see the module's docstring."""
     if to is not None:
         versions.require_valid(to, "--to")
     run_id = new_run_id()
-    with store.lock():
-        recovery.recover_or_refuse(config, store, progress)
+    host_store = store
+    config, store = rings.for_operator(config, store, ring, "revert")
+    with host_store.lock():
+        recovery.recover_or_refuse(config.host, host_store, progress)
         state = store.load()
         current = state.current
         if current is None:
@@ -90,17 +59,17 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                                  hint="revert without --restore-state, or restore a backup by hand "
                                  "(runbooks/t3-version-bump.md, manual rollback)")
             restore_from = snapshot
-        elif snapshot is not None and snapshot.is_dir():
-            for user in config.users:
-                warnings += migrated_forward(user.name, snapshot / user.name, user.base_dir, target)
+        else:
+            warnings += swap.migrated_forward_all(config, state, target)
         plan = swap.plan_swap(store, run_id=run_id, from_version=current, to_version=target, kind="revert",
-                              restore_from=restore_from)
+                              restore_from=restore_from, ring=config.ring)
         moved = swap.swap_and_verify(config, store, plan, progress)
         who = by or operator_name()
         if moved.outcome == "swapped" and restore_state:
             warnings.append(f"the databases as they were just before this revert are kept in "
                             f"{store.snapshot_dir(run_id)} until the next swap")
         report = ledger.conclude(config, store, "revert", moved, run_id=run_id, notes=warnings, by=who)
+        report.ring = config.ring
         ledger.record_run(config, store, report, event="revert", by=who, nightly=False, details={
             "from": current, "to": target, "restore_state": restore_state, "restored": moved.restored_users})
         return report

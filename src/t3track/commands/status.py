@@ -5,16 +5,17 @@ Read-only: never takes the lock, never writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from t3track.clock import utcnow
+from t3track.clock import iso, utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import T3TrackError
 from t3track.host import backup, tree, usertree
 from t3track.host.sqlite import DATABASES
-from t3track.night import drift
+from t3track.night import drift, rings
 from t3track.night.verify import same_version
 from t3track.results import json_key
-from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
+from t3track.state import Denial, Freeze, LastRun, Pin, RingState, State, StateStore
 
 
 @dataclass
@@ -27,6 +28,22 @@ class UserStatus:
     migration: int | None = None    # its newest migration id
     serving: str | None = None      # the serverVersion the live server reports (None: not answering)
     drift: bool = False             # it answers with another version than t3track installed (`current`)
+    ring: str | None = None         # its ring (config `rings`; None without rings)
+    linked: str | None = None       # the version its link (root/users/<user>) names: what its server starts
+
+
+@dataclass
+class RingStatus:
+    name: str
+    users: list[str]
+    current: str | None             # what t3track moved the ring to
+    linked: str | None              # what the ring's link names
+    soak: float                     # seconds a version must serve the ring before it for this ring to take it
+    soaked_s: float | None          # how long `current` has served this ring
+    checked_at: str | None          # the last live re-check of its servers that passed
+    pinned: Pin | None = None       # the ring's own pin and freeze (the host's are above)
+    frozen: Freeze | None = None
+    next: str | None = None         # a later ring: what it would take, or why it waits
 
 
 @dataclass
@@ -44,6 +61,7 @@ class Status:
     current_link: str | None
     swap_in_progress: bool
     warnings: list[str] = field(default_factory=list)
+    rings: list[RingStatus] = field(default_factory=list)  # on a host with rings: each ring, in order
 
 
 def status(config: Config, store: StateStore) -> Status:
@@ -71,13 +89,19 @@ def status(config: Config, store: StateStore) -> Status:
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
                                 str(newest.path) if newest else None,
-                                database=database, migration=migration, serving=drift.serving(user)))
-        drifted = users[-1].serving is not None and state.current is not None \
-            and not same_version(users[-1].serving, state.current)
+                                database=database, migration=migration, serving=drift.serving(user),
+                                ring=config.ring_of(user.name) if config.ringed else None,
+                                linked=tree.user_version(config, user.name)))
+        expected = rings.ring_current(state, config, config.ring_of(user.name)) if config.ringed else state.current
+        drifted = users[-1].serving is not None and expected is not None \
+            and not same_version(users[-1].serving, expected)
         if drifted:
             users[-1].drift = True
             warnings.append(drift.Drift(user.name, f"http://127.0.0.1:{user.port}", users[-1].serving or "",
-                                        state.current or "").describe())
+                                        expected or "").describe())
+        if config.ringed and users[-1].linked not in (None, expected):
+            warnings.append(f"{user.name}'s link names {users[-1].linked}, not {expected} of ring "
+                            f"{config.ring_of(user.name)}: the ring's next swap moves it")
         if newest is None:
             if not new_host:
                 warnings.append(f"{user.name}: no backup yet; run `t3track backup --user {user.name}`")
@@ -85,11 +109,26 @@ def status(config: Config, store: StateStore) -> Status:
             warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
                             f"run `t3track backup --user {user.name}`")
     return Status(
+        rings=_rings(config, state, now) if config.ringed else [],
         current=state.current, previous=state.previous, channel=config.channel, package=config.package,
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
         installed=tree.installed_versions(config), users=users, current_link=target,
         swap_in_progress=store.journal_path.exists(), warnings=warnings,
     )
+
+
+def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:
+    out = []
+    for i, ring in enumerate(config.ring_configs()):
+        own = state.rings.get(ring.name, RingState())
+        current = rings.ring_current(state, config, ring.name)
+        open_ = next((s for s in reversed(own.served) if s.until is None and s.version == current), None)
+        out.append(RingStatus(
+            ring.name, list(ring.users), current, tree.linked_version(config, tree.ring_link(config, ring.name)),
+            ring.soak.total_seconds(), open_.served_for(now) if open_ else None,
+            iso(own.checked_at) if own.checked_at else None, own.pinned, own.frozen,
+            next=rings.promotion(config, state, ring, now).reason if i else None))
+    return out
 
 
 def _database_of(user: UserConfig, warnings: list[str]) -> tuple[str | None, int | None]:

@@ -1,5 +1,15 @@
-"""The install tree: `root/versions/<version>/` side by side, and `root/current`, the symlink every
-server starts through. Every question about where a version lives or what `current` names is here."""
+"""The install tree: `root/versions/<version>/` side by side, one `current` link per ring, and one link
+per user that the user's server starts through. Every question about where a version lives or what a
+link names is here.
+
+    root/versions/<v>/          installs, side by side
+    root/current -> versions/<v>           the first ring's link (the only one without `rings`)
+    root/rings/<ring> -> ../versions/<v>   each later ring's link
+    root/users/<user> -> ../current | ../rings/<ring>   what t3@<user>.service starts through
+
+A swap flips one ring's link, so it moves exactly that ring's users. Everything here is root's:
+no user can write under root, so these links are read with plain readlink.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +29,91 @@ def versions_dir(config: Config) -> Path:
     return config.root / "versions"
 
 
+def ring_link(config: Config, ring: str | None) -> Path:
+    """The `current` link of a ring: root/current for the first ring (or the whole host)."""
+    if ring is None or ring == config.first_ring:
+        return config.root / "current"
+    return config.root / "rings" / ring
+
+
 def current_link(config: Config) -> Path:
-    return config.root / "current"
+    """The link a swap in this view flips (see Config.ring_view): its ring's."""
+    return ring_link(config, config.ring)
+
+
+def user_link(config: Config, user: str) -> Path:
+    return config.root / "users" / user
+
+
+def _link_text(config: Config, ring: str) -> Path:
+    """What a user link in `ring` says, relative to root/users."""
+    return Path("..") / ring_link(config, ring).relative_to(config.root)
+
+
+def linked_version(config: Config, link: Path) -> str | None:
+    """The version a link names, through at most two links (user -> ring -> versions/<v>)."""
+    for _ in range(3):
+        if not link.is_symlink():
+            return None
+        target = Path(os.path.normpath(link.parent / os.readlink(link)))
+        if target.parent == Path(os.path.normpath(versions_dir(config))):
+            return target.name if versions.is_valid(target.name) else None
+        link = target
+    return None
+
+
+def user_version(config: Config, user: str) -> str | None:
+    """The version user's server starts (root/users/<user>, through its ring's link)."""
+    return linked_version(config, user_link(config, user))
+
+
+def user_ring_link(config: Config, user: str) -> str | None:
+    """The ring link user's link names, as written (None: no user link)."""
+    link = user_link(config, user)
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def _replace_link(link: Path, text: Path) -> None:
+    """Point `link` at `text` atomically: a new symlink, then rename over the old."""
+    link.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(text, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+def ensure_layout(config: Config) -> list[str]:
+    """Bring a host to one link per user (and per later ring), by itself and idempotently: a host on
+    today's single `root/current` gains `root/users/<user> -> ../current`, and each later ring's link
+    starts where `root/current` is. A link that changes no user's version is made or re-pointed here
+    (a user moved to a ring on the same version); one that would is left to a swap, with the server
+    stopped (a user moved to a ring on another version moves with that ring's next swap). Returns
+    what it made."""
+    made: list[str] = []
+    current = config.root / "current"
+    if not current.is_symlink():
+        return made  # a new host: adopt makes the layout
+    for ring in config.ring_names()[1:]:
+        link = ring_link(config, ring)
+        if not link.is_symlink():
+            version = linked_version(config, current)
+            if version is None:
+                continue
+            _replace_link(link, Path("..") / "versions" / version)
+            made.append(f"{link.relative_to(config.root)} -> versions/{version}")
+    for user in config.users:
+        link, ring = user_link(config, user.name), config.ring_of(user.name)
+        wanted = _link_text(config, ring)
+        if link.is_symlink() and (Path(os.readlink(link)) == wanted or
+                                  user_version(config, user.name) != linked_version(config, ring_link(config, ring))):
+            continue  # in place, or on another version than its ring: its ring's next swap moves it
+        _replace_link(link, wanted)  # missing, or another ring's link on the same version: no version changes
+        made.append(f"{link.relative_to(config.root)} -> {wanted}")
+    return made
 
 
 def prefix_of(config: Config, version: str) -> Path:
@@ -58,24 +151,33 @@ def installed_versions(config: Config) -> list[str]:
 
 
 def live_targets(config: Config) -> set[str]:
-    """Version names any `current` link names: never pruned."""
-    version = current_version(config)
-    return {version} if version else set()
+    """Version names any ring's or user's link names: never pruned."""
+    links = [ring_link(config, ring) for ring in config.ring_names()]
+    rings_dir = config.root / "rings"
+    if rings_dir.is_dir():  # a ring the config no longer names still serves someone until moved
+        links += [p for p in rings_dir.iterdir() if p.is_symlink()]
+    users_dir = config.root / "users"
+    if users_dir.is_dir():
+        links += [p for p in users_dir.iterdir() if p.is_symlink()]
+    return {v for v in (linked_version(config, link) for link in links) if v}
 
 
 def flip_current(config: Config, version: str) -> None:
-    """Point root/current at versions/<version> atomically: a new symlink, then rename over the old."""
+    """Point this view's ring link at versions/<version> atomically (a new symlink, then rename over
+    the old), and the view's users' links at the ring link where they are not yet (a new host, or a
+    user the config moved to this ring): their servers are stopped while this runs."""
     if not versions.is_valid(version) or "/" in version:
         raise CriticalError(f"refusing to point current at {version[:80]!r}: not a version")
     target = prefix_of(config, version)
     if not target.is_dir():
         raise CriticalError(f"cannot point current at {version}: {target} is not installed")
-    link = current_link(config)
-    tmp = config.root / f".current.{os.getpid()}.tmp"
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.symlink(Path("versions") / version, tmp)
-    os.replace(tmp, link)
-    fsync_dir(config.root)
+    # the whole host's view on a host with rings (adopt) moves every ring at once
+    moving = [config.ring] if config.ring is not None or not config.ringed else config.ring_names()
+    for ring in moving:
+        link = ring_link(config, ring)
+        _replace_link(link, Path(os.path.relpath(target, link.parent)))
+    for user in config.users:
+        mine = user_link(config, user.name)
+        wanted = _link_text(config, config.ring or config.ring_of(user.name))
+        if not mine.is_symlink() or Path(os.readlink(mine)) != wanted:
+            _replace_link(mine, wanted)

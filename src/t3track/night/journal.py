@@ -40,7 +40,8 @@ class Journal(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$")
-    kind: str = Field(default="swap", pattern=r"^(swap|revert|adopt|drill)$")
+    kind: str = Field(default="swap", pattern=r"^(swap|revert|adopt|drill|recheck)$")
+    ring: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")  # None: the whole host
     from_version: Version | None
     to_version: Version
     phase: Phase

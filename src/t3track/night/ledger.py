@@ -15,9 +15,10 @@ from t3track.night import journal, policy
 from t3track.night.report import NightReport
 from t3track.night.swap import SwapResult
 from t3track.results import GateResult, RunReport, first_failure
-from t3track.state import Denial, LastRun, State, StateStore
+from t3track.state import Denial, LastRun, RingState, State, StateStore, note_served
 
 REASONS = {"swap": "swapped {from_} -> {to}", "adopt": "adopted {to}", "revert": "reverted {from_} -> {to}"}
+RECHECK_GATE = "live-recheck"  # night.rings.LIVE_RECHECK: a ring's version failed live while it soaked
 
 
 def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *, run_id: str,
@@ -31,6 +32,8 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
     notes = [*(notes or []), *result.notes]
     common: dict[str, Any] = {"candidate": result.to_version, "current": result.from_version, "gates": checked,
                               "notes": notes, "evidence": evidence}
+    if kind == "recheck":
+        return _concluded_recheck(config, store, result, run_id, common)
     if result.outcome == "swapped":
         settle(config, store, kind, result.from_version, result.to_version, run_id, by=by)
         report = NightReport.swapped(run_id, REASONS[kind].format(from_=result.from_version, to=result.to_version),
@@ -51,18 +54,41 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
     return report
 
 
+def _concluded_recheck(config: Config, store: StateStore, result: SwapResult, run_id: str,
+                       common: dict[str, Any]) -> NightReport:
+    """A ring rolled back because its version failed a live re-check: the version is denied for every
+    ring whatever happened next. Back on the previous version is a rollback (exit 1); a previous that
+    failed live too (the swap machinery put the failing version back) or a failed step is critical."""
+    failing = result.from_version
+    assert failing is not None
+    if result.outcome == "swapped":
+        settle(config, store, "recheck", failing, result.to_version, run_id, reason=result.reason)
+        report = NightReport.rolled_back(run_id, f"{result.reason}; rolled back {failing} -> {result.to_version}",
+                                         **common)
+        report.candidate, report.to_version = failing, result.to_version
+    else:
+        deny_failed_live(store, failing, RECHECK_GATE, result.reason, common.get("evidence"))
+        if result.outcome == "rolled_back":
+            settle_rollback(store, "recheck", failing)
+        report = NightReport.critical(run_id, f"{result.reason}; going back to {result.to_version} failed too, "
+                                      f"so the ring serves {failing} again", **common)
+    report.timings.update(result.timings)
+    return report
+
+
 def settle(config: Config, store: StateStore, kind: str, from_version: str | None, to_version: str, run_id: str,
-           by: str = "t3track") -> None:
+           by: str = "t3track", reason: str | None = None) -> None:
     """Bookkeeping after a verified move, the same whether it finished now or in a later recovery.
 
     A swap or adopt keeps its pre-swap snapshots for `revert --restore-state`; a revert denies the
     version it left."""
     state = store.load()
-    if kind == "revert":
+    if kind in ("revert", "recheck"):
         state.denied = [d for d in state.denied if d.version != from_version]
         if from_version is not None:
-            state.denied.append(Denial(version=from_version, reason=f"reverted by {by}", gate="revert",
-                                       at=utcnow(), by=by))
+            state.denied.append(Denial(version=from_version, at=utcnow(), by=by,
+                                       **({"reason": f"reverted by {by}", "gate": "revert"} if kind == "revert" else
+                                          {"reason": reason or "failed its live re-check", "gate": RECHECK_GATE})))
         state.previous, state.current, state.current_snapshot = from_version, to_version, None
         store.save(state)
         journal.remove(store)
@@ -89,6 +115,13 @@ def _commit_swap(config: Config, store: StateStore, state: State, from_version: 
     state.current = to_version
     state.current_snapshot = str(store.snapshot_dir(run_id))
     state.failures.pop(to_version, None)
+    if config.ringed and config.ring is None:  # the whole host moved (adopt): every ring is on it now
+        for ring in config.ring_names():
+            own = state.rings.setdefault(ring, RingState())
+            if ring != config.first_ring:
+                own.previous = own.current if own.current != to_version else own.previous
+                own.current, own.current_snapshot = to_version, state.current_snapshot
+            note_served(own, to_version, utcnow())
     store.save(state)
     journal.remove(store)
     install.prune(config, state)
@@ -130,7 +163,8 @@ def record_run(config: Config, store: StateStore, report: RunReport, *, event: s
     if last_run and not report.dry_run:
         state = store.load()
         state.last_run = LastRun(at=utcnow(), outcome=report.outcome.value, candidate=report.candidate,
-                                 exit_code=int(report.exit_code), run_id=report.run_id)
+                                 exit_code=int(report.exit_code), run_id=report.run_id,
+                                 ring=getattr(report, "ring", None))
         store.save(state)
     store.record(event, by=by, run_id=report.run_id, outcome=report.outcome.value, **(details or {}),
                  reason=report.reason, exit_code=int(report.exit_code))

@@ -18,7 +18,7 @@ from t3track.host.registry import Packument, VersionInfo
 from t3track.state import Denial, Freeze, State
 
 Action = Literal["noop", "candidate", "refused"]
-Source = Literal["pin", "channel", "soaked", "exact"]
+Source = Literal["pin", "channel", "soaked", "exact", "ring"]
 
 
 class Registry(Protocol):
@@ -48,16 +48,24 @@ class Decision:
 def resolve(config: Config, state: State, client: Registry, now: datetime) -> Decision:
     """Decide tonight's candidate. Updates state.first_seen in place; the caller saves the state."""
     notes: list[str] = []
-    ended = lift_expired_freeze(state, now)
-    if ended is not None:
-        notes.append(f"the freeze ({ended.reason}) ended at {iso(ended.until) if ended.until else '?'}")
-    if state.frozen is not None:
-        until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
-        return Decision("noop", None, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}")
+    ended, frozen = _freeze(state, now, notes)
+    if frozen is not None:
+        return Decision("noop", None, frozen)
     decision = _resolve_pin(config, state, client, notes) if state.pinned is not None else \
         _resolve_channel(config, state, client, now, notes)
     decision.freeze_ended = ended
     return decision
+
+
+def _freeze(state: State, now: datetime, notes: list[str]) -> tuple[Freeze | None, str | None]:
+    """Lift a freeze whose end has passed (noted), and say why tonight is frozen if it still is."""
+    ended = lift_expired_freeze(state, now)
+    if ended is not None:
+        notes.append(f"the freeze ({ended.reason}) ended at {iso(ended.until) if ended.until else '?'}")
+    if state.frozen is None:
+        return ended, None
+    until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
+    return ended, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}"
 
 
 def lift_expired_freeze(state: State, now: datetime) -> Freeze | None:
@@ -81,14 +89,32 @@ def resolve_exact(config: Config, state: State, client: Registry, version: str, 
     versions.require_valid(version, "--to version")
     notes: list[str] = []
     current = state.current
-    ended = lift_expired_freeze(state, now)
-    if ended is not None:
-        notes.append(f"the freeze ({ended.reason}) ended at {iso(ended.until) if ended.until else '?'}")
-    if state.frozen is not None:
-        until = f" until {iso(state.frozen.until)}" if state.frozen.until else ""
-        return Decision("noop", None, f"frozen{until} by {state.frozen.by}: {state.frozen.reason}; "
-                        f"{version} not taken")
+    ended, frozen = _freeze(state, now, notes)
+    if frozen is not None:
+        return Decision("noop", None, f"{frozen}; {version} not taken")
     decision = _resolve_exact(config, state, client, version, current, notes, allow_downgrade)
+    decision.freeze_ended = ended
+    return decision
+
+
+def resolve_promotion(config: Config, state: State, client: Registry, version: str | None, reason: str,
+                      now: datetime) -> Decision:
+    """A later ring's candidate: `version`, which the ring before it served for this ring's soak (see
+    night.rings.promotion; None: nothing has, and `reason` says why). The ring's holds win as on the
+    channel: frozen is a noop, a pin is followed (the operator's word needs no soak), a denial refuses."""
+    notes: list[str] = []
+    ended, frozen = _freeze(state, now, notes)
+    if frozen is not None:
+        decision = Decision("noop", None, frozen)
+    elif state.pinned is not None:
+        decision = _resolve_pin(config, state, client, notes)
+    elif version is None:
+        decision = Decision("noop", None, reason, notes)
+    else:
+        decision = _resolve_exact(config, state, client, version, state.current, notes, allow_downgrade=False)
+        if decision.candidate is not None:
+            decision = Decision("candidate", Candidate(version, reason, "ring", decision.candidate.published_at,
+                                                       decision.candidate.dist), reason, notes)
     decision.freeze_ended = ended
     return decision
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from t3track.config import Config
 from t3track.errors import CriticalError
 from t3track.night import journal as jr
-from t3track.night import ledger
+from t3track.night import ledger, rings
 from t3track.night.journal import Phase, RollbackCause
 from t3track.night.report import CRITICAL_NOTE
 from t3track.night.swap import SwapResult, drive, rollback
@@ -47,9 +47,12 @@ def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> R
 
     A run killed after the flip may have left the candidate serving users for hours: it is checked
     live first and kept when it passes, so nothing users wrote since is undone."""
-    recovered = _recover(config, store, progress)
-    if recovered is not None:
-        _record(config, store, recovered)
+    journal = jr.read(store)
+    if journal is None:
+        return None
+    config, store = rings.scope(config, store, journal.ring)  # a ring's move: that ring's users and state
+    recovered = _recover(config, store, journal, progress)
+    _record(config, store, recovered)
     return recovered
 
 
@@ -62,10 +65,7 @@ def recover_or_refuse(config: Config, store: StateStore, progress: Progress) -> 
     return recovered
 
 
-def _recover(config: Config, store: StateStore, progress: Progress) -> Recovery | None:
-    journal = jr.read(store)
-    if journal is None:
-        return None
+def _recover(config: Config, store: StateStore, journal: jr.Journal, progress: Progress) -> Recovery:
     phase = journal.phase.value
 
     def done(action: str, result: SwapResult | None, for_failure: bool = False) -> Recovery:
@@ -102,5 +102,8 @@ def _record(config: Config, store: StateStore, recovered: Recovery) -> None:
         ledger.settle(config, store, recovered.kind, result.from_version, result.to_version, recovered.run_id)
     elif recovered.action == "rolled_back":
         ledger.settle_rollback(store, recovered.kind, result.from_version if result else None)
+        if recovered.kind == "recheck" and result and result.from_version:  # back on the failing version
+            ledger.deny_failed_live(store, result.from_version, ledger.RECHECK_GATE, "failed its live re-check; "
+                                    "going back to the previous version failed too", None)
         if recovered.rollback_was_for_failure and result:
             ledger.deny_failed_live(store, result.to_version, "live-verify", result.reason, None)

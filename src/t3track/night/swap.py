@@ -17,8 +17,8 @@ from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, restore, usertree
-from t3track.host.manifest import DB_FILES, MANIFEST, read_backup
+from t3track.host import backup, restore, sqlite, usertree
+from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
 from t3track.host.tree import current_version, flip_current
@@ -26,7 +26,7 @@ from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import ROLLBACK_VERIFY, verify_live
 from t3track.results import GateResult
-from t3track.state import Freeze, StateStore
+from t3track.state import Freeze, State, StateStore
 
 Progress = Callable[[str], None]
 SNAPSHOT_MARGIN = 1.2        # a snapshot is at most its database (and WAL); a little room on top
@@ -119,6 +119,50 @@ def _migrated(snap: Path, user: UserConfig) -> bool:
     return False
 
 
+def migrated_forward(user: str, snapshot: Path, base_dir: Path, target: str) -> list[str]:
+    """What `target` would find changed since the pre-swap snapshot, per database file: migrations it
+    did not know (as (id, name) pairs, in statev2.sqlite as in state.sqlite), or a statev2.sqlite the
+    current version created, which `target` (a V1 build) never reads. The live databases are read as
+    their owner: no link in the user's tree is followed."""
+    try:
+        live = usertree.live_histories(base_dir, user=user)
+    except T3TrackError as exc:
+        return [f"{user}: cannot compare the databases with the pre-swap snapshot: {exc.message}"]
+    warnings = []
+    for name in DB_FILES:
+        saved = snapshot / name
+        if name not in live:
+            continue
+        if not saved.is_file():
+            if name == V2_DB:
+                warnings.append(f"{user}'s data since the swap is in {V2_DB}, which {target} does not read: "
+                                f"{target} reads {MAIN_DB}, frozen since the swap, so users would not see what "
+                                f"they did since (use --restore-state to go back to the pre-swap database "
+                                f"exactly; {V2_DB} is moved aside, not deleted)")
+            continue
+        now = live[name]
+        try:
+            since = sqlite.added(sqlite.migration_history(saved), now)
+        except T3TrackError as exc:
+            warnings.append(f"{user}: cannot compare {name} with the pre-swap snapshot: {exc.message}")
+            continue
+        if since:
+            warnings.append(f"{user}'s {name} has migrations up to {now[-1].id}, with "
+                            f"{', '.join(m.label for m in since)} that {target} did not know; {target} may hide "
+                            f"or fail to read data (use --restore-state to go back to the pre-swap database)")
+    return warnings
+
+
+def migrated_forward_all(config: Config, state: State, target: str) -> list[str]:
+    """migrated_forward for every user of this view, against the snapshots taken just before the swap
+    into the current version (none kept: nothing to compare, no warning)."""
+    snapshot = Path(state.current_snapshot) if state.current_snapshot else None
+    if snapshot is None or not snapshot.is_dir():
+        return []
+    return [w for user in config.users for w in migrated_forward(user.name, snapshot / user.name, user.base_dir,
+                                                                   target)]
+
+
 def preflight(config: Config, store: StateStore) -> None:
     """What must hold before any server stops: every user's tree is one t3track will touch (no link,
     regular databases of its owner's), no two users share one, and state_dir has room for every
@@ -168,10 +212,11 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
-              restore_from: Path | None = None, simulate_live_failure: bool = False) -> Journal:
-    """The journal of a move not started yet: what swap_and_verify will do, and what recovery reads."""
+              restore_from: Path | None = None, simulate_live_failure: bool = False, ring: str | None = None) -> Journal:
+    """The journal of a move not started yet: what swap_and_verify will do, and what recovery reads.
+    `ring`: the ring it moves (config.ring of the view it runs in), so recovery moves the same users."""
     now = utcnow()
-    return Journal(run_id=run_id, kind=kind, from_version=from_version, to_version=to_version,
+    return Journal(run_id=run_id, kind=kind, ring=ring, from_version=from_version, to_version=to_version,
                    phase=Phase.PLANNED, snapshot_dir=str(store.snapshot_dir(run_id)),
                    restore_from=str(restore_from) if restore_from else None,
                    simulate_live_failure=simulate_live_failure, started_at=now, updated_at=now)

@@ -1,0 +1,137 @@
+"""Rings: some users first, the rest after a soak.
+
+A ring is a set of users that move together (config `rings`; without it, one ring of every user).
+A ring's move is the night's ordinary move, run on the ring's view: `Config.ring_view` (its users,
+its `current` link) and a `RingStore` (its current, previous, pin and freeze). So the gates, the swap,
+the journal, recovery and the bookkeeping are one code path for one ring or five.
+
+Each night, in order: the earlier rings' live servers are re-checked while a version soaks there
+(a failure rolls that ring back and denies the version for all rings); then at most one ring moves,
+the last ring first (promoting a version that has proved itself), the first ring (the channel) last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from t3track import versions
+from t3track.clock import human_age, utcnow
+from t3track.config import Config, RingConfig
+from t3track.errors import CriticalError, T3TrackError, UsageError
+from t3track.host import tree
+from t3track.night.verify import verify_live
+from t3track.results import GateResult
+from t3track.state import RingState, RingStore, Served, State, StateStore
+
+Progress = Callable[[str], None]
+LIVE_RECHECK = "live-recheck"
+
+
+def scope(config: Config, store: StateStore, ring: str | None) -> tuple[Config, StateStore]:
+    """The view one ring's move runs in (the whole host when there are no rings or `ring` is None)."""
+    if ring is None or not config.ringed:
+        return config, store
+    try:
+        view = config.ring_view(ring)
+    except T3TrackError:
+        raise CriticalError(f"a move of ring {ring!r} was interrupted, and the config no longer names that ring",
+                            hint=f"put ring {ring} back into the config until `t3track run` has recovered it "
+                            f"(see {store.journal_path})") from None
+    return view, RingStore(store.dir, ring, first=ring == config.first_ring)
+
+
+def for_operator(config: Config, store: StateStore, ring: str | None, what: str) -> tuple[Config, StateStore]:
+    """The view an operator's move (`revert`, `drill`) runs in: on a host with rings, the ring named
+    with --ring, which it must be given; without rings, the whole host (a --ring must name its ring)."""
+    if ring is not None:
+        config.ring_config(ring)  # ConfigError listing the rings
+    if not config.ringed:
+        return config, store
+    if ring is None:
+        raise UsageError(f"this host has rings ({', '.join(config.ring_names())}): say which one to {what} "
+                         "with --ring", hint="`t3track status` shows each ring's version")
+    return scope(config, store, ring)
+
+
+def ensure(config: Config, store: StateStore, progress: Progress) -> None:
+    """A host on today's single link gains the per-user (and per-ring) links by itself, and each ring
+    its record: a later ring starts on the version its link names, and every ring's `served` stretch
+    starts now (a soak is measured from when t3track saw the version serve the ring)."""
+    for made in tree.ensure_layout(config):
+        progress(f"layout: made {made}")
+    if not config.ringed:
+        return
+    state = store.load()
+    now = utcnow()
+    changed = False
+    for i, ring in enumerate(config.ring_configs()):
+        own = state.rings.setdefault(ring.name, RingState())
+        if i and own.current is None:
+            own.current = tree.linked_version(config, tree.ring_link(config, ring.name))
+            changed = changed or own.current is not None
+        current = state.current if i == 0 else own.current
+        if current is not None and not any(s.until is None and s.version == current for s in own.served):
+            own.served.append(Served(version=current, since=now))
+            changed = True
+    if changed:
+        store.save(state)
+
+
+def ring_current(state: State, config: Config, ring: str) -> str | None:
+    return state.current if ring == config.first_ring else state.rings.get(ring, RingState()).current
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: str | None
+    reason: str
+
+
+def promotion(config: Config, state: State, ring: RingConfig, now: datetime) -> Promotion:
+    """The version `ring` (a later ring) should take: the newest the ring before it served for `soak`
+    (a stretch still open or one a newer version ended; a denied version never counts), newer than
+    what `ring` runs. Else why not."""
+    names = config.ring_names()
+    earlier = names[names.index(ring.name) - 1]
+    mine = ring_current(state, config, ring.name)
+    served = state.rings.get(earlier, RingState()).served
+    denied = {d.version for d in state.denied}
+    newer = [s for s in served if s.version not in denied
+             and (mine is None or (versions.is_valid(mine) and versions.newer(s.version, mine)))]
+    soak = ring.soak.total_seconds()
+    soaked = [s for s in newer if s.served_for(now) >= soak]
+    if soaked:
+        best = max(soaked, key=lambda s: versions.sort_key(s.version))
+        return Promotion(best.version, f"{best.version} served {earlier} for {human_age(best.served_for(now))} "
+                         f"(soak {human_age(soak)}), newer than {mine or 'nothing'}")
+    if newer:
+        last = max(newer, key=lambda s: s.since)
+        left = soak - last.served_for(now)
+        return Promotion(None, f"{last.version} has served {earlier} for {human_age(last.served_for(now))} of "
+                         f"its {human_age(soak)} soak ({human_age(left)} to go)")
+    return Promotion(None, f"nothing newer than {mine or 'nothing'} has served {earlier}")
+
+
+def soaking(config: Config, state: State) -> list[str]:
+    """Earlier rings whose version a later ring does not run yet: their servers are re-checked nightly."""
+    names = config.ring_names()
+    return [ring for ring, after in zip(names, names[1:], strict=False)
+            if ring_current(state, config, ring) not in (None, ring_current(state, config, after))]
+
+
+def recheck(config: Config, store: StateStore, ring: str, progress: Progress) -> list[GateResult]:
+    """Re-check one ring's live servers (serverVersion and the pairing probe) on the version it runs;
+    a pass is remembered as the ring's `checked_at`."""
+    view, ring_store = scope(config, store, ring)
+    state = ring_store.load()
+    if state.current is None:
+        return []
+    progress(f"re-checking ring {ring} live on {state.current}")
+    results = verify_live(view, state.current, progress, gate=LIVE_RECHECK)
+    if all(r.outcome == "pass" for r in results):
+        whole = store.load()
+        whole.rings.setdefault(ring, RingState()).checked_at = utcnow()
+        store.save(whole)
+    return results
