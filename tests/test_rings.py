@@ -73,6 +73,10 @@ def test_canary_first_the_rest_after_the_soak_a_newer_nightly_mid_soak_restarts_
     assert host.max_migration(bob) == 52
     run_line = [e for e in host.history() if e["event"] == "run"][-1]
     assert run_line["ring"] == "canary" and run_line["to"] == v1
+    prom = (host.state_dir / "metrics" / "t3track.prom").read_text()
+    assert f't3track_ring_version_info{{previous="0.0.42",ring="canary",version="{v1}"}} 1.0' in prom
+    assert 't3track_ring_version_info{previous="",ring="everyone",version="0.0.42"} 1.0' in prom
+    assert 't3track_last_run_ring_info{ring="canary"} 1.0' in prom
 
     code, doc = run(host)  # night 2: still soaking; the canary's live servers are re-checked
     assert code == 0 and doc["outcome"] == "noop"
@@ -134,6 +138,8 @@ def test_a_canary_live_failure_denies_the_version_for_every_ring(ringed):
 def test_a_later_rings_live_failure_rolls_back_that_ring_only_and_denies_the_version(ringed):
     host = ringed
     alice, bob, carol = host.users
+    told = host.dir / "told.json"
+    host.write_config(notify={"command": ["/bin/sh", "-c", 'cat > "$0"; echo "$1" >> "$0.ring"', str(told), "{ring}"]})
     v1 = nightly(1)
     host.publish(v1, migrations=53)
     assert run(host)[1]["ring"] == "canary"
@@ -151,6 +157,9 @@ def test_a_later_rings_live_failure_rolls_back_that_ring_only_and_denies_the_ver
         assert host.rows(user) == rows[user.name]
     assert host.serving(alice) == v1  # the canary was not part of this move
     assert any(d["version"] == v1 for d in host.state()["denied"])
+    body = json.loads(told.read_text())
+    assert body["event"] == "rolled_back" and body["ring"] == "everyone" and body["candidate"] == v1
+    assert (host.dir / "told.json.ring").read_text().split() == ["everyone"]
 
 
 def test_a_failed_live_recheck_rolls_the_canary_back_and_denies_the_version(ringed):
@@ -256,3 +265,16 @@ def test_a_host_on_the_single_link_migrates_by_itself(tmp_path):
         assert host.serving(host.user("alice")) == v1
     finally:
         host.close()
+
+
+def test_a_drill_of_one_ring_restarts_only_its_users(ringed):
+    host = ringed
+    before = host.server_pids()
+    drilled = host.t3track("--json", "drill", "--ring", "everyone", "--yes")
+    assert drilled.returncode == 0, drilled.stderr
+    doc = json.loads(drilled.stdout)
+    assert doc["ring"] == "everyone" and doc["passed"] and set(doc["downtime_s"]) == {"bob", "carol"}
+    after = host.server_pids()
+    assert after["alice"] == before["alice"] and after["bob"] != before["bob"]
+    assert link(host, "rings", "everyone") == "../versions/0.0.42" and link(host, "current") == "versions/0.0.42"
+    assert host.t3track("drill", "--yes").returncode == 2  # which ring? a host with rings must say

@@ -314,7 +314,8 @@ class Config(_Strict):
         """The rings in order; without `rings`, one ring of every user."""
         if self.rings is not None:
             return list(self.rings)
-        return [RingConfig(name=DEFAULT_RING, users=[u.name for u in self.users])]
+        # constructed, not validated: a config without users (a new host being written) has one empty ring
+        return [RingConfig.model_construct(name=DEFAULT_RING, users=[u.name for u in self.users], soak=timedelta(0))]
 
     @property
     def ringed(self) -> bool:

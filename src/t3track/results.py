@@ -49,9 +49,10 @@ def new_run_id() -> str:
     return stamp() + "-" + secrets.token_hex(3)
 
 
-def json_key(name: str | bool, **kwargs: Any) -> Any:
-    """A dataclass field with the key it has in JSON (e.g. `from_version` is `from`), or False: left out."""
-    return field(metadata={"json": name}, **kwargs)
+def json_key(name: str | bool, *, omit_none: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with the key it has in JSON (e.g. `from_version` is `from`), or False: left out;
+    `omit_none`: left out while None (a key only some hosts have, e.g. a user's ring)."""
+    return field(metadata={"json": name, "omit_none": omit_none}, **kwargs)
 
 
 @dataclass
@@ -120,7 +121,8 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.model_dump())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         doc = {f.metadata.get("json", f.name): to_jsonable(getattr(value, f.name))
-               for f in dataclasses.fields(value) if f.metadata.get("json", True) is not False}
+               for f in dataclasses.fields(value) if f.metadata.get("json", True) is not False
+               and not (f.metadata.get("omit_none") and getattr(value, f.name) is None)}
         extra = getattr(value, "json_extra", {})
         for key, attr in (extra.items() if isinstance(extra, dict) else ((n, n) for n in extra)):
             doc[key] = to_jsonable(getattr(value, attr))

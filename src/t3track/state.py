@@ -304,6 +304,8 @@ class RingStore(StateStore):
         if not self.first:
             for key in RING_OWN:
                 setattr(view, key, getattr(own, key))
+            if own.current is None:  # a ring that has not moved yet runs what the whole host ran (its link's start)
+                view.current = whole.current
         for key in ("pinned", "frozen"):
             mine = getattr(own, key)
             setattr(view, key, mine if mine is not None else getattr(whole, key))
@@ -314,7 +316,7 @@ class RingStore(StateStore):
         whole = super().load()
         own = whole.rings.setdefault(self.ring, RingState())
         before = whole.current if self.first else own.current
-        for key in state.model_fields:
+        for key in State.model_fields:
             if key in ("pinned", "frozen", "rings") or (key in RING_OWN and not self.first):
                 continue
             setattr(whole, key, getattr(state, key))

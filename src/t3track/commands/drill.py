@@ -79,7 +79,7 @@ class DrillReport:
     recovered: str | None = None
     dry_run: bool = False
     simulated: str = SIMULATED
-    ring: str | None = None  # the ring it drilled, on a host with rings
+    ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it drilled, on a host with rings
     kind: str = json_key("kind", default="drill")
     json_extra = {"exit_code": "exit_code", "from": "from_version", "to": "to_version", "candidate": "candidate",
                   "max_downtime_s": "max_downtime_s"}

@@ -28,8 +28,9 @@ class UserStatus:
     migration: int | None = None    # its newest migration id
     serving: str | None = None      # the serverVersion the live server reports (None: not answering)
     drift: bool = False             # it answers with another version than t3track installed (`current`)
-    ring: str | None = None         # its ring (config `rings`; None without rings)
-    linked: str | None = None       # the version its link (root/users/<user>) names: what its server starts
+    # on a host with rings: its ring, and the version its link (root/users/<user>) names, which its server starts
+    ring: str | None = json_key("ring", omit_none=True, default=None)
+    linked: str | None = json_key("linked", omit_none=True, default=None)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def status(config: Config, store: StateStore) -> Status:
                                 str(newest.path) if newest else None,
                                 database=database, migration=migration, serving=drift.serving(user),
                                 ring=config.ring_of(user.name) if config.ringed else None,
-                                linked=tree.user_version(config, user.name)))
+                                linked=tree.user_version(config, user.name) if config.ringed else None))
         expected = rings.ring_current(state, config, config.ring_of(user.name)) if config.ringed else state.current
         drifted = users[-1].serving is not None and expected is not None \
             and not same_version(users[-1].serving, expected)

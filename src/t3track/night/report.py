@@ -28,7 +28,7 @@ class NightReport:
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     requested: str | None = None     # `run --to VERSION`: the exact version asked for
-    ring: str | None = None          # the ring it moved, on a host with rings
+    ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
     json_extra = ("exit_code",)
 
     @property
