@@ -124,34 +124,55 @@ def test_with_parallel_1_one_users_sandbox_is_gone_before_the_next_starts(three_
     nothing_left(config, sandboxes)
 
 
-def test_a_failure_stops_the_running_sandbox_and_no_later_user_starts(three_users, sandboxes, monkeypatch):
+def test_a_failure_stops_a_later_users_running_sandbox_and_no_later_user_starts(three_users, sandboxes, monkeypatch):
     make, candidate = three_users
-    config = make(parallel=2, no_backup=("bob",))
-    alice_serving = threading.Event()
+    config = make(parallel=2, no_backup=("alice",))
+    bob_serving = threading.Event()
     real_check = gates_mod.check_backup_present
 
     def check(config, user, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        if user.name == "bob":  # fail only once alice's sandbox server is running
-            assert alice_serving.wait(30)
+        if user.name == "alice":  # fail only once bob's sandbox server is running
+            assert bob_serving.wait(30)
         return real_check(config, user, **kwargs)
 
     real_start = sandbox.runner.start
 
     def start(argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
         process = real_start(argv, **kwargs)
-        alice_serving.set()
+        bob_serving.set()
         return process
 
     monkeypatch.setattr(gates_mod, "check_backup_present", check)
     monkeypatch.setattr(sandbox.runner, "start", start)
     lines: list[str] = []
-    # alice's candidate takes 30 s to come up: only a stopped sandbox lets this return early
+    # the candidate takes 30 s to come up: only a stopped sandbox lets this return early
     results = run_gates(config, NEXT, candidate(start_delay_s=30), evidence_dir=evidence_dir(config),
                         progress=lines.append)
-    assert gates_of(results) == [("alice", "backup-present", "pass"), ("bob", "backup-present", "fail")]
-    assert "alice: sandbox-serve stopped: another user's gate failed" in lines
-    assert [s["user"] for s in sandboxes] == ["alice"]
+    assert gates_of(results) == [("alice", "backup-present", "fail")]
+    assert "bob: sandbox-serve stopped: another user's gate failed" in lines
+    assert [s["user"] for s in sandboxes] == ["bob"]
     assert not [line for line in lines if line.startswith("carol")]  # never started
+    nothing_left(config, sandboxes)
+
+
+def test_an_earlier_user_runs_on_after_a_later_users_failure_and_its_failure_is_reported(three_users, sandboxes,
+                                                                                          monkeypatch):
+    make, candidate = three_users
+    config = make(parallel=2, no_backup=("bob",))
+    real_check = gates_mod.check_backup_present
+    bob_failed = threading.Event()
+
+    def check(config, user, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if user.name == "alice":
+            assert bob_failed.wait(30)  # alice's gates go on only after bob's failure
+        result = real_check(config, user, **kwargs)
+        if user.name == "bob":
+            bob_failed.set()
+        return result
+
+    monkeypatch.setattr(gates_mod, "check_backup_present", check)
+    results = run_gates(config, NEXT, candidate(fault="crash-on-start"), evidence_dir=evidence_dir(config))
+    assert gates_of(results) == [("alice", "backup-present", "pass"), ("alice", "sandbox-serve", "fail")]
     nothing_left(config, sandboxes)
 
 

@@ -357,6 +357,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"{server.user}'s sandbox is no longer needed")
                 if not process.alive():
+                    process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
                     if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
                         break  # someone took the port between our check and the bind: next port
                     refused = REFUSED_HISTORY.search(process.log_text())

@@ -3,9 +3,10 @@
 The gates and the live checks wait on processes and HTTP, not on Python, so threads are enough
 (concurrent.futures). What stays as it was when users went one by one:
 
-- the first failure stops the run: once a user's work fails (or raises), no other user's work
-  starts; the work already running sees `stop` set and ends early (a sandbox that is still starting
-  is torn down);
+- the first failure stops the run: once a user's work fails (or raises), no later user's work (in
+  config order) starts, and the later users' work already running sees its `stop` set and ends early
+  (a sandbox that is still starting is torn down). Earlier users' work runs on: it may fail too, and
+  then its failure is the one reported, as in a one-by-one run;
 - the report is in config order: each user's results in the order that user's work made them, cut
   after the first failure in that order (what a one-by-one run would have shown). Results of later
   users that happened to run beside it are left out of the report (their evidence stays on disk);
@@ -49,21 +50,27 @@ def run_side_by_side(
     name: str = "t3track",
 ) -> list[GateResult]:
     """`work(item, stop)` for every item on at most `workers` threads; see the module docstring."""
-    stop = threading.Event()
+    stops = [threading.Event() for _ in items]  # stops[i]: an item before i failed
     outcomes: dict[int, list[GateResult] | BaseException] = {}
+    lock = threading.Lock()
+
+    def failed_at(index: int) -> None:
+        with lock:
+            for later in stops[index + 1:]:
+                later.set()
 
     def task(index: int, item: T) -> None:
-        if stop.is_set():
-            return  # never started: another user's work failed first
+        if stops[index].is_set():
+            return  # never started: an earlier user's work failed
         try:
-            results = work(item, stop)
+            results = work(item, stops[index])
         except BaseException as exc:  # recorded, raised by the caller's thread once every worker is done
             outcomes[index] = exc
-            stop.set()
+            failed_at(index)
             return
         outcomes[index] = results
         if any(r.failed for r in results):
-            stop.set()
+            failed_at(index)
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1)), thread_name_prefix=name)
     futures: list[Future[None]] = []
@@ -72,13 +79,14 @@ def run_side_by_side(
         for future in futures:
             future.result()
     finally:
-        stop.set()  # a no-op after a clean run; after Ctrl-C, the running work ends early
+        for stop in stops:
+            stop.set()  # a no-op after a clean run; after Ctrl-C, the running work ends early
         pool.shutdown(wait=True, cancel_futures=True)
     report: list[GateResult] = []
     for index in range(len(items)):
         outcome = outcomes.get(index)
         if outcome is None:
-            break  # not started: everything after it in config order was not started either
+            break  # not started: an earlier user failed (and is reported below)
         if isinstance(outcome, BaseException):
             raise outcome
         for result in outcome:
