@@ -78,3 +78,23 @@ def test_missing_file_says_where_it_looked(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "absent.yaml")
     assert str(tmp_path / "absent.yaml") in info.value.message
+
+
+def test_gates_parallel_defaults_to_the_cpus_this_process_may_use():
+    import os
+
+    assert parse_config({}).gates.parallel == len(os.sched_getaffinity(0))
+    assert parse_config({"gates": {"parallel": 1}}).gates.parallel == 1
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (0, "gates.parallel: must be at least 1"),
+    (-2, "gates.parallel: must be at least 1"),
+    (True, "gates.parallel: must be an integer"),
+    ("four", "gates.parallel: must be an integer"),
+    (1.5, "gates.parallel: must be an integer"),
+])
+def test_gates_parallel_must_be_a_whole_number_of_at_least_one(value, problem):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"gates": {"parallel": value}})
+    assert info.value.problems == [problem]

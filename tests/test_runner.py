@@ -77,3 +77,33 @@ def test_starting_what_the_user_may_not_execute_is_an_environment_error_naming_t
     with pytest.raises(EnvironmentFault) as info:
         runner.start([script], log_path=tmp_path / "log", run_as="nobody")
     assert "as nobody: permission denied" in info.value.message and "searchable" in info.value.hint
+
+
+def test_a_background_child_without_grace_is_killed_at_once_not_asked_to_stop(tmp_path):
+    """A sandbox needs no graceful shutdown: SIGKILL the group it started, no SIGTERM handler runs."""
+    marker = tmp_path / "got-sigterm"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import signal, subprocess, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w').close(), time.sleep(30)))\n"
+        "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('ready', grandchild.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    process = runner.start([sys.executable, str(child)], grace_s=0)
+    deadline = time.monotonic() + 10
+    while "ready" not in process.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    grandchild = int(process.log_text().split()[1])
+    pids = [process.pid, grandchild]
+    process.stop()
+    assert not marker.exists()  # never SIGTERMed
+    assert [pid for pid in pids if _running(pid)] == []  # the grandchild went with it
+    assert "ready" in process.log_text()  # the output up to the kill is kept
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

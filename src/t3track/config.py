@@ -132,8 +132,18 @@ class ServicesConfig(_Strict):
         return check_template(value, SERVICE_PLACEHOLDERS)
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, which a systemd CPUAffinity= or a container narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class GatesConfig(_Strict):
     order: list[str] = Field(default_factory=lambda: list(GATE_NAMES), min_length=1)  # no swap without a gate
+    # users gated side by side (and live-checked after a swap); each sandbox costs a server's memory
+    parallel: int = Field(default_factory=cpu_count, ge=1, strict=True)
     backup_max_age: Duration = timedelta(hours=26)
     serve_timeout: Duration = timedelta(seconds=60)
     probe_timeout: Duration = timedelta(seconds=10)
@@ -400,6 +410,8 @@ def _message(err: Any) -> str:
         return "must be a string"
     if kind in ("model_type", "dict_type"):
         return "must be a mapping"
+    if kind == "greater_than_equal":
+        return f"must be at least {err.get('ctx', {}).get('ge')}"
     msg = str(err.get("msg", "invalid"))
     return msg.removeprefix("Value error, ")
 

@@ -19,6 +19,7 @@ from t3track.errors import EnvironmentFault
 from t3track.redact import redact
 
 KILL_GRACE_S = 5.0
+REAP_WAIT_S = 5.0          # after a SIGKILL: how long to wait for the kernel to let the child go
 CHILD_UMASK = 0o077        # what a reader run as a user (collect_as) creates is private to that user
 LOG_HEAD_BYTES = 64 << 10  # a background child's output kept in memory: the start (the startup token)...
 LOG_TAIL_BYTES = 1 << 20   # ...and the newest part; never a file in a directory someone else controls
@@ -70,23 +71,26 @@ def _child_kwargs(run_as: str | None) -> dict:
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the whole process group, wait, then SIGKILL what is left."""
+    """SIGTERM the whole process group, wait, then SIGKILL what is left; with `grace_s` 0, SIGKILL at once.
+
+    The group is the child's own (started with process_group=0), so its id is the child's pid."""
     if proc.poll() is None or _group_alive(proc.pid):
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+        if grace_s > 0:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
         if _group_alive(proc.pid):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
-            proc.wait(timeout=grace_s)
+            proc.wait(timeout=max(grace_s, REAP_WAIT_S))
         except subprocess.TimeoutExpired:
             pass
 
@@ -190,13 +194,18 @@ class OutputBuffer:
 @dataclass
 class Background:
     """A long-running child (a sandboxed server). Its output is read from a pipe into memory
-    (`log_path` None) or, for tests and tools, written to a file of the caller's own."""
+    (`log_path` None) or, for tests and tools, written to a file of the caller's own.
+
+    `grace_s`: how long `stop()` lets the group shut down after SIGTERM before the SIGKILL; 0 for a
+    child that needs no graceful shutdown (a sandbox: its output is kept and its copy is thrown away),
+    which is then SIGKILLed at once (the real server takes ~3 s to exit on SIGTERM)."""
 
     argv: list[str]
     log_path: Path | None
     proc: subprocess.Popen
     started: float = field(default_factory=time.monotonic)
     output: OutputBuffer | None = None
+    grace_s: float = KILL_GRACE_S
 
     @property
     def pid(self) -> int:
@@ -219,7 +228,7 @@ class Background:
         return "\n".join(redact(self.log_text(), secrets).splitlines()[-lines:])
 
     def stop(self) -> None:
-        kill_group(self.proc)
+        kill_group(self.proc, self.grace_s)
         if self.output is not None:
             self.output.join(timeout=KILL_GRACE_S)  # the last lines, once the group is gone
 
@@ -237,10 +246,12 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     run_as: str | None = None,
+    grace_s: float = KILL_GRACE_S,
 ) -> Background:
     """Start a child in its own process group. Its output (which may hold the startup token) is read
     from a pipe; read it through `log_tail` (redacted). With `log_path` it goes to that file instead,
-    created new (never through a link): only for a directory no one else can write."""
+    created new (never through a link): only for a directory no one else can write. `grace_s`: see
+    Background."""
     args = [os.fspath(a) for a in argv]
     kwargs = _child_kwargs(run_as)
     if log_path is not None:
@@ -262,7 +273,7 @@ def start(
                                f"searchable{who} (root/versions is 0755 by default)") from None
     finally:
         os.close(write_fd)
-    return Background(args, log_path, proc, output=OutputBuffer(read_fd) if read_fd >= 0 else None)
+    return Background(args, log_path, proc, output=OutputBuffer(read_fd) if read_fd >= 0 else None, grace_s=grace_s)
 
 
 def _close(fd: int) -> None:

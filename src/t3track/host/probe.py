@@ -26,9 +26,11 @@ t3track.redact with the values seen so far.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,9 +142,18 @@ def require_loopback(url: str) -> str:
     return url
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification (certifi's CA bundle), built once: loading the bundle costs
+    ~45 ms, and the readiness polls make a client every few tens of milliseconds."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _client(timeout: float) -> httpx.Client:
     # trust_env=False: a proxy from the environment must never see a credential or a cookie.
-    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context())
 
 
 def _join(url: str, path: str) -> str:
@@ -517,9 +528,37 @@ def front_door_check(url: str, timeout: float) -> ProbeResult:
                        s.steps, round(time.monotonic() - started, 3))
 
 
-# The real server accepts connections a moment before it answers, and never answers a request that
-# arrives in that moment: readiness polls use short timeouts so a lost request costs little.
+# The real server accepts connections ~0.4 s before it answers, and never answers a request that
+# arrives in that moment: readiness polls are frequent and their requests short, so a lost request
+# costs little. A request that gets no answer in time lengthens the next one (a slow host is not
+# failed by an impatient poll), until the caller says the server announced itself ready.
 READY_POLL_TIMEOUT_S = 0.5
+READY_POLL_S = 0.02
+FIRST_REQUEST_S = 0.1
+REQUEST_GROWTH = 1.5
+MAX_REQUEST_S = 2.0
+
+
+class ReadinessPoll:
+    """Polls of one server's `serverVersion` while it starts, each request as short as its answers
+    so far allow."""
+
+    def __init__(self, url: str):
+        self.url = require_loopback(url)
+        self.request_s = FIRST_REQUEST_S
+        self.announced = False
+
+    def version(self, deadline: float, *, announced: bool = False) -> str | None:
+        """One poll (at most until `deadline`). `announced`: the server said it is ready (its log),
+        so short requests start over."""
+        if announced and not self.announced:
+            self.announced, self.request_s = True, FIRST_REQUEST_S
+        request_s = min(self.request_s, max(0.05, deadline - time.monotonic()))
+        asked = time.monotonic()
+        version = server_version(self.url, timeout=request_s)
+        if version is None and time.monotonic() - asked >= request_s * 0.9:  # connected, no answer in time
+            self.request_s = min(MAX_REQUEST_S, self.request_s * REQUEST_GROWTH)
+        return version
 
 
 def server_version(url: str, timeout: float) -> str | None:

@@ -22,6 +22,7 @@ import signal
 import socket
 import sqlite3
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,16 @@ COPIED_DIRS = ("secrets",)
 DIVERGED_MARKER = "Database migration history diverges from this build"
 REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
-POLL_S = 0.1
 LOG_TAIL_LINES = 30
+READY_MARKER = "server is ready"  # what T3 prints when it serves (then short polls start over)
+
+_ports_lock = threading.Lock()
+_ports_taken: set[int] = set()  # by the sandboxes of this process: gates run side by side
+
+
+class Cancelled(Exception):
+    """The run no longer needs this sandbox (another user's gate failed): it was torn down, nothing
+    is held against the candidate. Not a T3TrackError: it never reaches the operator as one."""
 
 
 class SandboxFailed(T3TrackError):
@@ -63,6 +72,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _take_port(server: SandboxServer, preferred: int | None = None) -> int:
+    """A free port no other sandbox of this process holds: two sandboxes started side by side must
+    never poll each other's server (both report the candidate's serverVersion). Held until `stop()`."""
+    with _ports_lock:
+        if preferred is not None and (preferred in server._ports or preferred not in _ports_taken):
+            chosen = preferred
+        else:
+            chosen = free_port()
+            for _ in range(100):
+                if chosen not in _ports_taken:
+                    break
+                chosen = free_port()
+        _ports_taken.add(chosen)
+        server._ports.add(chosen)
+        return chosen
+
+
+def _give_back_ports(server: SandboxServer) -> None:
+    with _ports_lock:
+        _ports_taken.difference_update(server._ports)
+        server._ports.clear()
 
 
 def _address_in_use(log: str) -> bool:
@@ -157,6 +189,7 @@ class SandboxServer:
     secrets: set[str] = field(default_factory=set, repr=False)
     _process: runner.Background | None = field(default=None, repr=False)
     _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
+    _ports: set[int] = field(default_factory=set, repr=False)
     _stopped: bool = False
 
     @property
@@ -210,7 +243,8 @@ class SandboxServer:
         return self._process is not None and self._process.alive()
 
     def stop(self) -> None:
-        """Kill the process group, keep the redacted logs as evidence, delete the sandbox. Idempotent."""
+        """SIGKILL the process group (a copy that is thrown away needs no graceful shutdown), keep
+        the redacted logs as evidence (complete once the group is gone), delete the sandbox. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -220,6 +254,7 @@ class SandboxServer:
             self._save_evidence()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            _give_back_ports(self)
 
     def _save_evidence(self) -> None:
         for name, process in self._logs.items():
@@ -301,23 +336,28 @@ def _read_after(server: SandboxServer) -> None:
 
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
-           log_name: str, port: int | None = None) -> runner.Background:
+           log_name: str, port: int | None = None, cancel: threading.Event | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
-    given). On success the process is returned running; on failure it is killed and SandboxFailed says why."""
+    given). On success the process is returned running; on failure it is killed and SandboxFailed says
+    why; when `cancel` is set meanwhile, it is killed and Cancelled raised."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
     for attempt in range(PORT_ATTEMPTS):
-        chosen = port if (port is not None and attempt == 0) else free_port()
+        chosen = _take_port(server, port if attempt == 0 else None)
         url = f"http://127.0.0.1:{chosen}"
         argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
                 "--no-browser"]
         started = time.monotonic()
-        process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as)
+        process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as, grace_s=0)
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
+        readiness = probe.ReadinessPoll(url)
         try:
             while True:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{server.user}'s sandbox is no longer needed")
                 if not process.alive():
+                    process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
                     if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
                         break  # someone took the port between our check and the bind: next port
                     refused = REFUSED_HISTORY.search(process.log_text())
@@ -332,7 +372,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         f"{what} exited with {process.proc.returncode} before it was ready",
                         reason="exit", log_tail=server.log_tail(),
                         hint="the candidate cannot start on this user's state; see the evidence log")
-                version = probe.server_version(url, timeout=min(probe.READY_POLL_TIMEOUT_S, max(0.2, deadline - time.monotonic())))
+                version = readiness.version(deadline, announced=READY_MARKER in process.log_text())
                 if version is not None:
                     if expected_version is not None and version != expected_version:
                         raise SandboxFailed(
@@ -347,7 +387,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         f"{what} was not ready within {timeout_s:.0f}s "
                         f"(no answer on {probe.ENVIRONMENT_PATH})", reason="timeout", log_tail=server.log_tail(),
                         hint="raise gates.serve_timeout if the host is slow; otherwise the candidate hangs at start")
-                time.sleep(POLL_S)
+                time.sleep(probe.READY_POLL_S)
         except BaseException:
             process.stop()
             raise
@@ -356,11 +396,12 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
 
 
 def _mint_prior_session(server: SandboxServer, current_executable: Path, *, timeout_s: float,
-                        probe_timeout: float) -> None:
+                        probe_timeout: float, cancel: threading.Event | None = None) -> None:
     """Pair with the current version on the sandbox copy, keep the cookie, stop it: after the
     candidate starts, the cookie tells whether existing sessions survive the upgrade."""
     try:
-        process = _start(server, current_executable, None, timeout_s=timeout_s, log_name="sandbox-current")
+        process = _start(server, current_executable, None, timeout_s=timeout_s, log_name="sandbox-current",
+                         cancel=cancel)
     except SandboxFailed as exc:
         server.prior_session_detail = f"the current version did not start on the sandbox: {exc.message}"
         return
@@ -387,13 +428,15 @@ def serve_candidate(
     workdir: Path,
     evidence_dir: Path,
     prior_session_with: Path | None = None,
+    cancel: threading.Event | None = None,
 ) -> SandboxServer:
     """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
     `expected_version`. Returns the running server (stop it, or use it in a `with`); raises
     SandboxFailed (everything already cleaned up, evidence written) when it does not come up.
 
     With `prior_session_with` (the current version's executable), a session is first minted with
-    that version on the same copy, for the sessions-survive check."""
+    that version on the same copy, for the sessions-survive check. Setting `cancel` while it waits
+    for the server tears the sandbox down and raises Cancelled."""
     owner = _owner(user.run_as)
     notes: list[str] = []
     root = _sandbox_root(workdir, user, owner, notes)
@@ -415,10 +458,10 @@ def serve_candidate(
         port = None
         if prior_session_with is not None:
             _mint_prior_session(server, prior_session_with, timeout_s=timeout_s,
-                                probe_timeout=config.gates.probe_timeout.total_seconds())
+                                probe_timeout=config.gates.probe_timeout.total_seconds(), cancel=cancel)
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
-                                 log_name="sandbox-serve", port=port)
+                                 log_name="sandbox-serve", port=port, cancel=cancel)
         _read_after(server)
         server.diverged = diverged_pairs(server._process.log_text())
         return server

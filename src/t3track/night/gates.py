@@ -1,8 +1,11 @@
 """The gates a candidate must pass, for every user, before it may become current.
 
 Order comes from config.gates.order; the first failure stops the run (nothing after it is tried,
-for that user or the next). For one user the sandbox stays up from `sandbox-serve` through
-`pairing-probe` and is torn down before the next user, whatever happened.
+for that user or the next). Users are gated side by side, at most config.gates.parallel at once, each
+sandbox on its own port (t3track.night.side_by_side: once one fails, no other user's gates start, the
+running ones stop, and the report keeps config order, cut after the first failure). For one user the
+gates run in order and the sandbox stays up from `sandbox-serve` through `pairing-probe`; it is torn
+down when that user's gates end, whatever happened.
 
 Outcomes: `pass`, `fail` (the candidate must not be swapped in) and `inconclusive` (reported, does not
 stop the run). The optional sessions-survive check (config.gates.sessions_survive) is `inconclusive`
@@ -13,8 +16,9 @@ It is also `inconclusive` when it cannot tell (no current install, the current v
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,9 +40,10 @@ from t3track.host.manifest import (
     checksum_problem,
     fix_hint,
 )
-from t3track.host.sandbox import SandboxFailed, SandboxServer, serve_candidate
+from t3track.host.sandbox import Cancelled, SandboxFailed, SandboxServer, serve_candidate
 from t3track.host.sqlite import added, migration_history, quick_check_problem
 from t3track.host.tree import current_executable
+from t3track.night.side_by_side import run_side_by_side, serialised
 from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
 
 BACKUP_PRESENT = "backup-present"
@@ -59,8 +64,9 @@ class _UserGates:
     """The gates of one user; owns that user's sandbox until `close()`."""
 
     def __init__(self, config: Config, user: UserConfig, version: str, executable: Path, *,
-                 evidence_dir: Path, workdir: Path):
+                 evidence_dir: Path, workdir: Path, cancel: threading.Event | None = None):
         self.config = config
+        self.cancel = cancel
         self.user = user
         self.version = version
         self.executable = executable
@@ -92,7 +98,7 @@ class _UserGates:
             try:
                 self.server = serve_candidate(self.config, self.user, self.executable, self.version,
                                               workdir=self.workdir, evidence_dir=self.evidence_dir,
-                                              prior_session_with=prior)
+                                              prior_session_with=prior, cancel=self.cancel)
             except SandboxFailed as exc:
                 self.sandbox_error = exc
         if self.server is None:
@@ -247,31 +253,52 @@ def run_gates(
     evidence_dir: Path,
     progress: Callable[[str], None] | None = None,
     workdir: Path | None = None,
+    users: Sequence[UserConfig] | None = None,
 ) -> list[GateResult]:
-    """Every configured gate for every user, in order; stops at the first `fail`.
+    """Every configured gate for every user (`users`, default config.users), in order; stops at the
+    first `fail`. Users run side by side, at most config.gates.parallel at once.
 
     Evidence (redacted sandbox logs, probe results) goes to `evidence_dir`; sandboxes live under
     `workdir` (default state_dir/sandboxes) and are gone when this returns or raises."""
     versions.require_valid(candidate_version, "candidate version")
     workdir = workdir if workdir is not None else config.state_dir / "sandboxes"
-    say = progress or (lambda _text: None)
+    say = serialised(progress)
+    chosen = list(config.users if users is None else users)
+
+    def one_user(user: UserConfig, stop: threading.Event) -> list[GateResult]:
+        return _gate_user(config, user, candidate_version, executable, evidence_dir=evidence_dir, workdir=workdir,
+                          say=say, stop=stop)
+
+    return run_side_by_side(chosen, one_user, workers=config.gates.parallel, name="t3track-gates")
+
+
+def _gate_user(config: Config, user: UserConfig, candidate_version: str, executable: Path, *, evidence_dir: Path,
+               workdir: Path, say: Callable[[str], None], stop: threading.Event) -> list[GateResult]:
+    """One user's gates in order, up to the first failure; ends early (without a result for the gate
+    it was in) when `stop` is set because another user's gate failed."""
     results: list[GateResult] = []
-    for user in config.users:
-        gates = _UserGates(config, user, candidate_version, executable, evidence_dir=evidence_dir, workdir=workdir)
-        try:
-            for name in config.gates.order:
-                say(f"{user.name}: {name} ({candidate_version})")
+    gates = _UserGates(config, user, candidate_version, executable, evidence_dir=evidence_dir, workdir=workdir,
+                       cancel=stop)
+    try:
+        for name in config.gates.order:
+            if stop.is_set():
+                return results
+            say(f"{user.name}: {name} ({candidate_version})")
+            try:
                 result = _run_one(gates, name)
-                results.append(result)
-                say(f"{user.name}: {name} {result.outcome} in {result.duration_s:.1f}s")
-                if result.failed:
-                    return results
-            if config.gates.sessions_survive:
-                result = gates.sessions_survive()
-                results.append(result)
-                say(f"{user.name}: {SESSIONS_SURVIVE} {result.outcome}")
-        finally:
-            gates.close()
+            except Cancelled:
+                say(f"{user.name}: {name} stopped: another user's gate failed")
+                return results
+            results.append(result)
+            say(f"{user.name}: {name} {result.outcome} in {result.duration_s:.1f}s")
+            if result.failed:
+                return results
+        if config.gates.sessions_survive and not stop.is_set():
+            result = gates.sessions_survive()
+            results.append(result)
+            say(f"{user.name}: {SESSIONS_SURVIVE} {result.outcome}")
+    finally:
+        gates.close()
     return results
 
 

@@ -1,0 +1,96 @@
+"""Work for several users at once, bounded, with the report of a run done one user after another.
+
+The gates and the live checks wait on processes and HTTP, not on Python, so threads are enough
+(concurrent.futures). What stays as it was when users went one by one:
+
+- the first failure stops the run: once a user's work fails (or raises), no later user's work (in
+  config order) starts, and the later users' work already running sees its `stop` set and ends early
+  (a sandbox that is still starting is torn down). Earlier users' work runs on: it may fail too, and
+  then its failure is the one reported, as in a one-by-one run;
+- the report is in config order: each user's results in the order that user's work made them, cut
+  after the first failure in that order (what a one-by-one run would have shown). Results of later
+  users that happened to run beside it are left out of the report (their evidence stays on disk);
+- an exception (a host fault, Ctrl-C, a bug) is raised only after every worker has returned, so no
+  sandbox outlives the call; the first in config order wins, unless a failure comes before it.
+
+Progress lines from the workers go through `serialised()`, so two lines never mix.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from t3track.results import GateResult
+
+T = TypeVar("T")
+
+
+def serialised(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """`progress` callable from several threads, one whole line at a time."""
+    if progress is None:
+        return lambda _text: None
+    lock = threading.Lock()
+    say = progress
+
+    def locked(text: str) -> None:
+        with lock:
+            say(text)
+
+    return locked
+
+
+def run_side_by_side(
+    items: Sequence[T],
+    work: Callable[[T, threading.Event], list[GateResult]],
+    *,
+    workers: int,
+    name: str = "t3track",
+) -> list[GateResult]:
+    """`work(item, stop)` for every item on at most `workers` threads; see the module docstring."""
+    stops = [threading.Event() for _ in items]  # stops[i]: an item before i failed
+    outcomes: dict[int, list[GateResult] | BaseException] = {}
+    lock = threading.Lock()
+
+    def failed_at(index: int) -> None:
+        with lock:
+            for later in stops[index + 1:]:
+                later.set()
+
+    def task(index: int, item: T) -> None:
+        if stops[index].is_set():
+            return  # never started: an earlier user's work failed
+        try:
+            results = work(item, stops[index])
+        except BaseException as exc:  # recorded, raised by the caller's thread once every worker is done
+            outcomes[index] = exc
+            failed_at(index)
+            return
+        outcomes[index] = results
+        if any(r.failed for r in results):
+            failed_at(index)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1)), thread_name_prefix=name)
+    futures: list[Future[None]] = []
+    try:
+        futures = [pool.submit(task, i, item) for i, item in enumerate(items)]
+        for future in futures:
+            future.result()
+    finally:
+        for stop in stops:
+            stop.set()  # a no-op after a clean run; after Ctrl-C, the running work ends early
+        pool.shutdown(wait=True, cancel_futures=True)
+    report: list[GateResult] = []
+    for index in range(len(items)):
+        outcome = outcomes.get(index)
+        if outcome is None:
+            break  # not started: an earlier user failed (and is reported below)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        for result in outcome:
+            report.append(result)
+            if result.failed:
+                return report
+    return report
