@@ -296,8 +296,12 @@ class RingStore(StateStore):
         super().__init__(state_dir)
         self.ring, self.first = ring, first
         self._held: dict[str, tuple[str, Any]] = {}  # pinned/frozen: where the loaded value came from
+        self._loaded_current: str | None = None
 
     def load(self) -> State:
+        """The ring's view. Its freeze is its own, else the host's (a ring's freeze that has ended gives
+        way to a host freeze still on). Its pin is its own; the first ring also takes the host's pin
+        (the host's pin reaches later rings through their soak: see night.rings.promotion)."""
         whole = super().load()
         own = whole.rings.get(self.ring, RingState())
         view = whole.model_copy(deep=True)
@@ -306,16 +310,20 @@ class RingStore(StateStore):
                 setattr(view, key, getattr(own, key))
             if own.current is None:  # a ring that has not moved yet runs what the whole host ran (its link's start)
                 view.current = whole.current
-        for key in ("pinned", "frozen"):
-            mine = getattr(own, key)
-            setattr(view, key, mine if mine is not None else getattr(whole, key))
-            self._held[key] = ("ring" if mine is not None else "host", getattr(view, key))
+        mine = own.frozen
+        if mine is not None and mine.expired(utcnow()) and whole.frozen is not None:
+            mine = None
+        view.frozen = mine if mine is not None else whole.frozen
+        self._held["frozen"] = ("ring" if mine is not None else "host", view.frozen)
+        view.pinned = own.pinned if own.pinned is not None or not self.first else whole.pinned
+        self._held["pinned"] = ("ring" if own.pinned is not None or not self.first else "host", view.pinned)
+        self._loaded_current = view.current
         return view
 
     def save(self, state: State) -> None:
         whole = super().load()
         own = whole.rings.setdefault(self.ring, RingState())
-        before = whole.current if self.first else own.current
+        before = self._loaded_current
         for key in State.model_fields:
             if key in ("pinned", "frozen", "rings") or (key in RING_OWN and not self.first):
                 continue
@@ -333,6 +341,7 @@ class RingStore(StateStore):
             self._held[key] = (where if value is None else "host", value)
         if state.current != before:
             note_served(own, state.current, utcnow())
+        self._loaded_current = state.current
         StateStore.save(self, whole)
 
     @property
