@@ -72,6 +72,11 @@ def compare(a: str, b: str) -> int:
     return parse(a).compare(parse(b))
 
 
+def same_version(seen: str | None, expected: str) -> bool:
+    """SemVer equality: build metadata (`0.0.42+drill.1`, a second copy of 0.0.42) does not count."""
+    return seen is not None and is_valid(seen) and compare(seen, expected) == 0
+
+
 def newer(a: str, b: str | None) -> bool:
     """True when `a` has strictly higher precedence than `b` (anything is newer than None)."""
     return b is None or compare(a, b) > 0

@@ -4,6 +4,7 @@ Read-only: never takes the lock, never writes."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from t3track.clock import utcnow
@@ -12,9 +13,9 @@ from t3track.errors import T3TrackError
 from t3track.host import backup, tree, usertree
 from t3track.host.sqlite import DATABASES
 from t3track.night import drift
-from t3track.night.verify import same_version
 from t3track.results import json_key
 from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
+from t3track.versions import same_version
 
 
 @dataclass
@@ -65,13 +66,13 @@ def status(config: Config, store: StateStore) -> Status:
         warnings.append("t3track does not manage this host yet: run `t3track adopt VERSION` "
                         "(the first install; it starts and checks every user's server)")
     users = []
-    for user in config.users:
-        newest = backup.newest_backup(config, user.name)
-        database, migration = _database_of(user, warnings)
+    for user, facts in zip(config.users, _gather(config)):
+        newest = facts.newest
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
                                 str(newest.path) if newest else None,
-                                database=database, migration=migration, serving=drift.serving(user)))
+                                database=facts.database, migration=facts.migration, serving=facts.serving))
+        warnings.extend(facts.warnings)
         drifted = users[-1].serving is not None and state.current is not None \
             and not same_version(users[-1].serving, state.current)
         if drifted:
@@ -90,6 +91,48 @@ def status(config: Config, store: StateStore) -> Status:
         installed=tree.installed_versions(config), users=users, current_link=target,
         swap_in_progress=store.journal_path.exists(), warnings=warnings,
     )
+
+
+@dataclass
+class _UserFacts:
+    """What status reads of one user, before it is judged (drift, backup age) in the user's order."""
+
+    newest: backup.BackupInfo | None
+    database: str | None
+    migration: int | None
+    serving: str | None
+    warnings: list[str]
+
+
+def _user_facts(config: Config, user: UserConfig) -> _UserFacts:
+    warnings: list[str] = []
+    database, migration = _database_of(user, warnings)
+    return _UserFacts(backup.newest_backup(config, user.name), database, migration, drift.serving(user), warnings)
+
+
+def _gather(config: Config) -> list[_UserFacts]:
+    """Each user's facts, the users side by side: each read waits on a child run as the tree's owner
+    and on that user's server (up to drift.TIMEOUT_S when it hangs), not on the CPU. In the
+    config's order; an error in any user's read is raised as it would be one after another."""
+    if len(config.users) < 2:
+        return [_user_facts(config, user) for user in config.users]
+    results: list[_UserFacts | BaseException | None] = [None] * len(config.users)
+
+    def read(i: int, user: UserConfig) -> None:
+        try:
+            results[i] = _user_facts(config, user)
+        except BaseException as exc:  # handed to the caller's thread below
+            results[i] = exc
+
+    threads = [threading.Thread(target=read, args=(i, user), daemon=True) for i, user in enumerate(config.users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if isinstance(r, _UserFacts)]
 
 
 def _database_of(user: UserConfig, warnings: list[str]) -> tuple[str | None, int | None]:
