@@ -11,7 +11,7 @@ from t3track.cli.app import JsonOpt, app, command
 from t3track.cli.render import render_run, steps_table
 
 if TYPE_CHECKING:
-    from t3track.night import ExactTarget
+    from t3track.night.pipeline import ExactTarget
 
 
 @app.command()
@@ -24,7 +24,7 @@ def run(
 ) -> int:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
     from t3track.errors import UsageError
-    from t3track.night import ExactTarget
+    from t3track.night.pipeline import ExactTarget
     from t3track.versions import require_valid
 
     if allow_downgrade and to is None:
@@ -41,7 +41,7 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
 
 
 def _night(ctx: typer.Context, *, dry_run: bool, target: ExactTarget | None = None) -> int:
-    from t3track.night import run_night
+    from t3track.night.pipeline import run_night
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,

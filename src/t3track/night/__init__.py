@@ -1,185 +1,24 @@
 """The night: lock -> recover -> resolve -> install -> gates -> swap -> verify, then record once.
 
-`_pipeline` is the whole order on one screen; each step lives in its own module (policy, host.install,
-gates, swap with verify, recovery), and the bookkeeping in `ledger`. The run is recorded (state,
-history, evidence, metrics, notifications) exactly once, after the pipeline returns, whatever the outcome.
+The pipeline itself is t3track.night.pipeline; its steps are the other modules here. This package
+imports none of them by itself: `t3track status` reads the drift check (night.drift) and must not
+load the installer, the registry client, the notifier and the metrics with it. `run_night`,
+`ExactTarget` and `NightReport` are still found here, loaded when first asked for.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from t3track.aftermath import evidence
-from t3track.aftermath.fingerprints import HOST_GATES
-from t3track.clock import iso, utcnow
-from t3track.config import Config
-from t3track.errors import EnvironmentFault
-from t3track.host import install, sandbox
-from t3track.host.install import IntegrityError
-from t3track.host.registry import RegistryClient
-from t3track.host.tree import current_link, executable_of
-from t3track.night import drift, gates, ledger, policy, recovery, swap
-from t3track.night.report import NightReport
-from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
-from t3track.state import StateStore
-
-Progress = Callable[[str], None]
+if TYPE_CHECKING:
+    from t3track.night.pipeline import ExactTarget, NightReport, run_night
 
 __all__ = ["ExactTarget", "NightReport", "run_night"]
 
 
-def _quiet(_: str) -> None:
-    pass
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from t3track.night import pipeline
 
-
-@dataclass(frozen=True)
-class ExactTarget:
-    """`run --to VERSION [--allow-downgrade]`: this version instead of the channel's (a fleet rollout)."""
-
-    version: str
-    allow_downgrade: bool = False
-
-
-@dataclass
-class Night:
-    """What every step of one night shares."""
-
-    config: Config
-    store: StateStore
-    client: RegistryClient
-    dry_run: bool
-    progress: Progress
-    target: ExactTarget | None = None
-    run_id: str = field(default_factory=new_run_id)
-    recovered: recovery.Recovery | None = None
-
-    @property
-    def evidence(self) -> str:
-        return str(evidence.evidence_dir(self.store, self.run_id))
-
-
-def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
-              client: RegistryClient | None = None, target: ExactTarget | None = None) -> NightReport:
-    with store.lock(), ExitStack() as closing:
-        if client is None:
-            client = closing.enter_context(RegistryClient.for_config(config))
-        night = Night(config, store, client, dry_run, progress, target)
-        evidence.ensure_evidence_dir(store, night.run_id)
-        night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
-        report = _pipeline(night)
-        if night.recovered is not None:
-            report.recovered = night.recovered.describe()
-        report.requested = target.version if target else None
-        ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
-            "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
-            "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
-            "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
-        return report
-
-
-def _pipeline(n: Night) -> NightReport:
-    for name in sandbox.sweep_stale(n.config.state_dir / "sandboxes", tuple(u.name for u in n.config.users)):
-        n.progress(f"removed a sandbox left by a killed run: {name}")
-    n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
-    if n.recovered is not None and n.recovered.critical:
-        # the servers may be down: say so loudly (exit 4) instead of a quiet frozen no-op
-        return NightReport.critical(n.run_id, n.recovered.reason, current=n.recovered.result.from_version
-                                    if n.recovered.result else None)
-    state = n.store.load()
-    current = state.current
-    if current is None and not os.path.lexists(current_link(n.config)):
-        # a new host between install and the operator's first `adopt`: a night here would install a
-        # nightly and refuse it for want of a backup of state nobody has made yet
-        return NightReport.nothing_to_do(
-            n.run_id, "t3track does not manage this host yet: nothing was installed; run `t3track adopt "
-            "VERSION` (the first install; it starts and checks every user's server)", current=None, notes=[],
-            dry_run=n.dry_run)
-    try:
-        wanted = n.target.version if n.target else n.config.channel
-        n.progress(f"resolving {n.config.package}@{wanted} (current {current or 'none'})")
-        decision = _resolve(n, state)
-        if decision.candidate is None:
-            report = _no_candidate(n, decision, current)
-            report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told
-            report.notes += [g.detail for g in report.gates]
-            return report
-        candidate, notes = decision.candidate.version, decision.notes
-        install_s = _install(n, decision.candidate, current)
-        drifted = _drift(n, current)
-        if drifted:  # the host's problem, said before any gate: a swap would act around a foreign server
-            return NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=candidate, current=current,
-                                       gates=drifted, notes=notes, evidence=n.evidence, dry_run=n.dry_run)
-        results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
-                                  evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
-    except IntegrityError as exc:
-        ledger.count_failure(n.config, n.store, exc.version, "install", exc.message, None, dry_run=n.dry_run)
-        return NightReport.refused(n.run_id, exc.message, candidate=exc.version, current=current, notes=notes,
-                                   dry_run=n.dry_run)
-    except EnvironmentFault as exc:  # registry down, npm failed, disk full: nothing was swapped
-        return NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
-                                             dry_run=n.dry_run)
-    failed = first_failure(results)
-    if failed:
-        if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
-            ledger.count_failure(n.config, n.store, candidate, failed.name, failed.detail, n.evidence,
-                                 dry_run=n.dry_run)
-        return NightReport.refused(n.run_id, f"gate {failed.name} failed for {failed.user}: {failed.detail}",
-                                   candidate=candidate, current=current, gates=results, notes=notes,
-                                   evidence=n.evidence, dry_run=n.dry_run)
-    if n.dry_run:
-        return NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results, notes=notes,
-                                      evidence=n.evidence)
-    plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=candidate)
-    try:
-        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
-    except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
-        return NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
-                                             dry_run=n.dry_run)
-    report = ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes,
-                             evidence=n.evidence)
-    report.timings["install_s"] = install_s
-    return report
-
-
-def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
-    started = time.monotonic()
-    found = drift.find(n.config, current)
-    for one in found:
-        n.progress(f"drift: {one.describe()}")
-    return drift.as_gates(found, started, outcome)
-
-
-def _resolve(n: Night, state: policy.State) -> policy.Decision:
-    """The policy's decision; first-seen times and a freeze that ended are saved at once."""
-    if n.target is None:
-        decision = policy.resolve(n.config, state, n.client, utcnow())
-    else:
-        decision = policy.resolve_exact(n.config, state, n.client, n.target.version, utcnow(),
-                                        allow_downgrade=n.target.allow_downgrade)
-    n.store.save(state)
-    if decision.freeze_ended is not None:
-        ended = decision.freeze_ended
-        n.store.record("unfreeze", by="t3track", reason=f"freeze expired at {iso(ended.until) if ended.until else '?'}",
-                       frozen_reason=ended.reason, automatic=True)
-    return decision
-
-
-def _no_candidate(n: Night, decision: policy.Decision, current: str | None) -> NightReport:
-    if decision.action == "refused":  # e.g. the tag moved backwards: said every night until it moves
-        return NightReport.refused(n.run_id, decision.reason, candidate=None, current=current, notes=decision.notes,
-                                   dry_run=n.dry_run)
-    return NightReport.nothing_to_do(n.run_id, decision.reason, current=current, notes=decision.notes,
-                                     dry_run=n.dry_run)
-
-
-def _install(n: Night, candidate: policy.Candidate, current: str | None) -> float:
-    """Install the candidate beside the live version; returns how long it took."""
-    n.progress(f"installing {n.config.package}@{candidate.version} beside {current or 'nothing'}")
-    started = time.monotonic()
-    install.ensure_installed(n.config, candidate.version, candidate.dist, registry_url=n.client.base_url, client=n.client,
-                             progress=n.progress)
-    return time.monotonic() - started
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
