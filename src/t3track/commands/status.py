@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from t3track.clock import utcnow
-from t3track.config import Config, UserConfig
 from t3track.errors import T3TrackError
 from t3track.host import backup, tree, usertree
 from t3track.host.sqlite import DATABASES
 from t3track.night import drift
 from t3track.results import json_key
-from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
 from t3track.versions import same_version
+
+if TYPE_CHECKING:  # status reads them through t3track.fastread (see cli.inspect): no pydantic at start
+    from t3track.config import Config, UserConfig
+    from t3track.state import Denial, Freeze, LastRun, Pin, StateStore
 
 
 @dataclass

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from t3track.config import Config, UserConfig
 from t3track.host import loopback
 from t3track.results import FAIL, GateResult
 from t3track.versions import same_version
+
+if TYPE_CHECKING:
+    from t3track.config import Config, UserConfig
 
 DRIFT = "drift"
 TIMEOUT_S = 2.0
