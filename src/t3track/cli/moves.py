@@ -1,6 +1,5 @@
 """run, dry-run, adopt, revert, drill: the commands that move versions; all render through render_run."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -40,7 +39,7 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     return _night(ctx, dry_run=True)
 
 
-def _night(ctx: typer.Context, *, dry_run: bool, target: ExactTarget | None = None) -> int:
+def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None) -> int:
     from t3track.night.pipeline import run_night
 
     config = ctx.obj.config()
