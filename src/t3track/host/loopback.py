@@ -45,7 +45,9 @@ def _get(port: int, timeout: float) -> bytes | None:
     request = (f"GET {ENVIRONMENT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n"
                "Connection: close\r\n\r\n").encode()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(("127.0.0.1", port))  # an address, not a name: no resolver, no idna codec
             sock.sendall(request)
             data = b""
             while True:
