@@ -1,6 +1,5 @@
 """freeze, unfreeze, pin, unpin, deny, allow: change control state, say what changed."""
 
-
 from typing import Annotated, Optional
 
 import typer

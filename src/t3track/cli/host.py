@@ -1,6 +1,5 @@
 """backup, probe, config check: the commands that look at or act on the host itself."""
 
-
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -1,6 +1,5 @@
 """status, history, show: read-only views of the host, its past runs and one run's evidence."""
 
-
 from typing import Annotated
 
 import typer

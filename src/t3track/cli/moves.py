@@ -1,6 +1,5 @@
 """run, dry-run, adopt, revert, drill: the commands that move versions; all render through render_run."""
 
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
