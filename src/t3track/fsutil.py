@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 PRIVATE_FILE = 0o600
@@ -45,6 +44,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Non
     A crash at any point leaves either the old file or the new one, never a torn one.
     """
     directory = path.parent
+    import tempfile  # not at import: it loads `random`, which read-only commands never need
+
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, mode)

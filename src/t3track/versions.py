@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-
-import semver
+from typing import TYPE_CHECKING
 
 from t3track.errors import UsageError
+
+if TYPE_CHECKING:
+    import semver
 
 # Upstream's own channel test is `^[^-+]+-(nightly|preview)\.\d{8}\.\d+$`.
 _CHANNEL_RE = re.compile(r"^[^-+]+-(nightly|preview)\.(\d{8})\.(\d+)$")
@@ -31,6 +33,8 @@ def parse(text: str) -> semver.Version:
         raise ValueError(f"not a version: {text[:80]!r}" if isinstance(text, str) else f"not a version: {text!r}")
     if any(len(part) > MAX_NUMBER_DIGITS for part in re.split(r"[^0-9]+", text)):
         raise ValueError(f"not a version (a number longer than {MAX_NUMBER_DIGITS} digits): {text[:80]!r}")
+    import semver  # at first use: status on a host with nothing installed compares no version
+
     return semver.Version.parse(text)
 
 
@@ -70,6 +74,11 @@ def is_nightly(text: str) -> bool:
 def compare(a: str, b: str) -> int:
     """SemVer precedence: -1, 0 or 1."""
     return parse(a).compare(parse(b))
+
+
+def same_version(seen: str | None, expected: str) -> bool:
+    """SemVer equality: build metadata (`0.0.42+drill.1`, a second copy of 0.0.42) does not count."""
+    return seen is not None and is_valid(seen) and compare(seen, expected) == 0
 
 
 def newer(a: str, b: str | None) -> bool:

@@ -3,9 +3,10 @@
 Each command module (control, inspect, moves, host) parses options, calls one function of the core,
 renders its result and returns an exit code; `command` raises `typer.Exit` once. Heavy modules
 (pydantic, httpx, rich) are imported inside the commands that use them, so `--help` starts fast.
+The modules that define commands (this one and control, host, inspect, moves) do without
+`from __future__ import annotations`: typer would eval every option's annotation string (~400 of
+them) at each start, `--help` and `status` included.
 """
-
-from __future__ import annotations
 
 import functools
 from collections.abc import Callable
@@ -61,12 +62,12 @@ class Ctx:
         self.config_file = config_file
         self.out = Out(as_json)
 
-    def config(self) -> Config:
+    def config(self) -> "Config":
         from t3track.config import load_config
 
         return load_config(self.config_file)
 
-    def store(self, config: Config | None = None) -> StateStore:
+    def store(self, config: "Config | None" = None) -> "StateStore":
         from t3track.state import StateStore
 
         return StateStore((config or self.config()).state_dir)

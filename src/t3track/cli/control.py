@@ -1,7 +1,5 @@
 """freeze, unfreeze, pin, unpin, deny, allow: change control state, say what changed."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """backup, probe, config check: the commands that look at or act on the host itself."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -1,7 +1,5 @@
 """status, history, show: read-only views of the host, its past runs and one run's evidence."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
@@ -14,12 +12,14 @@ from t3track.cli.render import events_table, gates_table, steps_table
 @command()
 def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
     """Current, previous, pin, freeze, denied versions, last run, installed versions, backup age per user."""
+    from t3track import fastread
     from t3track.clock import human_age, iso
     from t3track.commands.status import status as host_status
 
     out = ctx.obj.out
-    config = ctx.obj.config()
-    result = host_status(config, ctx.obj.store(config))
+    # the config and state.json as the models would have them, without pydantic when plainly valid
+    config = fastread.load_config(ctx.obj.config_file)
+    result = host_status(config, fastread.state_reader(config.state_dir))
     if out.as_json:
         out.json(result)
         return

@@ -1,7 +1,5 @@
 """run, dry-run, adopt, revert, drill: the commands that move versions; all render through render_run."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -11,7 +9,7 @@ from t3track.cli.app import JsonOpt, RingOpt, app, command
 from t3track.cli.render import render_run, steps_table
 
 if TYPE_CHECKING:
-    from t3track.night import ExactTarget
+    from t3track.night.pipeline import ExactTarget
 
 
 @app.command()
@@ -24,7 +22,7 @@ def run(
 ) -> int:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
     from t3track.errors import UsageError
-    from t3track.night import ExactTarget
+    from t3track.night.pipeline import ExactTarget
     from t3track.versions import require_valid
 
     if allow_downgrade and to is None:
@@ -40,8 +38,8 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     return _night(ctx, dry_run=True)
 
 
-def _night(ctx: typer.Context, *, dry_run: bool, target: ExactTarget | None = None) -> int:
-    from t3track.night import run_night
+def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None) -> int:
+    from t3track.night.pipeline import run_night
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,

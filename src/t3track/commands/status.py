@@ -4,18 +4,23 @@ Read-only: never takes the lock, never writes."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from t3track.clock import iso, utcnow
-from t3track.config import Config, UserConfig
 from t3track.errors import T3TrackError
 from t3track.host import backup, tree, usertree
 from t3track.host.sqlite import DATABASES
-from t3track.night import drift, rings
-from t3track.night.verify import same_version
+from t3track.night import drift
 from t3track.results import json_key
-from t3track.state import Denial, Freeze, LastRun, Pin, RingState, State, StateStore
+from t3track.versions import same_version
+
+if TYPE_CHECKING:  # status reads them through t3track.fastread (see cli.inspect): no pydantic at start
+    from datetime import datetime
+
+    from t3track.config import Config, UserConfig
+    from t3track.state import Denial, Freeze, LastRun, Pin, State, StateStore
 
 
 @dataclass
@@ -62,7 +67,8 @@ class Status:
     current_link: str | None
     swap_in_progress: bool
     warnings: list[str] = field(default_factory=list)
-    rings: list[RingStatus] = field(default_factory=list)  # on a host with rings: each ring, in order
+    # on a host with rings: each ring, in order (no key in --json without rings)
+    rings: list[RingStatus] | None = json_key("rings", omit_none=True, default=None)
 
 
 def status(config: Config, store: StateStore) -> Status:
@@ -84,16 +90,16 @@ def status(config: Config, store: StateStore) -> Status:
         warnings.append("t3track does not manage this host yet: run `t3track adopt VERSION` "
                         "(the first install; it starts and checks every user's server)")
     users = []
-    for user in config.users:
-        newest = backup.newest_backup(config, user.name)
-        database, migration = _database_of(user, warnings)
+    for user, facts in zip(config.users, _gather(config)):
+        newest = facts.newest
         users.append(UserStatus(user.name, user.port,
                                 newest.age_s(now) if newest else None,
                                 str(newest.path) if newest else None,
-                                database=database, migration=migration, serving=drift.serving(user),
+                                database=facts.database, migration=facts.migration, serving=facts.serving,
                                 ring=config.ring_of(user.name) if config.ringed else None,
                                 linked=tree.user_version(config, user.name) if config.ringed else None))
-        expected = rings.ring_current(state, config, config.ring_of(user.name)) if config.ringed else state.current
+        warnings.extend(facts.warnings)
+        expected = _ring_current(config, state, config.ring_of(user.name)) if config.ringed else state.current
         drifted = users[-1].serving is not None and expected is not None \
             and not same_version(users[-1].serving, expected)
         if drifted:
@@ -110,7 +116,7 @@ def status(config: Config, store: StateStore) -> Status:
             warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
                             f"run `t3track backup --user {user.name}`")
     return Status(
-        rings=_rings(config, state, now) if config.ringed else [],
+        rings=_rings(config, state, now) if config.ringed else None,
         current=state.current, previous=state.previous, channel=config.channel, package=config.package,
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
         installed=tree.installed_versions(config), users=users, current_link=target,
@@ -118,7 +124,16 @@ def status(config: Config, store: StateStore) -> Status:
     )
 
 
+def _ring_current(config: Config, state: State, ring: str) -> str | None:
+    from t3track.night import rings  # a host with rings only: the night's modules stay off status's start
+
+    return rings.ring_current(state, config, ring)
+
+
 def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:
+    from t3track.night import rings
+    from t3track.state import RingState
+
     out = []
     for i, ring in enumerate(config.ring_configs()):
         own = state.rings.get(ring.name, RingState())
@@ -130,6 +145,48 @@ def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:
             iso(own.checked_at) if own.checked_at else None, own.pinned, own.frozen,
             next=rings.promotion(config, state, ring, now).reason if i else None))
     return out
+
+
+@dataclass
+class _UserFacts:
+    """What status reads of one user, before it is judged (drift, backup age) in the user's order."""
+
+    newest: backup.BackupInfo | None
+    database: str | None
+    migration: int | None
+    serving: str | None
+    warnings: list[str]
+
+
+def _user_facts(config: Config, user: UserConfig) -> _UserFacts:
+    warnings: list[str] = []
+    database, migration = _database_of(user, warnings)
+    return _UserFacts(backup.newest_backup(config, user.name), database, migration, drift.serving(user), warnings)
+
+
+def _gather(config: Config) -> list[_UserFacts]:
+    """Each user's facts, the users side by side: each read waits on a child run as the tree's owner
+    and on that user's server (up to drift.TIMEOUT_S when it hangs), not on the CPU. In the
+    config's order; an error in any user's read is raised as it would be one after another."""
+    if len(config.users) < 2:
+        return [_user_facts(config, user) for user in config.users]
+    results: list[_UserFacts | BaseException | None] = [None] * len(config.users)
+
+    def read(i: int, user: UserConfig) -> None:
+        try:
+            results[i] = _user_facts(config, user)
+        except BaseException as exc:  # handed to the caller's thread below
+            results[i] = exc
+
+    threads = [threading.Thread(target=read, args=(i, user), daemon=True) for i, user in enumerate(config.users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if isinstance(r, _UserFacts)]
 
 
 def _database_of(user: UserConfig, warnings: list[str]) -> tuple[str | None, int | None]:

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from t3track import __version__
 from t3track.clock import as_utc, iso, stamp
-from t3track.config import Config, UserConfig
 from t3track.errors import ConfigError
 from t3track.fsutil import PRIVATE_DIR, PRIVATE_FILE, atomic_write_text, fsync_dir, make_private_dirs
 from t3track.host import usertree
@@ -39,6 +38,9 @@ from t3track.host.manifest import (
     sha256_file,
 )
 from t3track.host.sqlite import Deadline, connect_ro, interrupt_after, max_migration_id
+
+if TYPE_CHECKING:  # status passes the config as t3track.fastread reads it
+    from t3track.config import Config, UserConfig
 
 PARTIAL_SUFFIX = ".partial"
 

@@ -3,7 +3,6 @@ and checked before anything trusts them. Shared by making backups, restoring the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -110,6 +109,8 @@ def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:
 
 
 def sha256_file(path: Path, deadline: Deadline | None = None) -> str:
+    import hashlib  # not at import: it loads OpenSSL, which status never needs
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from t3track import versions
-from t3track.config import Config
 from t3track.errors import CriticalError
 from t3track.fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    from t3track.config import Config
 
 PARTIAL_SUFFIX = ".partial"
 REMOVING_SUFFIX = ".removing"

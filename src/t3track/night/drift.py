@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from t3track.config import Config, UserConfig
-from t3track.host import probe
-from t3track.night.verify import same_version
+from t3track.host import loopback
 from t3track.results import FAIL, GateResult
+from t3track.versions import same_version
+
+if TYPE_CHECKING:
+    from t3track.config import Config, UserConfig
 
 DRIFT = "drift"
 TIMEOUT_S = 2.0
@@ -33,8 +36,9 @@ class Drift:
 
 
 def serving(user: UserConfig, timeout: float = TIMEOUT_S) -> str | None:
-    """The serverVersion the user's live server reports, or None when it does not answer."""
-    return probe.server_version(f"http://127.0.0.1:{user.port}", timeout=timeout)
+    """The serverVersion the user's live server reports, or None when it does not answer (read with
+    the standard library: status asks every user's server, and must not pay for httpx)."""
+    return loopback.server_version(user.port, timeout=timeout)
 
 
 def find(config: Config, installed: str | None) -> list[Drift]:

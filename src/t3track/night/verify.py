@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from t3track import versions
 from t3track.config import Config, UserConfig
 from t3track.host import probe
 from t3track.host.services import UserMark
 from t3track.host.tree import executable_of
 from t3track.night.side_by_side import run_side_by_side, serialised
 from t3track.results import FAIL, PASS, GateResult
+from t3track.versions import same_version
 
 Progress = Callable[[str], None]
 LIVE_VERIFY = "live-verify"
@@ -25,11 +25,6 @@ LIVE_POLL_S = 0.05  # a restarted server: the sooner it is seen serving, the soo
 
 def _quiet(_: str) -> None:
     pass
-
-
-def same_version(seen: str | None, expected: str) -> bool:
-    """SemVer equality: build metadata (`0.0.42+drill.1`, a second copy of 0.0.42) does not count."""
-    return seen is not None and versions.is_valid(seen) and versions.compare(seen, expected) == 0
 
 
 def _wait_for_version(url: str, version: str, deadline: float) -> str | None:
