@@ -141,18 +141,6 @@ def test_a_single_link_host_gains_user_and_ring_links_and_a_ring_swap_flips_only
     assert tree.live_targets(c) == {V1, V2}
 
 
-def test_a_user_moved_to_a_ring_on_another_version_waits_for_that_rings_swap(tmp_path):
-    c = config(tmp_path, TWO)
-    make_tree(c, V1, V2)
-    tree.ensure_layout(c)
-    tree.flip_current(c.ring_view("everyone"), V2)
-    moved = config(tmp_path, [{"name": "canary", "users": ["alice", "bob"]}, {"name": "everyone", "users": ["carol"]}])
-    assert tree.ensure_layout(moved) == []  # bob's link would change his version: left to a swap
-    assert os.readlink(c.root / "users" / "bob") == "../rings/everyone"
-    tree.flip_current(moved.ring_view("canary"), V1)  # the canary's next swap, bob's server stopped
-    assert os.readlink(c.root / "users" / "bob") == "../current"
-
-
 def test_pruning_keeps_what_a_later_ring_may_still_take(tmp_path):
     c = config(tmp_path, TWO)
     newer = [f"0.0.43-nightly.202611{d:02d}.30{d:02d}" for d in range(4, 9)]
@@ -182,3 +170,73 @@ def test_status_json_of_a_ringed_host_shows_each_ring(tmp_path):
     assert "nothing newer" in (result.rings[1].next or "")
     assert {u.name: (u.ring, u.linked) for u in result.users} == {
         "alice": ("canary", V1), "bob": ("everyone", V1), "carol": ("everyone", V1)}
+
+
+def test_a_journal_of_a_ring_the_config_no_longer_has_is_not_recovered_on_the_whole_host(tmp_path):
+    from t3track.errors import CriticalError, UsageError
+
+    store = StateStore(tmp_path / "state")
+    with pytest.raises(CriticalError, match="no longer names that ring"):
+        rings.scope(config(tmp_path), store, "everyone")
+    with pytest.raises(CriticalError, match="no longer names that ring"):
+        rings.scope(config(tmp_path, TWO), store, "gone")
+    with pytest.raises(UsageError, match="no rings"):
+        rings.for_operator(config(tmp_path), store, "all", "revert")
+    with pytest.raises(UsageError, match="--ring"):
+        rings.for_operator(config(tmp_path, TWO), store, None, "revert")
+
+
+def test_the_hosts_pin_reaches_a_later_ring_only_after_it_soaked_and_a_soak_has_an_hours_slack(tmp_path):
+    c = config(tmp_path, TWO)
+    everyone = c.ring_config("everyone")
+    state = State(current=V3, rings={"canary": RingState(served=served((V2, 60, 23.5), (V3, 23.5, None))),
+                                     "everyone": RingState(current=V1)})
+    assert rings.promotion(c, state, everyone, NOW).version == V3  # 23h30m of a 24h soak: the nightly timer's slack
+    assert rings.promotion(c, state, everyone, NOW, only=V2).version == V2
+    state.rings["canary"].served = served((V2, 60, 22), (V3, 22, None))
+    assert rings.promotion(c, state, everyone, NOW).version == V2  # V3: 22h is short, V2 served 38h
+    got = rings.promotion(c, state, everyone, NOW, only=V1)
+    assert got.version is None and "pinned at" in got.reason
+    assert rings.soak_slack(86400) == 3600 and rings.soak_slack(3600) == 150
+
+
+def test_a_user_moved_to_a_ring_on_another_version_is_held_on_its_own_until_that_rings_swap(tmp_path):
+    c = config(tmp_path, TWO)
+    make_tree(c, V1, V2)
+    tree.ensure_layout(c)
+    tree.flip_current(c.ring_view("everyone"), V2)
+    moved = config(tmp_path, [{"name": "canary", "users": ["alice", "bob"]}, {"name": "everyone", "users": ["carol"]}])
+    assert tree.ensure_layout(moved) == [f"users/bob -> ../versions/{V2}"]
+    assert tree.ensure_layout(moved) == []
+    tree.flip_current(moved.ring_view("everyone"), V1)  # everyone's next swap no longer moves bob
+    assert tree.user_version(moved, "bob") == V2
+    tree.flip_current(moved.ring_view("canary"), V2)  # the canary's swap, bob's server stopped, re-links him
+    assert os.readlink(c.root / "users" / "bob") == "../current"
+
+
+def test_no_user_link_is_made_to_a_ring_link_that_is_not_there(tmp_path):
+    c = config(tmp_path, TWO)
+    (c.root / "versions").mkdir(parents=True)
+    (c.root / "current").symlink_to("versions/handmade")  # not a version: no ring link can start from it
+    tree.ensure_layout(c)
+    assert not os.path.lexists(c.root / "users" / "bob") and not os.path.lexists(c.root / "rings" / "everyone")
+    from t3track.config import host_problems
+
+    problems = host_problems(c)
+    assert any("users/bob is missing" in p for p in problems), problems
+    (c.root / "users").mkdir()
+    (c.root / "users" / "bob").symlink_to("../rings/everyone")
+    assert any("users/bob is a dangling symlink (t3@bob.service cannot start)" in p for p in host_problems(c))
+
+
+def test_pruning_from_a_later_rings_move_keeps_the_first_rings_previous(tmp_path):
+    c = config(tmp_path, TWO)
+    newer = [f"0.0.43-nightly.202611{d:02d}.30{d:02d}" for d in range(4, 9)]
+    make_tree(c, newer[-1], V1, V2, *newer[:-1])
+    whole = State(current=newer[-1], previous=V1, rings={"everyone": RingState(current=V2, previous=newer[0])})
+    view = RingStore(c.state_dir, "everyone", first=False)
+    StateStore(c.state_dir).save(whole)
+    install.prune(c.model_copy(update={"keep_versions": 0}), view.load(), host=whole)
+    left = {p.name for p in (c.root / "versions").iterdir()}
+    assert {V1, V2, newer[0], newer[-1]} <= left
+

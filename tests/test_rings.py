@@ -278,3 +278,50 @@ def test_a_drill_of_one_ring_restarts_only_its_users(ringed):
     assert after["alice"] == before["alice"] and after["bob"] != before["bob"]
     assert link(host, "rings", "everyone") == "../versions/0.0.42" and link(host, "current") == "versions/0.0.42"
     assert host.t3track("drill", "--yes").returncode == 2  # which ring? a host with rings must say
+
+
+def test_a_server_started_by_hand_in_a_soaking_ring_is_drift_not_a_failed_version(ringed, tmp_path):
+    host = ringed
+    alice = host.user("alice")
+    v1 = nightly(1)
+    host.publish(v1, migrations=53)
+    assert run(host)[1]["ring"] == "canary"
+    host.service("stop", alice)
+    # alice starts 0.0.42 by hand on her port (the supervisor, from a root of her own)
+    own = tmp_path / "own-root"
+    (own / "users").mkdir(parents=True)
+    (own / "users" / "alice").symlink_to(host.root / "versions" / "0.0.42")
+    argv = [a.replace(str(host.root), str(own)) for a in host.config_dict()["services"]["start"]]
+    values = {"user": alice.name, "port": str(alice.port), "base_dir": str(alice.base_dir)}
+    import subprocess
+
+    subprocess.run([a.format(**values) for a in argv], check=True, timeout=30)
+    wait_for_version(alice.url, "0.0.42", timeout=20)
+    code, doc = run(host)
+    assert code == 1 and doc["outcome"] == "refused" and doc["reason"].startswith("drift: alice"), doc
+    assert not any(d["version"] == v1 for d in host.state()["denied"])  # not the version's fault
+    assert link(host, "current") == f"versions/{v1}"
+    host.service("stop", alice)
+
+
+def test_a_user_moved_into_the_canary_moves_with_its_next_swap_not_with_their_old_ring(ringed):
+    host = ringed
+    bob = host.user("bob")
+    v1, v2 = nightly(1), nightly(2)
+    host.publish(v1, migrations=53)
+    assert run(host)[1]["ring"] == "canary"
+    age(host, "canary", 25)
+    assert run(host)[1]["ring"] == "everyone"  # bob and carol on v1
+    host.publish(v2, migrations=54)
+    assert run(host)[1]["ring"] == "canary"  # alice on v2
+    host.write_config(rings=[{"name": "canary", "users": ["alice", "bob"]},
+                             {"name": "everyone", "users": ["carol"], "soak": "24h"}])
+    v3 = nightly(3)
+    host.publish(v3, migrations=55)
+    bob_pid = host.server_pids()["bob"]
+    code, doc = run(host)  # bob is held on v1, so no drift; the canary's swap gates him and moves him to v3
+    assert code == 0 and doc["ring"] == "canary" and doc["to"] == v3, doc
+    assert {g["user"] for g in doc["gates"] if g["name"] == "sandbox-serve"} == {"alice", "bob"}
+    assert link(host, "users", "bob") == "../current" and host.serving(bob) == v3
+    assert host.server_pids()["bob"] != bob_pid
+    assert host.serving(host.user("carol")) == v1

@@ -390,6 +390,17 @@ def host_problems(config: Config) -> list[str]:
     current = config.root / "current"
     if current.is_symlink() and not current.exists():
         problems.append(f"root: {current} is a dangling symlink")
+    for kind in ("rings", "users"):  # the links each ring's swap flips and each user's server starts through
+        links = config.root / kind
+        for link in sorted(links.iterdir()) if links.is_dir() and not links.is_symlink() else []:
+            if link.is_symlink() and not link.exists():
+                problems.append(f"root: {link} is a dangling symlink"
+                                + (f" (t3@{link.name}.service cannot start)" if kind == "users" else ""))
+    if current.is_symlink():
+        for user in config.users:
+            if not os.path.lexists(config.root / "users" / user.name):
+                problems.append(f"root: {config.root / 'users' / user.name} is missing: t3@{user.name}.service "
+                                "starts through it (`t3track run` makes it)")
     if not config.users:
         problems.append("users: no users configured; nothing would be gated or verified")
     for i, user in enumerate(config.users):

@@ -49,9 +49,15 @@ RingOpt = Annotated[Optional[str], typer.Option("--ring", help="only this ring (
 
 
 def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
-    """A --ring the config names (ConfigError, exit 2, listing the rings, if not)."""
+    """A --ring the config names (exit 2, listing the rings, if not; or saying the host has none)."""
     if ring is not None:
-        ctx.obj.config().ring_config(ring)
+        config = ctx.obj.config()
+        if not config.ringed:
+            from t3track.errors import UsageError
+
+            raise UsageError(f"this host has no rings (config `rings`): drop --ring {ring}",
+                             hint="without rings every user moves at once")
+        config.ring_config(ring)
     return ring
 
 

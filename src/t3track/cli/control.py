@@ -50,9 +50,12 @@ def unfreeze(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_fl
     from t3track.commands import control
 
     ring = ring_of(ctx, ring)
-    was = control.unfreeze(ctx.obj.store(), by=by, ring=ring)
+    store = ctx.obj.store()
+    was = control.unfreeze(store, by=by, ring=ring)
+    host_frozen = ring is not None and store.load().frozen is not None
     _said(ctx, {"unfrozen": was is not None, **({"ring": ring} if ring else {})},
-          "unfrozen" if was else "was not frozen; nothing changed")
+          ("unfrozen" if was else "was not frozen; nothing changed")
+          + ("; the whole host is still frozen (`t3track unfreeze`)" if host_frozen else ""))
 
 
 @app.command("pin")

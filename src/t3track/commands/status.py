@@ -115,8 +115,14 @@ def status(config: Config, store: StateStore) -> Status:
         elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
             warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
                             f"run `t3track backup --user {user.name}`")
+    ring_rows = _rings(config, state, now) if config.ringed else None
+    for ring in ring_rows or []:
+        denial = state.denial(ring.current) if ring.current else None
+        if denial is not None:  # denied in another ring (or by hand) while this one still serves it
+            warnings.append(f"ring {ring.name} serves {ring.current}, which is denied ({denial.reason}): "
+                            f"`t3track revert --ring {ring.name}` takes it back to its previous version")
     return Status(
-        rings=_rings(config, state, now) if config.ringed else None,
+        rings=ring_rows,
         current=state.current, previous=state.previous, channel=config.channel, package=config.package,
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
         installed=tree.installed_versions(config), users=users, current_link=target,

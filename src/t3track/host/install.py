@@ -291,18 +291,21 @@ def _fsync_tree(root: Path) -> None:
 
 
 def ring_versions(state: State) -> set[str]:
-    """What a host with rings still needs: each ring's current, previous and pin, and every version a
-    ring has served that is newer than the oldest ring's current (a later ring may still take it)."""
-    oldest = min((r.current for r in state.rings.values() if r.current), key=versions.sort_key, default=None)
+    """What a host with rings still needs (`state`: the whole host's): each ring's current, previous
+    and pin (the first ring's are the host's own), and every version a ring has served that is newer
+    than the oldest ring's current (a later ring may still take it)."""
+    currents = [v for v in (state.current, *(r.current for r in state.rings.values())) if v]
+    oldest = min(currents, key=versions.sort_key, default=None)
     denied = {d.version for d in state.denied}
     keep = {v for r in state.rings.values() for v in (r.current, r.previous, r.pinned.version if r.pinned else None)
             if v}
+    keep |= {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
     keep |= {s.version for r in state.rings.values() for s in r.served
              if s.version not in denied and (oldest is None or versions.compare(s.version, oldest) > 0)}
     return keep
 
 
-def prune(config: Config, state: State) -> list[str]:
+def prune(config: Config, state: State, *, host: State | None = None) -> list[str]:
     """Remove old installs beyond keep_versions; never current, previous, the pin or the live target.
 
     Leftover `.partial`/`.removing` trees of killed runs are cleared too. Returns removed versions.
@@ -315,7 +318,7 @@ def prune(config: Config, state: State) -> list[str]:
             _remove_tree(leftover)
     protected = {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
     protected |= live_targets(config)
-    protected |= ring_versions(state)
+    protected |= ring_versions(host if host is not None else state)
     others = [v for v in reversed(installed_versions(config)) if v not in protected]  # newest first
     removed = []
     for version in others[config.keep_versions:]:

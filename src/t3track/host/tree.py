@@ -93,9 +93,9 @@ def ensure_layout(config: Config) -> list[str]:
     """Bring a host to one link per user (and per later ring), by itself and idempotently: a host on
     today's single `root/current` gains `root/users/<user> -> ../current`, and each later ring's link
     starts where `root/current` is. A link that changes no user's version is made or re-pointed here
-    (a user moved to a ring on the same version); one that would is left to a swap, with the server
-    stopped (a user moved to a ring on another version moves with that ring's next swap). Returns
-    what it made."""
+    (a user moved to a ring on the same version). A user moved to a ring on another version is held
+    on its version (`users/<user> -> ../versions/<v>`) and moves with its new ring's next swap, with
+    its server stopped and through that ring's gates. Returns what it made."""
     made: list[str] = []
     current = config.root / "current"
     if not current.is_symlink():
@@ -111,11 +111,20 @@ def ensure_layout(config: Config) -> list[str]:
     for user in config.users:
         link, ring = user_link(config, user.name), config.ring_of(user.name)
         wanted = _link_text(config, ring)
-        if link.is_symlink() and (Path(os.readlink(link)) == wanted or
-                                  user_version(config, user.name) != linked_version(config, ring_link(config, ring))):
-            continue  # in place, or on another version than its ring: its ring's next swap moves it
-        _replace_link(link, wanted)  # missing, or another ring's link on the same version: no version changes
-        made.append(f"{link.relative_to(config.root)} -> {wanted}")
+        ring_version = linked_version(config, ring_link(config, ring))
+        mine = user_version(config, user.name) if link.is_symlink() else None
+        if ring_version is None or (link.is_symlink() and Path(os.readlink(link)) == wanted):
+            continue  # in place, or its ring's link is not there to name (never a dangling user link)
+        if not link.is_symlink() or mine == ring_version:
+            text = wanted  # missing, or another ring's link on the same version: no version changes
+        elif mine is not None and Path(os.readlink(link)).parts[:2] != ("..", "versions"):
+            # moved to a ring on another version: held on the version it runs (so its old ring's swaps
+            # no longer move it) until its new ring's next swap, which stops it first, re-links it
+            text = Path("..") / "versions" / mine
+        else:
+            continue  # already held, or on no version this tree knows: left for the ring's swap
+        _replace_link(link, text)
+        made.append(f"{link.relative_to(config.root)} -> {text}")
     return made
 
 

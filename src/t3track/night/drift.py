@@ -41,16 +41,19 @@ def serving(user: UserConfig, timeout: float = TIMEOUT_S) -> str | None:
     return loopback.server_version(user.port, timeout=timeout)
 
 
-def find(config: Config, installed: str | None) -> list[Drift]:
-    """Users whose live server answers with another version than `installed` (a server that does not
-    answer is down, not drifting: the live check after a swap handles that)."""
-    if installed is None:
-        return []
+def find(config: Config, installed: str | None, linked: dict[str, str] | None = None) -> list[Drift]:
+    """Users whose live server answers with another version than `installed` (or than the version
+    their own link names, `linked`: a user moved between rings runs their old ring's version until
+    their new ring's swap). A server that does not answer is down, not drifting: the live check after
+    a swap handles that."""
     found = []
     for user in config.users:
+        expected = (linked or {}).get(user.name, installed)
+        if expected is None:
+            continue
         seen = serving(user)
-        if seen is not None and not same_version(seen, installed):
-            found.append(Drift(user.name, f"http://127.0.0.1:{user.port}", seen, installed))
+        if seen is not None and not same_version(seen, expected):
+            found.append(Drift(user.name, f"http://127.0.0.1:{user.port}", seen, expected))
     return found
 
 

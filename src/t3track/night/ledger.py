@@ -124,7 +124,7 @@ def _commit_swap(config: Config, store: StateStore, state: State, from_version: 
             note_served(own, to_version, utcnow())
     store.save(state)
     journal.remove(store)
-    install.prune(config, state)
+    install.prune(config.host, state, host=store.host.load())  # every ring's versions are kept
     _prune_snapshots(store, keep=state.current_snapshot)
 
 

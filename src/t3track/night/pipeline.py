@@ -23,7 +23,7 @@ from t3track.errors import EnvironmentFault
 from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
-from t3track.host.tree import current_link, executable_of, prefix_of
+from t3track.host.tree import current_link, executable_of, prefix_of, user_version
 from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
 from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
@@ -126,19 +126,27 @@ def _ringed(n: Night) -> NightReport:
     """Re-check the rings a version soaks in, then move at most one ring: the last one that can."""
     checked: list[GateResult] = []
     for ring in rings.soaking(n.config, n.store.load()):
-        results = rings.recheck(n.config, n.store, ring, n.progress)
+        soaking = n.scoped(ring)
+        current = soaking.store.load().current
+        drifted = _drift(soaking, current)
+        if drifted:  # a foreign server, not the version's fault: told, nothing rolled back or denied
+            return soaking.tag(NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=None,
+                                                   current=current, gates=[*checked, *drifted], dry_run=n.dry_run))
+        results = rings.recheck(n.config, n.store, ring, n.progress, dry_run=n.dry_run)
         checked += results
         if first_failure(results):
-            return _roll_back_ring(n.scoped(ring), results)
+            return _roll_back_ring(soaking, results)
     notes: list[str] = []
+    host_pin = n.store.load().pinned  # a later ring takes the host's pin once it has soaked before it
     for later in reversed(n.config.ring_configs()[1:]):
         moving = n.scoped(later.name)
         state = moving.store.load()
+        promote = rings.promotion(n.config, state, later, utcnow(), only=host_pin.version if host_pin else None)
         try:
-            decision = _resolve(moving, state, promote=rings.promotion(n.config, state, later, utcnow()))
+            decision = _resolve(moving, state, promote=promote)
         except EnvironmentFault as exc:
-            return NightReport.environment_error(n.run_id, exc, current=state.current, evidence=n.evidence,
-                                                 dry_run=n.dry_run)
+            return moving.tag(NightReport.environment_error(n.run_id, exc, current=state.current,
+                                                            evidence=n.evidence, dry_run=n.dry_run))
         if decision.candidate is not None:
             return _with(_move(moving, decision), checked, notes)
         notes.append(f"ring {later.name}: {decision.reason}")
@@ -231,7 +239,8 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
                           ring=n.config.ring)
     try:
         moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)
-    except EnvironmentFault as exc:
+    except EnvironmentFault as exc:  # nothing stopped; the version failed live all the same
+        ledger.deny_failed_live(n.store, current, rings.LIVE_RECHECK, reason, n.evidence)
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))
     moved.reason = moved.reason or reason
     return n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked, notes=notes,
@@ -240,7 +249,9 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
 
 def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
     started = time.monotonic()
-    found = drift.find(n.config, current)
+    linked = {u.name: v for u in n.config.users if (v := user_version(n.config, u.name))} if n.config.ringed \
+        else None
+    found = drift.find(n.config, current, linked)
     for one in found:
         n.progress(f"drift: {one.describe()}")
     return drift.as_gates(found, started, outcome)

@@ -31,9 +31,11 @@ LIVE_RECHECK = "live-recheck"
 
 def scope(config: Config, store: StateStore, ring: str | None) -> tuple[Config, StateStore]:
     """The view one ring's move runs in (the whole host when there are no rings or `ring` is None)."""
-    if ring is None or not config.ringed:
+    if ring is None:
         return config, store
     try:
+        if not config.ringed:
+            raise T3TrackError("no rings")
         view = config.ring_view(ring)
     except T3TrackError:
         raise CriticalError(f"a move of ring {ring!r} was interrupted, and the config no longer names that ring",
@@ -45,6 +47,9 @@ def scope(config: Config, store: StateStore, ring: str | None) -> tuple[Config, 
 def for_operator(config: Config, store: StateStore, ring: str | None, what: str) -> tuple[Config, StateStore]:
     """The view an operator's move (`revert`, `drill`) runs in: on a host with rings, the ring named
     with --ring, which it must be given; without rings, the whole host (a --ring must name its ring)."""
+    if ring is not None and not config.ringed:
+        raise UsageError(f"this host has no rings (config `rings`): drop --ring {ring}",
+                         hint="without rings every user moves at once")
     if ring is not None:
         config.ring_config(ring)  # ConfigError listing the rings
     if not config.ringed:
@@ -89,19 +94,26 @@ class Promotion:
     reason: str
 
 
-def promotion(config: Config, state: State, ring: RingConfig, now: datetime) -> Promotion:
+def soak_slack(soak: float) -> float:
+    """How much short of its soak a stretch may be: the nightly timer fires at the same time each night,
+    and a swap commits a few minutes into the run, so a 24h soak measured to the second would wait a
+    second night. An hour for a day's soak (a 24th of it), never more."""
+    return min(soak / 24, 3600.0)
+
+
+def promotion(config: Config, state: State, ring: RingConfig, now: datetime, *, only: str | None = None) -> Promotion:
     """The version `ring` (a later ring) should take: the newest the ring before it served for `soak`
-    (a stretch still open or one a newer version ended; a denied version never counts), newer than
-    what `ring` runs. Else why not."""
+    (less soak_slack; a stretch still open or one a newer version ended; a denied version never
+    counts), newer than what `ring` runs; with `only` (the host's pin), that version alone. Else why not."""
     names = config.ring_names()
     earlier = names[names.index(ring.name) - 1]
     mine = ring_current(state, config, ring.name)
     served = state.rings.get(earlier, RingState()).served
     denied = {d.version for d in state.denied}
-    newer = [s for s in served if s.version not in denied
+    newer = [s for s in served if s.version not in denied and (only is None or s.version == only)
              and (mine is None or (versions.is_valid(mine) and versions.newer(s.version, mine)))]
     soak = ring.soak.total_seconds()
-    soaked = [s for s in newer if s.served_for(now) >= soak]
+    soaked = [s for s in newer if s.served_for(now) >= soak - soak_slack(soak)]
     if soaked:
         best = max(soaked, key=lambda s: versions.sort_key(s.version))
         return Promotion(best.version, f"{best.version} served {earlier} for {human_age(best.served_for(now))} "
@@ -111,7 +123,8 @@ def promotion(config: Config, state: State, ring: RingConfig, now: datetime) -> 
         left = soak - last.served_for(now)
         return Promotion(None, f"{last.version} has served {earlier} for {human_age(last.served_for(now))} of "
                          f"its {human_age(soak)} soak ({human_age(left)} to go)")
-    return Promotion(None, f"nothing newer than {mine or 'nothing'} has served {earlier}")
+    pinned = f" (the host is pinned at {only})" if only else ""
+    return Promotion(None, f"nothing newer than {mine or 'nothing'} has served {earlier}{pinned}")
 
 
 def soaking(config: Config, state: State) -> list[str]:
@@ -121,16 +134,18 @@ def soaking(config: Config, state: State) -> list[str]:
             if ring_current(state, config, ring) not in (None, ring_current(state, config, after))]
 
 
-def recheck(config: Config, store: StateStore, ring: str, progress: Progress) -> list[GateResult]:
+def recheck(config: Config, store: StateStore, ring: str, progress: Progress, *, dry_run: bool = False) -> list[GateResult]:
     """Re-check one ring's live servers (serverVersion and the pairing probe) on the version it runs;
-    a pass is remembered as the ring's `checked_at`."""
+    a pass is remembered as the ring's `checked_at` (not by a dry run)."""
     view, ring_store = scope(config, store, ring)
     state = ring_store.load()
     if state.current is None:
         return []
+    # a user held on another version (moved into this ring, not swapped in yet) is not this version's to judge
+    on_it = [u for u in view.users if tree.user_version(view, u.name) in (state.current, None)]
     progress(f"re-checking ring {ring} live on {state.current}")
-    results = verify_live(view, state.current, progress, gate=LIVE_RECHECK)
-    if all(r.outcome == "pass" for r in results):
+    results = verify_live(view, state.current, progress, gate=LIVE_RECHECK, users=on_it)
+    if all(r.outcome == "pass" for r in results) and not dry_run:
         whole = store.load()
         whole.rings.setdefault(ring, RingState()).checked_at = utcnow()
         store.save(whole)
