@@ -336,3 +336,31 @@ def test_a_failed_live_check_stops_the_users_after_it(live_host, monkeypatch):
     results = verify.verify_live(config, "0.0.42")
     assert [(r.user, r.outcome) for r in results] == [("alice", "fail")]
     assert checked == ["alice"]  # bob's check never started
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_servers_start_side_by_side_up_to_gates_parallel_and_a_failure_is_raised_in_config_order(tmp_path, parallel):
+    from t3track.config import parse_config
+    from t3track.errors import CriticalError
+    from t3track.host.services import UserMark, each_user
+
+    log = tmp_path / "log"
+    script = f'echo "$0 begin $(date +%s.%N)" >> {log}; sleep 0.4; echo "$0 end $(date +%s.%N)" >> {log}; ' \
+             '[ "$0" != carol ]'
+    config = parse_config({
+        "users": [{"name": n, "base_dir": str(tmp_path / n), "port": 4100 + i} for i, n in enumerate(("alice", "bob", "carol"))],
+        "services": {"start": ["/bin/sh", "-c", script, "{user}"], "stop": ["true"]},
+        "gates": {"parallel": parallel}})
+    marks: list[UserMark] = []
+    problems = each_user(config, "start", lambda _: None, keep_going=True, marks=marks)
+    assert len(problems) == 1 and problems[0].startswith("start of carol's server failed"), problems
+    times: dict[str, dict[str, float]] = {}
+    for line in log.read_text().splitlines():
+        user, what, at = line.split()
+        times.setdefault(user, {})[what] = float(at)
+    overlap = times["bob"]["begin"] < times["alice"]["end"]
+    assert overlap == (parallel == 2), times
+    assert {m.user for m in marks} == {"alice", "bob", "carol"}
+    log.unlink()
+    with pytest.raises(CriticalError, match="carol"):
+        each_user(config, "start", lambda _: None)

@@ -86,7 +86,7 @@ class ServicesConfig(_Strict):
 
 class GatesConfig(_Strict):
     order: list[str] = Field(default_factory=lambda: list(GATE_NAMES), min_length=1)  # no swap without a gate
-    # users gated side by side (and live-checked after a swap); each sandbox costs a server's memory
+    # users gated side by side (and stopped, started and live-checked in a swap); each sandbox costs a server's memory
     parallel: int = Field(default_factory=cpu_count, ge=1, strict=True)
     backup_max_age: Duration = timedelta(hours=26)
     serve_timeout: Duration = timedelta(seconds=60)

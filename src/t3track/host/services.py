@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from t3track.config import Config, UserConfig
@@ -50,28 +52,54 @@ def service(config: Config, action: str, user: UserConfig) -> None:
 
 def each_user(config: Config, action: str, progress: Progress, *, keep_going: bool = False,
               marks: list[UserMark] | None = None, notes: list[str] | None = None) -> list[str]:
-    """Run `action` for every user. A swap stops at the first failure; a rollback tries every user
-    (a user left stopped because another user's start failed would be a second outage).
+    """Run `action` for every user, side by side (at most config.gates.parallel at once: each waits
+    on systemctl and on a process, not on the CPU). A swap stops at the first failure: no user after
+    it (in config order) starts its action, and the first failure in config order is raised once
+    every action under way has returned. A rollback tries every user (a user left stopped because
+    another user's start failed would be a second outage) and returns the problems in config order.
 
     A `stop` is done only when the old process has exited (a stop command may return before it is
     gone; newer builds hold an ownership lock that makes the next server exit at once): when it had
     to wait, a line goes into `notes`."""
-    problems = []
-    for user in config.users:
-        progress(f"{action} {user.name}'s server")
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def say(text: str) -> None:
+        with lock:
+            progress(text)
+
+    def one(user: UserConfig) -> CriticalError | None:
+        if failed.is_set() and not keep_going:
+            return None  # a user before this one failed: the swap is over, the rollback takes it from here
+        say(f"{action} {user.name}'s server")
         if marks is not None:
             marks.append(UserMark(time.monotonic(), user.name, action))
         try:
             service(config, action, user)
             if action == "stop":
-                waited = wait_until_stopped(config, user, progress)
+                waited = wait_until_stopped(config, user, say)
                 if waited and notes is not None:
-                    notes.append(waited)
+                    with lock:
+                        notes.append(waited)
         except CriticalError as exc:
-            if not keep_going:
-                raise
-            problems.append(exc.message)
-    return problems
+            failed.set()
+            return exc
+        return None
+
+    workers = max(1, min(config.gates.parallel, len(config.users)))
+    outcomes: list[CriticalError | None] = []
+    if workers == 1:
+        for user in config.users:
+            outcomes.append(one(user))
+            if outcomes[-1] is not None and not keep_going:
+                break
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"t3track-{action}") as pool:
+            outcomes = list(pool.map(one, config.users))
+    errors = [error for error in outcomes if error is not None]
+    if errors and not keep_going:
+        raise errors[0]
+    return [error.message for error in errors]
 
 
 def wait_until_stopped(config: Config, user: UserConfig, progress: Progress) -> str | None:
