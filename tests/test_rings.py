@@ -325,3 +325,30 @@ def test_a_user_moved_into_the_canary_moves_with_its_next_swap_not_with_their_ol
     assert link(host, "users", "bob") == "../current" and host.serving(bob) == v3
     assert host.server_pids()["bob"] != bob_pid
     assert host.serving(host.user("carol")) == v1
+
+
+@pytest.mark.parametrize("phase", ["stopping", "snapshotted", "flipped", "started"])
+def test_a_rings_rollback_after_a_failed_recheck_killed_at_any_phase_goes_on_to_the_previous_version(ringed, phase):
+    host = ringed
+    alice, bob, _ = host.users
+    v1 = nightly(1)
+    host.publish(v1, migrations=53)
+    assert run(host)[1]["ring"] == "canary"
+    host.set_fault(v1, "no-cookie-live")
+    host.service("stop", alice)
+    host.service("start", alice)  # alice's server restarts on the broken build
+    bob_pid = host.server_pids()["bob"]
+    assert host.t3track("backup").returncode == 0
+    killed = host.t3track("run", env={"T3TRACK_FAULT_KILL_AT": phase})
+    assert killed.returncode == -signal.SIGKILL
+    journal = json.loads((host.state_dir / "journal.json").read_text())
+    assert (journal["kind"], journal["ring"], journal["to_version"]) == ("recheck", "canary", "0.0.42")
+    code, doc = run(host)
+    assert doc["recovered"] and "finished" in doc["recovered"], doc
+    assert link(host, "current") == "versions/0.0.42"
+    assert wait_for_version(alice.url, "0.0.42", timeout=20)
+    state = host.state()
+    assert state["current"] == "0.0.42"
+    assert next(d for d in state["denied"] if d["version"] == v1)["gate"] == "live-recheck"
+    assert host.server_pids()["bob"] == bob_pid
+    assert not (host.state_dir / "journal.json").exists()

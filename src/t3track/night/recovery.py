@@ -79,7 +79,10 @@ def _recover(config: Config, store: StateStore, journal: jr.Journal, progress: P
         return done("finished", SwapResult("swapped", journal.from_version, journal.to_version))
     # only a nightly candidate is denied for failing live; a revert's or adopt's target is the operator's call
     nightly = journal.kind == "swap"
-    forward = journal.phase in (Phase.FLIPPED, Phase.STARTED) and not journal.simulate_live_failure
+    # a ring's rollback after a failed re-check (kind recheck) only ever goes on: what it left failed live
+    forward = (journal.phase in (Phase.FLIPPED, Phase.STARTED)
+               or (journal.kind == "recheck" and journal.phase is not Phase.ROLLING_BACK)) \
+        and not journal.simulate_live_failure
     if forward or (journal.from_version is None and journal.phase is not Phase.ROLLING_BACK):
         # (a first install has nothing to roll back to either) start what is not running, check live,
         # and roll back only if that check fails
