@@ -84,6 +84,20 @@ def main() -> int:
         banner("an operator reverts to the previous version")
         t3track(host, "revert", expect=0)
 
+        banner("rings: alice (the operator) takes each nightly first; bob only after it served her for 24h")
+        host.write_config(rings=[{"name": "canary", "users": ["alice"]},
+                                 {"name": "everyone", "users": ["bob"], "soak": "24h"}])
+        canary = nightly(5)
+        host.publish(canary, migrations=53)
+        bob_pid = host.server_pids().get("bob")
+        nightly_backup(host)
+        t3track(host, "run", expect=0, outcome="swapped")
+        for user in host.users:
+            print(f"    {user.name} serves {host.serving(user)}")
+        if host.serving(host.user("alice")) != canary or host.server_pids().get("bob") != bob_pid:
+            raise SystemExit("demo: the canary night should move alice only, and never restart bob's server")
+        print("    bob's server was never restarted; he takes the version once it has served alice for 24h")
+
         banner("where things stand")
         t3track(host, "status", expect=0)
         t3track(host, "history", "-n", "12", expect=0)

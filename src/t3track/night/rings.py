@@ -120,7 +120,7 @@ def promotion(config: Config, state: State, ring: RingConfig, now: datetime, *, 
                          f"(soak {human_age(soak)}), newer than {mine or 'nothing'}")
     if newer:
         last = max(newer, key=lambda s: s.since)
-        left = soak - last.served_for(now)
+        left = soak - soak_slack(soak) - last.served_for(now)
         return Promotion(None, f"{last.version} has served {earlier} for {human_age(last.served_for(now))} of "
                          f"its {human_age(soak)} soak ({human_age(left)} to go)")
     pinned = f" (the host is pinned at {only})" if only else ""
