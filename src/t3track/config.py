@@ -396,11 +396,7 @@ def host_problems(config: Config) -> list[str]:
             if link.is_symlink() and not link.exists():
                 problems.append(f"root: {link} is a dangling symlink"
                                 + (f" (t3@{link.name}.service cannot start)" if kind == "users" else ""))
-    if current.is_symlink():
-        for user in config.users:
-            if not os.path.lexists(config.root / "users" / user.name):
-                problems.append(f"root: {config.root / 'users' / user.name} is missing: t3@{user.name}.service "
-                                "starts through it (`t3track run` makes it)")
+
     if not config.users:
         problems.append("users: no users configured; nothing would be gated or verified")
     for i, user in enumerate(config.users):
@@ -459,6 +455,12 @@ def _user_home(user: UserConfig) -> Path:
 def host_warnings(config: Config) -> list[str]:
     """Things on the host that do not stop t3track but fight it: T3's own updater and service per user."""
     warnings: list[str] = []
+    if (config.root / "current").is_symlink():
+        for user in config.users:
+            if not os.path.lexists(config.root / "users" / user.name):
+                warnings.append(f"root: {config.root / 'users' / user.name} is missing: t3@{user.name}.service "
+                                "starts through it; the next `t3track run` makes it (or "
+                                "systemd/t3-provision-users.sh on a host without rings)")
     for i, user in enumerate(config.users):
         home = _user_home(user)
         for relative, under, why in UPDATER_TRACES:
