@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from t3track.errors import EnvironmentFault
 from t3track.redact import redact
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 KILL_GRACE_S = 5.0
 REAP_WAIT_S = 5.0          # after a SIGKILL: how long to wait for the kernel to let the child go
@@ -363,3 +367,26 @@ def scrubbed_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str
     }
     env.update(extra or {})
     return env
+
+
+def side_by_side(work: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:
+    """`work(item)` for every item on at most `workers` threads (for work that waits on a child
+    process, a user's tree read or a snapshot, not on the CPU). Results come in the items' order;
+    the first exception in that order is raised once every call has returned, so nothing started
+    here outlives it."""
+    if workers <= 1 or len(items) < 2:
+        return [work(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(item: _T) -> tuple[bool, object]:
+        try:
+            return True, work(item)
+        except BaseException as exc:  # handed to the caller's thread below
+            return False, exc
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="t3track") as pool:
+        outcomes = list(pool.map(guarded, items))
+    for ok, value in outcomes:
+        if not ok:
+            raise value  # type: ignore[misc]
+    return [value for _, value in outcomes]  # type: ignore[misc]

@@ -8,6 +8,7 @@ a database, because an older binary on a newer database hides or fails to read d
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import ROLLBACK_VERIFY, verify_live
 from t3track.results import GateResult
+from t3track.runner import side_by_side
 from t3track.state import Freeze, State, StateStore
 
 Progress = Callable[[str], None]
@@ -55,17 +57,24 @@ class SwapResult:
 
 
 def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
+    """Every user's database, side by side (each is a child run as the tree's owner)."""
     ensure_private_dir(snapshot_dir)
-    for user in config.users:
+    lock = threading.Lock()
+
+    def one(user: UserConfig) -> None:
         dest = snapshot_dir / user.name
         if (dest / MANIFEST).is_file():
-            continue  # a resumed swap keeps the snapshot taken before it was killed
+            return  # a resumed swap keeps the snapshot taken before it was killed
         if not any(os.path.lexists(user.base_dir / "userdata" / name) for name in DB_FILES):
             # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
-            progress(f"{user.name} has no T3 state yet: nothing to snapshot")
-            continue
-        progress(f"snapshot {user.name}'s database")
+            with lock:
+                progress(f"{user.name} has no T3 state yet: nothing to snapshot")
+            return
+        with lock:
+            progress(f"snapshot {user.name}'s database")
         backup.snapshot_database(user.base_dir, dest)
+
+    side_by_side(one, config.users, config.gates.parallel)
 
 
 def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress,
@@ -167,20 +176,26 @@ def preflight(config: Config, store: StateStore) -> None:
     """What must hold before any server stops: every user's tree is one t3track will touch (no link,
     regular databases of its owner's), no two users share one, and state_dir has room for every
     snapshot. Raises EnvironmentFault (exit 3), nothing stopped, naming the user or the disk."""
-    seen: dict[tuple[int, int], str] = {}
-    need = 0
-    for user in config.users:
+    def read(user: UserConfig) -> tuple[usertree.Tree, int] | None:
         try:
             tree = usertree.check_tree(user.base_dir, user=user.name)
         except usertree.UserTreeFault as exc:
             if exc.missing:
-                continue  # a new host (adopt): no T3 state yet, nothing to snapshot (see _snapshot_all)
+                return None  # a new host (adopt): no T3 state yet, nothing to snapshot (see _snapshot_all)
             raise
+        return tree, usertree.db_sizes(user.base_dir, user=user.name)
+
+    seen: dict[tuple[int, int], str] = {}
+    need = 0
+    for user, found in zip(config.users, side_by_side(read, config.users, config.gates.parallel), strict=True):
+        if found is None:
+            continue
+        tree, size = found
         other = seen.setdefault((tree.dev, tree.ino), user.name)
         if other != user.name:
             raise usertree.UserTreeFault(user.name, f"{tree.userdata} is the same directory as {other}'s userdata",
                                          hint=f"give {user.name} and {other} base dirs of their own")
-        need += usertree.db_sizes(user.base_dir, user=user.name)
+        need += size
     store.ensure()
     fs = os.statvfs(store.dir)
     free = fs.f_bavail * fs.f_frsize
