@@ -7,7 +7,7 @@ import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from t3track.fastread import (  # noqa: F401  (the rules live there: status chec
     MAX_DURATION_S,
     MAX_SIZE,
     SERVICE_PLACEHOLDERS,
+    ConfigHelpers,
     check_channel,
     check_executable,
     check_gate_order,
@@ -153,7 +154,7 @@ class RegistryLimitsConfig(_Strict):
     deadline: Duration = timedelta(seconds=120)
 
 
-class Config(_Strict):
+class Config(_Strict, ConfigHelpers):
     package: str = "t3"
     channel: str = "nightly"
     registry: str | None = None
@@ -288,17 +289,7 @@ class Config(_Strict):
         return self._host if self._host is not None else self
 
     def user(self, name: str) -> UserConfig:
-        for user in self.users:
-            if user.name == name:
-                return user
-        raise ConfigError(f"no user named {name!r} in the config",
-                          hint=f"known users: {', '.join(u.name for u in self.users) or 'none'}")
-
-    def executable_in(self, prefix: Path) -> Path:
-        return prefix / self.executable
-
-    def metrics_file(self) -> Path:
-        return self.metrics_path if self.metrics_path is not None else self.state_dir / "metrics" / "t3track.prom"
+        return cast(UserConfig, ConfigHelpers.user(self, name))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -238,7 +238,25 @@ class _View(SimpleNamespace):
     pass
 
 
-class ConfigView(_View):
+class ConfigHelpers:
+    """What Config and ConfigView both answer from their fields (one definition for both)."""
+
+    def user(self: Any, name: str) -> Any:
+        for user in self.users:
+            if user.name == name:
+                return user
+        raise ConfigError(f"no user named {name!r} in the config",
+                          hint=f"known users: {', '.join(u.name for u in self.users) or 'none'}")
+
+    def executable_in(self: Any, prefix: Path) -> Path:
+        return cast(Path, prefix / self.executable)
+
+    def metrics_file(self: Any) -> Path:
+        return cast(Path, self.metrics_path if self.metrics_path is not None else
+                    self.state_dir / "metrics" / "t3track.prom")
+
+
+class ConfigView(ConfigHelpers, _View):
     """The config as Config has it, for reading: the same attributes and helpers. Only a host without
     rings reads this way (a `rings` key is not known here: the models decide), so it is the whole
     host's view of one ring."""
@@ -250,25 +268,14 @@ class ConfigView(_View):
     def host(self) -> ConfigView:
         return self
 
-    def user(self, name: str) -> Any:
-        for user in self.users:
-            if user.name == name:
-                return user
-        raise ConfigError(f"no user named {name!r} in the config",
-                          hint=f"known users: {', '.join(u.name for u in self.users) or 'none'}")
 
-    def executable_in(self, prefix: Path) -> Path:
-        return prefix / self.executable
-
-    def metrics_file(self) -> Path:
-        return self.metrics_path if self.metrics_path is not None else self.state_dir / "metrics" / "t3track.prom"
-
-
-def _model(fields: dict[str, tuple[Any, Any]], cls: type[_View] = _View) -> Any:
+def _model(fields: dict[str, tuple[Any, Any]], cls: type = _View, *, known_keys_only: bool = True) -> Any:
     """A checker of one mapping: `fields` {key: (default or _REQUIRED, checker)}; defaults are
-    callables (a fresh value each time, as the models' default factories)."""
-    def check(value: Any) -> _View:
-        if not isinstance(value, dict) or any(not isinstance(k, str) or k not in fields for k in value):
+    callables (a fresh value each time, as the models' default factories). `known_keys_only=False`:
+    unknown keys are ignored (as the state's models do), not a doubt."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict) or known_keys_only and any(not isinstance(k, str) or k not in fields
+                                                                   for k in value):
             raise _Unsure
         out = {}
         for key, (default, checker) in fields.items():
@@ -472,19 +479,7 @@ class LastRun:
 
 def _record(cls: type, fields: dict[str, tuple[Any, Any]]) -> Any:
     """A state record: unknown keys ignored (as the models do), `fields` as in _model."""
-    def check(value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _Unsure
-        out = {}
-        for key, (default, checker) in fields.items():
-            if key in value:
-                out[key] = checker(value[key])
-            elif default is _REQUIRED:
-                raise _Unsure
-            else:
-                out[key] = default()
-        return cls(**out)
-    return check
+    return _model(fields, cls, known_keys_only=False)
 
 
 _opt_str = _optional(_str)
