@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from t3track.errors import ConfigError
+from t3track.errors import ConfigError, UsageError
 from t3track.fastread import (  # noqa: F401  (the rules live there: status checks the config without pydantic)
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
@@ -261,6 +261,13 @@ class Config(_Strict, ConfigHelpers):
                 return ring
         raise ConfigError(f"no ring named {name!r} in the config",
                           hint=f"known rings: {', '.join(self.ring_names())}")
+
+    def require_ring(self, ring: str) -> RingConfig:
+        """A --ring this config names: exit 2 listing the rings, or saying the host has none."""
+        if not self.ringed:
+            raise UsageError(f"this host has no rings (config `rings`): drop --ring {ring}",
+                             hint="without rings every user moves at once")
+        return self.ring_config(ring)
 
     def ring_of(self, user: str) -> str:
         return next(r.name for r in self.ring_configs() if user in r.users)

@@ -535,9 +535,8 @@ def state_view(data: Any) -> Any:
         return None
 
 
-class StateReader:
-    """What status asks of a StateStore (load, journal_path), without pydantic when state.json is
-    plainly valid; anything else is StateStore's to read, with its errors."""
+class StatePaths:
+    """Where state_dir keeps state.json and the swap journal: StateStore's, and StateReader's."""
 
     def __init__(self, state_dir: Path):
         self.dir = state_dir
@@ -549,6 +548,11 @@ class StateReader:
     @property
     def journal_path(self) -> Path:
         return self.dir / JOURNAL_FILE
+
+
+class StateReader(StatePaths):
+    """What status asks of a StateStore (load, journal_path), without pydantic when state.json is
+    plainly valid; anything else is StateStore's to read, with its errors."""
 
     def load(self) -> State:
         try:

@@ -373,7 +373,8 @@ def side_by_side(work: Callable[[_T], _R], items: Sequence[_T], workers: int) ->
     """`work(item)` for every item on at most `workers` threads (for work that waits on a child
     process, a user's tree read or a snapshot, not on the CPU). Results come in the items' order;
     the first exception in that order is raised once every call has returned, so nothing started
-    here outlives it."""
+    here outlives it. (The gates' night.side_by_side.run_side_by_side adds what they need on top:
+    later users stopped at the first failure, the report cut after it.)"""
     if workers <= 1 or len(items) < 2:
         return [work(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor

@@ -18,11 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from t3track import versions
 from t3track.clock import iso, utcnow
 from t3track.errors import LockBusy, StateError
+from t3track.fastread import JOURNAL_FILE, STATE_FILE, StatePaths  # noqa: F401  (the file names, once)
 from t3track.fsutil import append_line, atomic_write_text, make_private_dirs
 
-STATE_FILE = "state.json"
 HISTORY_FILE = "history.jsonl"
-JOURNAL_FILE = "journal.json"      # an unfinished swap (t3track.night.journal)
 SNAPSHOTS_DIR = "snapshots"        # pre-swap snapshots, one dir per run
 LOCK_FILE = "lock"
 
@@ -122,6 +121,10 @@ class RingState(_Model):
     served: list[Served] = Field(default_factory=list)
     checked_at: Moment | None = None  # the last live re-check of its servers that passed
 
+    def open_stretch(self) -> Served | None:
+        """The stretch of the version the ring serves now (None before its first)."""
+        return next((s for s in reversed(self.served) if s.until is None and s.version == self.current), None)
+
 
 def _ring_keys(value: dict) -> dict:
     for key in value:
@@ -154,6 +157,14 @@ class State(_Model):
     def denial(self, version: str) -> Denial | None:
         return next((d for d in self.denied if d.version == version), None)
 
+    def ring(self, name: str, *, first: bool) -> RingState:
+        """One ring's record, read only; the first ring's current, previous and current_snapshot are
+        this state's own fields."""
+        own = self.rings.get(name, RingState())
+        if not first:
+            return own
+        return own.model_copy(update={key: getattr(self, key) for key in RING_OWN})
+
 
 @dataclass(frozen=True)
 class HistoryEvent:
@@ -163,23 +174,12 @@ class HistoryEvent:
     data: dict[str, Any]
 
 
-class StateStore:
+class StateStore(StatePaths):
     """All reads and writes of state_dir go through here."""
-
-    def __init__(self, state_dir: Path):
-        self.dir = state_dir
-
-    @property
-    def state_path(self) -> Path:
-        return self.dir / STATE_FILE
 
     @property
     def history_path(self) -> Path:
         return self.dir / HISTORY_FILE
-
-    @property
-    def journal_path(self) -> Path:
-        return self.dir / JOURNAL_FILE
 
     @property
     def host(self) -> StateStore:

@@ -29,7 +29,7 @@ from t3track.config import Config
 from t3track.errors import T3TrackError
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.host import backup
-from t3track.state import RingState, State, StateStore
+from t3track.state import State, StateStore
 
 OUTCOMES = ("swapped", "noop", "refused", "rolled_back", "error", "critical")
 GATE_OUTCOMES = ("pass", "fail", "inconclusive")
@@ -169,10 +169,9 @@ def _ring_metrics(config: Config, state: State, moment: datetime, gauge: Any, re
     frozen = gauge("t3track_ring_frozen", "1 while the ring's own freeze holds it", ("ring",))
     pinned = gauge("t3track_ring_pinned", "1 while the ring's own pin holds it", ("ring",))
     for i, ring in enumerate(config.ring_names()):
-        own = state.rings.get(ring, RingState())
-        current, previous = (state.current, state.previous) if i == 0 else (own.current, own.previous)
-        info.labels(ring=ring).info({"version": current or "", "previous": previous or ""})
-        stretch = next((s for s in reversed(own.served) if s.until is None and s.version == current), None)
+        own = state.ring(ring, first=i == 0)
+        info.labels(ring=ring).info({"version": own.current or "", "previous": own.previous or ""})
+        stretch = own.open_stretch()
         if stretch is not None:
             soaked.labels(ring=ring).set(round(stretch.served_for(moment), 3))
         frozen.labels(ring=ring).set(1 if own.frozen is not None and not own.frozen.expired(moment) else 0)

@@ -51,13 +51,7 @@ RingOpt = Annotated[Optional[str], typer.Option("--ring", help="only this ring (
 def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
     """A --ring the config names (exit 2, listing the rings, if not; or saying the host has none)."""
     if ring is not None:
-        config = ctx.obj.config()
-        if not config.ringed:
-            from t3track.errors import UsageError
-
-            raise UsageError(f"this host has no rings (config `rings`): drop --ring {ring}",
-                             hint="without rings every user moves at once")
-        config.ring_config(ring)
+        ctx.obj.config().require_ring(ring)
     return ring
 
 

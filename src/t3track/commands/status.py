@@ -99,7 +99,10 @@ def status(config: Config, store: StateStore) -> Status:
                                 ring=config.ring_of(user.name) if config.ringed else None,
                                 linked=tree.user_version(config, user.name) if config.ringed else None))
         warnings.extend(facts.warnings)
-        expected = _ring_current(config, state, config.ring_of(user.name)) if config.ringed else state.current
+        expected = state.current
+        if config.ringed:
+            ring_name = config.ring_of(user.name)
+            expected = state.ring(ring_name, first=ring_name == config.first_ring).current
         drifted = users[-1].serving is not None and expected is not None \
             and not same_version(users[-1].serving, expected)
         if drifted:
@@ -130,23 +133,15 @@ def status(config: Config, store: StateStore) -> Status:
     )
 
 
-def _ring_current(config: Config, state: State, ring: str) -> str | None:
-    from t3track.night import rings  # a host with rings only: the night's modules stay off status's start
-
-    return rings.ring_current(state, config, ring)
-
-
 def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:
-    from t3track.night import rings
-    from t3track.state import RingState
+    from t3track.night import rings  # a host with rings only: the night's modules stay off status's start
 
     out = []
     for i, ring in enumerate(config.ring_configs()):
-        own = state.rings.get(ring.name, RingState())
-        current = rings.ring_current(state, config, ring.name)
-        open_ = next((s for s in reversed(own.served) if s.until is None and s.version == current), None)
+        own = state.ring(ring.name, first=i == 0)
+        open_ = own.open_stretch()
         out.append(RingStatus(
-            ring.name, list(ring.users), current, tree.linked_version(config, tree.ring_link(config, ring.name)),
+            ring.name, list(ring.users), own.current, tree.linked_version(config, tree.ring_link(config, ring.name)),
             ring.soak.total_seconds(), open_.served_for(now) if open_ else None,
             iso(own.checked_at) if own.checked_at else None, own.pinned, own.frozen,
             next=rings.promotion(config, state, ring, now).reason if i else None))

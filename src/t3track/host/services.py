@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
 from t3track.host import owner
 from t3track.runner import run as run_command
+from t3track.runner import side_by_side
 
 Progress = Callable[[str], None]
 POLL_S = 0.1
@@ -86,17 +86,7 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
             return exc
         return None
 
-    workers = max(1, min(config.gates.parallel, len(config.users)))
-    outcomes: list[CriticalError | None] = []
-    if workers == 1:
-        for user in config.users:
-            outcomes.append(one(user))
-            if outcomes[-1] is not None and not keep_going:
-                break
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"t3track-{action}") as pool:
-            outcomes = list(pool.map(one, config.users))
-    errors = [error for error in outcomes if error is not None]
+    errors = [error for error in side_by_side(one, config.users, config.gates.parallel) if error is not None]
     if errors and not keep_going:
         raise errors[0]
     return [error.message for error in errors]

@@ -70,12 +70,6 @@ def user_version(config: Config, user: str) -> str | None:
     return linked_version(config, user_link(config, user))
 
 
-def user_ring_link(config: Config, user: str) -> str | None:
-    """The ring link user's link names, as written (None: no user link)."""
-    link = user_link(config, user)
-    return os.readlink(link) if link.is_symlink() else None
-
-
 def _replace_link(link: Path, text: Path) -> None:
     """Point `link` at `text` atomically: a new symlink, then rename over the old."""
     link.parent.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -125,19 +125,20 @@ def _sweep(n: Night) -> None:
 def _ringed(n: Night) -> NightReport:
     """Re-check the rings a version soaks in, then move at most one ring: the last one that can."""
     checked: list[GateResult] = []
-    for ring in rings.soaking(n.config, n.store.load()):
+    host = n.store.load()
+    for ring in rings.soaking(n.config, host):
         soaking = n.scoped(ring)
         current = soaking.store.load().current
         drifted = _drift(soaking, current)
         if drifted:  # a foreign server, not the version's fault: told, nothing rolled back or denied
             return soaking.tag(NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=None,
                                                    current=current, gates=[*checked, *drifted], dry_run=n.dry_run))
-        results = rings.recheck(n.config, n.store, ring, n.progress, dry_run=n.dry_run)
+        results = rings.recheck(soaking.config, soaking.store, n.progress, dry_run=n.dry_run)
         checked += results
         if first_failure(results):
             return _roll_back_ring(soaking, results)
     notes: list[str] = []
-    host_pin = n.store.load().pinned  # a later ring takes the host's pin once it has soaked before it
+    host_pin = host.pinned  # a later ring takes the host's pin once it has soaked before it
     for later in reversed(n.config.ring_configs()[1:]):
         moving = n.scoped(later.name)
         state = moving.store.load()
@@ -161,13 +162,14 @@ def _with(report: NightReport, checked: list[GateResult], notes: list[str]) -> N
 
 def _move(n: Night, decision: policy.Decision | None = None) -> NightReport:
     """One ring's move (the whole host's without rings): resolve -> install -> gates -> swap -> verify."""
-    current = n.store.load().current
+    state = n.store.load()
+    current = state.current
     notes: list[str] = []
     try:
         wanted = n.target.version if n.target else n.config.channel
         if decision is None:
             n.progress(f"resolving {n.config.package}@{wanted} (current {current or 'none'})")
-            decision = _resolve(n, n.store.load())
+            decision = _resolve(n, state)
         if decision.candidate is None:
             report = _no_candidate(n, decision, current)
             report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told

@@ -47,11 +47,8 @@ def scope(config: Config, store: StateStore, ring: str | None) -> tuple[Config, 
 def for_operator(config: Config, store: StateStore, ring: str | None, what: str) -> tuple[Config, StateStore]:
     """The view an operator's move (`revert`, `drill`) runs in: on a host with rings, the ring named
     with --ring, which it must be given; without rings, the whole host (a --ring must name its ring)."""
-    if ring is not None and not config.ringed:
-        raise UsageError(f"this host has no rings (config `rings`): drop --ring {ring}",
-                         hint="without rings every user moves at once")
     if ring is not None:
-        config.ring_config(ring)  # ConfigError listing the rings
+        config.require_ring(ring)
     if not config.ringed:
         return config, store
     if ring is None:
@@ -76,8 +73,8 @@ def ensure(config: Config, store: StateStore, progress: Progress) -> None:
         if i and own.current is None:
             own.current = tree.linked_version(config, tree.ring_link(config, ring.name))
             changed = changed or own.current is not None
-        current = state.current if i == 0 else own.current
-        if current is not None and not any(s.until is None and s.version == current for s in own.served):
+        current = state.ring(ring.name, first=i == 0).current
+        if current is not None and state.ring(ring.name, first=i == 0).open_stretch() is None:
             own.served.append(Served(version=current, since=now))
             changed = True
     if changed:
@@ -85,7 +82,7 @@ def ensure(config: Config, store: StateStore, progress: Progress) -> None:
 
 
 def ring_current(state: State, config: Config, ring: str) -> str | None:
-    return state.current if ring == config.first_ring else state.rings.get(ring, RingState()).current
+    return state.ring(ring, first=ring == config.first_ring).current
 
 
 @dataclass(frozen=True)
@@ -134,19 +131,18 @@ def soaking(config: Config, state: State) -> list[str]:
             if ring_current(state, config, ring) not in (None, ring_current(state, config, after))]
 
 
-def recheck(config: Config, store: StateStore, ring: str, progress: Progress, *, dry_run: bool = False) -> list[GateResult]:
-    """Re-check one ring's live servers (serverVersion and the pairing probe) on the version it runs;
-    a pass is remembered as the ring's `checked_at` (not by a dry run)."""
-    view, ring_store = scope(config, store, ring)
+def recheck(view: Config, ring_store: StateStore, progress: Progress, *, dry_run: bool = False) -> list[GateResult]:
+    """Re-check one ring's live servers (its view: see `scope`; serverVersion and the pairing probe) on
+    the version it runs; a pass is remembered as the ring's `checked_at` (not by a dry run)."""
     state = ring_store.load()
-    if state.current is None:
+    if state.current is None or view.ring is None:
         return []
     # a user held on another version (moved into this ring, not swapped in yet) is not this version's to judge
     on_it = [u for u in view.users if tree.user_version(view, u.name) in (state.current, None)]
-    progress(f"re-checking ring {ring} live on {state.current}")
+    progress(f"re-checking ring {view.ring} live on {state.current}")
     results = verify_live(view, state.current, progress, gate=LIVE_RECHECK, users=on_it)
     if all(r.outcome == "pass" for r in results) and not dry_run:
-        whole = store.load()
-        whole.rings.setdefault(ring, RingState()).checked_at = utcnow()
-        store.save(whole)
+        whole = ring_store.host.load()
+        whole.rings.setdefault(view.ring, RingState()).checked_at = utcnow()
+        ring_store.host.save(whole)
     return results
