@@ -214,13 +214,19 @@ def test_a_candidate_that_cannot_pair_fails_pairing_probe_with_the_step_in_its_f
     nothing_left(config)
 
 
-def test_a_candidate_whose_mint_fails_pairs_with_its_startup_token(emulated_host):
+def test_a_candidate_whose_mint_fails_is_refused_though_its_startup_token_pairs(emulated_host):
+    """Production servers' stdout goes nowhere: operators pair with `auth pairing create`, so a
+    build that breaks it must fail the gate, never pass on the startup token."""
     make, candidate = emulated_host
     config = make()
     results = run_gates(config, NEXT, candidate(fault="mint-fails"), evidence_dir=evidence_dir(config))
-    assert results[-1].outcome == "pass", results[-1].detail
-    probe_doc = json.loads(Path(results[-1].evidence).read_text())
-    assert "startup token" in next(s["detail"] for s in probe_doc["steps"] if s["name"] == "mint")
+    failed = results[-1]
+    assert (failed.name, failed.outcome) == ("pairing-probe", "fail"), failed.detail
+    assert failed.fingerprint == "pairing-probe:mint:-:MintFailed"
+    probe_doc = json.loads(Path(failed.evidence).read_text())
+    assert [s["name"] for s in probe_doc["steps"]] == ["session", "mint"]  # no exchange with any other credential
+    assert "startup token" not in json.dumps(probe_doc)
+    nothing_left(config)
 
 
 def test_a_session_wipe_on_upgrade_warns_that_everyone_pairs_again(emulated_host, secret_spy):  # noqa: F811

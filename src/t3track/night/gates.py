@@ -131,9 +131,12 @@ class _UserGates:
                                 f"{self.user.name}: no sandbox to probe: {exc.message}", evidence=exc.evidence,
                                 fingerprint=f"{PAIRING_PROBE}:{SANDBOX_SERVE}:-:SandboxFailed")
         assert server.url is not None
+        server.startup_token()  # never used here, but a secret all the same: redact it everywhere
+        # No startup-token fallback: production servers' stdout goes nowhere, so operators pair new
+        # devices with `auth pairing create`; a candidate whose mint is broken must be refused here.
         handshake = probe.pairing_handshake(
             server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
-            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+            run_as=server.run_as, env=server.env)
         server.secrets |= handshake.secrets
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
