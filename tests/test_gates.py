@@ -229,6 +229,37 @@ def test_a_candidate_whose_mint_fails_is_refused_though_its_startup_token_pairs(
     nothing_left(config)
 
 
+@pytest.mark.parametrize("candidate_migrations", [54, 52])  # it says so at INFO (ran some) or DEBUG (none needed)
+def test_the_mint_starts_before_the_candidate_is_ready_but_only_after_its_migrations(
+        emulated_host, monkeypatch, candidate_migrations):
+    """The mint's own start (~1.2 s for the real server) overlaps the candidate's, yet it never runs
+    beside the candidate's migrations: both migrate, and two migrators on one database race."""
+    from t3track.host.sqlite import database_migrations
+    from t3track.night import gates as gates_mod
+
+    seen = []
+    original = gates_mod._UserGates._start_mint
+
+    def spy(self, server):  # noqa: ANN001, ANN202
+        seen.append((server.url, [m.id for m in database_migrations(server.userdata)]))
+        original(self, server)
+
+    monkeypatch.setattr(gates_mod._UserGates, "_start_mint", spy)
+    make, candidate = emulated_host
+    config = make(live_migrations=52)
+    results = run_gates(config, NEXT, candidate(migrations=candidate_migrations, start_delay_s=1.0),
+                        evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+    assert len(seen) == 1
+    url, migrated = seen[0]
+    assert url is None  # not ready yet: start_delay_s holds it for a second after migrating
+    assert migrated == list(range(1, candidate_migrations + 1))
+    probe_doc = json.loads(Path(results[-1].evidence).read_text())
+    mint = next(s for s in probe_doc["steps"] if s["name"] == "mint")
+    assert mint["ok"] and "auth pairing create" in mint["detail"] and "startup token" not in mint["detail"]
+    nothing_left(config)
+
+
 def test_a_session_wipe_on_upgrade_warns_that_everyone_pairs_again(emulated_host, secret_spy):  # noqa: F811
     make, candidate = emulated_host
     config = make(live_migrations=30, current=("0.0.24", "A", 30), sessions_survive=True)

@@ -241,6 +241,7 @@ def active_fault(settings: dict) -> str | None:
 
 
 CLOCK_OFFSET = timedelta(0)
+DEBUG_LOGS = False  # `--log-level debug` (or trace, all): the real one then prints its DEBUG lines too
 
 
 def now() -> datetime:
@@ -462,6 +463,8 @@ def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connecti
     if announce and applied:
         listing = ",\n".join(f"    '{name}'" for name in applied)
         log("INFO", f"Migrations ran successfully\n  migrations: [\n{listing}\n  ]")
+    elif announce and DEBUG_LOGS:  # upstream's runMigrations: Effect.logDebug when none ran
+        log("DEBUG", "Database schema is current")
     if announce and newest > settings["migrations"]:
         # The real 0.0.42 says nothing here; the emulator says it so tests and demos can see it.
         log("WARN", f"Database is at migration {newest}, newer than this server ({settings['migrations']}); "
@@ -886,6 +889,9 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
     return 0
 
 
+LOG_LEVELS = ("all", "trace", "debug", "info", "warn", "warning", "error", "fatal", "none")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="t3", description="T3 Code server emulator")
     parser.add_argument("--version", "-v", action="store_true")
@@ -898,6 +904,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve_parser.add_argument("--base-dir", default=env.get("T3CODE_HOME", "~/.t3"))
     serve_parser.add_argument("--no-browser", action="store_true", default=env.get("T3CODE_NO_BROWSER") == "1")
     serve_parser.add_argument("--mode", choices=("web", "desktop"), default=env.get("T3CODE_MODE", "web"))
+    serve_parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")  # a global flag of the real CLI
     auth = commands.add_parser("auth").add_subparsers(dest="auth_command", required=True)
     pairing = auth.add_parser("pairing").add_subparsers(dest="pairing_command", required=True)
     create = pairing.add_parser("create")
@@ -917,8 +924,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
-    global CLOCK_OFFSET
+    global CLOCK_OFFSET, DEBUG_LOGS
     CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
+    DEBUG_LOGS = getattr(args, "log_level", "info") in ("all", "trace", "debug")
     if args.version:
         print(f"t3 v{settings['version']}")
         return 0
