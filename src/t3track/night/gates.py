@@ -7,6 +7,11 @@ running ones stop, and the report keeps config order, cut after the first failur
 gates run in order and the sandbox stays up from `sandbox-serve` through `pairing-probe`; it is torn
 down when that user's gates end, whatever happened.
 
+`pairing-probe` pairs only with a credential from `auth pairing create` (how operators pair, since
+production stdout goes nowhere), never the startup token. That mint is started while `sandbox-serve`
+still waits, as soon as the candidate logs that its migrations are done (never while they run: the
+mint migrates too); its own start is most of the probe's cost on the real server.
+
 Outcomes: `pass`, `fail` (the candidate must not be swapped in) and `inconclusive` (reported, does not
 stop the run). The optional sessions-survive check (config.gates.sessions_survive) is `inconclusive`
 when existing sessions do not survive: pairing itself works, so the build is not broken, but every user
