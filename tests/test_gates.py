@@ -214,13 +214,96 @@ def test_a_candidate_that_cannot_pair_fails_pairing_probe_with_the_step_in_its_f
     nothing_left(config)
 
 
-def test_a_candidate_whose_mint_fails_pairs_with_its_startup_token(emulated_host):
+def test_a_candidate_whose_mint_fails_is_refused_though_its_startup_token_pairs(emulated_host):
+    """Production servers' stdout goes nowhere: operators pair with `auth pairing create`, so a
+    build that breaks it must fail the gate, never pass on the startup token."""
     make, candidate = emulated_host
     config = make()
     results = run_gates(config, NEXT, candidate(fault="mint-fails"), evidence_dir=evidence_dir(config))
-    assert results[-1].outcome == "pass", results[-1].detail
+    failed = results[-1]
+    assert (failed.name, failed.outcome) == ("pairing-probe", "fail"), failed.detail
+    assert failed.fingerprint == "pairing-probe:mint:-:MintFailed"
+    probe_doc = json.loads(Path(failed.evidence).read_text())
+    assert [s["name"] for s in probe_doc["steps"]] == ["session", "mint"]  # no exchange with any other credential
+    assert "startup token" not in json.dumps(probe_doc)
+    nothing_left(config)
+
+
+@pytest.mark.parametrize("candidate_migrations", [54, 52])  # it says so at INFO (ran some) or DEBUG (none needed)
+def test_the_mint_starts_before_the_candidate_is_ready_but_only_after_its_migrations(
+        emulated_host, monkeypatch, candidate_migrations):
+    """The mint's own start (~1.2 s for the real server) overlaps the candidate's, yet it never runs
+    beside the candidate's migrations: both migrate, and two migrators on one database race."""
+    from t3track.host.sqlite import database_migrations
+    from t3track.night import gates as gates_mod
+
+    seen = []
+    original = gates_mod._UserGates._start_mint
+
+    def spy(self, server):  # noqa: ANN001, ANN202
+        seen.append((server.url, [m.id for m in database_migrations(server.userdata)]))
+        original(self, server)
+
+    monkeypatch.setattr(gates_mod._UserGates, "_start_mint", spy)
+    make, candidate = emulated_host
+    config = make(live_migrations=52)
+    results = run_gates(config, NEXT, candidate(migrations=candidate_migrations, start_delay_s=1.0),
+                        evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+    assert len(seen) == 1
+    url, migrated = seen[0]
+    assert url is None  # not ready yet: start_delay_s holds it for a second after migrating
+    assert migrated == list(range(1, candidate_migrations + 1))
     probe_doc = json.loads(Path(results[-1].evidence).read_text())
-    assert "startup token" in next(s["detail"] for s in probe_doc["steps"] if s["name"] == "mint")
+    mint = next(s for s in probe_doc["steps"] if s["name"] == "mint")
+    assert mint["ok"] and "auth pairing create" in mint["detail"] and "startup token" not in mint["detail"]
+    nothing_left(config)
+
+
+def _spy_on_mint_start(monkeypatch) -> list:  # noqa: ANN001
+    """When each user's early mint starts: (the sandbox's url then, None before ready)."""
+    from t3track.night import gates as gates_mod
+
+    seen = []
+    original = gates_mod._UserGates._start_mint
+
+    def spy(self, server):  # noqa: ANN001, ANN202
+        seen.append(server.url)
+        original(self, server)
+
+    monkeypatch.setattr(gates_mod._UserGates, "_start_mint", spy)
+    return seen
+
+
+def test_a_build_that_refuses_the_debug_log_level_starts_again_without_it_and_mints_at_ready(
+        emulated_host, monkeypatch):
+    """T3CODE_LOG_LEVEL=Debug only hurries the mint: a build that rejects the value (the real 0.0.42
+    exits on `debug`, lowercase) must still be judged on its merits, never refused for it."""
+    seen = _spy_on_mint_start(monkeypatch)
+    make, candidate = emulated_host
+    config = make()
+    results = run_gates(config, NEXT, candidate(fault="log-level-rejected", start_delay_s=0.3),
+                        evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+    assert "refused T3CODE_LOG_LEVEL=Debug and was started again without it" in results[1].detail
+    assert len(seen) == 1 and seen[0] is not None  # no marker without debug logs: the mint waited for ready
+    log = Path(results[1].evidence).read_text()
+    assert "Database schema is current" not in log and "server is ready" in log  # the second start's log
+    nothing_left(config)
+
+
+def test_an_early_mint_that_lost_to_a_migrator_is_minted_again_once_the_server_is_ready(emulated_host, monkeypatch):
+    seen = _spy_on_mint_start(monkeypatch)
+    make, candidate = emulated_host
+    config = make()
+    results = run_gates(config, NEXT, candidate(fault="mint-busy-once", start_delay_s=0.5),
+                        evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
+    assert seen == [None]  # early, on the marker
+    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    assert mint["ok"] and "once the server was ready; the early one failed" in mint["detail"]
+    assert "SQLITE_BUSY_SNAPSHOT" in mint["detail"]
+    nothing_left(config)
 
 
 def test_a_session_wipe_on_upgrade_warns_that_everyone_pairs_again(emulated_host, secret_spy):  # noqa: F811

@@ -33,7 +33,7 @@ BROKEN = {
     "reusable-credential": "pairing-probe", "cookie-not-accepted": "pairing-probe",
     "wrong-cookie-name": "pairing-probe", "exchange-500": "pairing-probe",
 }
-MINT_FAILS = "0.0.43-nightly.20261203.3200"  # `auth pairing create` broken: pairs with the startup token
+MINT_FAILS = "0.0.43-nightly.20261203.3200"  # `auth pairing create` broken; its startup token still pairs
 
 
 def broken_version(i: int) -> str:
@@ -158,12 +158,13 @@ def test_each_broken_kind_fails_its_gate_with_the_detail_in_junit(tmp_path, regi
         assert cases["pairing-probe"].find("skipped") is not None
 
 
-def test_a_build_whose_mint_fails_passes_with_its_startup_token_and_keeps_redacted_evidence(tmp_path, registry):
+def test_a_build_whose_mint_fails_is_refused_and_keeps_redacted_evidence(tmp_path, registry):
     evidence = tmp_path / "evidence"
     done = smoke(tmp_path, registry.url, MINT_FAILS, "--evidence", str(evidence))
-    assert done.code == 0, done.result.stderr
+    assert done.code == 1, done.result.stdout + done.result.stderr
+    assert done.doc["outcome"] == "refused" and done.doc["reason"].startswith("gate pairing-probe failed")
     probe_doc = json.loads((evidence / "smoke.pairing-probe.json").read_text())
-    assert "startup token" in next(s["detail"] for s in probe_doc["steps"] if s["name"] == "mint")
+    assert probe_doc["step"] == "mint" and probe_doc["kind"] == "MintFailed"
     log = (evidence / "smoke.sandbox-serve.log").read_text()
     assert "Token: [REDACTED]" in log
     for path in evidence.iterdir():

@@ -117,8 +117,10 @@ def run(
     cwd: Path | None = None,
     run_as: str | None = None,
     stdin: str | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Completed:
-    """Run to completion in its own process group; on timeout the whole group is killed."""
+    """Run to completion in its own process group; on timeout the whole group is killed.
+    `on_start` gets the process as soon as it exists (to end it by its pid from another thread)."""
     args = [os.fspath(a) for a in argv]
     started = time.monotonic()
     try:
@@ -139,6 +141,8 @@ def run(
     except PermissionError:
         raise EnvironmentFault(f"cannot run {args[0]}: permission denied") from None
     try:
+        if on_start is not None:
+            on_start(proc)
         out, err = proc.communicate(input=stdin, timeout=timeout)
         timed_out = False
     except subprocess.TimeoutExpired:

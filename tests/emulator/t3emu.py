@@ -39,7 +39,7 @@ from pathlib import Path
 FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
-    "no-cache-headers",
+    "no-cache-headers", "log-level-rejected", "mint-busy-once",
 )
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0,
             "reported_version": None,
@@ -241,6 +241,9 @@ def active_fault(settings: dict) -> str | None:
 
 
 CLOCK_OFFSET = timedelta(0)
+DEBUG_LOGS = False  # T3CODE_LOG_LEVEL=Debug (or Trace, All): the real one then prints its DEBUG lines too
+# The real 0.0.42 reads T3CODE_LOG_LEVEL with effect's Config.logLevel: exactly these, else it exits.
+LOG_LEVELS = ("All", "Fatal", "Error", "Warn", "Info", "Debug", "Trace", "None")
 
 
 def now() -> datetime:
@@ -462,6 +465,8 @@ def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connecti
     if announce and applied:
         listing = ",\n".join(f"    '{name}'" for name in applied)
         log("INFO", f"Migrations ran successfully\n  migrations: [\n{listing}\n  ]")
+    elif announce and DEBUG_LOGS:  # upstream's runMigrations: Effect.logDebug when none ran
+        log("DEBUG", "Database schema is current")
     if announce and newest > settings["migrations"]:
         # The real 0.0.42 says nothing here; the emulator says it so tests and demos can see it.
         log("WARN", f"Database is at migration {newest}, newer than this server ({settings['migrations']}); "
@@ -858,6 +863,14 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
     if active_fault(settings) == "mint-fails":
         print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
         return 1
+    if active_fault(settings) == "mint-busy-once":
+        lost = Path(args.base_dir).expanduser() / "userdata" / ".t3emu-mint-lost-race"
+        if not lost.exists():
+            lost.parent.mkdir(parents=True, exist_ok=True)
+            lost.touch()
+            print("\nERROR\n  SqlError: Failed to execute statement\n  cause: database is locked (SQLITE_BUSY_SNAPSHOT)",
+                  file=sys.stderr)
+            return 1
     try:
         ttl = parse_ttl(args.ttl)
     except ValueError:
@@ -917,8 +930,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
-    global CLOCK_OFFSET
+    global CLOCK_OFFSET, DEBUG_LOGS
     CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
+    level = os.environ.get("T3CODE_LOG_LEVEL", "Info")
+    if level not in LOG_LEVELS or (level == "Debug" and active_fault(settings) == "log-level-rejected"):
+        expected = " | ".join(f'"{name}"' for name in LOG_LEVELS if name != level)
+        log("ERROR", f'ConfigError: SchemaError(Expected {expected}\n  at ["T3CODE_LOG_LEVEL"])')
+        return 1
+    DEBUG_LOGS = level in ("All", "Trace", "Debug")
     if args.version:
         print(f"t3 v{settings['version']}")
         return 0

@@ -31,6 +31,7 @@ import ipaddress
 import json
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -286,24 +287,98 @@ def _credential_from(stdout: str) -> str | None:
     return None
 
 
-def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
-          token_fallback: Callable[[], str | None] | None) -> str:
-    started = time.monotonic()
-    argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"]
-    why: str
+def _mint_argv(executable: Path, base_dir: Path) -> list[str | Path]:
+    return [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"]
+
+
+class MintJob:
+    """`auth pairing create` started ahead of the handshake, in a thread: the executable's own start
+    (~1.2 s of CPU for the real 0.0.42, nearly all of it before it opens the database) then overlaps
+    the server's. Start it only once the server's migrations are done (the mint migrates too: two
+    migrators on one database race). `stop()` ends it by its process group, whatever it is doing."""
+
+    def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
+                 env: Mapping[str, str] | None = None):
+        self.started = time.monotonic()
+        self._proc: Any = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._done: runner.Completed | None = None
+        self._error: T3TrackError | None = None
+        argv = _mint_argv(executable, base_dir)
+        env = env if env is not None else _default_env(run_as)
+        self._thread = threading.Thread(target=self._run, args=(argv, max(timeout, 5.0), env, run_as),
+                                        name="t3track-mint", daemon=True)
+        self._thread.start()
+
+    def _run(self, argv: list[str | Path], timeout: float, env: Mapping[str, str], run_as: str | None) -> None:
+        try:
+            self._done = runner.run(argv, timeout=timeout, env=env, run_as=run_as, on_start=self._on_start)
+        except T3TrackError as exc:
+            self._error = exc
+
+    def _on_start(self, proc: Any) -> None:
+        with self._lock:
+            self._proc = proc
+            stopped = self._stopped
+        if stopped:
+            runner.kill_group(proc, 0)
+
+    def outcome(self) -> runner.Completed | T3TrackError:
+        """Wait for it (runner.run's own timeout bounds that): what it printed, or what runner.run raised."""
+        self._thread.join()
+        if self._error is not None:
+            return self._error
+        assert self._done is not None
+        return self._done
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None:
+            runner.kill_group(proc, 0)
+        self._thread.join(runner.REAP_WAIT_S)
+
+
+def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
+    """The credential a finished `auth pairing create` printed, or None and why not."""
+    if isinstance(done, T3TrackError):
+        return None, done.message
+    credential = _credential_from(done.stdout) if done.ok else None
+    if credential:
+        return credential, ""
+    # The raw output may hold a credential in a shape we did not parse: it is never shown.
+    return None, done.describe() if not done.ok else "`auth pairing create` printed no credential"
+
+
+def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None,
+              env: Mapping[str, str] | None) -> runner.Completed | T3TrackError:
     try:
-        done = runner.run(argv, timeout=max(s.timeout, 5.0), env=env if env is not None else _default_env(run_as),
-                          run_as=run_as)
+        return runner.run(_mint_argv(executable, base_dir), timeout=max(timeout, 5.0),
+                          env=env if env is not None else _default_env(run_as), run_as=run_as)
     except T3TrackError as exc:
-        why = exc.message
+        return exc
+
+
+def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
+          token_fallback: Callable[[], str | None] | None, job: MintJob | None = None) -> str:
+    started = job.started if job is not None else time.monotonic()
+    early_why = why = ""
+    if job is not None:
+        credential, early_why = _minted(job.outcome())
+        if credential is None:
+            # Started before ready on the server's word that its migrations were done: if that word
+            # was early, the mint met a migrator and lost. Now that the server serves, the same
+            # mint again decides (a broken mint fails twice; the cost is paid on failure only).
+            credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
     else:
-        credential = _credential_from(done.stdout) if done.ok else None
-        if credential:
-            s.secrets.add(credential)
-            s.record(STEP_MINT, True, None, "minted with `auth pairing create`", started)
-            return credential
-        # The raw output may hold a credential in a shape we did not parse: redact it all.
-        why = done.describe() if not done.ok else "`auth pairing create` printed no credential"
+        credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
+    if credential:
+        s.secrets.add(credential)
+        again = f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why else ""
+        s.record(STEP_MINT, True, None, f"minted with `auth pairing create`{again}", started)
+        return credential
     token = token_fallback() if token_fallback is not None else None
     if token:
         s.secrets.add(token)
@@ -429,9 +504,11 @@ def pairing_handshake(
     run_as: str | None = None,
     env: Mapping[str, str] | None = None,
     token_fallback: Callable[[], str | None] | None = None,
+    mint: MintJob | None = None,
 ) -> Handshake:
     """The whole handshake; also hands back the session cookie (for sessions-survive) and the
-    secrets seen, so the caller can redact its own logs with them."""
+    secrets seen, so the caller can redact its own logs with them. `mint`: a mint already started
+    for this server (its credential is used instead of minting now)."""
     require_loopback(url)
     started = time.monotonic()
     s = _Session(url, timeout)
@@ -440,7 +517,7 @@ def pairing_handshake(
     cookie: SessionCookie | None = None
     try:
         cookie_name = _check_session(s)
-        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback)
+        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback, job=mint)
         path, response = _exchange(s, credential)
         cookie = _cookie(s, response, cookie_name, path)
         _replay(s, cookie)

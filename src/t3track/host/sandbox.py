@@ -24,6 +24,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,15 @@ REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
 READY_MARKER = "server is ready"  # what T3 prints when it serves (then short polls start over)
+# What upstream's runMigrations logs once the migrator's transaction has committed (checked in the
+# 0.0.42 bundle): INFO when some ran, DEBUG when none were needed; never "Migrations complete", which
+# the migrator logs inside its transaction. Hence debug logging on a candidate whose migrations-done
+# moment is wanted (the pairing mint may start then, ~0.4 s before ready). Through the environment,
+# not `--log-level`: a build that does not know T3CODE_LOG_LEVEL ignores it, where an unknown flag
+# would stop it from starting. The markers only hurry the mint: without them it starts at ready.
+MIGRATED_MARKERS = ("Migrations ran successfully", "Database schema is current")
+LOG_LEVEL_VARIABLE = "T3CODE_LOG_LEVEL"  # named in the error of a build that rejects its value
+DEBUG_LOG_ENV = {LOG_LEVEL_VARIABLE: "Debug"}
 
 _ports_lock = threading.Lock()
 _ports_taken: set[int] = set()  # by the sandboxes of this process: gates run side by side
@@ -187,6 +197,7 @@ class SandboxServer:
     prior_session_detail: str | None = None
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)
+    mint: probe.MintJob | None = field(default=None, repr=False)  # started on it early; ended first by stop()
     _process: runner.Background | None = field(default=None, repr=False)
     _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
     _ports: set[int] = field(default_factory=set, repr=False)
@@ -249,6 +260,8 @@ class SandboxServer:
             return
         self._stopped = True
         try:
+            if self.mint is not None:
+                self.mint.stop()  # before anything of the sandbox goes away under it
             if self._process is not None:
                 self._process.stop()
             self._save_evidence()
@@ -336,19 +349,26 @@ def _read_after(server: SandboxServer) -> None:
 
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
-           log_name: str, port: int | None = None, cancel: threading.Event | None = None) -> runner.Background:
+           log_name: str, port: int | None = None, cancel: threading.Event | None = None,
+           on_migrated: Callable[[], None] | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says
-    why; when `cancel` is set meanwhile, it is killed and Cancelled raised."""
+    why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `on_migrated` is called
+    once, while waiting, when the server says its migrations are done (and no later than when it is
+    ready): the database is then safe for a second process of the same build."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
-    for attempt in range(PORT_ATTEMPTS):
+    migrated = False  # once said, it stays said: a retry on another port finds nothing left to migrate
+    debug = on_migrated is not None
+    attempt = 0
+    while attempt < PORT_ATTEMPTS:
         chosen = _take_port(server, port if attempt == 0 else None)
         url = f"http://127.0.0.1:{chosen}"
         argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
                 "--no-browser"]
+        env = {**server.env, **DEBUG_LOG_ENV} if debug else server.env
         started = time.monotonic()
-        process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as, grace_s=0)
+        process = runner.start(argv, env=env, cwd=server.home, run_as=server.run_as, grace_s=0)
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
         readiness = probe.ReadinessPoll(url)
@@ -358,6 +378,12 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                     raise Cancelled(f"{server.user}'s sandbox is no longer needed")
                 if not process.alive():
                     process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
+                    if debug and LOG_LEVEL_VARIABLE in process.log_text():
+                        # A build that reads log levels another way: it starts as it is, and the mint
+                        # waits for ready. Same port (Era B cookie names carry it), no attempt spent.
+                        debug, port, attempt = False, chosen, attempt - 1
+                        server.notes.append(f"it refused {LOG_LEVEL_VARIABLE}=Debug and was started again without it")
+                        break
                     if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
                         break  # someone took the port between our check and the bind: next port
                     refused = REFUSED_HISTORY.search(process.log_text())
@@ -372,7 +398,11 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         f"{what} exited with {process.proc.returncode} before it was ready",
                         reason="exit", log_tail=server.log_tail(),
                         hint="the candidate cannot start on this user's state; see the evidence log")
-                version = readiness.version(deadline, announced=READY_MARKER in process.log_text())
+                log = process.log_text()
+                if on_migrated is not None and not migrated and any(m in log for m in MIGRATED_MARKERS):
+                    migrated = True
+                    on_migrated()
+                version = readiness.version(deadline, announced=READY_MARKER in log)
                 if version is not None:
                     if expected_version is not None and version != expected_version:
                         raise SandboxFailed(
@@ -381,6 +411,8 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                             hint="the installed package does not hold the version it claims; reinstall it")
                     server.port, server.url = chosen, url
                     server.startup_s = round(time.monotonic() - started, 3)
+                    if on_migrated is not None and not migrated:
+                        on_migrated()  # ready without saying so: migrated all the same
                     return process
                 if time.monotonic() >= deadline:
                     raise SandboxFailed(
@@ -392,6 +424,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
             process.stop()
             raise
         process.stop()
+        attempt += 1
     raise SandboxFailed(f"{what}: every port tried was in use", reason="exit", log_tail=server.log_tail())
 
 
@@ -429,6 +462,7 @@ def serve_candidate(
     evidence_dir: Path,
     prior_session_with: Path | None = None,
     cancel: threading.Event | None = None,
+    on_migrated: Callable[[SandboxServer], None] | None = None,
 ) -> SandboxServer:
     """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
     `expected_version`. Returns the running server (stop it, or use it in a `with`); raises
@@ -436,7 +470,8 @@ def serve_candidate(
 
     With `prior_session_with` (the current version's executable), a session is first minted with
     that version on the same copy, for the sessions-survive check. Setting `cancel` while it waits
-    for the server tears the sandbox down and raises Cancelled."""
+    for the server tears the sandbox down and raises Cancelled. `on_migrated(server)`: see _start
+    (the candidate's start only)."""
     owner = _owner(user.run_as)
     notes: list[str] = []
     root = _sandbox_root(workdir, user, owner, notes)
@@ -461,7 +496,8 @@ def serve_candidate(
                                 probe_timeout=config.gates.probe_timeout.total_seconds(), cancel=cancel)
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
-                                 log_name="sandbox-serve", port=port, cancel=cancel)
+                                 log_name="sandbox-serve", port=port, cancel=cancel,
+                                 on_migrated=(lambda: on_migrated(server)) if on_migrated is not None else None)
         _read_after(server)
         server.diverged = diverged_pairs(server._process.log_text())
         return server

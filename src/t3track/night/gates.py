@@ -7,6 +7,14 @@ running ones stop, and the report keeps config order, cut after the first failur
 gates run in order and the sandbox stays up from `sandbox-serve` through `pairing-probe`; it is torn
 down when that user's gates end, whatever happened.
 
+`pairing-probe` pairs only with a credential from `auth pairing create` (how operators pair, since
+production stdout goes nowhere), never the startup token: the live check after a swap mints the same
+way, so a build whose mint is broken is refused here rather than rolled back there. That mint is
+started while `sandbox-serve` still waits, as soon as the candidate logs that its migrations are done
+(never while they run: the mint migrates too, and two migrators on one database race); its own start
+is most of the probe's cost on the real server. An early mint that fails is tried once more when the
+server is ready, and that one decides.
+
 Outcomes: `pass`, `fail` (the candidate must not be swapped in) and `inconclusive` (reported, does not
 stop the run). The optional sessions-survive check (config.gates.sessions_survive) is `inconclusive`
 when existing sessions do not survive: pairing itself works, so the build is not broken, but every user
@@ -95,16 +103,25 @@ class _UserGates:
             if self.config.gates.sessions_survive:
                 candidate_current = current_executable(self.config)
                 prior = candidate_current if candidate_current.exists() else None
+            early_mint = self._start_mint if PAIRING_PROBE in self.config.gates.order else None
             try:
                 self.server = serve_candidate(self.config, self.user, self.executable, self.version,
                                               workdir=self.workdir, evidence_dir=self.evidence_dir,
-                                              prior_session_with=prior, cancel=self.cancel)
+                                              prior_session_with=prior, cancel=self.cancel, on_migrated=early_mint)
             except SandboxFailed as exc:
                 self.sandbox_error = exc
         if self.server is None:
             assert self.sandbox_error is not None
             raise self.sandbox_error
         return self.server
+
+    def _start_mint(self, server: SandboxServer) -> None:
+        """The pairing probe's `auth pairing create`, started as soon as the candidate's migrations
+        are done (never while they run: the mint migrates too), so that its own start (~1.2 s for the
+        real 0.0.42) overlaps the rest of the server's instead of following it. The sandbox ends it."""
+        server.mint = probe.MintJob(server.base_dir, self.executable,
+                                    timeout=self.config.gates.probe_timeout.total_seconds(),
+                                    run_as=server.run_as, env=server.env)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()
@@ -131,9 +148,12 @@ class _UserGates:
                                 f"{self.user.name}: no sandbox to probe: {exc.message}", evidence=exc.evidence,
                                 fingerprint=f"{PAIRING_PROBE}:{SANDBOX_SERVE}:-:SandboxFailed")
         assert server.url is not None
+        server.startup_token()  # never used here, but a secret all the same: redact it everywhere
+        # No startup-token fallback: production servers' stdout goes nowhere, so operators pair new
+        # devices with `auth pairing create`; a candidate whose mint is broken must be refused here.
         handshake = probe.pairing_handshake(
             server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
-            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+            run_as=server.run_as, env=server.env, mint=server.mint)
         server.secrets |= handshake.secrets
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
