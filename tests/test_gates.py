@@ -229,34 +229,36 @@ def test_a_candidate_whose_mint_fails_is_refused_though_its_startup_token_pairs(
     nothing_left(config)
 
 
+@pytest.mark.parametrize("fanotify", [True, False])
 @pytest.mark.parametrize("candidate_migrations", [54, 52])  # it says so at INFO (ran some) or DEBUG (none needed)
-def test_the_mint_starts_before_the_candidate_is_ready_but_only_after_its_migrations(
-        emulated_host, monkeypatch, candidate_migrations):
+def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_the_migrations(
+        emulated_host, tmp_path, monkeypatch, candidate_migrations, fanotify):
     """The mint's own start (~1.2 s for the real server) overlaps the candidate's, yet it never runs
-    beside the candidate's migrations: both migrate, and two migrators on one database race."""
-    from t3track.host.sqlite import database_migrations
-    from t3track.night import gates as gates_mod
+    beside the candidate's migrations: both migrate, and two migrators on one database race. As root
+    (fanotify) the mint starts with the server and its database open waits; elsewhere it starts
+    when the server says its migrations are committed. Either way it sees them all."""
+    from t3track.host import openhold
 
-    seen = []
-    original = gates_mod._UserGates._start_mint
-
-    def spy(self, server):  # noqa: ANN001, ANN202
-        seen.append((server.url, [m.id for m in database_migrations(server.userdata)]))
-        original(self, server)
-
-    monkeypatch.setattr(gates_mod._UserGates, "_start_mint", spy)
+    if not fanotify:  # as where t3track is not root, or a container withholds CAP_SYS_ADMIN
+        monkeypatch.setattr(openhold, "_libc", lambda: None)
+    seen = _spy_on_mint_start(monkeypatch)
     make, candidate = emulated_host
     config = make(live_migrations=52)
-    results = run_gates(config, NEXT, candidate(migrations=candidate_migrations, start_delay_s=1.0),
+    record = tmp_path / "record.jsonl"
+    results = run_gates(config, NEXT, candidate(migrations=candidate_migrations, boot_delay_s=0.8, start_delay_s=1.0,
+                                                env_record=str(record)),
                         evidence_dir=evidence_dir(config))
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
-    assert len(seen) == 1
-    url, migrated = seen[0]
-    assert url is None  # not ready yet: start_delay_s holds it for a second after migrating
-    assert migrated == list(range(1, candidate_migrations + 1))
-    probe_doc = json.loads(Path(results[-1].evidence).read_text())
-    mint = next(s for s in probe_doc["steps"] if s["name"] == "mint")
-    assert mint["ok"] and "auth pairing create" in mint["detail"] and "startup token" not in mint["detail"]
+    assert seen == [None]  # before ready: start_delay_s holds the server a second after migrating
+    opened = [json.loads(line) for line in record.read_text().splitlines()]
+    opened = [line for line in opened if line["command"] == "auth pairing create: database opened"]
+    assert [line["migrations"] for line in opened] == [list(range(1, candidate_migrations + 1))]
+    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    assert mint["ok"] and "startup token" not in mint["detail"]
+    if fanotify and os.geteuid() == 0:
+        assert "started with the server, its opening of the database held until" in mint["detail"]
+    else:
+        assert "started once the server said its migrations were committed" in mint["detail"]
     nothing_left(config)
 
 
@@ -267,9 +269,9 @@ def _spy_on_mint_start(monkeypatch) -> list:  # noqa: ANN001
     seen = []
     original = gates_mod._UserGates._start_mint
 
-    def spy(self, server):  # noqa: ANN001, ANN202
+    def spy(self, server, low_priority):  # noqa: ANN001, ANN202
         seen.append(server.url)
-        original(self, server)
+        original(self, server, low_priority)
 
     monkeypatch.setattr(gates_mod._UserGates, "_start_mint", spy)
     return seen
@@ -286,7 +288,13 @@ def test_a_build_that_refuses_the_debug_log_level_starts_again_without_it_and_mi
                         evidence_dir=evidence_dir(config))
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
     assert "refused T3CODE_LOG_LEVEL=Debug and was started again without it" in results[1].detail
-    assert len(seen) == 1 and seen[0] is not None  # no marker without debug logs: the mint waited for ready
+    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    if os.geteuid() == 0:  # a mint held beside each start; the first one ended with the first start
+        assert seen == [None, None]
+        assert "held until the server's migrations were committed" in mint["detail"]
+    else:  # no marker without debug logs: the mint waited for ready
+        assert len(seen) == 1 and seen[0] is not None
+        assert "started once the server was ready" in mint["detail"]
     log = Path(results[1].evidence).read_text()
     assert "Database schema is current" not in log and "server is ready" in log  # the second start's log
     nothing_left(config)

@@ -31,6 +31,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +42,7 @@ FAULTS = (
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
     "no-cache-headers", "log-level-rejected", "mint-busy-once",
 )
-DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0,
+DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0, "boot_delay_s": 0,
             "reported_version": None,
             # V2-era behaviour (t3code-contract.md, "Since 0.0.42"), each off by default:
             "database": "state",        # "statev2": import state.sqlite once, then use only statev2.sqlite
@@ -763,12 +764,28 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def record_env(settings: dict, command: str, base_dir: str) -> None:
-    """Tests: which T3CODE_* variables reached this process (append-only JSON lines)."""
+def record_env(settings: dict, command: str, base_dir: str, **more: object) -> None:
+    """Tests: which T3CODE_* variables reached this process, and what else `more` says (append-only
+    JSON lines)."""
     if settings.get("env_record"):
         seen = {k: v for k, v in os.environ.items() if k.startswith("T3CODE_")}
         with open(settings["env_record"], "a") as handle:
-            handle.write(json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen}) + "\n")
+            handle.write(json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen,
+                                     **more}) + "\n")
+
+
+def record_database_seen(settings: dict, paths: Paths) -> None:
+    """Tests: the migration ids in the database when this process first opened it (before migrating)."""
+    if settings.get("env_record") and paths.db.exists():
+        conn = sqlite3.connect(paths.db)
+        try:
+            ids = [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]
+        except sqlite3.Error:
+            ids = []
+        finally:
+            conn.close()
+        record_env(settings, "auth pairing create: database opened", str(paths.base), migrations=ids,
+                   at=time.monotonic())
 
 
 def serve(args: argparse.Namespace, settings: dict) -> int:
@@ -794,6 +811,9 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
 
 def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: Paths, stop: threading.Event,
            owner_id: str | None) -> int:
+    # The real one starts for ~1.2 s (V8 and its bundle) before it opens the database.
+    if stop.wait(float(settings.get("boot_delay_s") or 0)):
+        return 0
     try:
         open_state(paths, settings, announce=True).close()
     except HistoryRefused as error:
@@ -877,8 +897,10 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
         print(f'\nERROR\n  Invalid value for flag --ttl: "{args.ttl}". Expected: Schema validation failed: '
               "Invalid duration. Use values like 5m, 1h, 30d, or 15 minutes.", file=sys.stderr)
         return 1
+    paths = Paths(args.base_dir, settings)
+    record_database_seen(settings, paths)
     try:
-        conn = open_state(Paths(args.base_dir, settings), settings, announce=False)
+        conn = open_state(paths, settings, announce=False)
     except HistoryRefused as error:
         print(f"\nERROR\n  {error}", file=sys.stderr)
         return 1

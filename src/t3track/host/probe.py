@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import json
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -294,18 +295,25 @@ def _mint_argv(executable: Path, base_dir: Path) -> list[str | Path]:
 class MintJob:
     """`auth pairing create` started ahead of the handshake, in a thread: the executable's own start
     (~1.2 s of CPU for the real 0.0.42, nearly all of it before it opens the database) then overlaps
-    the server's. Start it only once the server's migrations are done (the mint migrates too: two
-    migrators on one database race). `stop()` ends it by its process group, whatever it is doing."""
+    the server's. It may not open the database beside the server's migrations (the mint migrates too:
+    two migrators on one database race): the sandbox starts it when that is ruled out (see
+    t3track.host.sandbox._MintBeside). `stop()` ends it by its process group, whatever it is doing."""
 
     def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, low_priority: bool = False):
         self.started = time.monotonic()
+        self.how = "started ahead"  # when, for the evidence (the sandbox says)
         self._proc: Any = None
         self._stopped = False
         self._lock = threading.Lock()
         self._done: runner.Completed | None = None
         self._error: T3TrackError | None = None
-        argv = _mint_argv(executable, base_dir)
+        # low_priority: at nice 19 while it starts beside the server's own start (which must not wait
+        # for it), until normal_priority(). Only while it cannot touch the database (its opens held):
+        # a starved writer holding SQLite's write lock would stall the server. `nice` execs the
+        # executable, so the pid, and the process group, stay the mint's.
+        nice = shutil.which("nice", path="/usr/bin:/bin") if low_priority else None
+        argv: list[str | Path] = [*([nice, "-n", "19"] if nice else []), *_mint_argv(executable, base_dir)]
         env = env if env is not None else _default_env(run_as)
         self._thread = threading.Thread(target=self._run, args=(argv, max(timeout, 5.0), env, run_as),
                                         name="t3track-mint", daemon=True)
@@ -331,6 +339,16 @@ class MintJob:
             return self._error
         assert self._done is not None
         return self._done
+
+    def normal_priority(self) -> None:
+        """Back to nice 0, every thread of its group (PRIO_PGRP reaches each one; needs root)."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            try:
+                os.setpriority(os.PRIO_PGRP, proc.pid, 0)
+            except OSError:
+                pass  # gone, or not ours to raise
 
     def stop(self) -> None:
         with self._lock:
@@ -376,8 +394,9 @@ def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, 
         credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
     if credential:
         s.secrets.add(credential)
-        again = f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why else ""
-        s.record(STEP_MINT, True, None, f"minted with `auth pairing create`{again}", started)
+        when = (f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why
+                else f" ({job.how})" if job is not None else "")
+        s.record(STEP_MINT, True, None, f"minted with `auth pairing create`{when}", started)
         return credential
     token = token_fallback() if token_fallback is not None else None
     if token:

@@ -33,7 +33,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import probe, restore, usertree
+from t3track.host import openhold, probe, restore, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
 from t3track.redact import redact
 
@@ -348,18 +348,72 @@ def _read_after(server: SandboxServer) -> None:
     server.migrations_after = histories.get(server.database_after, []) if server.database_after else []
 
 
+class _MintBeside:
+    """When the pairing mint starts beside a candidate that is starting (the mint migrates too, and
+    two migrators on one database race). With an OpenHold (t3track.host.openhold), at once and at
+    nice 19, so that its own start takes only what the server's leaves of the CPUs: its opens of the
+    databases wait in the kernel until the server says its migrations are committed, and then it goes
+    on at normal priority. Without a hold, at that moment. At the latest, when the server is ready
+    (it said nothing)."""
+
+    def __init__(self, server: SandboxServer, start_mint: Callable[[SandboxServer, bool], None]):
+        self.server = server
+        self._start_mint = start_mint
+        self.migrated = False  # once said, it stays said: a retry on another port finds nothing left to migrate
+        self._hold: openhold.OpenHold | None = None
+
+    def spawned(self, process: runner.Background) -> None:
+        if self.migrated or self.server.mint is not None:
+            return
+        self._hold = openhold.OpenHold.start(self.server.userdata, allowed_pgid=process.proc.pid, user=self.server.user)
+        if self._hold is not None:
+            self._start_mint(self.server, True)  # at a low priority: it must not slow the server's start
+            assert self.server.mint is not None
+            self.server.mint.how = ("started with the server, its opening of the database held until the "
+                                    "server's migrations were committed")
+
+    def saw(self, log: str) -> None:
+        if not self.migrated and any(marker in log for marker in MIGRATED_MARKERS):
+            self._now_migrated("started once the server said its migrations were committed")
+
+    def ready(self) -> None:
+        if not self.migrated:
+            self._now_migrated("started once the server was ready")  # ready without saying so
+
+    def _now_migrated(self, how: str) -> None:
+        self.migrated = True
+        if self._hold is not None:
+            if self.server.mint is not None:
+                self.server.mint.normal_priority()  # before its database work: never a starved writer
+            self._hold.release()
+            self._hold = None
+        elif self.server.mint is None:
+            self._start_mint(self.server, False)
+            assert self.server.mint is not None
+            self.server.mint.how = how
+
+    def attempt_ended(self) -> None:
+        """This start did not become ready: a held mint may not go on beside the next start's migrations."""
+        if self._hold is not None:
+            if self.server.mint is not None:
+                self.server.mint.stop()
+                self.server.mint = None
+            self._hold.release()
+            self._hold = None
+
+
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
            log_name: str, port: int | None = None, cancel: threading.Event | None = None,
-           on_migrated: Callable[[], None] | None = None) -> runner.Background:
+           start_mint: Callable[[SandboxServer, bool], None] | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says
-    why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `on_migrated` is called
-    once, while waiting, when the server says its migrations are done (and no later than when it is
-    ready): the database is then safe for a second process of the same build."""
+    why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `start_mint(server,
+    low_priority)` starts the pairing mint (setting server.mint) as early as it may run beside this
+    start: see _MintBeside."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
-    migrated = False  # once said, it stays said: a retry on another port finds nothing left to migrate
-    debug = on_migrated is not None
+    beside = _MintBeside(server, start_mint) if start_mint is not None else None
+    debug = beside is not None
     attempt = 0
     while attempt < PORT_ATTEMPTS:
         chosen = _take_port(server, port if attempt == 0 else None)
@@ -372,7 +426,10 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
         readiness = probe.ReadinessPoll(url)
+        ready = False
         try:
+            if beside is not None:
+                beside.spawned(process)
             while True:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"{server.user}'s sandbox is no longer needed")
@@ -399,9 +456,8 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         reason="exit", log_tail=server.log_tail(),
                         hint="the candidate cannot start on this user's state; see the evidence log")
                 log = process.log_text()
-                if on_migrated is not None and not migrated and any(m in log for m in MIGRATED_MARKERS):
-                    migrated = True
-                    on_migrated()
+                if beside is not None:
+                    beside.saw(log)
                 version = readiness.version(deadline, announced=READY_MARKER in log)
                 if version is not None:
                     if expected_version is not None and version != expected_version:
@@ -411,8 +467,9 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                             hint="the installed package does not hold the version it claims; reinstall it")
                     server.port, server.url = chosen, url
                     server.startup_s = round(time.monotonic() - started, 3)
-                    if on_migrated is not None and not migrated:
-                        on_migrated()  # ready without saying so: migrated all the same
+                    if beside is not None:
+                        beside.ready()
+                    ready = True
                     return process
                 if time.monotonic() >= deadline:
                     raise SandboxFailed(
@@ -423,6 +480,9 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
         except BaseException:
             process.stop()
             raise
+        finally:
+            if beside is not None and not ready:
+                beside.attempt_ended()
         process.stop()
         attempt += 1
     raise SandboxFailed(f"{what}: every port tried was in use", reason="exit", log_tail=server.log_tail())
@@ -462,7 +522,7 @@ def serve_candidate(
     evidence_dir: Path,
     prior_session_with: Path | None = None,
     cancel: threading.Event | None = None,
-    on_migrated: Callable[[SandboxServer], None] | None = None,
+    start_mint: Callable[[SandboxServer, bool], None] | None = None,
 ) -> SandboxServer:
     """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
     `expected_version`. Returns the running server (stop it, or use it in a `with`); raises
@@ -470,7 +530,7 @@ def serve_candidate(
 
     With `prior_session_with` (the current version's executable), a session is first minted with
     that version on the same copy, for the sessions-survive check. Setting `cancel` while it waits
-    for the server tears the sandbox down and raises Cancelled. `on_migrated(server)`: see _start
+    for the server tears the sandbox down and raises Cancelled. `start_mint(server)`: see _start
     (the candidate's start only)."""
     owner = _owner(user.run_as)
     notes: list[str] = []
@@ -497,7 +557,7 @@ def serve_candidate(
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
                                  log_name="sandbox-serve", port=port, cancel=cancel,
-                                 on_migrated=(lambda: on_migrated(server)) if on_migrated is not None else None)
+                                 start_mint=start_mint)
         _read_after(server)
         server.diverged = diverged_pairs(server._process.log_text())
         return server

@@ -107,7 +107,7 @@ class _UserGates:
             try:
                 self.server = serve_candidate(self.config, self.user, self.executable, self.version,
                                               workdir=self.workdir, evidence_dir=self.evidence_dir,
-                                              prior_session_with=prior, cancel=self.cancel, on_migrated=early_mint)
+                                              prior_session_with=prior, cancel=self.cancel, start_mint=early_mint)
             except SandboxFailed as exc:
                 self.sandbox_error = exc
         if self.server is None:
@@ -115,13 +115,14 @@ class _UserGates:
             raise self.sandbox_error
         return self.server
 
-    def _start_mint(self, server: SandboxServer) -> None:
-        """The pairing probe's `auth pairing create`, started as soon as the candidate's migrations
-        are done (never while they run: the mint migrates too), so that its own start (~1.2 s for the
-        real 0.0.42) overlaps the rest of the server's instead of following it. The sandbox ends it."""
+    def _start_mint(self, server: SandboxServer, low_priority: bool) -> None:
+        """The pairing probe's `auth pairing create`, started when the sandbox says it may run beside
+        the candidate (never beside its migrations: the mint migrates too), so that its own start
+        (~1.2 s for the real 0.0.42) overlaps the server's instead of following it. The sandbox ends it."""
+        gates = self.config.gates  # it may wait as long as the server's start before its database opens
         server.mint = probe.MintJob(server.base_dir, self.executable,
-                                    timeout=self.config.gates.probe_timeout.total_seconds(),
-                                    run_as=server.run_as, env=server.env)
+                                    timeout=(gates.serve_timeout + gates.probe_timeout).total_seconds(),
+                                    run_as=server.run_as, env=server.env, low_priority=low_priority)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()

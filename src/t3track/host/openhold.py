@@ -1,0 +1,163 @@
+"""Hold other processes' opens of a sandbox's databases until its server has migrated them.
+
+Why: the pairing probe mints its credential with `t3 auth pairing create`, a second start of the
+candidate (~1.2 s of CPU for the real 0.0.42 before it touches a file), and that mint migrates the
+database too. Two migrators on one database race (effect's Migrator reads the newest id in a deferred
+transaction; the loser's stale snapshot cannot become a write and it fails), and if the mint won,
+the sandbox server would be the one to fail. So the mint may open a database only once the server's
+migrations are committed. With a hold, the mint is started together with the server, its first open
+of a `*.sqlite` file in the sandbox's userdata waits in the kernel, and `release()` lets it through
+when the server says its migrations are done: the mint's start overlaps the server's instead of
+following it.
+
+How: fanotify permission events (FAN_OPEN_PERM on the userdata directory, for its direct children).
+An open is held when the file's name ends in `.sqlite` and the opener is neither this process nor in
+the server's process group; every other open is allowed at once. fanotify needs CAP_SYS_ADMIN:
+`OpenHold.start()` returns None where it is not there (not root, a container without it, a kernel
+without fanotify), and the caller then starts the mint after the migrations instead. Closing the
+fanotify descriptor allows whatever is still held, so `release()`, a crash or a kill of t3track
+never leaves an open hanging. The directory is reached without following links (it is the sandbox's,
+but the candidate runs as the user who could swap it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import select
+import struct
+import threading
+from pathlib import Path
+
+from t3track.host import usertree
+
+_FAN_CLOEXEC = 0x01
+_FAN_NONBLOCK = 0x02
+_FAN_CLASS_CONTENT = 0x04
+_FAN_MARK_ADD = 0x01
+_FAN_OPEN_PERM = 0x00010000
+_FAN_EVENT_ON_CHILD = 0x08000000
+_FAN_ALLOW = 0x01
+_FAN_NOFD = -1
+_METADATA = struct.Struct("IBBHQii")  # struct fanotify_event_metadata: len, vers, reserved, metadata_len, mask, fd, pid
+_RESPONSE = struct.Struct("iI")  # struct fanotify_response: fd, response
+_READ_BYTES = 4096
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        lib.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+class OpenHold:
+    """See the module doc. Use `start()`; `release()` (idempotent) ends it."""
+
+    def __init__(self, group_fd: int, *, allowed_pgid: int, suffix: str):
+        self._fd = group_fd
+        self._allowed_pgid = allowed_pgid
+        self._suffix = suffix
+        self._own_pid = os.getpid()
+        self._held: list[int] = []
+        self.held_names: list[str] = []  # what was held, by file name (for the evidence and tests)
+        self.first_held = threading.Event()
+        self._lock = threading.Lock()
+        self._released = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, name="t3track-openhold", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, directory: Path, *, allowed_pgid: int, user: str, suffix: str = ".sqlite") -> OpenHold | None:
+        """Hold opens of `directory`'s `*suffix` files by anyone outside `allowed_pgid` and this
+        process; None when fanotify is not available here (the caller then does without)."""
+        lib = _libc()
+        if lib is None:
+            return None
+        group_fd = lib.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC | _FAN_NONBLOCK,
+                                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if group_fd < 0:
+            return None  # EPERM without CAP_SYS_ADMIN, ENOSYS without fanotify
+        try:
+            dir_fd = usertree.open_dir(directory, user=user)
+        except usertree.UserTreeFault:
+            os.close(group_fd)
+            return None
+        try:
+            # the object dir_fd names (a NULL path): no name is looked up again, no link followed
+            if lib.fanotify_mark(group_fd, _FAN_MARK_ADD, _FAN_OPEN_PERM | _FAN_EVENT_ON_CHILD, dir_fd, None) != 0:
+                os.close(group_fd)
+                return None
+        finally:
+            os.close(dir_fd)
+        return cls(group_fd, allowed_pgid=allowed_pgid, suffix=suffix)
+
+    def _holds(self, event_fd: int, pid: int) -> bool:
+        if pid == self._own_pid:
+            return False  # this process's own reads (never wait on ourselves)
+        try:
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{event_fd}"))
+            pgid = os.getpgid(pid)
+        except OSError:
+            return False  # the opener is gone, or the file cannot be named: nothing to protect
+        if not name.endswith(self._suffix) or pgid == self._allowed_pgid:
+            return False
+        self.held_names.append(name)
+        return True
+
+    def _answer(self, event_fd: int) -> None:
+        try:
+            os.write(self._fd, _RESPONSE.pack(event_fd, _FAN_ALLOW))
+        except OSError:
+            pass  # the opener died meanwhile
+        os.close(event_fd)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            try:
+                data = os.read(self._fd, _READ_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            offset = 0
+            while offset + _METADATA.size <= len(data):
+                length, _version, _, _, _mask, event_fd, pid = _METADATA.unpack_from(data, offset)
+                offset += max(length, _METADATA.size)
+                if event_fd == _FAN_NOFD:
+                    continue  # a queue overflow: nothing to answer
+                with self._lock:
+                    hold = not self._released and self._holds(event_fd, pid)
+                    if hold:
+                        self._held.append(event_fd)
+                if hold:
+                    self.first_held.set()
+                else:
+                    self._answer(event_fd)
+
+    def release(self) -> None:
+        """Let every held open through and stop holding (closing the group allows what it had not read)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            held, self._held = self._held, []
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        for event_fd in held:
+            self._answer(event_fd)
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            os.close(fd)
