@@ -30,9 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from t3track import runner
 from t3track.errors import EnvironmentFault
-from t3track.host import owner_child
 from t3track.host.sqlite import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -275,6 +273,11 @@ def _interpreter() -> str:
 
 def _run_child(tree: Tree, fd: int, command: str, *args: str, timeout: float, max_bytes: int,
                sink: Callable[[bytes], None] | None = None) -> bytes:
+    # imported here: status on a host whose users have no tree yet starts no child (runner's
+    # dataclasses and redact's patterns stay off its start)
+    from t3track import runner
+    from t3track.host import owner_child
+
     source = inspect.getsource(owner_child)
     argv = [_interpreter(), "-I", "-S", "-c", source, command, str(fd), *args]
     try:
