@@ -23,6 +23,7 @@ V2_DB = "statev2.sqlite"
 # Either or both: V2 builds copy state.sqlite into statev2.sqlite once (state.sqlite then stays frozen),
 # and a host first installed on a V2 build has statev2.sqlite alone.
 DB_FILES = (MAIN_DB, V2_DB)
+DATABASES = (V2_DB, MAIN_DB)  # the one a server uses first: newer builds move to statev2
 MIGRATIONS_TABLE = "effect_sql_migrations"
 _CHUNK = 1 << 20
 MANIFEST_CAP = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
@@ -57,6 +58,19 @@ class BackupTimeout(BackupError):
 
 class BackupMismatch(BackupError):
     """A backup does not match its manifest (damaged or changed since it was made): never restored."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One row of effect_sql_migrations (read by t3track.host.sqlite, or by the owner's child)."""
+
+    id: int
+    name: str
+
+    @property
+    def label(self) -> str:
+        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
+        return f"{self.id}_{self.name}"
 
 
 @dataclass(frozen=True)
