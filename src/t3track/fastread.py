@@ -35,15 +35,17 @@ GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
 SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
 
 # ---------------------------------------------------------------- the config's rules (t3track.config uses these)
+# Patterns are strings, compiled by `re` at their first use (and cached there), as the inline ones
+# below: status checks a few of them only, and compiling the rest cost every start.
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION_RE = r"^\s*(\d+)\s*([smhd])\s*$"
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S = 3650 * 86400  # ten years: anything longer overflows timers and dates
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_USER_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
+_SIZE_RE = r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$"
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 MAX_SIZE = 64 << 30
-_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDER_RE = r"\{([^{}]*)\}"
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -56,7 +58,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
+        match = re.match(_DURATION_RE, value)
         if match and len(match.group(1)) <= 12:
             seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds is None:
@@ -72,7 +74,7 @@ def parse_size(value: Any) -> int:
         raise ValueError("must be a size such as 64KiB, 32MiB or 1GiB")
     if isinstance(value, int):
         size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+    elif isinstance(value, str) and (match := re.match(_SIZE_RE, value)):
         size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
     else:
         raise ValueError(f"must be a size such as 64KiB, 32MiB or 1GiB, not {value!r}")
@@ -85,7 +87,7 @@ def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
     """An argv template may name only `names` ({user}, ...): an unknown one would reach the command
     literally and fail at the worst moment (a `{nokey}` in services.stop, mid-swap)."""
     for part in argv:
-        unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in names]
+        unknown = [m for m in re.findall(_PLACEHOLDER_RE, part) if m not in names]
         if unknown:
             known = " ".join("{" + n + "}" for n in names)
             raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
@@ -93,7 +95,7 @@ def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 def check_user_name(value: str | None) -> str | None:
-    if value is not None and not _USER_RE.match(value):
+    if value is not None and not re.match(_USER_RE, value):
         raise ValueError("must be a Linux user name (lowercase letters, digits, _ and -)")
     return value
 
@@ -415,7 +417,7 @@ def load_config(explicit: Path | None = None) -> Config:
 
 STATE_FILE = "state.json"
 JOURNAL_FILE = "journal.json"
-_MOMENT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+_MOMENT_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 
 
 def _version(value: Any) -> str:
@@ -428,7 +430,7 @@ def _version(value: Any) -> str:
 
 def _moment(value: Any) -> datetime:
     """A timestamp as t3track writes them (ISO 8601 with an offset), as the models make it (UTC)."""
-    if not isinstance(value, str) or not _MOMENT_RE.match(value):
+    if not isinstance(value, str) or not re.match(_MOMENT_RE, value):
         raise _Unsure
     try:
         moment = datetime.fromisoformat(value).astimezone(UTC)
