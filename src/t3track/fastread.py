@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -394,13 +395,50 @@ def config_view(data: Any) -> ConfigView | None:
         return None
 
 
+# yaml.reader compiles this class of every printable code point at import (~7 ms, half of PyYAML's
+# import), for its pure-Python Reader alone: the C loader status reads with checks it in libyaml.
+_YAML_NON_PRINTABLE = "[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]"
+
+
+class _CompiledOnUse:
+    """Stands for `re.compile(pattern, flags)`, compiled (and cached by re) when first used."""
+
+    def __init__(self, pattern: str, flags: int):
+        self._args = (pattern, flags)
+
+    def __getattr__(self, name: str) -> Any:  # search, match, pattern...: the compiled pattern's
+        return getattr(re.compile(*self._args), name)
+
+
+def import_yaml() -> Any:
+    """PyYAML, imported with yaml.reader's NON_PRINTABLE compiled at its first use, not at import.
+    Only that one pattern is deferred (any other, or another PyYAML's, compiles as usual), and the
+    pure Reader uses it unchanged when it runs (t3track.config's safe_load, the C loader's absence).
+    re.compile is swapped for the import alone, before status starts any thread."""
+    if "yaml" in sys.modules:
+        return sys.modules["yaml"]
+    compile_ = re.compile
+
+    def compile_reader_pattern_on_use(pattern: Any, flags: int = 0) -> Any:
+        if pattern == _YAML_NON_PRINTABLE and not flags:
+            return _CompiledOnUse(pattern, flags)
+        return compile_(pattern, flags)
+
+    re.compile = compile_reader_pattern_on_use
+    try:
+        import yaml
+    finally:
+        re.compile = compile_
+    return yaml
+
+
 def load_config(explicit: Path | None = None) -> Config:
     """t3track.config.load_config's answer, without pydantic when the file is plainly valid (its
     C YAML parser when built; any doubt, or any error, goes the models' way with their messages)."""
     path = config_path(explicit)
     view = None
     try:
-        import yaml
+        yaml = import_yaml()
 
         text = path.read_text(encoding="utf-8")
         view = config_view(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))  # noqa: S506
