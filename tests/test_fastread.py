@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -173,3 +175,36 @@ def test_a_host_with_rings_is_read_by_the_models():
                                                            {"name": "y", "users": ["b"]}]}) is None
     assert fastread.state_view({"current": "0.0.42", "rings": {"y": {"current": "0.0.41"}}}) is None
     assert fastread.state_view({"current": "0.0.42", "rings": {}}) is not None
+
+
+def test_yaml_imported_for_status_reads_and_refuses_as_pyyaml_does():
+    """fastread.import_yaml defers yaml.reader's NON_PRINTABLE to its first use: in a fresh interpreter
+    (here yaml is imported already), the pure and the C loaders still refuse a control character, and
+    both read a config as PyYAML imported the usual way does."""
+    script = r"""
+import json, re, sys
+from t3track import fastread
+yaml = fastread.import_yaml()
+deferred = not isinstance(yaml.reader.Reader.NON_PRINTABLE, re.Pattern)
+text = "users:\n  - {name: alice, base_dir: /a, port: 3773}\nkeep_versions: 3\nroot: /opt/t3 # x\n"
+loaders = [yaml.SafeLoader] + ([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])
+read = [yaml.load(text, Loader=loader) for loader in loaders]
+refused = []
+for loader in loaders:
+    try:
+        yaml.load("a: \x07\n", Loader=loader)
+    except yaml.YAMLError as exc:
+        refused.append(str(exc).splitlines()[0])
+print(json.dumps({"deferred": deferred, "read": read, "refused": refused,
+                  "pattern": yaml.reader.Reader.NON_PRINTABLE.pattern}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    got = json.loads(done.stdout)
+    import yaml
+
+    assert got["deferred"]
+    assert got["pattern"] == yaml.reader.Reader.NON_PRINTABLE.pattern
+    expected = yaml.safe_load("users:\n  - {name: alice, base_dir: /a, port: 3773}\nkeep_versions: 3\nroot: /opt/t3 # x\n")
+    assert got["read"] and all(doc == expected for doc in got["read"])
+    assert len(got["refused"]) == len(got["read"])
+    assert got["refused"][0] == "unacceptable character #x0007: special characters are not allowed"

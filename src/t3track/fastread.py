@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,15 +36,17 @@ GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
 SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
 
 # ---------------------------------------------------------------- the config's rules (t3track.config uses these)
+# Patterns are strings, compiled by `re` at their first use (and cached there), as the inline ones
+# below: status checks a few of them only, and compiling the rest cost every start.
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION_RE = r"^\s*(\d+)\s*([smhd])\s*$"
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S = 3650 * 86400  # ten years: anything longer overflows timers and dates
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_USER_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
+_SIZE_RE = r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$"
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 MAX_SIZE = 64 << 30
-_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDER_RE = r"\{([^{}]*)\}"
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -56,7 +59,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
+        match = re.match(_DURATION_RE, value)
         if match and len(match.group(1)) <= 12:
             seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds is None:
@@ -72,7 +75,7 @@ def parse_size(value: Any) -> int:
         raise ValueError("must be a size such as 64KiB, 32MiB or 1GiB")
     if isinstance(value, int):
         size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+    elif isinstance(value, str) and (match := re.match(_SIZE_RE, value)):
         size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
     else:
         raise ValueError(f"must be a size such as 64KiB, 32MiB or 1GiB, not {value!r}")
@@ -85,7 +88,7 @@ def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
     """An argv template may name only `names` ({user}, ...): an unknown one would reach the command
     literally and fail at the worst moment (a `{nokey}` in services.stop, mid-swap)."""
     for part in argv:
-        unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in names]
+        unknown = [m for m in re.findall(_PLACEHOLDER_RE, part) if m not in names]
         if unknown:
             known = " ".join("{" + n + "}" for n in names)
             raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
@@ -93,7 +96,7 @@ def check_template(argv: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 def check_user_name(value: str | None) -> str | None:
-    if value is not None and not _USER_RE.match(value):
+    if value is not None and not re.match(_USER_RE, value):
         raise ValueError("must be a Linux user name (lowercase letters, digits, _ and -)")
     return value
 
@@ -392,13 +395,50 @@ def config_view(data: Any) -> ConfigView | None:
         return None
 
 
+# yaml.reader compiles this class of every printable code point at import (~7 ms, half of PyYAML's
+# import), for its pure-Python Reader alone: the C loader status reads with checks it in libyaml.
+_YAML_NON_PRINTABLE = "[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]"
+
+
+class _CompiledOnUse:
+    """Stands for `re.compile(pattern, flags)`, compiled (and cached by re) when first used."""
+
+    def __init__(self, pattern: str, flags: int):
+        self._args = (pattern, flags)
+
+    def __getattr__(self, name: str) -> Any:  # search, match, pattern...: the compiled pattern's
+        return getattr(re.compile(*self._args), name)
+
+
+def import_yaml() -> Any:
+    """PyYAML, imported with yaml.reader's NON_PRINTABLE compiled at its first use, not at import.
+    Only that one pattern is deferred (any other, or another PyYAML's, compiles as usual), and the
+    pure Reader uses it unchanged when it runs (t3track.config's safe_load, the C loader's absence).
+    re.compile is swapped for the import alone, before status starts any thread."""
+    if "yaml" in sys.modules:
+        return sys.modules["yaml"]
+    compile_ = re.compile
+
+    def compile_reader_pattern_on_use(pattern: Any, flags: int = 0) -> Any:
+        if pattern == _YAML_NON_PRINTABLE and not flags:
+            return _CompiledOnUse(pattern, flags)
+        return compile_(pattern, flags)
+
+    re.compile = compile_reader_pattern_on_use
+    try:
+        import yaml
+    finally:
+        re.compile = compile_
+    return yaml
+
+
 def load_config(explicit: Path | None = None) -> Config:
     """t3track.config.load_config's answer, without pydantic when the file is plainly valid (its
     C YAML parser when built; any doubt, or any error, goes the models' way with their messages)."""
     path = config_path(explicit)
     view = None
     try:
-        import yaml
+        yaml = import_yaml()
 
         text = path.read_text(encoding="utf-8")
         view = config_view(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))  # noqa: S506
@@ -415,7 +455,7 @@ def load_config(explicit: Path | None = None) -> Config:
 
 STATE_FILE = "state.json"
 JOURNAL_FILE = "journal.json"
-_MOMENT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+_MOMENT_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 
 
 def _version(value: Any) -> str:
@@ -428,7 +468,7 @@ def _version(value: Any) -> str:
 
 def _moment(value: Any) -> datetime:
     """A timestamp as t3track writes them (ISO 8601 with an offset), as the models make it (UTC)."""
-    if not isinstance(value, str) or not _MOMENT_RE.match(value):
+    if not isinstance(value, str) or not re.match(_MOMENT_RE, value):
         raise _Unsure
     try:
         moment = datetime.fromisoformat(value).astimezone(UTC)

@@ -11,8 +11,9 @@ from t3track.errors import UsageError
 if TYPE_CHECKING:
     import semver
 
-# Upstream's own channel test is `^[^-+]+-(nightly|preview)\.\d{8}\.\d+$`.
-_CHANNEL_RE = re.compile(r"^[^-+]+-(nightly|preview)\.(\d{8})\.(\d+)$")
+# Upstream's own channel test is `^[^-+]+-(nightly|preview)\.\d{8}\.\d+$`. A string: `re` compiles
+# it at the first channel_of (status asks none).
+_CHANNEL_RE = r"^[^-+]+-(nightly|preview)\.(\d{8})\.(\d+)$"
 
 
 class Channel(str, Enum):
@@ -59,7 +60,7 @@ def require_valid(text: str, what: str = "version") -> str:
 
 def channel_of(text: str) -> Channel:
     version = parse(text)
-    match = _CHANNEL_RE.match(text)
+    match = re.match(_CHANNEL_RE, text)
     if match:
         return Channel(match.group(1))
     if version.prerelease is None:

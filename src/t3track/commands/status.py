@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from t3track.clock import iso, utcnow
 from t3track.errors import T3TrackError
-from t3track.host import backup, tree, usertree
-from t3track.host.sqlite import DATABASES
+from t3track.host import manifest, tree, usertree
+from t3track.host.manifest import DATABASES
 from t3track.night import drift
 from t3track.results import json_key
 from t3track.versions import same_version
@@ -152,7 +152,7 @@ def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:
 class _UserFacts:
     """What status reads of one user, before it is judged (drift, backup age) in the user's order."""
 
-    newest: backup.BackupInfo | None
+    newest: manifest.BackupInfo | None
     database: str | None
     migration: int | None
     serving: str | None
@@ -162,7 +162,7 @@ class _UserFacts:
 def _user_facts(config: Config, user: UserConfig) -> _UserFacts:
     warnings: list[str] = []
     database, migration = _database_of(user, warnings)
-    return _UserFacts(backup.newest_backup(config, user.name), database, migration, drift.serving(user), warnings)
+    return _UserFacts(manifest.newest_backup(config, user.name), database, migration, drift.serving(user), warnings)
 
 
 def _gather(config: Config) -> list[_UserFacts]:

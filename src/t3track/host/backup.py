@@ -1,4 +1,5 @@
 """Backups of each user's T3 state: layout, listing, creation, retention and the backup-present gate.
+(The listing lives in t3track.host.manifest, which status imports without this module: re-exported here.)
 
 Layout: backup_dir/<user>/<stamp>/{state.sqlite[, statev2.sqlite], manifest.json}, where <stamp> is
 UTC `YYYYMMDDTHHMMSSZ` (sortable). A backup is built in backup_dir/<user>/.<stamp>.partial/ and
@@ -33,10 +34,11 @@ from t3track.host.manifest import (
     MANIFEST_FORMAT,
     BackupError,
     BackupInfo,
-    BackupMismatch,
-    read_backup,
+    list_backups,
     sha256_file,
+    user_backup_dir,
 )
+from t3track.host.manifest import newest_backup as newest_backup
 from t3track.host.sqlite import Deadline, connect_ro, interrupt_after, max_migration_id
 
 if TYPE_CHECKING:  # status passes the config as t3track.fastread reads it
@@ -57,43 +59,6 @@ class BackupResult:
     duration_s: float = 0.0
     pruned: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- layout and listing
-
-
-def user_backup_dir(config: Config, user: str) -> Path:
-    return config.backup_dir / user
-
-
-def _newest_first_key(backup: BackupInfo) -> tuple[datetime, int]:
-    """Backups made within one second share a stamp: `<stamp>-2`, `<stamp>-3`... are the later ones."""
-    _, _, n = backup.path.name.partition("-")
-    return backup.created_at, int(n) if n.isdigit() else 1
-
-
-def list_backups(config: Config, user: str) -> list[BackupInfo]:
-    """Finished backups of one user, newest first. Unreadable manifests are skipped here and
-    reported by the backup-present gate."""
-    base = user_backup_dir(config, user)
-    if not base.is_dir():
-        return []
-    found = []
-    for entry in base.iterdir():
-        if entry.name.startswith(".") or not (entry / MANIFEST).is_file():
-            continue
-        try:
-            found.append(read_backup(entry, user))
-        except BackupMismatch:
-            continue
-    return sorted(found, key=_newest_first_key, reverse=True)
-
-
-def newest_backup(config: Config, user: str) -> BackupInfo | None:
-    backups = list_backups(config, user)
-    return backups[0] if backups else None
-
-
 
 
 # ---------------------------------------------------------------- making a backup

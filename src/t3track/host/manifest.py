@@ -1,5 +1,7 @@
 """A backup's manifest and what it promises: the files it holds (size, sha256, migrations), read back
-and checked before anything trusts them. Shared by making backups, restoring them and the gates."""
+and checked before anything trusts them, and the listing of a user's finished backups. Shared by
+making backups, restoring them, the gates and status (which lists backups without importing what
+makes them: t3track.host.backup re-exports the listing)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ V2_DB = "statev2.sqlite"
 # Either or both: V2 builds copy state.sqlite into statev2.sqlite once (state.sqlite then stays frozen),
 # and a host first installed on a V2 build has statev2.sqlite alone.
 DB_FILES = (MAIN_DB, V2_DB)
+DATABASES = (V2_DB, MAIN_DB)  # the one a server uses first: newer builds move to statev2
 MIGRATIONS_TABLE = "effect_sql_migrations"
 _CHUNK = 1 << 20
 MANIFEST_CAP = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
 
 if TYPE_CHECKING:
+    from t3track.config import Config
     from t3track.host.sqlite import Deadline
 
 
@@ -54,6 +58,19 @@ class BackupTimeout(BackupError):
 
 class BackupMismatch(BackupError):
     """A backup does not match its manifest (damaged or changed since it was made): never restored."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One row of effect_sql_migrations (read by t3track.host.sqlite, or by the owner's child)."""
+
+    id: int
+    name: str
+
+    @property
+    def label(self) -> str:
+        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
+        return f"{self.id}_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,41 @@ def read_backup(path: Path, user: str) -> BackupInfo:
         raise BackupMismatch(f"{path / MANIFEST} is missing or unreadable ({exc.__class__.__name__})",
                              user=user, hint=f"use another backup, or {fix_hint(user)}") from None
     return BackupInfo(user, path, as_utc(created), manifest)
+
+
+# ---------------------------------------------------------------- listing a user's backups (status reads them here)
+
+
+def user_backup_dir(config: Config, user: str) -> Path:
+    return config.backup_dir / user
+
+
+def _newest_first_key(backup: BackupInfo) -> tuple[datetime, int]:
+    """Backups made within one second share a stamp: `<stamp>-2`, `<stamp>-3`... are the later ones."""
+    _, _, n = backup.path.name.partition("-")
+    return backup.created_at, int(n) if n.isdigit() else 1
+
+
+def list_backups(config: Config, user: str) -> list[BackupInfo]:
+    """Finished backups of one user, newest first. Unreadable manifests are skipped here and
+    reported by the backup-present gate."""
+    base = user_backup_dir(config, user)
+    if not base.is_dir():
+        return []
+    found = []
+    for entry in base.iterdir():
+        if entry.name.startswith(".") or not (entry / MANIFEST).is_file():
+            continue
+        try:
+            found.append(read_backup(entry, user))
+        except BackupMismatch:
+            continue
+    return sorted(found, key=_newest_first_key, reverse=True)
+
+
+def newest_backup(config: Config, user: str) -> BackupInfo | None:
+    backups = list_backups(config, user)
+    return backups[0] if backups else None
 
 
 def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:

@@ -8,13 +8,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from t3track.host.manifest import MIGRATIONS_TABLE, BackupError, BackupTimeout
+from t3track.host.manifest import DATABASES, MIGRATIONS_TABLE, BackupError, BackupTimeout, Migration
 
 _UNBOUNDED_BUSY_S = 60.0  # busy wait of a step that has no deadline (snapshot without a timeout)
-DATABASES = ("statev2.sqlite", "state.sqlite")  # the one a server uses first: newer builds move to statev2
 
 
 class Deadline:
@@ -98,17 +96,6 @@ def quick_check_problem(path: Path) -> str | None:
     except sqlite3.Error as exc:
         return str(exc)
     return None if rows == ["ok"] else "; ".join(rows[:3])
-
-
-@dataclass(frozen=True)
-class Migration:
-    id: int
-    name: str
-
-    @property
-    def label(self) -> str:
-        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
-        return f"{self.id}_{self.name}"
 
 
 def read_migrations(db_path: Path) -> list[Migration]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import errno
-import inspect
+import functools
 import json
 import os
 import pwd
@@ -30,10 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from t3track import runner
 from t3track.errors import EnvironmentFault
-from t3track.host import owner_child
-from t3track.host.sqlite import Migration
+from t3track.host.manifest import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
@@ -273,10 +271,20 @@ def _interpreter() -> str:
                            hint="install python3 under /usr/bin")
 
 
+@functools.cache
+def _owner_child_source() -> str:
+    """t3track.host.owner_child's source, which the child runs: read from its file, not imported,
+    since importing it here would run its imports (sqlite3 among them) in a process that never uses them."""
+    return Path(__file__).with_name("owner_child.py").read_text(encoding="utf-8")
+
+
 def _run_child(tree: Tree, fd: int, command: str, *args: str, timeout: float, max_bytes: int,
                sink: Callable[[bytes], None] | None = None) -> bytes:
-    source = inspect.getsource(owner_child)
-    argv = [_interpreter(), "-I", "-S", "-c", source, command, str(fd), *args]
+    # imported here: status on a host whose users have no tree yet starts no child (runner's
+    # dataclasses and redact's patterns stay off its start)
+    from t3track import runner
+
+    argv = [_interpreter(), "-I", "-S", "-c", _owner_child_source(), command, str(fd), *args]
     try:
         done = runner.collect_as(argv, uid=tree.uid, gid=tree.gid, timeout=timeout, max_bytes=max_bytes,
                                  sink=sink, pass_fds=(fd,))
