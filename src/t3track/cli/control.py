@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from t3track.cli.app import ByOpt, JsonOpt, ReasonOpt, RingOpt, app, command, ring_of
+from t3track.cli.typer_app import ByOpt, JsonOpt, ReasonOpt, RingOpt, app, command, ring_of
 
 
 @app.command("freeze")

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from t3track.cli.app import JsonOpt, app, command, config_app
+from t3track.cli.typer_app import JsonOpt, app, command, config_app
 
 
 @app.command("backup")

@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from t3track.cli.app import JsonOpt, RingOpt, app, command
 from t3track.cli.render import render_run, steps_table
+from t3track.cli.typer_app import JsonOpt, RingOpt, app, command
 
 if TYPE_CHECKING:
     from t3track.night.pipeline import ExactTarget

@@ -1,4 +1,5 @@
-"""The Typer app and the one place that turns outcomes and errors into exit codes.
+"""The Typer app; `command` turns a command's outcome into its exit code (through
+t3track.cli.context, the one mapping of errors to exit codes, which the plain `status` shares).
 
 Each command module (control, inspect, moves, host) parses options, calls one function of the core,
 renders its result and returns an exit code; `command` raises `typer.Exit` once. Heavy modules
@@ -11,17 +12,14 @@ them) at each start, `--help` and `status` included.
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 from t3track import __version__
+from t3track.cli.context import Ctx, guarded
 from t3track.cli.render import Out
-from t3track.errors import EXIT_CODE_HELP, ExitCode, T3TrackError
-
-if TYPE_CHECKING:
-    from t3track.config import Config
-    from t3track.state import StateStore
+from t3track.errors import EXIT_CODE_HELP, T3TrackError
 
 _EXIT_TABLE = "\n".join(f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
 
@@ -55,24 +53,6 @@ def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
     return ring
 
 
-class Ctx:
-    """What every command gets through typer's context: the config file, the output, the store."""
-
-    def __init__(self, config_file: Optional[Path], as_json: bool):
-        self.config_file = config_file
-        self.out = Out(as_json)
-
-    def config(self) -> "Config":
-        from t3track.config import load_config
-
-        return load_config(self.config_file)
-
-    def store(self, config: "Config | None" = None) -> "StateStore":
-        from t3track.state import StateStore
-
-        return StateStore((config or self.config()).state_dir)
-
-
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"t3track {__version__}")
@@ -87,23 +67,6 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version")] = False,
 ) -> None:
     ctx.obj = Ctx(config, json_out)
-
-
-def _fail(out: Out, exc: T3TrackError) -> int:
-    if out.as_json:
-        doc: dict[str, Any] = {"error": exc.message, "exit_code": int(exc.exit_code)}
-        if exc.problems:
-            doc["problems"] = exc.problems
-        if exc.hint:
-            doc["hint"] = exc.hint
-        doc.update(exc.details)
-        out.json(doc)
-    out.error(exc.message)
-    for problem in exc.problems:
-        out.hint(f"- {problem}")
-    if exc.hint:
-        out.hint(f"next: {exc.hint}")
-    return int(exc.exit_code)
 
 
 def _refresh_metrics(ctx: typer.Context) -> None:
@@ -133,32 +96,9 @@ def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
             out: Out = ctx.obj.out
             if kwargs.get("json_flag"):
                 out.as_json = True
-            errored = True  # nothing changed when it raised: nothing to refresh
-            try:
-                code = fn(ctx, *args, **kwargs) or 0
-                errored = False
-            except T3TrackError as exc:
-                code = _fail(out, exc)
-            except KeyboardInterrupt:
-                out.error("interrupted; sandboxes and their servers were cleaned up")
-                out.hint("next: run `t3track status`; if a swap was under way, the next `t3track run` "
-                         "finishes or rolls it back")
-                code = 130
-            except (typer.Exit, typer.Abort):
-                raise
-            except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
-                import traceback
-
-                from t3track.redact import redact
-
-                out.info(redact("".join(traceback.format_exception(exc))))
-                out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
-                out.hint("next: run `t3track status`; an interrupted swap is recovered by the next "
-                         "`t3track run`; please report this traceback")
-                code = int(ExitCode.CRITICAL)
-            finally:
-                if refreshes_metrics and not errored:
-                    _refresh_metrics(ctx)  # also after a backup that failed for some users
+            code, errored = guarded(out, lambda: fn(ctx, *args, **kwargs), passthrough=(typer.Exit, typer.Abort))
+            if refreshes_metrics and not errored:  # nothing changed when it raised: nothing to refresh
+                _refresh_metrics(ctx)  # also after a backup that failed for some users
             raise typer.Exit(code)
 
         return wrapper  # type: ignore[return-value]
