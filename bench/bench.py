@@ -440,7 +440,7 @@ def bench_scaling(opts: Options, figures: list[Figure]) -> None:
             f"users ({OLD} -> {nightly(1)}, a backup taken just before). Gates = sum of the per-user gate durations "
             f"from the run's JSON; swap/verify/install from its timings. Growth: {secs((w1 - w0) / (n1 - n0))} per "
             f"added user between {n0} and {n1} users. Gates and live checks run side by side (gates.parallel, default "
-            f"the CPUs: {cpu_count()} here), and so do the swap's stops and starts; the snapshots go one after another.")
+            f"the CPUs: {cpu_count()} here), and so do the swap's stops, snapshots and starts.")
 
 
 # ---------------------------------------------------------------- main
