@@ -10,14 +10,17 @@ of a `*.sqlite` file in the sandbox's userdata waits in the kernel, and `release
 when the server says its migrations are done: the mint's start overlaps the server's instead of
 following it.
 
-How: fanotify permission events (FAN_OPEN_PERM on the userdata directory, for its direct children).
-An open is held when the file's name ends in `.sqlite` and the opener is neither this process nor in
-the server's process group; every other open is allowed at once. fanotify needs CAP_SYS_ADMIN:
-`OpenHold.start()` returns None where it is not there (not root, a container without it, a kernel
-without fanotify), and the caller then starts the mint after the migrations instead. Closing the
-fanotify descriptor allows whatever is still held, so `release()`, a crash or a kill of t3track
-never leaves an open hanging. The directory is reached without following links (it is the sandbox's,
-but the candidate runs as the user who could swap it).
+How: fanotify permission events (FAN_OPEN_PERM on the userdata directory, for itself and its direct
+children). An open is held only when the opener is in the process group `hold_group()` named (the
+mint's): whatever it opens there first, the database or anything before it, waits. Every other open,
+the server's, its children's, the user's own processes', t3track's, is allowed at once, so nobody
+else can be made to wait and the held descriptors stay few (at most MAX_HELD, then it lets go).
+fanotify needs CAP_SYS_ADMIN: `OpenHold.start()` returns None where it is not there (not root, a
+container without it, the shipped t3track.service, whose bounding set leaves it out), and the caller
+then starts the mint after the migrations instead. Closing the fanotify descriptor allows whatever is
+still held, so `release()`, a crash or a kill of t3track, or the watcher thread's own failure never
+leaves an open hanging. The directory is reached without following links (it is the sandbox's, but
+the candidate runs as the user who could swap it).
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ _FAN_NONBLOCK = 0x02
 _FAN_CLASS_CONTENT = 0x04
 _FAN_MARK_ADD = 0x01
 _FAN_OPEN_PERM = 0x00010000
+_FAN_ONDIR = 0x40000000
 _FAN_EVENT_ON_CHILD = 0x08000000
 _FAN_ALLOW = 0x01
 _FAN_NOFD = -1
 _METADATA = struct.Struct("IBBHQii")  # struct fanotify_event_metadata: len, vers, reserved, metadata_len, mask, fd, pid
 _RESPONSE = struct.Struct("iI")  # struct fanotify_response: fd, response
 _READ_BYTES = 4096
+MAX_HELD = 64  # the mint opens a handful of files there; past this, something is wrong: let go
 
 
 @functools.cache
@@ -60,11 +65,9 @@ def _libc() -> ctypes.CDLL | None:
 class OpenHold:
     """See the module doc. Use `start()`; `release()` (idempotent) ends it."""
 
-    def __init__(self, group_fd: int, *, allowed_pgid: int, suffix: str):
+    def __init__(self, group_fd: int):
         self._fd = group_fd
-        self._allowed_pgid = allowed_pgid
-        self._suffix = suffix
-        self._own_pid = os.getpid()
+        self._held_pgid: int | None = None
         self._held: list[int] = []
         self.held_names: list[str] = []  # what was held, by file name (for the evidence and tests)
         self.first_held = threading.Event()
@@ -75,16 +78,16 @@ class OpenHold:
         self._thread.start()
 
     @classmethod
-    def start(cls, directory: Path, *, allowed_pgid: int, user: str, suffix: str = ".sqlite") -> OpenHold | None:
-        """Hold opens of `directory`'s `*suffix` files by anyone outside `allowed_pgid` and this
-        process; None when fanotify is not available here (the caller then does without)."""
+    def start(cls, directory: Path, *, user: str) -> OpenHold | None:
+        """Watch `directory`; nothing is held until `hold_group()`. None when fanotify is not
+        available here (the caller then does without)."""
         lib = _libc()
         if lib is None:
             return None
         group_fd = lib.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC | _FAN_NONBLOCK,
-                                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+                                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NONBLOCK)
         if group_fd < 0:
-            return None  # EPERM without CAP_SYS_ADMIN, ENOSYS without fanotify
+            return None  # EPERM without CAP_SYS_ADMIN (or a seccomp filter), ENOSYS without fanotify
         try:
             dir_fd = usertree.open_dir(directory, user=user)
         except usertree.UserTreeFault:
@@ -92,23 +95,33 @@ class OpenHold:
             return None
         try:
             # the object dir_fd names (a NULL path): no name is looked up again, no link followed
-            if lib.fanotify_mark(group_fd, _FAN_MARK_ADD, _FAN_OPEN_PERM | _FAN_EVENT_ON_CHILD, dir_fd, None) != 0:
-                os.close(group_fd)
-                return None
+            marked = lib.fanotify_mark(group_fd, _FAN_MARK_ADD, _FAN_OPEN_PERM | _FAN_ONDIR | _FAN_EVENT_ON_CHILD,
+                                       dir_fd, None) == 0
         finally:
             os.close(dir_fd)
-        return cls(group_fd, allowed_pgid=allowed_pgid, suffix=suffix)
+        if not marked:
+            os.close(group_fd)
+            return None
+        try:
+            return cls(group_fd)
+        except BaseException:
+            os.close(group_fd)  # allows anything already waiting
+            raise
+
+    def hold_group(self, pgid: int) -> None:
+        """From now on, hold what process group `pgid` opens there (the mint's, just started)."""
+        with self._lock:
+            self._held_pgid = pgid
 
     def _holds(self, event_fd: int, pid: int) -> bool:
-        if pid == self._own_pid:
-            return False  # this process's own reads (never wait on ourselves)
+        if self._released or self._held_pgid is None or len(self._held) >= MAX_HELD:
+            return False
         try:
+            if os.getpgid(pid) != self._held_pgid:
+                return False
             name = os.path.basename(os.readlink(f"/proc/self/fd/{event_fd}"))
-            pgid = os.getpgid(pid)
         except OSError:
             return False  # the opener is gone, or the file cannot be named: nothing to protect
-        if not name.endswith(self._suffix) or pgid == self._allowed_pgid:
-            return False
         self.held_names.append(name)
         return True
 
@@ -120,19 +133,22 @@ class OpenHold:
         os.close(event_fd)
 
     def _serve(self) -> None:
+        try:
+            self._watch()
+        except Exception:  # noqa: BLE001 - whatever broke, closing below lets every open through
+            pass
+        finally:
+            self._close(from_watcher=True)  # however it ended, nothing may stay held or watched
+
+    def _watch(self) -> None:
         while True:
-            try:
-                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
-            except (OSError, ValueError):
-                return
+            ready, _, _ = select.select([self._fd, self._wake_r], [], [])
             if self._wake_r in ready:
                 return
             try:
                 data = os.read(self._fd, _READ_BYTES)
             except BlockingIOError:
                 continue
-            except OSError:
-                return
             offset = 0
             while offset + _METADATA.size <= len(data):
                 length, _version, _, _, _mask, event_fd, pid = _METADATA.unpack_from(data, offset)
@@ -140,7 +156,7 @@ class OpenHold:
                 if event_fd == _FAN_NOFD:
                     continue  # a queue overflow: nothing to answer
                 with self._lock:
-                    hold = not self._released and self._holds(event_fd, pid)
+                    hold = self._holds(event_fd, pid)
                     if hold:
                         self._held.append(event_fd)
                 if hold:
@@ -148,16 +164,25 @@ class OpenHold:
                 else:
                     self._answer(event_fd)
 
-    def release(self) -> None:
-        """Let every held open through and stop holding (closing the group allows what it had not read)."""
+    def _close(self, *, from_watcher: bool) -> None:
         with self._lock:
             if self._released:
                 return
             self._released = True
             held, self._held = self._held, []
-        os.write(self._wake_w, b"x")
-        self._thread.join()
-        for event_fd in held:
-            self._answer(event_fd)
-        for fd in (self._fd, self._wake_r, self._wake_w):
-            os.close(fd)
+        try:
+            if not from_watcher:
+                os.write(self._wake_w, b"x")
+                self._thread.join()
+        finally:
+            for event_fd in held:
+                self._answer(event_fd)
+            for fd in (self._fd, self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def release(self) -> None:
+        """Let every held open through and stop watching (closing the group allows what it had not read)."""
+        self._close(from_watcher=False)

@@ -30,7 +30,6 @@ import functools
 import ipaddress
 import json
 import os
-import shutil
 import ssl
 import threading
 import time
@@ -300,20 +299,23 @@ class MintJob:
     t3track.host.sandbox._MintBeside). `stop()` ends it by its process group, whatever it is doing."""
 
     def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
-                 env: Mapping[str, str] | None = None, low_priority: bool = False):
+                 env: Mapping[str, str] | None = None, low_priority: bool = False,
+                 on_spawn: Callable[[int], None] | None = None):
         self.started = time.monotonic()
         self.how = "started ahead"  # when, for the evidence (the sandbox says)
         self._proc: Any = None
         self._stopped = False
+        self._on_spawn = on_spawn  # gets its process group as soon as it exists (the open hold's)
+        # low_priority: nice 19 while it starts beside the server's own start (which must not wait
+        # for it), until normal_priority(). Only where it can be raised back (CAP_SYS_NICE), and only
+        # while it cannot touch the database (its opens held): a starved writer holding SQLite's
+        # write lock would stall the server.
+        self._low = low_priority and _may_raise_priority()
+        self._normal_wanted = False
         self._lock = threading.Lock()
         self._done: runner.Completed | None = None
         self._error: T3TrackError | None = None
-        # low_priority: at nice 19 while it starts beside the server's own start (which must not wait
-        # for it), until normal_priority(). Only while it cannot touch the database (its opens held):
-        # a starved writer holding SQLite's write lock would stall the server. `nice` execs the
-        # executable, so the pid, and the process group, stay the mint's.
-        nice = shutil.which("nice", path="/usr/bin:/bin") if low_priority else None
-        argv: list[str | Path] = [*([nice, "-n", "19"] if nice else []), *_mint_argv(executable, base_dir)]
+        argv = _mint_argv(executable, base_dir)
         env = env if env is not None else _default_env(run_as)
         self._thread = threading.Thread(target=self._run, args=(argv, max(timeout, 5.0), env, run_as),
                                         name="t3track-mint", daemon=True)
@@ -329,6 +331,10 @@ class MintJob:
         with self._lock:
             self._proc = proc
             stopped = self._stopped
+            if self._on_spawn is not None:
+                self._on_spawn(proc.pid)  # its own group (runner: process_group=0)
+            if self._low and not self._normal_wanted:
+                _renice_group(proc.pid, 19)
         if stopped:
             runner.kill_group(proc, 0)
 
@@ -341,14 +347,11 @@ class MintJob:
         return self._done
 
     def normal_priority(self) -> None:
-        """Back to nice 0, every thread of its group (PRIO_PGRP reaches each one; needs root)."""
+        """Back to nice 0 (before it may open the database), every thread of its group."""
         with self._lock:
-            proc = self._proc
-        if proc is not None:
-            try:
-                os.setpriority(os.PRIO_PGRP, proc.pid, 0)
-            except OSError:
-                pass  # gone, or not ours to raise
+            self._normal_wanted = True
+            if self._low and self._proc is not None and self._proc.poll() is None:  # never a reaped pid's group
+                _renice_group(self._proc.pid, 0)
 
     def stop(self) -> None:
         with self._lock:
@@ -357,6 +360,29 @@ class MintJob:
         if proc is not None:
             runner.kill_group(proc, 0)
         self._thread.join(runner.REAP_WAIT_S)
+
+
+CAP_SYS_NICE = 23
+
+
+def _may_raise_priority() -> bool:
+    """Whether this process may raise a lowered priority back (CAP_SYS_NICE in its effective set)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _renice_group(pgid: int, nice: int) -> None:
+    """PRIO_PGRP reaches every thread of every process in the group, those already running too."""
+    try:
+        os.setpriority(os.PRIO_PGRP, pgid, nice)
+    except OSError:
+        pass  # gone
 
 
 def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:

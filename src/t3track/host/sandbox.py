@@ -356,7 +356,7 @@ class _MintBeside:
     on at normal priority. Without a hold, at that moment. At the latest, when the server is ready
     (it said nothing)."""
 
-    def __init__(self, server: SandboxServer, start_mint: Callable[[SandboxServer, bool], None]):
+    def __init__(self, server: SandboxServer, start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None]):
         self.server = server
         self._start_mint = start_mint
         self.migrated = False  # once said, it stays said: a retry on another port finds nothing left to migrate
@@ -365,11 +365,11 @@ class _MintBeside:
     def spawned(self, process: runner.Background) -> None:
         if self.migrated or self.server.mint is not None:
             return
-        self._hold = openhold.OpenHold.start(self.server.userdata, allowed_pgid=process.proc.pid, user=self.server.user)
+        self._hold = openhold.OpenHold.start(self.server.userdata, user=self.server.user)
         if self._hold is not None:
-            self._start_mint(self.server, True)  # at a low priority: it must not slow the server's start
+            self._start_mint(self.server, self._hold)  # at a low priority: it must not slow the server's start
             assert self.server.mint is not None
-            self.server.mint.how = ("started with the server, its opening of the database held until the "
+            self.server.mint.how = ("started with the server, what it opens in userdata held until the "
                                     "server's migrations were committed")
 
     def saw(self, log: str) -> None:
@@ -388,7 +388,7 @@ class _MintBeside:
             self._hold.release()
             self._hold = None
         elif self.server.mint is None:
-            self._start_mint(self.server, False)
+            self._start_mint(self.server, None)
             assert self.server.mint is not None
             self.server.mint.how = how
 
@@ -404,12 +404,12 @@ class _MintBeside:
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
            log_name: str, port: int | None = None, cancel: threading.Event | None = None,
-           start_mint: Callable[[SandboxServer, bool], None] | None = None) -> runner.Background:
+           start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None] | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says
     why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `start_mint(server,
-    low_priority)` starts the pairing mint (setting server.mint) as early as it may run beside this
-    start: see _MintBeside."""
+    hold)` starts the pairing mint (setting server.mint) as early as it may run beside this start,
+    telling `hold` (when there is one) its process group: see _MintBeside."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
     beside = _MintBeside(server, start_mint) if start_mint is not None else None
@@ -522,7 +522,7 @@ def serve_candidate(
     evidence_dir: Path,
     prior_session_with: Path | None = None,
     cancel: threading.Event | None = None,
-    start_mint: Callable[[SandboxServer, bool], None] | None = None,
+    start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None] | None = None,
 ) -> SandboxServer:
     """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
     `expected_version`. Returns the running server (stop it, or use it in a `with`); raises

@@ -48,6 +48,7 @@ from t3track.host.manifest import (
     checksum_problem,
     fix_hint,
 )
+from t3track.host.openhold import OpenHold
 from t3track.host.sandbox import Cancelled, SandboxFailed, SandboxServer, serve_candidate
 from t3track.host.sqlite import added, migration_history, quick_check_problem
 from t3track.host.tree import current_executable
@@ -115,14 +116,15 @@ class _UserGates:
             raise self.sandbox_error
         return self.server
 
-    def _start_mint(self, server: SandboxServer, low_priority: bool) -> None:
+    def _start_mint(self, server: SandboxServer, hold: OpenHold | None) -> None:
         """The pairing probe's `auth pairing create`, started when the sandbox says it may run beside
         the candidate (never beside its migrations: the mint migrates too), so that its own start
         (~1.2 s for the real 0.0.42) overlaps the server's instead of following it. The sandbox ends it."""
         gates = self.config.gates  # it may wait as long as the server's start before its database opens
         server.mint = probe.MintJob(server.base_dir, self.executable,
                                     timeout=(gates.serve_timeout + gates.probe_timeout).total_seconds(),
-                                    run_as=server.run_as, env=server.env, low_priority=low_priority)
+                                    run_as=server.run_as, env=server.env, low_priority=hold is not None,
+                                    on_spawn=hold.hold_group if hold is not None else None)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()
