@@ -253,13 +253,18 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     opened = [json.loads(line) for line in record.read_text().splitlines()]
     opened = [line for line in opened if line["command"] == "auth pairing create: database opened"]
     assert [line["migrations"] for line in opened] == [list(range(1, candidate_migrations + 1))]
-    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    mint = _mint_step(results)
     assert mint["ok"] and "startup token" not in mint["detail"]
     if fanotify and _hold_available():
         assert "started with the server, what it opens in userdata held until" in mint["detail"]
     else:
         assert "started once the server said its migrations were committed" in mint["detail"]
     nothing_left(config)
+
+
+def _mint_step(results: list) -> dict:
+    """The pairing probe's `mint` step, from its evidence."""
+    return next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
 
 
 def _hold_available() -> bool:
@@ -297,7 +302,7 @@ def test_a_build_that_refuses_the_debug_log_level_starts_again_without_it_and_mi
                         evidence_dir=evidence_dir(config))
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
     assert "refused T3CODE_LOG_LEVEL=Debug and was started again without it" in results[1].detail
-    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    mint = _mint_step(results)
     if _hold_available():  # a mint held beside each start; the first one ended with the first start
         assert seen == [None, None]
         assert "held until the server's migrations were committed" in mint["detail"]
@@ -317,7 +322,7 @@ def test_an_early_mint_that_lost_to_a_migrator_is_minted_again_once_the_server_i
                         evidence_dir=evidence_dir(config))
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
     assert seen == [None]  # early, on the marker
-    mint = next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
+    mint = _mint_step(results)
     assert mint["ok"] and "once the server was ready; the early one failed" in mint["detail"]
     assert "SQLITE_BUSY_SNAPSHOT" in mint["detail"]
     nothing_left(config)
