@@ -395,3 +395,17 @@ def side_by_side(work: Callable[[_T], _R], items: Sequence[_T], workers: int) ->
         if not ok:
             raise value  # type: ignore[misc]
     return [value for _, value in outcomes]  # type: ignore[misc]
+
+
+def serialised(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """`progress` callable from several threads, one whole line at a time."""
+    if progress is None:
+        return lambda _text: None
+    lock = threading.Lock()
+    say = progress
+
+    def locked(text: str) -> None:
+        with lock:
+            say(text)
+
+    return locked

@@ -11,7 +11,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
 from t3track.host import owner
 from t3track.runner import run as run_command
-from t3track.runner import side_by_side
+from t3track.runner import serialised, side_by_side
 
 Progress = Callable[[str], None]
 POLL_S = 0.1
@@ -61,12 +61,8 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
     A `stop` is done only when the old process has exited (a stop command may return before it is
     gone; newer builds hold an ownership lock that makes the next server exit at once): when it had
     to wait, a line goes into `notes`."""
-    lock = threading.Lock()
+    say = serialised(progress)
     failed = threading.Event()
-
-    def say(text: str) -> None:
-        with lock:
-            progress(text)
 
     def one(user: UserConfig) -> CriticalError | None:
         if failed.is_set() and not keep_going:
@@ -79,8 +75,7 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
             if action == "stop":
                 waited = wait_until_stopped(config, user, say)
                 if waited and notes is not None:
-                    with lock:
-                        notes.append(waited)
+                    notes.append(waited)  # list.append: one at a time
         except CriticalError as exc:
             failed.set()
             return exc

@@ -13,7 +13,7 @@ The gates and the live checks wait on processes and HTTP, not on Python, so thre
 - an exception (a host fault, Ctrl-C, a bug) is raised only after every worker has returned, so no
   sandbox outlives the call; the first in config order wins, unless a failure comes before it.
 
-Progress lines from the workers go through `serialised()`, so two lines never mix.
+Progress lines from the workers go through `t3track.runner.serialised()`, so two lines never mix.
 """
 
 from __future__ import annotations
@@ -26,20 +26,6 @@ from typing import TypeVar
 from t3track.results import GateResult
 
 T = TypeVar("T")
-
-
-def serialised(progress: Callable[[str], None] | None) -> Callable[[str], None]:
-    """`progress` callable from several threads, one whole line at a time."""
-    if progress is None:
-        return lambda _text: None
-    lock = threading.Lock()
-    say = progress
-
-    def locked(text: str) -> None:
-        with lock:
-            say(text)
-
-    return locked
 
 
 def run_side_by_side(

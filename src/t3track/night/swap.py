@@ -8,7 +8,6 @@ a database, because an older binary on a newer database hides or fails to read d
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import ROLLBACK_VERIFY, verify_live
 from t3track.results import GateResult
-from t3track.runner import side_by_side
+from t3track.runner import serialised, side_by_side
 from t3track.state import Freeze, State, StateStore
 
 Progress = Callable[[str], None]
@@ -59,7 +58,7 @@ class SwapResult:
 def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
     """Every user's database, side by side (each is a child run as the tree's owner)."""
     ensure_private_dir(snapshot_dir)
-    lock = threading.Lock()
+    say = serialised(progress)
 
     def one(user: UserConfig) -> None:
         dest = snapshot_dir / user.name
@@ -67,11 +66,9 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
             return  # a resumed swap keeps the snapshot taken before it was killed
         if not any(os.path.lexists(user.base_dir / "userdata" / name) for name in DB_FILES):
             # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
-            with lock:
-                progress(f"{user.name} has no T3 state yet: nothing to snapshot")
+            say(f"{user.name} has no T3 state yet: nothing to snapshot")
             return
-        with lock:
-            progress(f"snapshot {user.name}'s database")
+        say(f"snapshot {user.name}'s database")
         backup.snapshot_database(user.base_dir, dest)
 
     side_by_side(one, config.users, config.gates.parallel)

@@ -13,8 +13,9 @@ from t3track.config import Config, UserConfig
 from t3track.host import probe
 from t3track.host.services import UserMark
 from t3track.host.tree import executable_of
-from t3track.night.side_by_side import run_side_by_side, serialised
+from t3track.night.side_by_side import run_side_by_side
 from t3track.results import FAIL, PASS, GateResult
+from t3track.runner import serialised
 from t3track.versions import same_version
 
 Progress = Callable[[str], None]
