@@ -287,10 +287,6 @@ def _credential_from(stdout: str) -> str | None:
     return None
 
 
-def _mint_argv(executable: Path, base_dir: Path) -> list[str | Path]:
-    return [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"]
-
-
 class MintJob:
     """`auth pairing create` started ahead of the handshake, in a thread: the executable's own start
     (~1.2 s of CPU for the real 0.0.42, nearly all of it before it opens the database) then overlaps
@@ -313,19 +309,14 @@ class MintJob:
         self._low = low_priority and _may_raise_priority()
         self._normal_wanted = False
         self._lock = threading.Lock()
-        self._done: runner.Completed | None = None
-        self._error: T3TrackError | None = None
-        argv = _mint_argv(executable, base_dir)
-        env = env if env is not None else _default_env(run_as)
-        self._thread = threading.Thread(target=self._run, args=(argv, max(timeout, 5.0), env, run_as),
+        self._outcome: runner.Completed | T3TrackError | None = None
+        self._thread = threading.Thread(target=self._run, args=(executable, base_dir, timeout, run_as, env),
                                         name="t3track-mint", daemon=True)
         self._thread.start()
 
-    def _run(self, argv: list[str | Path], timeout: float, env: Mapping[str, str], run_as: str | None) -> None:
-        try:
-            self._done = runner.run(argv, timeout=timeout, env=env, run_as=run_as, on_start=self._on_start)
-        except T3TrackError as exc:
-            self._error = exc
+    def _run(self, executable: Path, base_dir: Path, timeout: float, run_as: str | None,
+             env: Mapping[str, str] | None) -> None:
+        self._outcome = _run_mint(executable, base_dir, timeout, run_as, env, on_start=self._on_start)
 
     def _on_start(self, proc: Any) -> None:
         with self._lock:
@@ -341,10 +332,8 @@ class MintJob:
     def outcome(self) -> runner.Completed | T3TrackError:
         """Wait for it (runner.run's own timeout bounds that): what it printed, or what runner.run raised."""
         self._thread.join()
-        if self._error is not None:
-            return self._error
-        assert self._done is not None
-        return self._done
+        assert self._outcome is not None
+        return self._outcome
 
     def normal_priority(self) -> None:
         """Back to nice 0 (before it may open the database), every thread of its group."""
@@ -396,11 +385,13 @@ def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
     return None, done.describe() if not done.ok else "`auth pairing create` printed no credential"
 
 
-def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None,
-              env: Mapping[str, str] | None) -> runner.Completed | T3TrackError:
+def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None, env: Mapping[str, str] | None,
+              on_start: Callable[[Any], None] | None = None) -> runner.Completed | T3TrackError:
     try:
-        return runner.run(_mint_argv(executable, base_dir), timeout=max(timeout, 5.0),
-                          env=env if env is not None else _default_env(run_as), run_as=run_as)
+        argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
+                                  "--json"]
+        return runner.run(argv, timeout=max(timeout, 5.0),
+                          env=env if env is not None else _default_env(run_as), run_as=run_as, on_start=on_start)
     except T3TrackError as exc:
         return exc
 
