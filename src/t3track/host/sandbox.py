@@ -530,7 +530,7 @@ def serve_candidate(
 
     With `prior_session_with` (the current version's executable), a session is first minted with
     that version on the same copy, for the sessions-survive check. Setting `cancel` while it waits
-    for the server tears the sandbox down and raises Cancelled. `start_mint(server)`: see _start
+    for the server tears the sandbox down and raises Cancelled. `start_mint(server, hold)`: see _start
     (the candidate's start only)."""
     owner = _owner(user.run_as)
     notes: list[str] = []

@@ -10,8 +10,10 @@ down when that user's gates end, whatever happened.
 `pairing-probe` pairs only with a credential from `auth pairing create` (how operators pair, since
 production stdout goes nowhere), never the startup token: the live check after a swap mints the same
 way, so a build whose mint is broken is refused here rather than rolled back there. That mint is
-started while `sandbox-serve` still waits, as soon as the candidate logs that its migrations are done
-(never while they run: the mint migrates too, and two migrators on one database race); its own start
+started while `sandbox-serve` still waits, and never opens the database while the candidate's
+migrations run (the mint migrates too, and two migrators on one database race): together with the
+server where fanotify is there, its opens held until then (t3track.host.openhold), else once the
+candidate logs that its migrations are committed (t3track.host.sandbox._MintBeside). Its own start
 is most of the probe's cost on the real server. An early mint that fails is tried once more when the
 server is ready, and that one decides.
 
