@@ -16,7 +16,7 @@ from tests.real_t3 import (
 )
 from tests.support.state import fake_live_state, script
 
-from t3track.host import backup
+from t3track.host import backup, openhold
 from t3track.night.gates import run_gates
 from t3track.results import to_jsonable
 
@@ -237,8 +237,6 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     beside the candidate's migrations: both migrate, and two migrators on one database race. As root
     (fanotify) the mint starts with the server and its database open waits; elsewhere it starts
     when the server says its migrations are committed. Either way it sees them all."""
-    from t3track.host import openhold
-
     if not fanotify:  # as where t3track is not root, or a container withholds CAP_SYS_ADMIN
         monkeypatch.setattr(openhold, "_libc", lambda: None)
     seen = _spy_on_mint_start(monkeypatch)
@@ -255,7 +253,7 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     assert [line["migrations"] for line in opened] == [list(range(1, candidate_migrations + 1))]
     mint = _mint_step(results)
     assert mint["ok"] and "startup token" not in mint["detail"]
-    if fanotify and _hold_available():
+    if fanotify and openhold.available():
         assert "started with the server, what it opens in userdata held until" in mint["detail"]
     else:
         assert "started once the server said its migrations were committed" in mint["detail"]
@@ -265,15 +263,6 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
 def _mint_step(results: list) -> dict:
     """The pairing probe's `mint` step, from its evidence."""
     return next(s for s in json.loads(Path(results[-1].evidence).read_text())["steps"] if s["name"] == "mint")
-
-
-def _hold_available() -> bool:
-    from t3track.host import openhold
-
-    hold = openhold.OpenHold.start(Path("/tmp"), user="root")
-    if hold is not None:
-        hold.release()
-    return hold is not None
 
 
 def _spy_on_mint_start(monkeypatch) -> list:  # noqa: ANN001
@@ -303,7 +292,7 @@ def test_a_build_that_refuses_the_debug_log_level_starts_again_without_it_and_mi
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail for r in results]
     assert "refused T3CODE_LOG_LEVEL=Debug and was started again without it" in results[1].detail
     mint = _mint_step(results)
-    if _hold_available():  # a mint held beside each start; the first one ended with the first start
+    if openhold.available():  # a mint held beside each start; the first one ended with the first start
         assert seen == [None, None]
         assert "held until the server's migrations were committed" in mint["detail"]
     else:  # no marker without debug logs: the mint waited for ready

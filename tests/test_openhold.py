@@ -21,14 +21,7 @@ OPENER = "import sys, time; f = open(sys.argv[1], 'ab'); print('opened', time.mo
 STOPPED_OPENER = "import os, signal; os.kill(os.getpid(), signal.SIGSTOP); " + OPENER
 
 
-def _available() -> bool:
-    hold = openhold.OpenHold.start(Path("/tmp"), user="root")
-    if hold is not None:
-        hold.release()
-    return hold is not None
-
-
-pytestmark = pytest.mark.skipif(not _available(), reason="fanotify permission events need CAP_SYS_ADMIN")
+pytestmark = pytest.mark.skipif(not openhold.available(), reason="fanotify permission events need CAP_SYS_ADMIN")
 
 
 def opener(path: Path, *, stopped: bool = False) -> subprocess.Popen:

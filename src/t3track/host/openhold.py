@@ -62,6 +62,14 @@ def _libc() -> ctypes.CDLL | None:
     return lib
 
 
+def available(directory: Path = Path("/tmp")) -> bool:
+    """Whether a hold can be had here (a watch on `directory`, at once let go)."""
+    hold = OpenHold.start(directory, user="root")
+    if hold is not None:
+        hold.release()
+    return hold is not None
+
+
 class OpenHold:
     """See the module doc. Use `start()`; `release()` (idempotent) ends it."""
 
