@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -229,16 +230,17 @@ def test_a_candidate_whose_mint_fails_is_refused_though_its_startup_token_pairs(
     nothing_left(config)
 
 
-@pytest.mark.parametrize("fanotify", [True, False])
+@pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("candidate_migrations", [54, 52])  # it says so at INFO (ran some) or DEBUG (none needed)
 def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_the_migrations(
-        emulated_host, tmp_path, monkeypatch, candidate_migrations, fanotify):
+        emulated_host, tmp_path, monkeypatch, candidate_migrations, held):
     """The mint's own start (~1.2 s for the real server) overlaps the candidate's, yet it never runs
-    beside the candidate's migrations: both migrate, and two migrators on one database race. As root
-    (fanotify) the mint starts with the server and its database open waits; elsewhere it starts
-    when the server says its migrations are committed. Either way it sees them all."""
-    if not fanotify:  # as where t3track is not root, or a container withholds CAP_SYS_ADMIN
-        monkeypatch.setattr(openhold, "_libc", lambda: None)
+    beside the candidate's migrations: both migrate, and two migrators on one database race. Under an
+    open hold (seccomp user notification) the mint starts with the server and its opens for writing
+    wait; elsewhere it starts when the server says its migrations are committed. Either way it sees
+    them all."""
+    if not held:  # as under a unit whose system call filter refuses seccomp(2)
+        monkeypatch.setattr(openhold, "available", lambda: False)
     seen = _spy_on_mint_start(monkeypatch)
     make, candidate = emulated_host
     config = make(live_migrations=52, serve_timeout="20s")  # 1.8 s of the start is the emulator's own delays
@@ -253,8 +255,8 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     assert [line["migrations"] for line in opened] == [list(range(1, candidate_migrations + 1))]
     mint = _mint_step(results)
     assert mint["ok"] and "startup token" not in mint["detail"]
-    if fanotify and openhold.available():
-        assert "started with the server, what it opens in userdata held until" in mint["detail"]
+    if held and openhold.available():
+        assert "started with the server, its opens for writing held until" in mint["detail"]
     else:
         assert "started once the server said its migrations were committed" in mint["detail"]
     nothing_left(config)
@@ -314,6 +316,31 @@ def test_an_early_mint_that_lost_to_a_migrator_is_minted_again_once_the_server_i
     mint = _mint_step(results)
     assert mint["ok"] and "once the server was ready; the early one failed" in mint["detail"]
     assert "SQLITE_BUSY_SNAPSHOT" in mint["detail"]
+    nothing_left(config)
+
+
+@pytest.mark.skipif(not openhold.available(), reason="no seccomp user notification here")
+def test_a_launcher_that_cannot_hold_the_mint_never_starts_it_early_and_the_mint_runs_at_ready(
+        emulated_host, monkeypatch):
+    """A filter that answers the probe but refuses the launcher's filter (it exits 120, nothing run):
+    the gate is judged on a mint run once the server is ready, never on the launcher's failure."""
+    monkeypatch.setattr(openhold, "_launcher_source", lambda: textwrap.dedent("""
+        import sys
+        print("t3track's mint launcher: seccomp(SECCOMP_SET_MODE_FILTER) failed: Operation not permitted; "
+              "the mint was not started", file=sys.stderr)
+        sys.exit(120)
+    """))
+    make, candidate = emulated_host
+    config = make()
+    record = config.state_dir.parent / "record.jsonl"
+    results = run_gates(config, NEXT, candidate(start_delay_s=0.5, env_record=str(record)),
+                        evidence_dir=evidence_dir(config))
+    assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail[:400] for r in results]
+    mint = _mint_step(results)
+    assert mint["ok"] and "once the server was ready; the early one failed" in mint["detail"]
+    assert "the mint was not started" in mint["detail"]
+    minted = [json.loads(line)["command"] for line in record.read_text().splitlines()]
+    assert minted.count("auth pairing create: database opened") == 1  # the one at ready, alone
     nothing_left(config)
 
 

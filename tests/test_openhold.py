@@ -1,158 +1,263 @@
-"""t3track.host.openhold: what one process group opens in a directory waits until release().
+"""t3track.host.openhold: a process started through the hold's launcher waits at each open that could
+write until release(); its reads, and everybody else, never wait.
 
-Real fanotify, real child processes: the opener prints when its open() returned. It needs
-CAP_SYS_ADMIN (root outside a container); without it the hold is None and the sandbox does without."""
+Real seccomp user notification, real child processes (the launcher execs them, as it execs the mint):
+each opener prints a line when its open() returned or failed. Needs no privilege; skipped where the
+kernel or a system call filter refuses (see openhold.available())."""
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
 
-from t3track.host import openhold
+from t3track.host import mint_launcher, openhold
 
-OPENER = "import sys, time; f = open(sys.argv[1], 'ab'); print('opened', time.monotonic(), flush=True)"
-STOPPED_OPENER = "import os, signal; os.kill(os.getpid(), signal.SIGSTOP); " + OPENER
+pytestmark = pytest.mark.skipif(not openhold.available(), reason="no seccomp user notification here")
+
+# What the held process does: each named open, one line each ("<what> ok" or "<what> errno N").
+OPENER = textwrap.dedent("""
+    import ctypes, os, sys
+    def openat2(path, flags):
+        how = (ctypes.c_uint64 * 3)(flags, 0, 0)
+        fd = ctypes.CDLL(None, use_errno=True).syscall(437, -100, path.encode(), ctypes.byref(how), 24)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return fd
+    OPENS = {
+        "read": lambda p: os.open(p, os.O_RDONLY),
+        "append": lambda p: os.open(p, os.O_WRONLY | os.O_APPEND),
+        "rdwr": lambda p: os.open(p, os.O_RDWR),
+        "create": lambda p: os.open(p + ".new", os.O_RDONLY | os.O_CREAT, 0o600),
+        "truncate": lambda p: os.open(p, os.O_RDONLY | os.O_TRUNC),
+        "openat2": lambda p: openat2(p, os.O_RDONLY),
+    }
+    for what in sys.argv[2:]:
+        try:
+            os.close(OPENS[what](sys.argv[1]))
+            print(what, "ok", flush=True)
+        except OSError as exc:
+            print(what, "errno", exc.errno, flush=True)
+""")
 
 
-pytestmark = pytest.mark.skipif(not openhold.available(), reason="fanotify permission events need CAP_SYS_ADMIN")
-
-
-def opener(path: Path, *, stopped: bool = False) -> subprocess.Popen:
-    """A child that opens `path` and says so, in its own process group; `stopped`: it stops itself
-    first (SIGSTOP) so its group can be named before it opens anything."""
-    child = subprocess.Popen([sys.executable, "-c", STOPPED_OPENER if stopped else OPENER, str(path)],
-                             stdout=subprocess.PIPE, text=True, process_group=0)
-    if stopped:
-        for _ in range(500):
-            if open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the opener never stopped")
+def start_held(hold: openhold.OpenHold, target: Path, *opens: str) -> subprocess.Popen:
+    argv, fds = hold.command([sys.executable, "-I", "-S", "-c", OPENER, str(target), *opens])
+    child = subprocess.Popen(argv, pass_fds=fds, stdout=subprocess.PIPE, text=True, process_group=0)
+    hold.spawned()
     return child
 
 
-def opened_within(child: subprocess.Popen, seconds: float) -> bool:
-    try:
-        child.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return False
-    return child.returncode == 0 and child.stdout is not None and child.stdout.read().startswith("opened")
+def line_within(child: subprocess.Popen, seconds: float) -> str | None:
+    """The child's next line, or None when it printed none within `seconds`."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], seconds)
+    return child.stdout.readline().strip() if ready else None
 
 
-def hold_on(directory: Path) -> openhold.OpenHold:
-    hold = openhold.OpenHold.start(directory, user="alice")
+@pytest.fixture()
+def target(tmp_path: Path) -> Path:
+    path = tmp_path / "state.sqlite"
+    path.write_bytes(b"x")
+    return path
+
+
+def new_hold() -> openhold.OpenHold:
+    hold = openhold.OpenHold.start()
     assert hold is not None
     return hold
 
 
-def held_opener(directory: Path, hold: openhold.OpenHold, name: str = "state.sqlite") -> subprocess.Popen:
-    child = opener(directory / name, stopped=True)
-    hold.hold_group(child.pid)
-    os.kill(child.pid, signal.SIGCONT)
-    return child
+@pytest.mark.parametrize("what", ["append", "rdwr", "create", "truncate", "openat2"])
+def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, what):
+    hold = new_hold()
+    child = start_held(hold, target, "read", what, "read")
+    try:
+        assert line_within(child, 10) == "read ok"  # reads go on at once
+        assert hold.first_held.wait(10)
+        assert line_within(child, 0.5) is None  # still inside open()
+        target.read_bytes()  # and this process (anyone not started through the hold) never waits
+        with open(target, "ab"):
+            pass
+        hold.release()
+        assert line_within(child, 10) == f"{what} ok"
+        assert line_within(child, 10) == "read ok"
+        assert child.wait(10) == 0
+        assert hold.held == 1
+    finally:
+        hold.close()
+        child.kill()
+        child.wait()
 
 
-def test_what_the_held_group_opens_waits_for_release_and_nothing_else_does(tmp_path):
-    hold = hold_on(tmp_path)
-    held = held_opener(tmp_path, hold)
+def test_after_release_every_open_is_answered_at_once(target):
+    hold = new_hold()
+    hold.release()  # before it even ran, as when the server had migrated first
+    child = start_held(hold, target, "append", "create", "rdwr")
+    try:
+        assert [line_within(child, 10) for _ in range(3)] == ["append ok", "create ok", "rdwr ok"]
+        assert child.wait(10) == 0
+        assert hold.held == 0
+    finally:
+        hold.close()
+        child.kill()
+        child.wait()
+
+
+def test_close_fails_what_was_held_so_it_never_hangs(target):
+    """A held mint whose start is given up (another attempt, a stop) must not go on writing."""
+    hold = new_hold()
+    child = start_held(hold, target, "append", "rdwr")
     try:
         assert hold.first_held.wait(10)
-        assert not opened_within(held, 0.5)  # still inside open()
-        # anyone else, a user's process among them, and this process itself: never held
-        assert opened_within(opener(tmp_path / "state.sqlite"), 10)
-        (tmp_path / "state.sqlite").read_bytes()
-        hold.release()
-        assert opened_within(held, 10)
-        assert hold.held_names == ["state.sqlite"]
+        hold.close()
+        assert line_within(child, 10) == f"append errno {errno.ENOSYS}"
+        assert line_within(child, 10) == f"rdwr errno {errno.ENOSYS}"  # and what it tries next
+        hold.close()  # idempotent
     finally:
-        hold.release()
-        held.kill()
-        held.wait()
-    again = opener(tmp_path / "state.sqlite")
-    assert opened_within(again, 10)  # released: no longer watched
+        child.kill()
+        child.wait()
 
 
-def test_any_file_the_held_group_opens_there_waits_not_only_a_database(tmp_path):
-    """A build that opens something else first (or keeps its database under another name) still
-    waits at its first touch of the directory."""
-    hold = hold_on(tmp_path)
-    held = held_opener(tmp_path, hold, name="environment-id")
+def test_a_watcher_that_fails_fails_what_it_held(target, monkeypatch):
+    hold = new_hold()
+
+    class Failing:
+        """select.poll whose second wait raises, as if the watcher broke while something was held."""
+
+        def __init__(self) -> None:
+            self.real, self.calls = _real_poll(), 0
+
+        def register(self, *args: object) -> None:
+            self.real.register(*args)
+
+        def poll(self, *args: object) -> list:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("the watcher fails")
+            return self.real.poll(*args)
+
+    _real_poll = select.poll
+    monkeypatch.setattr(openhold, "select", types.SimpleNamespace(
+        select=select.select, poll=Failing, POLLIN=select.POLLIN, POLLHUP=select.POLLHUP))
+    child = start_held(hold, target, "append")
     try:
-        assert hold.first_held.wait(10)
-        assert not opened_within(held, 0.5)
+        assert line_within(child, 10) == f"append errno {errno.ENOSYS}"
+        assert child.wait(10) == 0
     finally:
-        hold.release()
-    assert opened_within(held, 10)
-    assert hold.held_names == ["environment-id"]
+        hold.close()
+        child.kill()
+        child.wait()
 
 
-def test_a_watcher_that_dies_lets_everything_through(tmp_path, monkeypatch):
-    hold = hold_on(tmp_path)
-
-    def broken(*_args):  # noqa: ANN002, ANN202
-        raise RuntimeError("the watcher fails")
-
-    monkeypatch.setattr(hold, "_holds", broken)
-    held = held_opener(tmp_path, hold)
-    try:
-        assert opened_within(held, 10)  # the watcher died on this event: the group closed, the open went on
-    finally:
-        held.kill()
-        held.wait()
-    hold.release()  # nothing left to do, and no error
-
-
-def test_a_held_open_goes_through_when_the_holder_is_killed(tmp_path):
-    """Closing the fanotify group allows what it held: a t3track killed mid-gate leaves no open hanging."""
+def test_a_held_open_fails_when_the_holder_is_killed(target, tmp_path):
+    """A t3track killed mid-gate closes the listener with it: the held mint fails, it never waits."""
+    out = tmp_path / "opener.out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
+        import subprocess, sys, time
         from t3track.host import openhold
-        hold = openhold.OpenHold.start(Path({str(tmp_path)!r}), user="alice")
-        hold.hold_group(int(sys.stdin.readline()))
+        hold = openhold.OpenHold.start()
+        argv, fds = hold.command([sys.executable, "-I", "-S", "-c", {OPENER!r}, {str(target)!r}, "append"])
+        with open({str(out)!r}, "w") as out:
+            child = subprocess.Popen(argv, pass_fds=fds, stdout=out, start_new_session=True)
+        hold.spawned()
+        print(child.pid, flush=True)
+        hold.first_held.wait(10)
         print("holding", flush=True)
         time.sleep(60)
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    held = opener(tmp_path / "state.sqlite", stopped=True)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    opener = int(holder.stdout.readline())
     try:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.write(f"{held.pid}\n")
-        holder.stdin.flush()
         assert holder.stdout.readline().strip() == "holding"
-        os.kill(held.pid, signal.SIGCONT)
-        assert not opened_within(held, 0.5)
+        time.sleep(0.3)
+        assert out.read_text() == ""  # still held
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-        assert opened_within(held, 10)
+        for _ in range(200):
+            if out.read_text():
+                break
+            time.sleep(0.05)
+        assert out.read_text().strip() == f"append errno {errno.ENOSYS}"
     finally:
-        held.kill()
-        held.wait()
         holder.kill()
         holder.wait()
+        try:
+            os.kill(opener, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-def test_no_hold_on_a_link_or_where_fanotify_is_missing(tmp_path, monkeypatch):
-    real = tmp_path / "real"
-    real.mkdir()
-    link = tmp_path / "userdata"
-    link.symlink_to(real)
-    os.lchown(link, 65534, 65534)  # a link the user made: never followed
-    assert openhold.OpenHold.start(link, user="alice") is None
-    monkeypatch.setattr(openhold, "_libc", lambda: None)
-    assert openhold.OpenHold.start(real, user="alice") is None
+def test_the_launcher_never_starts_the_program_when_the_listener_cannot_reach_t3track(tmp_path):
+    """A mint nobody holds would race the server's migrations: no listener handed over, no exec."""
+    marker = tmp_path / "ran"
+    ours, theirs = socket.socketpair()
+    ours.close()  # t3track died before the launcher could send
+    with theirs:
+        argv = [sys.executable, "-I", "-S", "-c", openhold._launcher_source(), str(theirs.fileno()),
+                sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+        done = subprocess.run(argv, pass_fds=(theirs.fileno(),), capture_output=True, text=True, timeout=30)
+    assert done.returncode == mint_launcher.SETUP_FAILED
+    assert "could not hand the listener to t3track" in done.stderr
+    assert not marker.exists()
 
 
-def test_release_is_idempotent_and_closes_what_it_opened(tmp_path):
+REFUSE_SECCOMP = textwrap.dedent("""
+    # As systemd's SystemCallFilter= does to a call it leaves out: EPERM for seccomp(2). Then ask.
+    import ctypes, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    ins = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)
+    prog = b"".join([ins(0x20, 0, 0, 0), ins(0x15, 0, 1, 317), ins(0x06, 0, 0, 0x00050000 | 1),
+                     ins(0x06, 0, 0, 0x7FFF0000)])
+    code = ctypes.create_string_buffer(prog, len(prog))
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    assert libc.prctl(38, 1, 0, 0, 0) == 0
+    assert libc.prctl(22, 2, ctypes.byref(Fprog(len(prog) // 8, ctypes.addressof(code))), 0, 0) == 0
+    from t3track.host import openhold
+    print(openhold.available(), openhold.OpenHold.start())
+""")
+
+
+def test_no_hold_where_a_system_call_filter_refuses_seccomp():
+    """The shipped unit allows `seccomp`; a unit that does not gets the start at the migrations line."""
+    done = subprocess.run([sys.executable, "-c", REFUSE_SECCOMP], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "None"]
+
+
+def test_no_hold_on_another_architecture_or_an_old_kernel(monkeypatch):
+    real = os.uname()
+    for machine, release in (("aarch64", real.release), ("x86_64", "5.4.0-150-generic")):
+        fake = os.uname_result((real.sysname, real.nodename, release, real.version, machine))
+        monkeypatch.setattr(openhold.os, "uname", lambda fake=fake: fake)
+        assert not openhold.available()
+        assert openhold.OpenHold.start() is None
+
+
+def test_close_frees_every_descriptor_it_made(target):
     before = set(os.listdir("/proc/self/fd"))
-    hold = hold_on(tmp_path)
-    hold.release()
-    hold.release()
+    hold = new_hold()
+    hold.close()
+    hold.close()
+    used = new_hold()
+    child = start_held(used, target, "append")
+    try:
+        assert used.first_held.wait(10)
+        used.release()
+        assert child.wait(10) == 0
+    finally:
+        used.close()
+        assert child.stdout is not None
+        child.stdout.close()  # the test's own pipe
     assert set(os.listdir("/proc/self/fd")) <= before

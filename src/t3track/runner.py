@@ -118,9 +118,11 @@ def run(
     run_as: str | None = None,
     stdin: str | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run to completion in its own process group; on timeout the whole group is killed.
-    `on_start` gets the process as soon as it exists (to end it by its pid from another thread)."""
+    `on_start` gets the process as soon as it exists (to end it by its pid from another thread);
+    `pass_fds` are inherited by the child alone."""
     args = [os.fspath(a) for a in argv]
     started = time.monotonic()
     try:
@@ -133,6 +135,7 @@ def run(
             cwd=cwd,
             text=True,
             errors="replace",
+            pass_fds=tuple(pass_fds),
             **_child_kwargs(run_as),
         )
     except FileNotFoundError:

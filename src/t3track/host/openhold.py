@@ -1,196 +1,217 @@
-"""Hold other processes' opens of a sandbox's databases until its server has migrated them.
+"""Hold the pairing mint's opens for writing until the sandbox's server has migrated its databases.
 
 Why: the pairing probe mints its credential with `t3 auth pairing create`, a second start of the
-candidate (~1.2 s of CPU for the real 0.0.42 before it touches a file), and that mint migrates the
+candidate (~1.2 s of CPU for the real 0.0.42 before it writes a file), and that mint migrates the
 database too. Two migrators on one database race (effect's Migrator reads the newest id in a deferred
 transaction; the loser's stale snapshot cannot become a write and it fails), and if the mint won,
-the sandbox server would be the one to fail. So the mint may open a database only once the server's
-migrations are committed. With a hold, the mint is started together with the server, its first open
-of a `*.sqlite` file in the sandbox's userdata waits in the kernel, and `release()` lets it through
-when the server says its migrations are done: the mint's start overlaps the server's instead of
-following it.
+the sandbox server would be the one to fail. So the mint may write only once the server's migrations
+are committed. With a hold, the mint is started together with the server; its first open that could
+write (for the real 0.0.42, the environment id in userdata, then the database) waits in the kernel,
+and `release()` lets it through when the server says its migrations are done: the mint's start
+overlaps the server's instead of following it.
 
-How: fanotify permission events (FAN_OPEN_PERM on the userdata directory, for itself and its direct
-children). An open is held only when the opener is in the process group `hold_group()` named (the
-mint's): whatever it opens there first, the database or anything before it, waits. Every other open,
-the server's, its children's, the user's own processes', t3track's, is allowed at once, so nobody
-else can be made to wait and the held descriptors stay few (at most MAX_HELD, then it lets go).
-fanotify needs CAP_SYS_ADMIN: `OpenHold.start()` returns None where it is not there (not root, a
-container without it, the shipped t3track.service, whose bounding set leaves it out), and the caller
-then starts the mint after the migrations instead. Closing the fanotify descriptor allows whatever is
-still held, so `release()`, a crash or a kill of t3track, or the watcher thread's own failure never
-leaves an open hanging. The directory is reached without following links (it is the sandbox's, but
-the candidate runs as the user who could swap it).
+How: seccomp user notification. The mint is started through t3track.host.mint_launcher, which sets
+no_new_privs on itself, installs a filter that turns each open/openat/creat with a writing flag (and
+each openat2) into a notification, sends the filter's listener here over a socket pair and execs the
+mint. A thread here answers: held until `release()`, then SECCOMP_USER_NOTIF_FLAG_CONTINUE (the kernel
+carries on with the call as the mint made it). Reads, and everything the server, its children, the
+user or t3track do, never wait: the filter is on the mint alone. No capability is needed; the unit's
+system call filter must allow `seccomp` (systemd/t3track.service does). `available()` says whether a
+hold can be had here, and where it cannot (another architecture, a kernel before 5.5, a filter
+refusing `seccomp`) the caller starts the mint after the migrations instead.
+
+CONTINUE is not a security boundary (the opener could change the path between the notification and
+the answer): nothing here decides anything on what a call names; it only orders two cooperating
+starts. A hold never leaves an open hanging: `close()`, t3track's death or the thread's own failure
+closes the listener, and the kernel then fails every held and later notified call with ENOSYS, so a
+mint whose hold is gone fails (and the gate mints again once the server is ready) instead of waiting.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import fcntl
 import functools
 import os
 import select
+import socket
 import struct
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from t3track.host import usertree
 
-_FAN_CLOEXEC = 0x01
-_FAN_NONBLOCK = 0x02
-_FAN_CLASS_CONTENT = 0x04
-_FAN_MARK_ADD = 0x01
-_FAN_OPEN_PERM = 0x00010000
-_FAN_ONDIR = 0x40000000
-_FAN_EVENT_ON_CHILD = 0x08000000
-_FAN_ALLOW = 0x01
-_FAN_NOFD = -1
-_METADATA = struct.Struct("IBBHQii")  # struct fanotify_event_metadata: len, vers, reserved, metadata_len, mask, fd, pid
-_RESPONSE = struct.Struct("iI")  # struct fanotify_response: fd, response
-_READ_BYTES = 4096
-MAX_HELD = 64  # the mint opens a handful of files there; past this, something is wrong: let go
+_SYS_SECCOMP = 317  # x86_64, as in the launcher
+_SECCOMP_GET_ACTION_AVAIL = 2
+_SECCOMP_GET_NOTIF_SIZES = 3
+_RET_USER_NOTIF = 0x7FC00000
+_NOTIF = struct.Struct("=QII64x")  # struct seccomp_notif: id, pid, flags, struct seccomp_data (64 bytes)
+_RESP = struct.Struct("=QqiI")  # struct seccomp_notif_resp: id, val, error, flags
+_SIZES = (_NOTIF.size, _RESP.size, 64)  # what SECCOMP_GET_NOTIF_SIZES must say for these layouts
+_IOCTL_NOTIF_RECV = 0xC0502100  # SECCOMP_IOWR(0, struct seccomp_notif)
+_IOCTL_NOTIF_SEND = 0xC0182101  # SECCOMP_IOWR(1, struct seccomp_notif_resp)
+_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE, Linux 5.5
+MAX_HELD = 64  # the mint's threads hold a handful; past this, something is wrong: let go
 
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-        lib.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return None
-    return lib
 
 
-def available(directory: Path = Path("/tmp")) -> bool:
-    """Whether a hold can be had here (a watch on `directory`, at once let go)."""
-    hold = OpenHold.start(directory, user="root")
-    if hold is not None:
-        hold.release()
-    return hold is not None
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        found = tuple(int(part) for part in os.uname().release.split("-", 1)[0].split(".")[:2])
+    except ValueError:
+        return False
+    return found >= (major, minor)
+
+
+def available() -> bool:
+    """Whether a hold can be had here: x86_64, Linux >= 5.5 (CONTINUE), and a `seccomp` system call
+    that answers (systemd's SystemCallFilter= may refuse it) with user notification supported."""
+    lib = _libc()
+    if lib is None or os.uname().machine != "x86_64" or not _kernel_at_least(5, 5):
+        return False
+    sizes = (ctypes.c_uint16 * 3)()
+    if lib.syscall(_SYS_SECCOMP, _SECCOMP_GET_NOTIF_SIZES, 0, ctypes.byref(sizes)) != 0:
+        return False
+    action = ctypes.c_uint32(_RET_USER_NOTIF)
+    return tuple(sizes) == _SIZES and lib.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+
+
+@functools.cache
+def _launcher_source() -> str:
+    """t3track.host.mint_launcher's source, which the launcher runs (read, not imported: see owner_child)."""
+    return Path(__file__).with_name("mint_launcher.py").read_text(encoding="utf-8")
 
 
 class OpenHold:
-    """See the module doc. Use `start()`; `release()` (idempotent) ends it."""
+    """See the module doc. `start()`, then run `command(argv)` with `pass_fds`, `spawned()` once it
+    runs; `release()` lets the held opens go on, `close()` (idempotent) ends the hold."""
 
-    def __init__(self, group_fd: int):
-        self._fd = group_fd
-        self._held_pgid: int | None = None
+    def __init__(self) -> None:
+        self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener: int | None = None
         self._held: list[int] = []
-        self.held_names: list[str] = []  # what was held, by file name (for the evidence and tests)
+        self.held = 0  # how many opens waited (for the evidence and tests)
         self.first_held = threading.Event()
         self._lock = threading.Lock()
         self._released = False
+        self._closed = False
+        self._freed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="t3track-openhold", daemon=True)
         self._thread.start()
 
     @classmethod
-    def start(cls, directory: Path, *, user: str) -> OpenHold | None:
-        """Watch `directory`; nothing is held until `hold_group()`. None when fanotify is not
-        available here (the caller then does without)."""
-        lib = _libc()
-        if lib is None:
-            return None
-        group_fd = lib.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC | _FAN_NONBLOCK,
-                                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NONBLOCK)
-        if group_fd < 0:
-            return None  # EPERM without CAP_SYS_ADMIN (or a seccomp filter), ENOSYS without fanotify
-        try:
-            dir_fd = usertree.open_dir(directory, user=user)
-        except usertree.UserTreeFault:
-            os.close(group_fd)
-            return None
-        try:
-            # the object dir_fd names (a NULL path): no name is looked up again, no link followed
-            marked = lib.fanotify_mark(group_fd, _FAN_MARK_ADD, _FAN_OPEN_PERM | _FAN_ONDIR | _FAN_EVENT_ON_CHILD,
-                                       dir_fd, None) == 0
-        finally:
-            os.close(dir_fd)
-        if not marked:
-            os.close(group_fd)
-            return None
-        try:
-            return cls(group_fd)
-        except BaseException:
-            os.close(group_fd)  # allows anything already waiting
-            raise
+    def start(cls) -> OpenHold | None:
+        """A hold for one mint to be started; None when seccomp user notification is not available here."""
+        return cls() if available() else None
 
-    def hold_group(self, pgid: int) -> None:
-        """From now on, hold what process group `pgid` opens there (the mint's, just started)."""
+    def command(self, argv: Sequence[str | os.PathLike]) -> tuple[list[str], tuple[int, ...]]:
+        """The launcher's command line for `argv` (the mint's), and the descriptor to pass it."""
+        fd = self._theirs.fileno()
+        return ([usertree.interpreter(), "-I", "-S", "-c", _launcher_source(), str(fd), *(str(os.fspath(arg)) for arg in argv)],
+                (fd,))
+
+    def spawned(self) -> None:
+        """The launcher runs: our copy of its end goes (so a launcher that dies is seen at once)."""
+        self._theirs.close()
+
+    def release(self) -> None:
+        """Let every held open go on; from now on each is answered at once."""
+        with self._lock:  # under it, the listener cannot be closed meanwhile
+            self._released = True
+            held, self._held = self._held, []
+            if self._listener is not None:
+                for notification in held:
+                    self._continue(self._listener, notification)
+
+    def close(self) -> None:
+        """Stop answering (a call still held, or notified later, fails with ENOSYS) and free it all.
+        For when the mint has ended or is being ended."""
         with self._lock:
-            self._held_pgid = pgid
+            if self._closed:
+                return
+            self._closed = True
+            if not self._freed:  # under the lock: the pipe is not closed meanwhile
+                os.write(self._wake_w, b"x")
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._free()
 
-    def _holds(self, event_fd: int, pid: int) -> bool:
-        if self._released or self._held_pgid is None or len(self._held) >= MAX_HELD:
-            return False
-        try:
-            if os.getpgid(pid) != self._held_pgid:
-                return False
-            name = os.path.basename(os.readlink(f"/proc/self/fd/{event_fd}"))
-        except OSError:
-            return False  # the opener is gone, or the file cannot be named: nothing to protect
-        self.held_names.append(name)
-        return True
-
-    def _answer(self, event_fd: int) -> None:
-        try:
-            os.write(self._fd, _RESPONSE.pack(event_fd, _FAN_ALLOW))
-        except OSError:
-            pass  # the opener died meanwhile
-        os.close(event_fd)
+    # --- the thread
 
     def _serve(self) -> None:
         try:
-            self._watch()
-        except Exception:  # noqa: BLE001 - whatever broke, closing below lets every open through
+            listener = self._receive_listener()
+            if listener is not None:
+                with self._lock:
+                    self._listener = listener
+                self._answer(listener)
+        except Exception:  # noqa: BLE001 - whatever broke, freeing below fails what was held: no hang
             pass
         finally:
-            self._close(from_watcher=True)  # however it ended, nothing may stay held or watched
+            self._free()
 
-    def _watch(self) -> None:
+    def _receive_listener(self) -> int | None:
+        ready, _, _ = select.select([self._ours.fileno(), self._wake_r], [], [])
+        if self._wake_r in ready:
+            return None
+        _, fds, _, _ = socket.recv_fds(self._ours, 1, 1)
+        return fds[0] if fds else None  # none: the launcher died before it could send one
+
+    def _answer(self, listener: int) -> None:
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while True:
-            ready, _, _ = select.select([self._fd, self._wake_r], [], [])
-            if self._wake_r in ready:
+            events = dict(poller.poll())
+            if self._wake_r in events:
                 return
-            try:
-                data = os.read(self._fd, _READ_BYTES)
-            except BlockingIOError:
-                continue
-            offset = 0
-            while offset + _METADATA.size <= len(data):
-                length, _version, _, _, _mask, event_fd, pid = _METADATA.unpack_from(data, offset)
-                offset += max(length, _METADATA.size)
-                if event_fd == _FAN_NOFD:
-                    continue  # a queue overflow: nothing to answer
-                with self._lock:
-                    hold = self._holds(event_fd, pid)
-                    if hold:
-                        self._held.append(event_fd)
+            mask = events.get(listener, 0)
+            if not mask & select.POLLIN:
+                return  # POLLHUP: every process the filter was on has exited
+            buffer = bytearray(_NOTIF.size)  # zeroed, as the kernel wants it
+            try:  # never blocks (fcntl.ioctl keeps the GIL): POLLIN says one is pending, ENOENT if it went
+                fcntl.ioctl(listener, _IOCTL_NOTIF_RECV, buffer)
+            except OSError:
+                continue  # ENOENT: the caller was killed meanwhile
+            notification, _pid, _flags = _NOTIF.unpack(buffer)
+            with self._lock:
+                hold = not self._released and len(self._held) < MAX_HELD
                 if hold:
-                    self.first_held.set()
-                else:
-                    self._answer(event_fd)
+                    self._held.append(notification)
+                    self.held += 1
+            if hold:
+                self.first_held.set()
+            else:
+                self._continue(listener, notification)
 
-    def _close(self, *, from_watcher: bool) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-            held, self._held = self._held, []
+    @staticmethod
+    def _continue(listener: int, notification: int) -> None:
         try:
-            if not from_watcher:
-                os.write(self._wake_w, b"x")
-                self._thread.join()
-        finally:
-            for event_fd in held:
-                self._answer(event_fd)
-            for fd in (self._fd, self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            fcntl.ioctl(listener, _IOCTL_NOTIF_SEND, bytearray(_RESP.pack(notification, 0, 0, _FLAG_CONTINUE)))
+        except OSError:
+            pass  # ENOENT: the caller died meanwhile (or the listener is closing)
 
-    def release(self) -> None:
-        """Let every held open through and stop watching (closing the group allows what it had not read)."""
-        self._close(from_watcher=False)
+    def _free(self) -> None:
+        with self._lock:
+            if self._freed:
+                return
+            self._freed = True
+            listener, self._listener = self._listener, None
+        for closing in (self._ours, self._theirs):
+            closing.close()
+        for fd in (listener, self._wake_r, self._wake_w):
+            if fd is None:
+                continue
+            try:
+                os.close(fd)
+            except OSError:
+                pass

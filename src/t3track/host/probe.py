@@ -36,13 +36,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from t3track import runner
 from t3track.errors import T3TrackError, UsageError
 from t3track.redact import redact
+
+if TYPE_CHECKING:
+    from t3track.host.openhold import OpenHold
 
 SESSION_PATH = "/api/auth/session"
 BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
@@ -296,12 +299,12 @@ class MintJob:
 
     def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
                  env: Mapping[str, str] | None = None, low_priority: bool = False,
-                 on_spawn: Callable[[int], None] | None = None):
+                 hold: OpenHold | None = None):
         self.started = time.monotonic()
         self.how = "started ahead"  # when, for the evidence (the sandbox says)
         self._proc: Any = None
         self._stopped = False
-        self._on_spawn = on_spawn  # gets its process group as soon as it exists (the open hold's)
+        self._hold = hold  # started under it (t3track.host.openhold), which it closes once it has ended
         # low_priority: nice 19 while it starts beside the server's own start (which must not wait
         # for it), until normal_priority(). Only where it can be raised back (CAP_SYS_NICE), and only
         # while it cannot touch the database (its opens held): a starved writer holding SQLite's
@@ -316,14 +319,19 @@ class MintJob:
 
     def _run(self, executable: Path, base_dir: Path, timeout: float, run_as: str | None,
              env: Mapping[str, str] | None) -> None:
-        self._outcome = _run_mint(executable, base_dir, timeout, run_as, env, on_start=self._on_start)
+        try:
+            self._outcome = _run_mint(executable, base_dir, timeout, run_as, env, on_start=self._on_start,
+                                      hold=self._hold)
+        finally:
+            if self._hold is not None:
+                self._hold.close()  # it has ended (runner.run reaped its group): nobody is left to hold
 
     def _on_start(self, proc: Any) -> None:
         with self._lock:
             self._proc = proc
             stopped = self._stopped
-            if self._on_spawn is not None:
-                self._on_spawn(proc.pid)  # its own group (runner: process_group=0)
+            if self._hold is not None:
+                self._hold.spawned()
             if self._low and not self._normal_wanted:
                 _renice_group(proc.pid, 19)
         if stopped:
@@ -386,12 +394,17 @@ def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
 
 
 def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None, env: Mapping[str, str] | None,
-              on_start: Callable[[Any], None] | None = None) -> runner.Completed | T3TrackError:
+              on_start: Callable[[Any], None] | None = None, hold: OpenHold | None = None
+              ) -> runner.Completed | T3TrackError:
     try:
         argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
                                   "--json"]
-        return runner.run(argv, timeout=max(timeout, 5.0),
-                          env=env if env is not None else _default_env(run_as), run_as=run_as, on_start=on_start)
+        pass_fds: tuple[int, ...] = ()
+        if hold is not None:  # through the launcher that puts its writing opens under the hold
+            launcher, pass_fds = hold.command(argv)
+            argv = list(launcher)
+        return runner.run(argv, timeout=max(timeout, 5.0), env=env if env is not None else _default_env(run_as),
+                          run_as=run_as, on_start=on_start, pass_fds=pass_fds)
     except T3TrackError as exc:
         return exc
 

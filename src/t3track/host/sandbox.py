@@ -350,11 +350,11 @@ def _read_after(server: SandboxServer) -> None:
 
 class _MintBeside:
     """When the pairing mint starts beside a candidate that is starting (the mint migrates too, and
-    two migrators on one database race). With an OpenHold (t3track.host.openhold), at once and at
-    nice 19, so that its own start takes only what the server's leaves of the CPUs: its opens of the
-    databases wait in the kernel until the server says its migrations are committed, and then it goes
-    on at normal priority. Without a hold, at that moment. At the latest, when the server is ready
-    (it said nothing)."""
+    two migrators on one database race). With an OpenHold (t3track.host.openhold), at once (at nice 19
+    where t3track may raise it back, so that its own start takes only what the server's leaves of the
+    CPUs): its opens that could write wait in the kernel until the server says its migrations are
+    committed, and then it goes on at normal priority. Without a hold, at that moment. At the latest,
+    when the server is ready (it said nothing)."""
 
     def __init__(self, server: SandboxServer, start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None]):
         self.server = server
@@ -365,11 +365,11 @@ class _MintBeside:
     def spawned(self, process: runner.Background) -> None:
         if self.migrated or self.server.mint is not None:
             return
-        self._hold = openhold.OpenHold.start(self.server.userdata, user=self.server.user)
+        self._hold = openhold.OpenHold.start()
         if self._hold is not None:
-            self._start_mint(self.server, self._hold)  # at a low priority: it must not slow the server's start
+            self._start_mint(self.server, self._hold)  # it must not slow the server's start: see MintJob
             assert self.server.mint is not None
-            self.server.mint.how = ("started with the server, what it opens in userdata held until the "
+            self.server.mint.how = ("started with the server, its opens for writing held until the "
                                     "server's migrations were committed")
 
     def saw(self, log: str) -> None:
@@ -398,7 +398,7 @@ class _MintBeside:
             if self.server.mint is not None:
                 self.server.mint.stop()
                 self.server.mint = None
-            self._hold.release()
+            self._hold.close()  # whatever it still held fails (ENOSYS): it never goes on
             self._hold = None
 
 

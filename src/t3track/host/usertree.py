@@ -256,7 +256,7 @@ def _kind(mode: int) -> str:
 # ---------------------------------------------------------------- the child, as the owner
 
 
-def _interpreter() -> str:
+def interpreter() -> str:
     """A Python every user can run: ours when it is reachable by all (a venv's link resolved), else
     the system's (the child needs only the standard library)."""
     for candidate in (getattr(sys, "_base_executable", None) or sys.executable, "/usr/bin/python3"):
@@ -284,7 +284,7 @@ def _run_child(tree: Tree, fd: int, command: str, *args: str, timeout: float, ma
     # dataclasses and redact's patterns stay off its start)
     from t3track import runner
 
-    argv = [_interpreter(), "-I", "-S", "-c", _owner_child_source(), command, str(fd), *args]
+    argv = [interpreter(), "-I", "-S", "-c", _owner_child_source(), command, str(fd), *args]
     try:
         done = runner.collect_as(argv, uid=tree.uid, gid=tree.gid, timeout=timeout, max_bytes=max_bytes,
                                  sink=sink, pass_fds=(fd,))

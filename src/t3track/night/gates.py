@@ -12,8 +12,8 @@ production stdout goes nowhere), never the startup token: the live check after a
 way, so a build whose mint is broken is refused here rather than rolled back there. That mint is
 started while `sandbox-serve` still waits, and never opens the database while the candidate's
 migrations run (the mint migrates too, and two migrators on one database race): together with the
-server where fanotify is there, its opens held until then (t3track.host.openhold), else once the
-candidate logs that its migrations are committed (t3track.host.sandbox._MintBeside). Its own start
+server where seccomp user notification is there, its opens for writing held until then
+(t3track.host.openhold), else once the candidate logs that its migrations are committed (t3track.host.sandbox._MintBeside). Its own start
 is most of the probe's cost on the real server. An early mint that fails is tried once more when the
 server is ready, and that one decides.
 
@@ -127,7 +127,7 @@ class _UserGates:
         server.mint = probe.MintJob(server.base_dir, self.executable,
                                     timeout=(gates.serve_timeout + gates.probe_timeout).total_seconds(),
                                     run_as=server.run_as, env=server.env, low_priority=hold is not None,
-                                    on_spawn=hold.hold_group if hold is not None else None)
+                                    hold=hold)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()
