@@ -34,6 +34,12 @@ OPENER = textwrap.dedent("""
         if fd < 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return fd
+    def io_uring_setup():
+        params = ctypes.create_string_buffer(120)
+        fd = ctypes.CDLL(None, use_errno=True).syscall(425, 8, params)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return fd
     OPENS = {
         "read": lambda p: os.open(p, os.O_RDONLY),
         "append": lambda p: os.open(p, os.O_WRONLY | os.O_APPEND),
@@ -41,6 +47,7 @@ OPENER = textwrap.dedent("""
         "create": lambda p: os.open(p + ".new", os.O_RDONLY | os.O_CREAT, 0o600),
         "truncate": lambda p: os.open(p, os.O_RDONLY | os.O_TRUNC),
         "openat2": lambda p: openat2(p, os.O_RDONLY),
+        "io_uring": lambda p: io_uring_setup(),
     }
     for what in sys.argv[2:]:
         try:
@@ -94,6 +101,21 @@ def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, 
         assert line_within(child, 10) == "read ok"
         assert child.wait(10) == 0
         assert hold.held == 1
+    finally:
+        hold.close()
+        child.kill()
+        child.wait()
+
+
+def test_io_uring_is_refused_so_no_open_can_pass_beside_the_filter(target):
+    """An open submitted through io_uring is no system call the filter sees: the mint gets none
+    (ENOSYS, as where io_uring is off), and libuv does its file work with plain calls."""
+    hold = new_hold()
+    child = start_held(hold, target, "io_uring", "read")
+    try:
+        assert line_within(child, 10) == f"io_uring errno {errno.ENOSYS}"
+        assert line_within(child, 10) == "read ok"
+        assert hold.held == 0
     finally:
         hold.close()
         child.kill()
@@ -210,6 +232,20 @@ def test_the_launcher_never_starts_the_program_when_the_listener_cannot_reach_t3
     assert done.returncode == mint_launcher.SETUP_FAILED
     assert "could not hand the listener to t3track" in done.stderr
     assert not marker.exists()
+
+
+def test_a_descriptor_that_is_no_seccomp_listener_is_dropped_not_served(target):
+    """The launcher runs as the user, who could make it send anything: a pipe is closed, unserved."""
+    hold = new_hold()
+    r, w = os.pipe()
+    os.write(w, b"ready")  # readable for ever: served, it would spin
+    with socket.socket(fileno=os.dup(hold._theirs.fileno())) as launcher_end:
+        socket.send_fds(launcher_end, [b"L"], [r])
+    hold._thread.join(10)
+    assert not hold._thread.is_alive() and hold.held == 0
+    os.close(r)
+    os.close(w)
+    hold.close()
 
 
 REFUSE_SECCOMP = textwrap.dedent("""

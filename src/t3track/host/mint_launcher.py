@@ -4,8 +4,10 @@ filter on itself, hands the filter's listener to t3track, then becomes the mint.
 Standard library only, run as `python -I -S -c <this source> SOCKFD EXECUTABLE ARGS...` with the
 mint's uid and environment. SOCKFD is one end of a socket pair t3track holds the other end of. The
 filter answers SECCOMP_RET_USER_NOTIF for every open that could write (open, openat or creat with
-O_WRONLY, O_RDWR, O_CREAT or O_TRUNC; openat2 always, its flags are out of the filter's sight) and
-allows everything else; it is inherited across the exec and by every thread and child of the mint.
+O_WRONLY, O_RDWR, O_CREAT or O_TRUNC; openat2 always, its flags are out of the filter's sight),
+fails io_uring_setup with ENOSYS (an open submitted through io_uring would pass no filter; libuv, like
+any program run where io_uring is off, then does its file work with plain system calls) and allows
+everything else. It is inherited across the exec and by every thread and child of the mint.
 Setting no_new_privs first is what lets an unprivileged process install it, and it costs the mint
 nothing (it never gains privileges). Nothing is executed unless the listener reached t3track: a mint
 that t3track could not hold would race the server's migrations. On any failure: one line on stderr,
@@ -13,6 +15,7 @@ exit 120, and no exec.
 """
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -24,9 +27,10 @@ SYS_SECCOMP = 317  # x86_64; t3track uses the hold on x86_64 only (openhold.avai
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 AUDIT_ARCH_X86_64 = 0xC000003E
-NR_OPEN, NR_CREAT, NR_OPENAT, NR_OPENAT2 = 2, 85, 257, 437
+NR_OPEN, NR_CREAT, NR_OPENAT, NR_IO_URING_SETUP, NR_OPENAT2 = 2, 85, 257, 425, 437
 WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 RET_ALLOW = 0x7FFF0000
+RET_ERRNO = 0x00050000
 RET_USER_NOTIF = 0x7FC00000
 LD_ABS_W, JEQ_K, JSET_K, RET_K = 0x20, 0x15, 0x45, 0x06
 # struct seccomp_data: nr (0), arch (4), instruction_pointer (8), args[6] (16 + 8 * i; the low half first)
@@ -40,18 +44,20 @@ def insn(code, jt, jf, k):
 # Jumps count the instructions skipped: from index i, a jump of n lands on i + 1 + n.
 PROGRAM = b"".join([
     insn(LD_ABS_W, 0, 0, OFF_ARCH),        # 0
-    insn(JEQ_K, 0, 9, AUDIT_ARCH_X86_64),  # 1: another ABI: allow (11)
+    insn(JEQ_K, 0, 10, AUDIT_ARCH_X86_64),  # 1: another ABI: allow (12)
     insn(LD_ABS_W, 0, 0, OFF_NR),          # 2
-    insn(JEQ_K, 3, 0, NR_OPENAT),          # 3: -> 7
-    insn(JEQ_K, 4, 0, NR_OPEN),            # 4: -> 9
-    insn(JEQ_K, 6, 0, NR_CREAT),           # 5: -> 12
-    insn(JEQ_K, 5, 4, NR_OPENAT2),         # 6: -> 12, else 11
-    insn(LD_ABS_W, 0, 0, OFF_ARG2),        # 7: openat's flags
-    insn(JSET_K, 3, 2, WRITING),           # 8: -> 12, else 11
-    insn(LD_ABS_W, 0, 0, OFF_ARG1),        # 9: open's flags
-    insn(JSET_K, 1, 0, WRITING),           # 10: -> 12, else 11
-    insn(RET_K, 0, 0, RET_ALLOW),          # 11
-    insn(RET_K, 0, 0, RET_USER_NOTIF),     # 12
+    insn(JEQ_K, 4, 0, NR_OPENAT),          # 3: -> 8
+    insn(JEQ_K, 5, 0, NR_OPEN),            # 4: -> 10
+    insn(JEQ_K, 7, 0, NR_CREAT),           # 5: -> 13
+    insn(JEQ_K, 6, 0, NR_OPENAT2),         # 6: -> 13
+    insn(JEQ_K, 6, 4, NR_IO_URING_SETUP),  # 7: -> 14, else 12
+    insn(LD_ABS_W, 0, 0, OFF_ARG2),        # 8: openat's flags
+    insn(JSET_K, 3, 2, WRITING),           # 9: -> 13, else 12
+    insn(LD_ABS_W, 0, 0, OFF_ARG1),        # 10: open's flags
+    insn(JSET_K, 1, 0, WRITING),           # 11: -> 13, else 12
+    insn(RET_K, 0, 0, RET_ALLOW),          # 12
+    insn(RET_K, 0, 0, RET_USER_NOTIF),     # 13
+    insn(RET_K, 0, 0, RET_ERRNO | errno.ENOSYS),  # 14
 ])
 
 

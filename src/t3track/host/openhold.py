@@ -30,6 +30,7 @@ mint whose hold is gone fails (and the gate mints again once the server is ready
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import functools
 import os
@@ -164,7 +165,16 @@ class OpenHold:
         if self._wake_r in ready:
             return None
         _, fds, _, _ = socket.recv_fds(self._ours, 1, 1)
-        return fds[0] if fds else None  # none: the launcher died before it could send one
+        if not fds:
+            return None  # the launcher died before it could send one
+        try:  # it came from a process running as the user, who could have made it send anything
+            kind = os.readlink(f"/proc/self/fd/{fds[0]}")
+        except OSError:
+            kind = ""
+        if kind != "anon_inode:seccomp notify":
+            os.close(fds[0])
+            return None
+        return fds[0]
 
     def _answer(self, listener: int) -> None:
         poller = select.poll()
@@ -180,8 +190,10 @@ class OpenHold:
             buffer = bytearray(_NOTIF.size)  # zeroed, as the kernel wants it
             try:  # never blocks (fcntl.ioctl keeps the GIL): POLLIN says one is pending, ENOENT if it went
                 fcntl.ioctl(listener, _IOCTL_NOTIF_RECV, buffer)
-            except OSError:
-                continue  # ENOENT: the caller was killed meanwhile
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EINTR):
+                    continue  # the caller was killed meanwhile
+                raise
             notification, _pid, _flags = _NOTIF.unpack(buffer)
             with self._lock:
                 hold = not self._released and len(self._held) < MAX_HELD
