@@ -259,6 +259,22 @@ def test_install_on_a_new_host_in_one_command_and_again_changes_nothing(host):
     assert "  provision: done: 0 change(s)" in again.stdout.splitlines()
     dry = box.run("bash", REPO / "scripts/install-host.sh", "--dry-run", *users, env=env)
     assert "install-host: dry run: 0 change(s) would be made" in dry.stdout
+    assert "t3@" not in first.stdout.split("host: ok")[0].split("config is valid")[-1]  # no unit warning
+    # A t3@.service that starts root/current (the layout before rings) is named by `config check`:
+    # systemd itself is asked how each user's unit starts.
+    override = "/run/systemd/system/t3@bob.service.d/60-old-layout.conf"
+    box.write(override, "[Service]\nExecStart=\nExecStart=/opt/t3/current/node_modules/@t3code/t3-linux-x64/t3 "
+                        "serve --port ${T3_PORT}\n")
+    box.run("systemctl", "daemon-reload")
+    checked = json.loads(host.t3track("config", "check", "--json").stdout)
+    box.run("rm", override)
+    box.run("systemctl", "daemon-reload")
+    assert checked["ok"] and [w for w in checked["warnings"] if "t3@" in w] == [
+        "t3@bob.service starts /opt/t3/current/node_modules/@t3code/t3-linux-x64/t3, not through /opt/t3/users/bob/ "
+        "(the link t3track moves for bob): every move would leave it on the old version; point ExecStart= at "
+        "/opt/t3/users/bob/node_modules/@t3code/t3-linux-x64/t3 (the shipped systemd/t3@.service does) and "
+        "`systemctl daemon-reload`"], checked
+    assert not [w for w in json.loads(host.t3track("config", "check", "--json").stdout)["warnings"] if "t3@" in w]
     # The soak (min_release_age, 6h as shipped) is the policy tests' concern; these nights are minutes apart.
     box.run("sed", "-i", "s/^min_release_age: .*/min_release_age: 0s/", CONFIG)
     host.show("right after install")

@@ -239,3 +239,32 @@ def test_pruning_from_a_later_rings_move_keeps_the_first_rings_previous(tmp_path
     left = {p.name for p in (c.root / "versions").iterdir()}
     assert {V1, V2, newer[0], newer[-1]} <= left
 
+
+
+def test_config_check_warns_of_a_unit_that_does_not_start_through_the_users_link(tmp_path, monkeypatch):
+    """A t3@.service still starting root/current/... (the layout before rings) would serve the old
+    version after every move of the user's link. systemd's own answer is read (here a stand-in
+    systemctl printing `systemctl show --property=ExecStart` as systemd 252 does); the real one is
+    asked in tests/test_real_systemd.py."""
+    from t3track.host import services
+
+    c = config(tmp_path, TWO)
+    shown = {"alice": c.root / "users" / "alice" / "node_modules/@t3code/t3-linux-x64/t3",
+             "bob": c.root / "current" / "node_modules/@t3code/t3-linux-x64/t3"}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = "\n".join(["#!/bin/sh", 'case "$4" in'] + [
+        f'  t3@{user}.service) echo "ExecStart={{ path={path} ; argv[]={path} serve ; ignore_errors=no }}" ;;'
+        for user, path in shown.items()] + ["  *) echo 'ExecStart=' ;;", "esac", ""])
+    (bin_dir / "systemctl").write_text(script)
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(services, "SYSTEMD_RUNNING", tmp_path)  # as if systemd were PID 1
+    warnings = services.unit_layout_warnings(c)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"t3@bob.service starts {shown['bob']}, not through {c.root / 'users' / 'bob'}/")
+    assert warnings[1].startswith("t3@carol.service has no ExecStart=")
+    other = c.model_copy(update={"services": c.services.model_copy(update={"start": ["/usr/local/bin/start", "{user}"]})})
+    assert services.unit_layout_warnings(other) == []  # not the shipped units: nothing to read
+    monkeypatch.setattr(services, "SYSTEMD_RUNNING", tmp_path / "absent")
+    assert services.unit_layout_warnings(c) == []  # no systemd running

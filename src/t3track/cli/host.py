@@ -82,13 +82,14 @@ def config_check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     """Validate the config and the host (paths, npm, users); every problem listed, exit 2 if any."""
     from t3track.config import config_path, host_problems, host_warnings
     from t3track.errors import ExitCode
+    from t3track.host.services import unit_layout_warnings
     from t3track.host.usertree import tree_problems
 
     out = ctx.obj.out
     path = config_path(ctx.obj.config_file)
     config = ctx.obj.config()  # file problems raise ConfigError with every path listed
     problems = host_problems(config) + tree_problems(config)
-    warnings = host_warnings(config)  # said, but they do not make the check fail
+    warnings = host_warnings(config) + unit_layout_warnings(config)  # said, but they do not fail the check
     if out.as_json:
         out.json({"config": str(path), "ok": not problems, "problems": problems, "warnings": warnings})
     else:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
@@ -15,6 +19,9 @@ from t3track.runner import serialised, side_by_side
 
 Progress = Callable[[str], None]
 POLL_S = 0.1
+SHIPPED_START = ["systemctl", "start", "t3@{user}.service"]
+SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted(3): systemd is PID 1
+UNIT_SHOW_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,3 +112,33 @@ def wait_until_stopped(config: Config, user: UserConfig, progress: Progress) -> 
     raise CriticalError(f"{user.name}'s server ({holder}) still runs {config.services.timeout.total_seconds():.0f}s "
                         "after the stop command returned; starting another would fail on its ownership lock",
                         hint=f"stop it by hand, then check the stop command: {' '.join(config.services.stop)}")
+
+
+def unit_layout_warnings(config: Config) -> list[str]:
+    """Each user's t3@.service must start the server through root/users/<user>, the link t3track moves
+    (per ring, or to `current`): a unit still starting root/current/... or a versions/ directory would
+    serve the old version after every move, and each night's live check would roll it back. Asked of
+    systemd (`systemctl show`) where the start command is the shipped one and systemd runs; elsewhere
+    there is no unit to read."""
+    if config.services.start != SHIPPED_START or not SYSTEMD_RUNNING.is_dir() or shutil.which("systemctl") is None:
+        return []
+    warnings = []
+    for user in config.users:
+        unit = f"t3@{user.name}.service"
+        try:
+            shown = run_command(["systemctl", "show", "--property=ExecStart", "--", unit], timeout=UNIT_SHOW_TIMEOUT_S)
+        except T3TrackError as exc:
+            return [f"cannot ask systemd how {unit} starts: {exc.message}"]
+        if not shown.ok:
+            warnings.append(f"cannot ask systemd how {unit} starts: {shown.describe()}")
+            continue
+        found = re.search(r"\bpath=(\S+)", shown.stdout)
+        link = config.root / "users" / user.name
+        if found is None:
+            warnings.append(f"{unit} has no ExecStart=: install systemd/t3@.service (scripts/install-host.sh does)")
+        elif not Path(os.path.normpath(found.group(1))).is_relative_to(os.path.normpath(link)):
+            warnings.append(f"{unit} starts {found.group(1)}, not through {link}/ (the link t3track moves for "
+                            f"{user.name}): every move would leave it on the old version; point ExecStart= at "
+                            f"{link / config.executable} (the shipped systemd/t3@.service does) and "
+                            "`systemctl daemon-reload`")
+    return warnings
