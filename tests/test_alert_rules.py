@@ -98,6 +98,15 @@ def run_nights(base: Path) -> dict[str, Written]:
         night("backups", "run", code=0)                          # v4 is denied: nothing to do
     finally:
         host.close()
+    ringed = build_host(base / "ringed", rings=[{"name": "canary", "users": ["alice"]},
+                                                 {"name": "everyone", "users": ["bob"], "soak": "24h"}])
+    try:
+        host = ringed
+        assert host.t3track("backup").returncode == 0
+        host.publish(nightly(1))
+        night("ringed", "run", code=0)                           # the canary takes it; everyone soaks
+    finally:
+        ringed.close()
     return kept
 
 
@@ -210,6 +219,26 @@ def test_a_freeze_warns_only_after_a_week(tmp_path, nights):
         at("7d1h", "T3trackFrozenForLong", pt.expected("T3trackFrozenForLong", {})),
         at("10m", "T3trackCritical"),  # the recovery night ended well: the page clears
         days=7.2)])
+
+
+def test_rings_that_disagree_warn_once_a_ring_has_not_moved_for_a_week(tmp_path, nights):
+    written = nights["ringed"]
+    versions = {labels["ring"]: labels["version"] for name, labels, _ in pt.samples(written.text)
+                if name == "t3track_ring_version_info"}
+    assert versions["canary"] != versions["everyone"]  # the night moved the canary alone
+    promtool_ok(tmp_path, [case(
+        written,
+        at("6d", "T3trackRingBehind"),
+        at("7d1h", "T3trackRingBehind", *(pt.expected("T3trackRingBehind", {"ring": r}) for r in ("canary", "everyone"))),
+        at("10m", "T3trackNightRefused"),
+        days=7.2)])
+    # the same file with everyone on the canary's version (after its soak): rings that agree are quiet
+    agreeing = tmp_path / "agreeing.prom"
+    agreeing.write_text("\n".join(
+        line.replace(f'version="{versions["everyone"]}"', f'version="{versions["canary"]}"')
+        if line.startswith("t3track_ring_version_info") and 'ring="everyone"' in line else line
+        for line in written.text.splitlines()) + "\n")
+    promtool_ok(tmp_path, [case(Written(agreeing, written.written_at), at("7d1h", "T3trackRingBehind"), days=7.2)])
 
 
 # ---------------------------------------------------------------- through a real node_exporter

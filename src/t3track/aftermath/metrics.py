@@ -166,6 +166,8 @@ def _ring_metrics(config: Config, state: State, moment: datetime, gauge: Any, re
     info = Info("t3track_ring_version", "The version each ring's link serves, and the one before it", ("ring",),
                 registry=registry)
     soaked = gauge("t3track_ring_soaked_seconds", "How long the ring has served its current version", ("ring",))
+    since = gauge("t3track_ring_since_timestamp_seconds", "When the ring's link came to its current version "
+                  "(unix time)", ("ring",))
     frozen = gauge("t3track_ring_frozen", "1 while the ring's own freeze holds it", ("ring",))
     pinned = gauge("t3track_ring_pinned", "1 while the ring's own pin holds it", ("ring",))
     for i, ring in enumerate(config.ring_names()):
@@ -174,6 +176,7 @@ def _ring_metrics(config: Config, state: State, moment: datetime, gauge: Any, re
         stretch = own.open_stretch()
         if stretch is not None:
             soaked.labels(ring=ring).set(round(stretch.served_for(moment), 3))
+            since.labels(ring=ring).set(stretch.since.timestamp())
         frozen.labels(ring=ring).set(1 if own.frozen is not None and not own.frozen.expired(moment) else 0)
         pinned.labels(ring=ring).set(1 if own.pinned is not None else 0)
     last = state.last_run
