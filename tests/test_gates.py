@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import textwrap
 from pathlib import Path
@@ -257,6 +258,8 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     assert mint["ok"] and "startup token" not in mint["detail"]
     if held and openhold.available():
         assert "started with the server, its opens for writing held until" in mint["detail"]
+        found = re.search(r"; (\d+) open\(s\) held", mint["detail"])
+        assert found and int(found.group(1)) >= 1, mint["detail"]  # it did wait, at its database at least
     else:
         assert "started once the server said its migrations were committed" in mint["detail"]
     nothing_left(config)

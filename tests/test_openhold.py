@@ -34,6 +34,26 @@ OPENER = textwrap.dedent("""
         if fd < 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return fd
+    def raw(number, *args):
+        fd = ctypes.CDLL(None, use_errno=True).syscall(number, *args)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return fd
+    def threads(p):
+        # three threads open for writing at once; each says how it went
+        import threading
+        def one(i):
+            try:
+                os.close(os.open(p, os.O_WRONLY))
+                print("thread ok", flush=True)
+            except OSError as exc:
+                print("thread errno", exc.errno, flush=True)
+        started = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
+        return os.open(p, os.O_RDONLY)
     def io_uring_setup():
         params = ctypes.create_string_buffer(120)
         fd = ctypes.CDLL(None, use_errno=True).syscall(425, 8, params)
@@ -48,6 +68,11 @@ OPENER = textwrap.dedent("""
         "truncate": lambda p: os.open(p, os.O_RDONLY | os.O_TRUNC),
         "openat2": lambda p: openat2(p, os.O_RDONLY),
         "io_uring": lambda p: io_uring_setup(),
+        "sys_open": lambda p: raw(2, p.encode(), os.O_WRONLY),
+        "sys_open_read": lambda p: raw(2, p.encode(), os.O_RDONLY),
+        "sys_creat": lambda p: raw(85, (p + ".creat").encode(), 0o600),
+        "x32_openat": lambda p: raw(0x40000000 | 257, -100, p.encode(), os.O_RDONLY),
+        "threads": lambda p: threads(p),
     }
     for what in sys.argv[2:]:
         try:
@@ -61,7 +86,7 @@ OPENER = textwrap.dedent("""
 def start_held(hold: openhold.OpenHold, target: Path, *opens: str) -> subprocess.Popen:
     argv, fds = hold.command([sys.executable, "-I", "-S", "-c", OPENER, str(target), *opens])
     child = subprocess.Popen(argv, pass_fds=fds, stdout=subprocess.PIPE, text=True, process_group=0)
-    hold.spawned()
+    hold.spawned(child.pid)
     return child
 
 
@@ -85,10 +110,10 @@ def new_hold() -> openhold.OpenHold:
     return hold
 
 
-@pytest.mark.parametrize("what", ["append", "rdwr", "create", "truncate", "openat2"])
+@pytest.mark.parametrize("what", ["append", "rdwr", "create", "truncate", "openat2", "sys_open", "sys_creat"])
 def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, what):
     hold = new_hold()
-    child = start_held(hold, target, "read", what, "read")
+    child = start_held(hold, target, "read", what, "sys_open_read")
     try:
         assert line_within(child, 10) == "read ok"  # reads go on at once
         assert hold.first_held.wait(10)
@@ -98,7 +123,7 @@ def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, 
             pass
         hold.release()
         assert line_within(child, 10) == f"{what} ok"
-        assert line_within(child, 10) == "read ok"
+        assert line_within(child, 10) == "sys_open_read ok"
         assert child.wait(10) == 0
         assert hold.held == 1
     finally:
@@ -107,13 +132,15 @@ def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, 
         child.wait()
 
 
-def test_io_uring_is_refused_so_no_open_can_pass_beside_the_filter(target):
+def test_io_uring_and_other_abis_are_refused_so_no_open_can_pass_beside_the_filter(target):
     """An open submitted through io_uring is no system call the filter sees: the mint gets none
-    (ENOSYS, as where io_uring is off), and libuv does its file work with plain calls."""
+    (ENOSYS, as where io_uring is off), and libuv does its file work with plain calls. x32 numbers
+    name the same calls by other numbers: refused too (this kernel may refuse them by itself)."""
     hold = new_hold()
-    child = start_held(hold, target, "io_uring", "read")
+    child = start_held(hold, target, "io_uring", "x32_openat", "read")
     try:
         assert line_within(child, 10) == f"io_uring errno {errno.ENOSYS}"
+        assert line_within(child, 10) == f"x32_openat errno {errno.ENOSYS}"
         assert line_within(child, 10) == "read ok"
         assert hold.held == 0
     finally:
@@ -174,8 +201,26 @@ def test_a_watcher_that_fails_fails_what_it_held(target, monkeypatch):
         select=select.select, poll=Failing, POLLIN=select.POLLIN, POLLHUP=select.POLLHUP))
     child = start_held(hold, target, "append")
     try:
-        assert line_within(child, 10) == f"append errno {errno.ENOSYS}"
-        assert child.wait(10) == 0
+        # ENOSYS alone would not do: SQLite answers a failed read-write open by opening read-only
+        assert child.wait(10) == -signal.SIGKILL
+        assert child.stdout is not None and child.stdout.read() == ""
+    finally:
+        hold.close()
+        child.kill()
+        child.wait()
+
+
+def test_past_max_held_an_open_is_refused_not_let_through(target, monkeypatch):
+    monkeypatch.setattr(openhold, "MAX_HELD", 2)
+    hold = new_hold()
+    child = start_held(hold, target, "threads")
+    try:
+        assert line_within(child, 10) == f"thread errno {errno.ENOSYS}"  # the third, before release
+        assert line_within(child, 0.5) is None
+        hold.release()
+        assert [line_within(child, 10) for _ in range(3)] == ["thread ok", "thread ok", "threads ok"]
+        assert (hold.held, hold.refused) == (2, 1)
+        assert hold.summary() == "2 open(s) held, 1 refused past 2"
     finally:
         hold.close()
         child.kill()
@@ -192,7 +237,7 @@ def test_a_held_open_fails_when_the_holder_is_killed(target, tmp_path):
         argv, fds = hold.command([sys.executable, "-I", "-S", "-c", {OPENER!r}, {str(target)!r}, "append"])
         with open({str(out)!r}, "w") as out:
             child = subprocess.Popen(argv, pass_fds=fds, stdout=out, start_new_session=True)
-        hold.spawned()
+        hold.spawned(child.pid)
         print(child.pid, flush=True)
         hold.first_held.wait(10)
         print("holding", flush=True)
@@ -234,15 +279,19 @@ def test_the_launcher_never_starts_the_program_when_the_listener_cannot_reach_t3
     assert not marker.exists()
 
 
-def test_a_descriptor_that_is_no_seccomp_listener_is_dropped_not_served(target):
+def test_a_descriptor_that_is_no_seccomp_listener_is_dropped_not_served(target, monkeypatch):
     """The launcher runs as the user, who could make it send anything: a pipe is closed, unserved."""
+    ioctls: list = []
+    monkeypatch.setattr(openhold, "fcntl", types.SimpleNamespace(ioctl=lambda *a: ioctls.append(a)))
     hold = new_hold()
     r, w = os.pipe()
-    os.write(w, b"ready")  # readable for ever: served, it would spin
+    os.write(w, b"ready")  # readable for ever
     with socket.socket(fileno=os.dup(hold._theirs.fileno())) as launcher_end:
         socket.send_fds(launcher_end, [b"L"], [r])
     hold._thread.join(10)
     assert not hold._thread.is_alive() and hold.held == 0
+    assert ioctls == []  # never served: not a single call on it
+    assert not hold.listening and hold.summary().startswith("but the mint's launcher never handed")
     os.close(r)
     os.close(w)
     hold.close()

@@ -6,8 +6,8 @@ mint's uid and environment. SOCKFD is one end of a socket pair t3track holds the
 filter answers SECCOMP_RET_USER_NOTIF for every open that could write (open, openat or creat with
 O_WRONLY, O_RDWR, O_CREAT or O_TRUNC; openat2 always, its flags are out of the filter's sight),
 fails io_uring_setup with ENOSYS (an open submitted through io_uring would pass no filter; libuv, like
-any program run where io_uring is off, then does its file work with plain system calls) and allows
-everything else. It is inherited across the exec and by every thread and child of the mint.
+any program run where io_uring is off, then does its file work with plain system calls), fails every
+call of another ABI (i386, x32) with ENOSYS, and allows everything else. It is inherited across the exec and by every thread and child of the mint.
 Setting no_new_privs first is what lets an unprivileged process install it, and it costs the mint
 nothing (it never gains privileges). Nothing is executed unless the listener reached t3track: a mint
 that t3track could not hold would race the server's migrations. On any failure: one line on stderr,
@@ -32,7 +32,8 @@ WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
 RET_USER_NOTIF = 0x7FC00000
-LD_ABS_W, JEQ_K, JSET_K, RET_K = 0x20, 0x15, 0x45, 0x06
+LD_ABS_W, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+X32_SYSCALL_BIT = 0x40000000
 # struct seccomp_data: nr (0), arch (4), instruction_pointer (8), args[6] (16 + 8 * i; the low half first)
 OFF_NR, OFF_ARCH, OFF_ARG1, OFF_ARG2 = 0, 4, 24, 32
 
@@ -41,23 +42,25 @@ def insn(code, jt, jf, k):
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-# Jumps count the instructions skipped: from index i, a jump of n lands on i + 1 + n.
+# Jumps count the instructions skipped: from index i, a jump of n lands on i + 1 + n. Another ABI
+# (i386 through int 0x80) and x32 numbers (bit 30) would name the same calls by other numbers: ENOSYS.
 PROGRAM = b"".join([
-    insn(LD_ABS_W, 0, 0, OFF_ARCH),        # 0
-    insn(JEQ_K, 0, 10, AUDIT_ARCH_X86_64),  # 1: another ABI: allow (12)
-    insn(LD_ABS_W, 0, 0, OFF_NR),          # 2
-    insn(JEQ_K, 4, 0, NR_OPENAT),          # 3: -> 8
-    insn(JEQ_K, 5, 0, NR_OPEN),            # 4: -> 10
-    insn(JEQ_K, 7, 0, NR_CREAT),           # 5: -> 13
-    insn(JEQ_K, 6, 0, NR_OPENAT2),         # 6: -> 13
-    insn(JEQ_K, 6, 4, NR_IO_URING_SETUP),  # 7: -> 14, else 12
-    insn(LD_ABS_W, 0, 0, OFF_ARG2),        # 8: openat's flags
-    insn(JSET_K, 3, 2, WRITING),           # 9: -> 13, else 12
-    insn(LD_ABS_W, 0, 0, OFF_ARG1),        # 10: open's flags
-    insn(JSET_K, 1, 0, WRITING),           # 11: -> 13, else 12
-    insn(RET_K, 0, 0, RET_ALLOW),          # 12
-    insn(RET_K, 0, 0, RET_USER_NOTIF),     # 13
-    insn(RET_K, 0, 0, RET_ERRNO | errno.ENOSYS),  # 14
+    insn(LD_ABS_W, 0, 0, OFF_ARCH),          # 0
+    insn(JEQ_K, 0, 13, AUDIT_ARCH_X86_64),   # 1: another ABI -> 15
+    insn(LD_ABS_W, 0, 0, OFF_NR),            # 2
+    insn(JGE_K, 11, 0, X32_SYSCALL_BIT),     # 3: x32 -> 15
+    insn(JEQ_K, 4, 0, NR_OPENAT),            # 4: -> 9
+    insn(JEQ_K, 5, 0, NR_OPEN),              # 5: -> 11
+    insn(JEQ_K, 7, 0, NR_CREAT),             # 6: -> 14
+    insn(JEQ_K, 6, 0, NR_OPENAT2),           # 7: -> 14
+    insn(JEQ_K, 6, 4, NR_IO_URING_SETUP),    # 8: -> 15, else 13
+    insn(LD_ABS_W, 0, 0, OFF_ARG2),          # 9: openat's flags
+    insn(JSET_K, 3, 2, WRITING),             # 10: -> 14, else 13
+    insn(LD_ABS_W, 0, 0, OFF_ARG1),          # 11: open's flags
+    insn(JSET_K, 1, 0, WRITING),             # 12: -> 14, else 13
+    insn(RET_K, 0, 0, RET_ALLOW),            # 13
+    insn(RET_K, 0, 0, RET_USER_NOTIF),       # 14
+    insn(RET_K, 0, 0, RET_ERRNO | errno.ENOSYS),  # 15
 ])
 
 

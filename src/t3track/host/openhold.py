@@ -22,9 +22,17 @@ refusing `seccomp`) the caller starts the mint after the migrations instead.
 
 CONTINUE is not a security boundary (the opener could change the path between the notification and
 the answer): nothing here decides anything on what a call names; it only orders two cooperating
-starts. A hold never leaves an open hanging: `close()`, t3track's death or the thread's own failure
-closes the listener, and the kernel then fails every held and later notified call with ENOSYS, so a
-mint whose hold is gone fails (and the gate mints again once the server is ready) instead of waiting.
+starts. A hold never leaves an open hanging: `close()` or t3track's death closes the listener, and
+the kernel then fails every held and later notified call with ENOSYS, so a mint whose hold is gone
+fails (and the gate mints again once the server is ready) instead of waiting. The thread's own
+failure before `release()` ends the mint (by a pidfd, never a reused pid) rather than trust ENOSYS:
+SQLite answers a failed read-write open by opening read-only, which nothing holds. Past MAX_HELD
+waiting calls, the next is refused (ENOSYS), never let through.
+
+The launcher runs as the user, who may trace or signal it: whatever it hands over is served only
+when it is a seccomp listener (a pipe or a file of theirs is dropped, closed aside), and `close()`
+waits a bounded time for the thread, so a user tampering with their own mint can fail their own
+gate but never stall t3track's night.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import fcntl
 import functools
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -53,7 +62,9 @@ _SIZES = (_NOTIF.size, _RESP.size, 64)  # what SECCOMP_GET_NOTIF_SIZES must say 
 _IOCTL_NOTIF_RECV = 0xC0502100  # SECCOMP_IOWR(0, struct seccomp_notif)
 _IOCTL_NOTIF_SEND = 0xC0182101  # SECCOMP_IOWR(1, struct seccomp_notif_resp)
 _FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE, Linux 5.5
-MAX_HELD = 64  # the mint's threads hold a handful; past this, something is wrong: let go
+MAX_HELD = 64  # the mint's threads hold a handful; past this, something is wrong: refuse (ENOSYS)
+CLOSE_WAIT_S = 5.0  # close() waits this long for the thread (it is stuck only if the user tampered)
+LISTENER_KIND = "anon_inode:seccomp notify"  # what /proc/self/fd/N names a seccomp listener
 
 
 @functools.cache
@@ -92,14 +103,17 @@ def _launcher_source() -> str:
 
 
 class OpenHold:
-    """See the module doc. `start()`, then run `command(argv)` with `pass_fds`, `spawned()` once it
+    """See the module doc. `start()`, then run `command(argv)` with `pass_fds`, `spawned(pid)` once it
     runs; `release()` lets the held opens go on, `close()` (idempotent) ends the hold."""
 
     def __init__(self) -> None:
         self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener: int | None = None
+        self._pidfd: int | None = None  # the launcher, then the mint: what a failing hold must stop
         self._held: list[int] = []
         self.held = 0  # how many opens waited (for the evidence and tests)
+        self.refused = 0  # how many failed (ENOSYS) past MAX_HELD
+        self.listening = False  # the launcher's listener arrived and is served
         self.first_held = threading.Event()
         self._lock = threading.Lock()
         self._released = False
@@ -120,9 +134,25 @@ class OpenHold:
         return ([usertree.interpreter(), "-I", "-S", "-c", _launcher_source(), str(fd), *(str(os.fspath(arg)) for arg in argv)],
                 (fd,))
 
-    def spawned(self) -> None:
-        """The launcher runs: our copy of its end goes (so a launcher that dies is seen at once)."""
+    def spawned(self, pid: int) -> None:
+        """The launcher runs as `pid` (not yet reaped: its caller waits on it later). Our copy of its
+        end goes, so a launcher that dies is seen at once."""
         self._theirs.close()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # already gone
+        with self._lock:
+            if self._freed:
+                os.close(pidfd)
+            else:
+                self._pidfd = pidfd
+
+    def summary(self) -> str:
+        """For the evidence: what the hold did."""
+        if not self.listening:
+            return "but the mint's launcher never handed its listener over"
+        return f"{self.held} open(s) held" + (f", {self.refused} refused past {MAX_HELD}" if self.refused else "")
 
     def release(self) -> None:
         """Let every held open go on; from now on each is answered at once."""
@@ -131,7 +161,7 @@ class OpenHold:
             held, self._held = self._held, []
             if self._listener is not None:
                 for notification in held:
-                    self._continue(self._listener, notification)
+                    self._answer_one(self._listener, notification)
 
     def close(self) -> None:
         """Stop answering (a call still held, or notified later, fails with ENOSYS) and free it all.
@@ -142,9 +172,13 @@ class OpenHold:
             self._closed = True
             if not self._freed:  # under the lock: the pipe is not closed meanwhile
                 os.write(self._wake_w, b"x")
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-        self._free()
+        if threading.current_thread() is self._thread:
+            return  # its own end frees
+        self._thread.join(CLOSE_WAIT_S)
+        if not self._thread.is_alive():
+            self._free()
+        # else it is stuck in a call on the listener (only a user tampering with their own mint gets
+        # it there): it frees its descriptors itself when the call returns; none is closed under it
 
     # --- the thread
 
@@ -154,27 +188,42 @@ class OpenHold:
             if listener is not None:
                 with self._lock:
                     self._listener = listener
+                    self.listening = True
                 self._answer(listener)
-        except Exception:  # noqa: BLE001 - whatever broke, freeing below fails what was held: no hang
-            pass
+        except Exception:  # noqa: BLE001 - whatever broke, the mint must not go on unheld
+            with self._lock:
+                stop = not self._released and self._pidfd is not None
+                pidfd = self._pidfd
+            if stop and pidfd is not None:
+                # Only ENOSYS would follow, and SQLite answers a failed read-write open by opening
+                # read-only, which nothing holds: the mint is ended instead (a mint at ready decides).
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
         finally:
             self._free()
 
     def _receive_listener(self) -> int | None:
-        ready, _, _ = select.select([self._ours.fileno(), self._wake_r], [], [])
-        if self._wake_r in ready:
+        poller = select.poll()
+        poller.register(self._ours.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        if self._wake_r in dict(poller.poll()):
             return None
         _, fds, _, _ = socket.recv_fds(self._ours, 1, 1)
         if not fds:
             return None  # the launcher died before it could send one
+        received = fds[0]
+        os.set_inheritable(received, False)  # recv_fds does not ask for MSG_CMSG_CLOEXEC
         try:  # it came from a process running as the user, who could have made it send anything
-            kind = os.readlink(f"/proc/self/fd/{fds[0]}")
+            kind = os.readlink(f"/proc/self/fd/{received}")
         except OSError:
             kind = ""
-        if kind != "anon_inode:seccomp notify":
-            os.close(fds[0])
+        if kind != LISTENER_KIND:
+            # closed aside: the last close of a file on a FUSE mount of the user's could wait on them
+            threading.Thread(target=os.close, args=(received,), name="t3track-openhold-drop", daemon=True).start()
             return None
-        return fds[0]
+        return received
 
     def _answer(self, listener: int) -> None:
         poller = select.poll()
@@ -186,9 +235,9 @@ class OpenHold:
                 return
             mask = events.get(listener, 0)
             if not mask & select.POLLIN:
-                return  # POLLHUP: every process the filter was on has exited
+                return  # POLLHUP: every process the filter was on has exited (Linux 5.8; before, close() ends it)
             buffer = bytearray(_NOTIF.size)  # zeroed, as the kernel wants it
-            try:  # never blocks (fcntl.ioctl keeps the GIL): POLLIN says one is pending, ENOENT if it went
+            try:  # POLLIN: one is pending (ENOENT if its caller went meanwhile); releases the GIL if it blocks
                 fcntl.ioctl(listener, _IOCTL_NOTIF_RECV, buffer)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.EINTR):
@@ -196,19 +245,23 @@ class OpenHold:
                 raise
             notification, _pid, _flags = _NOTIF.unpack(buffer)
             with self._lock:
-                hold = not self._released and len(self._held) < MAX_HELD
-                if hold:
+                answer = self._released or len(self._held) >= MAX_HELD
+                if not answer:
                     self._held.append(notification)
                     self.held += 1
-            if hold:
+                elif not self._released:
+                    self.refused += 1
+            if not answer:
                 self.first_held.set()
             else:
-                self._continue(listener, notification)
+                self._answer_one(listener, notification)
 
-    @staticmethod
-    def _continue(listener: int, notification: int) -> None:
+    def _answer_one(self, listener: int, notification: int) -> None:
+        """CONTINUE once released; before, past MAX_HELD, ENOSYS (never a write beside the migrations)."""
+        response = (_RESP.pack(notification, 0, 0, _FLAG_CONTINUE) if self._released
+                    else _RESP.pack(notification, 0, -errno.ENOSYS, 0))
         try:
-            fcntl.ioctl(listener, _IOCTL_NOTIF_SEND, bytearray(_RESP.pack(notification, 0, 0, _FLAG_CONTINUE)))
+            fcntl.ioctl(listener, _IOCTL_NOTIF_SEND, bytearray(response))
         except OSError:
             pass  # ENOENT: the caller died meanwhile (or the listener is closing)
 
@@ -218,9 +271,10 @@ class OpenHold:
                 return
             self._freed = True
             listener, self._listener = self._listener, None
+            pidfd, self._pidfd = self._pidfd, None
         for closing in (self._ours, self._theirs):
             closing.close()
-        for fd in (listener, self._wake_r, self._wake_w):
+        for fd in (listener, pidfd, self._wake_r, self._wake_w):
             if fd is None:
                 continue
             try:

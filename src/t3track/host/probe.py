@@ -331,11 +331,15 @@ class MintJob:
             self._proc = proc
             stopped = self._stopped
             if self._hold is not None:
-                self._hold.spawned()
+                self._hold.spawned(proc.pid)
             if self._low and not self._normal_wanted:
                 _renice_group(proc.pid, 19)
         if stopped:
             runner.kill_group(proc, 0)
+
+    def describe(self) -> str:
+        """When it started, and what its hold did (for the evidence)."""
+        return self.how + (f"; {self._hold.summary()}" if self._hold is not None else "")
 
     def outcome(self) -> runner.Completed | T3TrackError:
         """Wait for it (runner.run's own timeout bounds that): what it printed, or what runner.run raised."""
@@ -425,7 +429,7 @@ def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, 
     if credential:
         s.secrets.add(credential)
         when = (f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why
-                else f" ({job.how})" if job is not None else "")
+                else f" ({job.describe()})" if job is not None else "")
         s.record(STEP_MINT, True, None, f"minted with `auth pairing create`{when}", started)
         return credential
     token = token_fallback() if token_fallback is not None else None
