@@ -364,3 +364,56 @@ def test_servers_start_side_by_side_up_to_gates_parallel_and_a_failure_is_raised
     log.unlink()
     with pytest.raises(CriticalError, match="carol"):
         each_user(config, "start", lambda _: None)
+
+
+def _timed_services(tmp_path: Path, parallel: int, stop_s: dict[str, float]):  # noqa: ANN202
+    """Users whose stop command logs `USER begin|end TIME` around a sleep of its own length."""
+    from t3track.config import parse_config
+
+    log = tmp_path / "log"
+    sleeps = " ".join(f'[ "$0" = {user} ] && sleep {s};' for user, s in stop_s.items())
+    script = f'echo "$0 begin $(date +%s.%N)" >> {log}; {sleeps} echo "$0 end $(date +%s.%N)" >> {log}; true'
+    config = parse_config({
+        "users": [{"name": n, "base_dir": str(tmp_path / n), "port": 4100 + i} for i, n in enumerate(stop_s)],
+        "services": {"start": ["true"], "stop": ["/bin/sh", "-c", script, "{user}"]},
+        "gates": {"parallel": parallel}})
+
+    def then_logged(user) -> None:  # noqa: ANN001
+        with log.open("a") as handle:
+            handle.write(f"{user.name} then {time.time()}\n")
+
+    def times() -> dict[str, dict[str, float]]:
+        found: dict[str, dict[str, float]] = {}
+        for line in log.read_text().splitlines():
+            user, what, at = line.split()
+            found.setdefault(user, {})[what] = float(at)
+        return found
+
+    return config, then_logged, times
+
+
+def test_a_users_step_after_its_stop_runs_while_a_slower_users_stop_is_still_under_way(tmp_path):
+    from t3track.host.services import each_user
+
+    config, then_logged, times = _timed_services(tmp_path, 2, {"alice": 0.05, "bob": 1.0})
+    each_user(config, "stop", lambda _: None, then=then_logged)
+    at = times()
+    for user in ("alice", "bob"):
+        assert at[user]["end"] <= at[user]["then"], at  # never before that user's own stop is done
+    assert at["alice"]["then"] < at["bob"]["end"], at  # not held back until every server has stopped
+
+
+def test_a_failing_step_after_a_stop_stops_the_later_users_and_is_raised(tmp_path):
+    from t3track.host.services import each_user
+
+    config, then_logged, times = _timed_services(tmp_path, 1, {"alice": 0, "bob": 0, "carol": 0})
+
+    def then(user) -> None:  # noqa: ANN001
+        then_logged(user)
+        if user.name == "bob":
+            raise OSError(f"no room for {user.name}'s snapshot")
+
+    with pytest.raises(OSError, match="bob"):
+        each_user(config, "stop", lambda _: None, then=then)
+    at = times()
+    assert set(at) == {"alice", "bob"} and "then" in at["alice"], at  # carol's server was never stopped
