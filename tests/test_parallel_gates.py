@@ -417,3 +417,63 @@ def test_a_failing_step_after_a_stop_stops_the_later_users_and_is_raised(tmp_pat
         each_user(config, "stop", lambda _: None, then=then)
     at = times()
     assert set(at) == {"alice", "bob"} and "then" in at["alice"], at  # carol's server was never stopped
+
+
+def test_the_next_server_stops_while_a_users_snapshot_is_still_being_taken(tmp_path, monkeypatch):
+    from tests.emulator import package as emu
+
+    from t3track.config import parse_config
+    from t3track.host import backup, services
+    from t3track.host.manifest import MANIFEST
+    from t3track.night import swap
+
+    users = []
+    for i, name in enumerate(("alice", "bob")):
+        base = tmp_path / name / ".t3"
+        emu.make_user_state(base, migrations=52, rows=2)
+        users.append({"name": name, "base_dir": str(base), "port": 4100 + i})
+    config = parse_config({"users": users, "state_dir": str(tmp_path / "state"), "gates": {"parallel": 1},
+                           "services": {"start": ["true"], "stop": ["true"]}})
+    snapshots = tmp_path / "state" / "snapshots" / "run-1"
+    bob_stopping = threading.Event()
+    seen: list[bool] = []
+    real_snapshot = backup.snapshot_database
+
+    def service(_config, action, user) -> None:  # noqa: ANN001
+        if action == "stop" and user.name == "bob":
+            bob_stopping.set()
+
+    def snapshot(base_dir, dest, **kw):  # noqa: ANN001, ANN003, ANN202
+        if dest.name == "alice":  # alice's snapshot lasts until bob's server is being stopped
+            seen.append(bob_stopping.wait(10))
+        return real_snapshot(base_dir, dest, **kw)
+
+    monkeypatch.setattr(services, "service", service)
+    monkeypatch.setattr(backup, "snapshot_database", snapshot)
+    swap._stop_and_snapshot_all(config, snapshots, lambda _: None, swap.SwapResult("swapped", "0.0.42", NEXT))
+    assert seen == [True]  # one worker for the stops, and it did not wait for alice's snapshot
+    assert all((snapshots / name / MANIFEST).is_file() for name in ("alice", "bob"))
+
+
+def test_a_failed_snapshot_is_raised_after_every_server_has_stopped(tmp_path, monkeypatch):
+    from t3track.config import parse_config
+    from t3track.host import services
+    from t3track.night import swap
+
+    config = parse_config({"users": [{"name": n, "base_dir": str(tmp_path / n), "port": 4100 + i}
+                                     for i, n in enumerate(USERS)],
+                           "state_dir": str(tmp_path / "state"), "gates": {"parallel": 2},
+                           "services": {"start": ["true"], "stop": ["true"]}})
+    stopped: list[str] = []
+    monkeypatch.setattr(services, "service", lambda _c, _a, user: stopped.append(user.name))
+
+    def snapshotter(_dir, _progress):  # noqa: ANN001, ANN202
+        def one(user) -> None:  # noqa: ANN001
+            if user.name == "alice":
+                raise OSError(f"no room for {user.name}'s snapshot")
+        return one
+
+    monkeypatch.setattr(swap, "_snapshotter", snapshotter)
+    with pytest.raises(OSError, match="alice"):
+        swap._stop_and_snapshot_all(config, tmp_path / "snaps", lambda _: None, swap.SwapResult("swapped", None, NEXT))
+    assert sorted(stopped) == sorted(USERS)  # as when the snapshots came after the last stop

@@ -64,7 +64,7 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
     to wait, a line goes into `notes`.
 
     `then(user)` runs right after that user's action has succeeded, in the same worker (the swap
-    snapshots each database as soon as its server is gone, while other servers are still stopping).
+    hands each database to its snapshot workers there, as soon as that user's server is gone).
     What it raises (T3TrackError, OSError) is a failure of that user's like a failed action: no
     later user starts, and it is raised in config order. Not for a rollback (`keep_going`)."""
     if then is not None and keep_going:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,20 @@ def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> Non
 
 
 def _stop_and_snapshot_all(config: Config, snapshot_dir: Path, progress: Progress, result: SwapResult) -> None:
-    """Stop every server and snapshot each database as soon as its own server has exited: the
-    snapshots (CPU: a child each) run while other servers are still stopping (waits), instead of
-    after the last one. Either fails the swap step at the first failure, in config order."""
+    """Stop every server, and snapshot each database as soon as its own server has exited, on workers
+    of their own (at most gates.parallel, like the stops): the stops (waits on the service manager and
+    on the old process) go on meanwhile, instead of the snapshots (a child each, CPU) waiting for the
+    last stop. A failed stop is raised first, once every snapshot under way has returned; else the
+    first failed snapshot in config order (every server was stopped, as when they came after)."""
     say = serialised(progress)
-    each_user(config, "stop", say, marks=result.marks, notes=result.notes, then=_snapshotter(snapshot_dir, say))
+    snapshot = _snapshotter(snapshot_dir, say)
+    taken: dict[str, Future[None]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, config.gates.parallel), thread_name_prefix="t3track-snapshot") as pool:
+        each_user(config, "stop", say, marks=result.marks, notes=result.notes,
+                  then=lambda user: taken.__setitem__(user.name, pool.submit(snapshot, user)))
+    for user in config.users:
+        if user.name in taken:
+            taken[user.name].result()
 
 
 def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress,
