@@ -364,3 +364,116 @@ def test_servers_start_side_by_side_up_to_gates_parallel_and_a_failure_is_raised
     log.unlink()
     with pytest.raises(CriticalError, match="carol"):
         each_user(config, "start", lambda _: None)
+
+
+def _timed_services(tmp_path: Path, parallel: int, stop_s: dict[str, float]):  # noqa: ANN202
+    """Users whose stop command logs `USER begin|end TIME` around a sleep of its own length."""
+    from t3track.config import parse_config
+
+    log = tmp_path / "log"
+    sleeps = " ".join(f'[ "$0" = {user} ] && sleep {s};' for user, s in stop_s.items())
+    script = f'echo "$0 begin $(date +%s.%N)" >> {log}; {sleeps} echo "$0 end $(date +%s.%N)" >> {log}; true'
+    config = parse_config({
+        "users": [{"name": n, "base_dir": str(tmp_path / n), "port": 4100 + i} for i, n in enumerate(stop_s)],
+        "services": {"start": ["true"], "stop": ["/bin/sh", "-c", script, "{user}"]},
+        "gates": {"parallel": parallel}})
+
+    def then_logged(user) -> None:  # noqa: ANN001
+        with log.open("a") as handle:
+            handle.write(f"{user.name} then {time.time()}\n")
+
+    def times() -> dict[str, dict[str, float]]:
+        found: dict[str, dict[str, float]] = {}
+        for line in log.read_text().splitlines():
+            user, what, at = line.split()
+            found.setdefault(user, {})[what] = float(at)
+        return found
+
+    return config, then_logged, times
+
+
+def test_a_users_step_after_its_stop_runs_while_a_slower_users_stop_is_still_under_way(tmp_path):
+    from t3track.host.services import each_user
+
+    config, then_logged, times = _timed_services(tmp_path, 2, {"alice": 0.05, "bob": 1.0})
+    each_user(config, "stop", lambda _: None, then=then_logged)
+    at = times()
+    for user in ("alice", "bob"):
+        assert at[user]["end"] <= at[user]["then"], at  # never before that user's own stop is done
+    assert at["alice"]["then"] < at["bob"]["end"], at  # not held back until every server has stopped
+
+
+def test_a_failing_step_after_a_stop_stops_the_later_users_and_is_raised(tmp_path):
+    from t3track.host.services import each_user
+
+    config, then_logged, times = _timed_services(tmp_path, 1, {"alice": 0, "bob": 0, "carol": 0})
+
+    def then(user) -> None:  # noqa: ANN001
+        then_logged(user)
+        if user.name == "bob":
+            raise OSError(f"no room for {user.name}'s snapshot")
+
+    with pytest.raises(OSError, match="bob"):
+        each_user(config, "stop", lambda _: None, then=then)
+    at = times()
+    assert set(at) == {"alice", "bob"} and "then" in at["alice"], at  # carol's server was never stopped
+
+
+def test_the_next_server_stops_while_a_users_snapshot_is_still_being_taken(tmp_path, monkeypatch):
+    from tests.emulator import package as emu
+
+    from t3track.config import parse_config
+    from t3track.host import backup, services
+    from t3track.host.manifest import MANIFEST
+    from t3track.night import swap
+
+    users = []
+    for i, name in enumerate(("alice", "bob")):
+        base = tmp_path / name / ".t3"
+        emu.make_user_state(base, migrations=52, rows=2)
+        users.append({"name": name, "base_dir": str(base), "port": 4100 + i})
+    config = parse_config({"users": users, "state_dir": str(tmp_path / "state"), "gates": {"parallel": 1},
+                           "services": {"start": ["true"], "stop": ["true"]}})
+    snapshots = tmp_path / "state" / "snapshots" / "run-1"
+    bob_stopping = threading.Event()
+    seen: list[bool] = []
+    real_snapshot = backup.snapshot_database
+
+    def service(_config, action, user) -> None:  # noqa: ANN001
+        if action == "stop" and user.name == "bob":
+            bob_stopping.set()
+
+    def snapshot(base_dir, dest, **kw):  # noqa: ANN001, ANN003, ANN202
+        if dest.name == "alice":  # alice's snapshot lasts until bob's server is being stopped
+            seen.append(bob_stopping.wait(10))
+        return real_snapshot(base_dir, dest, **kw)
+
+    monkeypatch.setattr(services, "service", service)
+    monkeypatch.setattr(backup, "snapshot_database", snapshot)
+    swap._stop_and_snapshot_all(config, snapshots, lambda _: None, swap.SwapResult("swapped", "0.0.42", NEXT))
+    assert seen == [True]  # one worker for the stops, and it did not wait for alice's snapshot
+    assert all((snapshots / name / MANIFEST).is_file() for name in ("alice", "bob"))
+
+
+def test_a_failed_snapshot_is_raised_after_every_server_has_stopped(tmp_path, monkeypatch):
+    from t3track.config import parse_config
+    from t3track.host import services
+    from t3track.night import swap
+
+    config = parse_config({"users": [{"name": n, "base_dir": str(tmp_path / n), "port": 4100 + i}
+                                     for i, n in enumerate(USERS)],
+                           "state_dir": str(tmp_path / "state"), "gates": {"parallel": 2},
+                           "services": {"start": ["true"], "stop": ["true"]}})
+    stopped: list[str] = []
+    monkeypatch.setattr(services, "service", lambda _c, _a, user: stopped.append(user.name))
+
+    def snapshotter(_dir, _progress):  # noqa: ANN001, ANN202
+        def one(user) -> None:  # noqa: ANN001
+            if user.name == "alice":
+                raise OSError(f"no room for {user.name}'s snapshot")
+        return one
+
+    monkeypatch.setattr(swap, "_snapshotter", snapshotter)
+    with pytest.raises(OSError, match="alice"):
+        swap._stop_and_snapshot_all(config, tmp_path / "snaps", lambda _: None, swap.SwapResult("swapped", None, NEXT))
+    assert sorted(stopped) == sorted(USERS)  # as when the snapshots came after the last stop

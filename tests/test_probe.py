@@ -10,7 +10,9 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -147,6 +149,60 @@ def test_a_credential_that_works_twice_fails_at_one_time(tmp_path):
         FakeT3(router, reusable=True)
         result = run_probe(tmp_path)
     assert (result.step, result.status, result.kind) == ("one-time", 200, "CredentialReusable")
+
+
+class _ConnectionBoundT3(BaseHTTPRequestHandler):
+    """An Era B server over HTTP/1.1 keep-alive whose session is bound to the connection that made
+    the exchange, not to the cookie it set: it notes each request's connection (client port)."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list[int] = []
+    paired: set[int] = set()  # the connections an exchange authenticated
+    used: set[str] = set()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def _answer(self, status: int, doc: dict, cookie: str | None = None) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        if cookie:
+            self.send_header("set-cookie", f"{COOKIE_NAME}={cookie}; Path=/; HttpOnly")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.connections.append(self.client_address[1])
+        authed = self.client_address[1] in self.paired  # whatever cookie came, or none
+        self._answer(200, {"authenticated": authed, "auth": {"sessionCookieName": COOKIE_NAME}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.connections.append(self.client_address[1])
+        credential = json.loads(self.rfile.read(int(self.headers["content-length"])))["credential"]
+        if credential in self.used:
+            self._answer(401, {"code": "auth_invalid"})
+            return
+        self.used.add(credential)
+        self.paired.add(self.client_address[1])
+        self._answer(200, {"authenticated": True}, cookie=COOKIE_VALUE)
+
+
+def test_each_step_goes_on_a_connection_of_its_own_so_a_session_bound_to_a_connection_fails_replay(tmp_path):
+    _ConnectionBoundT3.connections, _ConnectionBoundT3.paired, _ConnectionBoundT3.used = [], set(), set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ConnectionBoundT3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = probe.pairing_probe(f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "base",
+                                     minter(tmp_path), timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.ok, result.step) == (False, "replay"), result.detail
+    seen = _ConnectionBoundT3.connections
+    assert len(seen) == 3 and len(set(seen)) == 3, seen  # session, exchange, replay: three connections
 
 
 def test_a_server_that_is_not_listening_fails_at_the_first_step(tmp_path):

@@ -110,6 +110,20 @@ def test_a_swap_step_failing_after_the_stop_rolls_back_and_every_server_serves_a
     assert last_event(host, "run")["outcome"] == "rolled_back"
 
 
+def test_each_database_is_snapshotted_after_its_own_servers_stop_and_before_the_flip(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    result = host.t3track("run", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    flip = lines.index(f"point current at {v}")
+    for user in host.users:
+        assert lines.index(f"stop {user.name}'s server") < lines.index(f"snapshot {user.name}'s database") < flip
+    snapshots = Path(host.state()["current_snapshot"])
+    for user in host.users:
+        assert (snapshots / user.name / "manifest.json").is_file()
+
+
 def test_dry_runs_never_count_toward_denying_a_version(host):
     v = nightly(1)
     host.publish(v, fault="no-cookie")

@@ -58,7 +58,8 @@ def service(config: Config, action: str, user: UserConfig) -> None:
 
 
 def each_user(config: Config, action: str, progress: Progress, *, keep_going: bool = False,
-              marks: list[UserMark] | None = None, notes: list[str] | None = None) -> list[str]:
+              marks: list[UserMark] | None = None, notes: list[str] | None = None,
+              then: Callable[[UserConfig], None] | None = None) -> list[str]:
     """Run `action` for every user, side by side (at most config.gates.parallel at once: each waits
     on systemctl and on a process, not on the CPU). A swap stops at the first failure: no user after
     it (in config order) starts its action, and the first failure in config order is raised once
@@ -67,11 +68,18 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
 
     A `stop` is done only when the old process has exited (a stop command may return before it is
     gone; newer builds hold an ownership lock that makes the next server exit at once): when it had
-    to wait, a line goes into `notes`."""
+    to wait, a line goes into `notes`.
+
+    `then(user)` runs right after that user's action has succeeded, in the same worker (the swap
+    hands each database to its snapshot workers there, as soon as that user's server is gone).
+    What it raises (T3TrackError, OSError) is a failure of that user's like a failed action: no
+    later user starts, and it is raised in config order. Not for a rollback (`keep_going`)."""
+    if then is not None and keep_going:
+        raise ValueError("each_user: `then` is for a swap's steps, which stop at the first failure")
     say = serialised(progress)
     failed = threading.Event()
 
-    def one(user: UserConfig) -> CriticalError | None:
+    def one(user: UserConfig) -> T3TrackError | OSError | None:
         if failed.is_set() and not keep_going:
             return None  # a user before this one failed: the swap is over, the rollback takes it from here
         say(f"{action} {user.name}'s server")
@@ -86,12 +94,18 @@ def each_user(config: Config, action: str, progress: Progress, *, keep_going: bo
         except CriticalError as exc:
             failed.set()
             return exc
+        if then is not None:
+            try:
+                then(user)
+            except (T3TrackError, OSError) as exc:
+                failed.set()
+                return exc
         return None
 
     errors = [error for error in side_by_side(one, config.users, config.gates.parallel) if error is not None]
     if errors and not keep_going:
         raise errors[0]
-    return [error.message for error in errors]
+    return [str(error.message if isinstance(error, T3TrackError) else error) for error in errors]
 
 
 def wait_until_stopped(config: Config, user: UserConfig, progress: Progress) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,23 +56,43 @@ class SwapResult:
 # ---------------------------------------------------------------- snapshots
 
 
-def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
-    """Every user's database, side by side (each is a child run as the tree's owner)."""
-    ensure_private_dir(snapshot_dir)
-    say = serialised(progress)
-
+def _snapshotter(snapshot_dir: Path, progress: Progress) -> Callable[[UserConfig], None]:
+    """A pre-swap snapshot of one user's database (a child run as the tree's owner), into snapshot_dir."""
     def one(user: UserConfig) -> None:
+        ensure_private_dir(snapshot_dir)  # idempotent: whichever user comes first makes it
         dest = snapshot_dir / user.name
         if (dest / MANIFEST).is_file():
             return  # a resumed swap keeps the snapshot taken before it was killed
         if not any(os.path.lexists(user.base_dir / "userdata" / name) for name in DB_FILES):
             # a new host (adopt): nobody has served T3 here yet; the server creates its state on start
-            say(f"{user.name} has no T3 state yet: nothing to snapshot")
+            progress(f"{user.name} has no T3 state yet: nothing to snapshot")
             return
-        say(f"snapshot {user.name}'s database")
+        progress(f"snapshot {user.name}'s database")
         backup.snapshot_database(user.base_dir, dest)
 
-    side_by_side(one, config.users, config.gates.parallel)
+    return one
+
+
+def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
+    """Every user's database, side by side."""
+    side_by_side(_snapshotter(snapshot_dir, serialised(progress)), config.users, config.gates.parallel)
+
+
+def _stop_and_snapshot_all(config: Config, snapshot_dir: Path, progress: Progress, result: SwapResult) -> None:
+    """Stop every server, and snapshot each database as soon as its own server has exited, on workers
+    of their own (at most gates.parallel, like the stops): the stops (waits on the service manager and
+    on the old process) go on meanwhile, instead of the snapshots (a child each, CPU) waiting for the
+    last stop. A failed stop is raised first, once every snapshot under way has returned; else the
+    first failed snapshot in config order (every server was stopped, as when they came after)."""
+    say = serialised(progress)
+    snapshot = _snapshotter(snapshot_dir, say)
+    taken: dict[str, Future[None]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, config.gates.parallel), thread_name_prefix="t3track-snapshot") as pool:
+        each_user(config, "stop", say, marks=result.marks, notes=result.notes,
+                  then=lambda user: taken.__setitem__(user.name, pool.submit(snapshot, user)))
+    for user in config.users:
+        if user.name in taken:
+            taken[user.name].result()
 
 
 def _restore_from(config: Config, snapshot_dir: Path, *, only_if_migrated: bool, progress: Progress,
@@ -246,8 +267,7 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
     try:
         if journal.phase in (Phase.PLANNED, Phase.STOPPING):
             jr.write(store, journal, Phase.STOPPING)
-            each_user(config, "stop", progress, marks=result.marks, notes=result.notes)
-            _snapshot_all(config, snapshot_dir, progress)
+            _stop_and_snapshot_all(config, snapshot_dir, progress, result)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
         if journal.phase is Phase.SNAPSHOTTED:
