@@ -7,6 +7,7 @@ kernel or a system call filter refuses (see openhold.available())."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,18 @@ def start_held(hold: openhold.OpenHold, target: Path, *opens: str) -> subprocess
     return child
 
 
+@contextlib.contextmanager
+def held_child(hold: openhold.OpenHold, target: Path, *opens: str) -> Iterator[subprocess.Popen]:
+    """start_held(), and whatever the test found: the hold closed, the child ended."""
+    child = start_held(hold, target, *opens)
+    try:
+        yield child
+    finally:
+        hold.close()
+        child.kill()
+        child.wait()
+
+
 def line_within(child: subprocess.Popen, seconds: float) -> str | None:
     """The child's next line, or None when it printed none within `seconds`."""
     assert child.stdout is not None
@@ -113,8 +127,7 @@ def new_hold() -> openhold.OpenHold:
 @pytest.mark.parametrize("what", ["append", "rdwr", "create", "truncate", "openat2", "sys_open", "sys_creat"])
 def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, what):
     hold = new_hold()
-    child = start_held(hold, target, "read", what, "sys_open_read")
-    try:
+    with held_child(hold, target, "read", what, "sys_open_read") as child:
         assert line_within(child, 10) == "read ok"  # reads go on at once
         assert hold.first_held.wait(10)
         assert line_within(child, 0.5) is None  # still inside open()
@@ -126,10 +139,6 @@ def test_an_open_that_could_write_waits_for_release_and_a_read_does_not(target, 
         assert line_within(child, 10) == "sys_open_read ok"
         assert child.wait(10) == 0
         assert hold.held == 1
-    finally:
-        hold.close()
-        child.kill()
-        child.wait()
 
 
 def test_io_uring_and_other_abis_are_refused_so_no_open_can_pass_beside_the_filter(target):
@@ -137,30 +146,20 @@ def test_io_uring_and_other_abis_are_refused_so_no_open_can_pass_beside_the_filt
     (ENOSYS, as where io_uring is off), and libuv does its file work with plain calls. x32 numbers
     name the same calls by other numbers: refused too (this kernel may refuse them by itself)."""
     hold = new_hold()
-    child = start_held(hold, target, "io_uring", "x32_openat", "read")
-    try:
+    with held_child(hold, target, "io_uring", "x32_openat", "read") as child:
         assert line_within(child, 10) == f"io_uring errno {errno.ENOSYS}"
         assert line_within(child, 10) == f"x32_openat errno {errno.ENOSYS}"
         assert line_within(child, 10) == "read ok"
         assert hold.held == 0
-    finally:
-        hold.close()
-        child.kill()
-        child.wait()
 
 
 def test_after_release_every_open_is_answered_at_once(target):
     hold = new_hold()
     hold.release()  # before it even ran, as when the server had migrated first
-    child = start_held(hold, target, "append", "create", "rdwr")
-    try:
+    with held_child(hold, target, "append", "create", "rdwr") as child:
         assert [line_within(child, 10) for _ in range(3)] == ["append ok", "create ok", "rdwr ok"]
         assert child.wait(10) == 0
         assert hold.held == 0
-    finally:
-        hold.close()
-        child.kill()
-        child.wait()
 
 
 def test_close_fails_what_was_held_so_it_never_hangs(target):
@@ -199,32 +198,22 @@ def test_a_watcher_that_fails_fails_what_it_held(target, monkeypatch):
     _real_poll = select.poll
     monkeypatch.setattr(openhold, "select", types.SimpleNamespace(
         select=select.select, poll=Failing, POLLIN=select.POLLIN, POLLHUP=select.POLLHUP))
-    child = start_held(hold, target, "append")
-    try:
+    with held_child(hold, target, "append") as child:
         # ENOSYS alone would not do: SQLite answers a failed read-write open by opening read-only
         assert child.wait(10) == -signal.SIGKILL
         assert child.stdout is not None and child.stdout.read() == ""
-    finally:
-        hold.close()
-        child.kill()
-        child.wait()
 
 
 def test_past_max_held_an_open_is_refused_not_let_through(target, monkeypatch):
     monkeypatch.setattr(openhold, "MAX_HELD", 2)
     hold = new_hold()
-    child = start_held(hold, target, "threads")
-    try:
+    with held_child(hold, target, "threads") as child:
         assert line_within(child, 10) == f"thread errno {errno.ENOSYS}"  # the third, before release
         assert line_within(child, 0.5) is None
         hold.release()
         assert [line_within(child, 10) for _ in range(3)] == ["thread ok", "thread ok", "threads ok"]
         assert (hold.held, hold.refused) == (2, 1)
         assert hold.summary() == "2 open(s) held, 1 refused past 2"
-    finally:
-        hold.close()
-        child.kill()
-        child.wait()
 
 
 def test_a_held_open_fails_when_the_holder_is_killed(target, tmp_path):
