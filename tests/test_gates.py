@@ -258,8 +258,9 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     assert mint["ok"] and "startup token" not in mint["detail"]
     if held and openhold.available():
         assert "started with the server, its opens for writing held until" in mint["detail"]
-        found = re.search(r"; (\d+) open\(s\) held", mint["detail"])
-        assert found and int(found.group(1)) >= 1, mint["detail"]  # it did wait, at its database at least
+        # the listener arrived (how many opens waited depends on which start was quicker: test_openhold
+        # holds for certain; here the migrations the mint saw are the proof)
+        assert re.search(r"; \d+ open\(s\) held", mint["detail"]), mint["detail"]
     else:
         assert "started once the server said its migrations were committed" in mint["detail"]
     nothing_left(config)
