@@ -346,7 +346,8 @@ def test_a_rollback_never_writes_into_bobs_dir_through_alices_userdata_link(host
     config, alice, bob = host
     store = StateStore(config.state_dir)
     snapshots = store.snapshot_dir("run-1")
-    swap._snapshot_all(config, snapshots, lambda _: None)
+    for account in (alice, bob):  # the swap's pre-swap snapshots, as each server has stopped
+        swap._snapshotter(snapshots, lambda _: None)(config.user(account.name))
     for account in (alice, bob):  # the candidate migrated both databases forward
         conn = sqlite3.connect(userdata_of(config, account) / "state.sqlite")
         conn.execute("INSERT INTO effect_sql_migrations VALUES (53, '2026-12-01', 'Migration53')")

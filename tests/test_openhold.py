@@ -288,17 +288,14 @@ def test_a_descriptor_that_is_no_seccomp_listener_is_dropped_not_served(target, 
 
 REFUSE_SECCOMP = textwrap.dedent("""
     # As systemd's SystemCallFilter= does to a call it leaves out: EPERM for seccomp(2). Then ask.
-    import ctypes, struct, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    ins = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)
-    prog = b"".join([ins(0x20, 0, 0, 0), ins(0x15, 0, 1, 317), ins(0x06, 0, 0, 0x00050000 | 1),
-                     ins(0x06, 0, 0, 0x7FFF0000)])
+    import ctypes, errno
+    from t3track.host import mint_launcher as ml, openhold
+    prog = b"".join([ml.insn(ml.LD_ABS_W, 0, 0, ml.OFF_NR), ml.insn(ml.JEQ_K, 0, 1, ml.SYS_SECCOMP),
+                     ml.insn(ml.RET_K, 0, 0, ml.RET_ERRNO | errno.EPERM), ml.insn(ml.RET_K, 0, 0, ml.RET_ALLOW)])
     code = ctypes.create_string_buffer(prog, len(prog))
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    assert libc.prctl(38, 1, 0, 0, 0) == 0
-    assert libc.prctl(22, 2, ctypes.byref(Fprog(len(prog) // 8, ctypes.addressof(code))), 0, 0) == 0
-    from t3track.host import openhold
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(ml.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    assert libc.prctl(22, 2, ctypes.byref(ml.SockFprog(len(prog) // 8, ctypes.addressof(code))), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
     print(openhold.available(), openhold.OpenHold.start())
 """)
 

@@ -192,9 +192,8 @@ class OpenHold:
                 self._answer(listener)
         except Exception:  # noqa: BLE001 - whatever broke, the mint must not go on unheld
             with self._lock:
-                stop = not self._released and self._pidfd is not None
-                pidfd = self._pidfd
-            if stop and pidfd is not None:
+                pidfd = None if self._released else self._pidfd
+            if pidfd is not None:
                 # Only ENOSYS would follow, and SQLite answers a failed read-write open by opening
                 # read-only, which nothing holds: the mint is ended instead (a mint at ready decides).
                 try:

@@ -409,7 +409,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
     given). On success the process is returned running; on failure it is killed and SandboxFailed says
     why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `start_mint(server,
     hold)` starts the pairing mint (setting server.mint) as early as it may run beside this start,
-    telling `hold` (when there is one) its process group: see _MintBeside."""
+    under `hold` when there is one: see _MintBeside."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
     beside = _MintBeside(server, start_mint) if start_mint is not None else None

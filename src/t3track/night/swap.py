@@ -73,11 +73,6 @@ def _snapshotter(snapshot_dir: Path, progress: Progress) -> Callable[[UserConfig
     return one
 
 
-def _snapshot_all(config: Config, snapshot_dir: Path, progress: Progress) -> None:
-    """Every user's database, side by side."""
-    side_by_side(_snapshotter(snapshot_dir, serialised(progress)), config.users, config.gates.parallel)
-
-
 def _stop_and_snapshot_all(config: Config, snapshot_dir: Path, progress: Progress, result: SwapResult) -> None:
     """Stop every server, and snapshot each database as soon as its own server has exited, on workers
     of their own (at most gates.parallel, like the stops): the stops (waits on the service manager and
@@ -199,7 +194,7 @@ def preflight(config: Config, store: StateStore) -> None:
             tree = usertree.check_tree(user.base_dir, user=user.name)
         except usertree.UserTreeFault as exc:
             if exc.missing:
-                return None  # a new host (adopt): no T3 state yet, nothing to snapshot (see _snapshot_all)
+                return None  # a new host (adopt): no T3 state yet, nothing to snapshot (see _snapshotter)
             raise
         return tree, usertree.db_sizes(user.base_dir, user=user.name)
 
