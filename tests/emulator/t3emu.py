@@ -233,6 +233,15 @@ def load_settings() -> dict:
     return settings
 
 
+def require_native_modules(settings: dict) -> None:
+    """Like the real executable, which loads node-pty, ffi-rs and @ff-labs/fff-* from the
+    node_modules its platform package bundles (bundleDependencies): each module named in
+    `native_modules` must resolve the way Node resolves it, upwards from this file, or the start fails."""
+    for name in settings.get("native_modules") or []:
+        if not any((d / "node_modules" / name / "package.json").is_file() for d in (script_dir(), *script_dir().parents)):
+            raise SystemExit(f"Error: Cannot find module '{name}' (a bundled native module of this build)")
+
+
 def active_fault(settings: dict) -> str | None:
     """`X-live` faults act only when T3EMU_LIVE=1 (the test supervisor's production servers)."""
     fault = settings["fault"]
@@ -952,6 +961,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
+    require_native_modules(settings)
     global CLOCK_OFFSET, DEBUG_LOGS
     CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
     level = os.environ.get("T3CODE_LOG_LEVEL", "Info")
