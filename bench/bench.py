@@ -292,7 +292,7 @@ def bench_gates(opts: Options, figures: list[Figure]) -> None:
 def bench_real_server(opts: Options, figures: list[Figure]) -> None:
     from tests import real_t3
 
-    cached = real_t3.executable_in(real_t3.cache_dir() / real_t3.VERSION)
+    cached = real_t3.executable_in(real_t3.installed_prefix())
     if not os.access(cached, os.X_OK) and not opts.install_real:
         figures.append(Figure("real 0.0.42 server: ready time", "skipped", "",
                               f"{cached} is not installed; run the real_server tests once, or pass --install-real "
