@@ -35,19 +35,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    # systemd stops a unit with SIGTERM: unwind like Ctrl-C so every sandbox is removed and every
-    # process group we started is ended (Python runs no `finally` on an unhandled SIGTERM)
-    raise KeyboardInterrupt(f"signal {signum}")
+def _exit_code(code: str | int | None) -> str | int | None:
+    """A command that honoured a stop request exits 130 (interrupted), unless it ended critical (4)."""
+    from t3track import stops
+    from t3track.errors import ExitCode
+
+    if stops.requested() and code not in (ExitCode.CRITICAL, int(ExitCode.CRITICAL)):
+        return int(ExitCode.INTERRUPTED)
+    return code
 
 
 def main() -> None:
-    import signal
-
+    from t3track import stops
     from t3track.cli import fast
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    # SIGTERM, SIGINT, SIGHUP: a request to stop at the next safe point (Python would run no `finally`
+    # on an unhandled SIGTERM; inside a swap the request waits for the old or new version to serve)
+    stops.install()
     try:
         plain = fast.plain_status(sys.argv[1:])
         if plain is not None:
@@ -55,3 +59,5 @@ def main() -> None:
         _typer_app()()
     except KeyboardInterrupt:
         sys.exit(130)
+    except SystemExit as done:
+        sys.exit(_exit_code(done.code))

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
+from t3track import stops
 from t3track.aftermath import evidence
 from t3track.aftermath.fingerprints import HOST_GATES
 from t3track.clock import iso, utcnow
 from t3track.config import Config
-from t3track.errors import EnvironmentFault
+from t3track.errors import EnvironmentFault, Interrupted
 from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
@@ -82,16 +83,27 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
         night = Night(config, store, client, dry_run, progress, target)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
-        report = _pipeline(night)
+        try:
+            report = _pipeline(night)
+        except KeyboardInterrupt:  # a stop signal outside the swap: nothing live was touched
+            report = NightReport.environment_error(night.run_id, Interrupted(
+                f"stopped by {stops.requested() or 'an interrupt'} before any server was stopped; every sandbox "
+                "was removed, nothing changed", hint="run `t3track run` again when you mean it"),
+                current=store.load().current, evidence=night.evidence, dry_run=dry_run)
         if night.recovered is not None:
             report.recovered = night.recovered.describe()
         report.requested = target.version if target else None
-        ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
-            "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
-            "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
-            **({"ring": report.ring} if report.ring else {}),
-            "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
+        with stops.shielded():  # the night is recorded whatever signal comes now
+            _record(config, store, report, dry_run)
         return report
+
+
+def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool) -> None:
+    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
+        "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
+        "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
+        **({"ring": report.ring} if report.ring else {}),
+        "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
 
 
 def _pipeline(n: Night) -> NightReport:

@@ -14,9 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from t3track import stops
 from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
-from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
+from t3track.errors import CriticalError, EnvironmentFault, Interrupted, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore, sqlite, usertree
 from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
@@ -51,6 +52,7 @@ class SwapResult:
     timings: dict[str, float] = field(default_factory=dict)
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
+    interrupted: str | None = None     # the stop signal that arrived during the swap (SIGTERM), if one did
 
 
 # ---------------------------------------------------------------- snapshots
@@ -235,8 +237,9 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
     whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
     refused first (EnvironmentFault, nothing stopped): see `preflight`."""
     preflight(config, store)
-    jr.write(store, plan, Phase.PLANNED)
-    return drive(config, store, plan, progress)
+    with stops.shielded():  # a signal from here on is seen by drive(), which removes the plan if nothing moved
+        jr.write(store, plan, Phase.PLANNED)
+        return drive(config, store, plan, progress)
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
@@ -255,8 +258,25 @@ def _snapshot_dir(store: StateStore, journal: Journal) -> Path:
 
 
 def drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
-    """Run the journal forward from its phase to VERIFIED, or into a rollback."""
+    """Run the journal forward from its phase to VERIFIED, or into a rollback. A stop signal during it
+    is honoured at the next safe point (t3track.stops): before any server stops, nothing is touched
+    (Interrupted); before the flip, every server goes back on the old version; after it, the live check
+    and, on failure, the rollback run as always."""
+    with stops.shielded():
+        result = _drive(config, store, journal, progress)
+    result.interrupted = stops.requested()
+    if result.interrupted and result.outcome == "swapped":
+        result.notes.append(f"{result.interrupted} arrived during the swap: it was finished and checked live first")
+    return result
+
+
+def _drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
     result = SwapResult("swapped", journal.from_version, journal.to_version)
+    signal_name = stops.requested()
+    if signal_name and journal.phase is Phase.PLANNED:
+        jr.remove(store)
+        raise Interrupted(f"stopped by {signal_name} before any server was stopped: nothing changed",
+                          hint="run `t3track run` again when you mean it")
     timer = time.monotonic()
     snapshot_dir = _snapshot_dir(store, journal)
     try:
@@ -265,6 +285,11 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
             _stop_and_snapshot_all(config, snapshot_dir, progress, result)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
+        signal_name = stops.requested()
+        if signal_name and journal.phase is Phase.SNAPSHOTTED:  # the last point where nothing moved yet
+            return rollback(config, store, journal, RollbackCause.INTERRUPTED,
+                            f"stopped by {signal_name} before the flip: every server back on {journal.from_version}",
+                            progress, result)
         if journal.phase is Phase.SNAPSHOTTED:
             if journal.restore_from:
                 result.restored_users = _restore_from(config, Path(journal.restore_from),
@@ -300,7 +325,14 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
 
     Every step is tried for every user. A rollback that cannot complete freezes the tracker and
     leaves the journal for the operator. A rollback resumed from the journal keeps its first cause.
+    A stop signal during it is remembered and changes nothing (t3track.stops).
     """
+    with stops.shielded():
+        return _rollback(config, store, journal, cause, reason, progress, result, recovering=recovering)
+
+
+def _rollback(config: Config, store: StateStore, journal: Journal, cause: RollbackCause, reason: str,
+              progress: Progress, result: SwapResult | None, *, recovering: bool) -> SwapResult:
     result = result or SwapResult("rolled_back", journal.from_version, journal.to_version)
     result.reason = journal.rollback_reason or reason
     started = time.monotonic()

@@ -1,0 +1,109 @@
+"""A stop signal (`systemctl stop`, the unit's start timeout, an ssh that drops) during a swap is a
+request to stop at the next safe point: never users left down, never an unchecked build, always a
+history line, no journal left, exit 130 (interrupted) unless a rollback failed.
+
+The signal is sent by t3track to itself right after it writes a journal phase (T3TRACK_FAULT_KILL_AT
+with T3TRACK_FAULT_SIGNAL), so it lands exactly between two steps: `stopping` is the moment the
+servers begin to stop (before the flip), `flipped` the moment right after `current` moved.
+"""
+
+import json
+
+import pytest
+from tests.support.host import nightly, wait_for_version
+
+pytestmark = pytest.mark.slow
+
+
+def signalled(host, command: str, phase: str, signal: str = "TERM", *args: str):
+    return host.t3track(command, *args, "--json", env={"T3TRACK_FAULT_KILL_AT": phase, "T3TRACK_FAULT_SIGNAL": signal})
+
+
+def last(host, event):
+    return next(e for e in reversed(host.history()) if e["event"] == event)
+
+
+def assert_settled(host, serving: str, rows: dict) -> None:
+    """Every user served by `serving`, the link and state agree, no journal, no row lost."""
+    assert host.current_target() == f"versions/{serving}"
+    assert host.state()["current"] == serving
+    assert not (host.state_dir / "journal.json").exists()
+    for user in host.users:
+        assert wait_for_version(user.url, serving, timeout=20) == serving
+        assert set(rows[user.name]) <= set(host.rows(user))
+
+
+def test_sigterm_right_after_the_flip_finishes_the_swap_checked_live_and_exits_130(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    rows = {u.name: host.rows(u) for u in host.users}
+    done = signalled(host, "run", "flipped")
+    assert done.returncode == 130, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["outcome"] == "swapped" and doc["to"] == v
+    assert {(g["name"], g["outcome"]) for g in doc["gates"] if g["name"] == "live-verify"} == {("live-verify", "pass")}
+    assert any("SIGTERM arrived during the swap" in n for n in doc["notes"])
+    assert_settled(host, v, rows)
+    run = last(host, "run")
+    assert run["outcome"] == "swapped" and run["to"] == v
+
+
+def test_sigterm_right_after_the_flip_of_a_build_failing_live_rolls_it_back_and_denies_it(host):
+    v = nightly(1)
+    host.publish(v, migrations=53, fault="no-cookie-live")
+    rows = {u.name: host.rows(u) for u in host.users}
+    done = signalled(host, "run", "flipped")
+    assert done.returncode == 130, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "rolled_back"
+    assert_settled(host, "0.0.42", rows)
+    for user in host.users:
+        assert host.max_migration(user) == 52  # the candidate's migration was undone with the database
+    assert any(d["version"] == v for d in host.state()["denied"])  # it failed live: that is its fault
+    assert last(host, "run")["outcome"] == "rolled_back"
+
+
+def test_sigterm_while_the_servers_stop_puts_every_user_back_on_the_old_version(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    rows = {u.name: host.rows(u) for u in host.users}
+    refusals = host.state().get("consecutive_refusals", 0)
+    done = signalled(host, "run", "stopping")
+    assert done.returncode == 130, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["outcome"] == "rolled_back" and "stopped by SIGTERM before the flip" in doc["reason"]
+    assert_settled(host, "0.0.42", rows)
+    state = host.state()
+    assert not any(d["version"] == v for d in state["denied"])         # nobody's failure: still eligible
+    assert state.get("consecutive_refusals", 0) == refusals
+    assert last(host, "run")["outcome"] == "rolled_back"
+    # the next night takes the same candidate, as if nothing had happened
+    again = host.t3track("run", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["outcome"] == "swapped"
+    assert_settled(host, v, rows)
+
+
+def test_sigterm_before_any_server_stops_changes_nothing_and_is_recorded(host):
+    v = nightly(1)
+    host.publish(v)
+    pids = host.server_pids()
+    rows = {u.name: host.rows(u) for u in host.users}
+    done = signalled(host, "run", "planned")
+    assert done.returncode == 130, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["outcome"] == "error" and "before any server was stopped" in doc["reason"]
+    assert host.server_pids() == pids                                   # nobody was restarted
+    assert_settled(host, "0.0.42", rows)
+    assert last(host, "run")["outcome"] == "error"
+    assert not any(d["version"] == v for d in host.state()["denied"])
+
+
+def test_sighup_during_a_revert_leaves_every_user_serving(host):
+    v = nightly(1)
+    host.publish(v)
+    assert host.t3track("run").returncode == 0
+    rows = {u.name: host.rows(u) for u in host.users}
+    done = signalled(host, "revert", "stopping", "HUP")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert_settled(host, v, rows)                      # the revert never flipped: back where it started
+    assert last(host, "revert")
