@@ -107,3 +107,17 @@ def test_sighup_during_a_revert_leaves_every_user_serving(host):
     assert done.returncode == 130, done.stdout + done.stderr
     assert_settled(host, v, rows)                      # the revert never flipped: back where it started
     assert last(host, "revert")
+
+
+def test_the_night_that_recovers_a_killed_swap_by_rolling_back_says_so_and_notifies(host):
+    v = nightly(1)
+    host.publish(v, migrations=53, fault="no-cookie-live")
+    killed = host.t3track("run", env={"T3TRACK_FAULT_KILL_AT": "rolling_back"})
+    assert killed.returncode == -9
+    after = host.t3track("run", "--json")
+    doc = json.loads(after.stdout)
+    assert after.returncode == 1, after.stderr                      # not a quiet `noop`, exit 0
+    assert doc["outcome"] == "rolled_back" and doc["recovered"].startswith("rolled_back")
+    assert "rolled_back an interrupted run" in doc["reason"]
+    assert last(host, "run")["outcome"] == "rolled_back"
+    assert any(d["version"] == v for d in host.state()["denied"])

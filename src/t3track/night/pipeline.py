@@ -27,7 +27,7 @@ from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
 from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
-from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
+from t3track.results import FAIL, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
 from t3track.state import StateStore
 
 Progress = Callable[[str], None]
@@ -92,6 +92,10 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
                 current=store.load().current, evidence=night.evidence, dry_run=dry_run)
         if night.recovered is not None:
             report.recovered = night.recovered.describe()
+            if night.recovered.action == "rolled_back" and report.outcome is Outcome.NOOP and not dry_run:
+                # a swap a killed run left was undone tonight: that is the night's news, not "nothing to do"
+                report.reason = f"{report.recovered}: {night.recovered.reason}; then: {report.reason}"
+                report.outcome = Outcome.ROLLED_BACK
         report.requested = target.version if target else None
         with stops.shielded():  # the night is recorded whatever signal comes now
             _record(config, store, report, dry_run)
