@@ -18,9 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from t3track import versions
 from t3track.clock import iso, utcnow
 from t3track.errors import LockBusy, StateError
-from t3track.fastread import JOURNAL_FILE, STATE_FILE, StatePaths  # noqa: F401  (the file names, once)
 from t3track.fsutil import append_line, atomic_write_text, make_private_dirs
 
+STATE_FILE = "state.json"
+JOURNAL_FILE = "journal.json"       # a swap under way (t3track.night.journal)
 HISTORY_FILE = "history.jsonl"
 SNAPSHOTS_DIR = "snapshots"        # pre-swap snapshots, one dir per run
 LOCK_FILE = "lock"
@@ -174,8 +175,19 @@ class HistoryEvent:
     data: dict[str, Any]
 
 
-class StateStore(StatePaths):
+class StateStore:
     """All reads and writes of state_dir go through here."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / JOURNAL_FILE
 
     @property
     def history_path(self) -> Path:

@@ -1,38 +1,21 @@
 """The command line: parse options, call one core function, render the result, pick the exit code.
 
-Nothing else lives here: the core never prints and never exits. `app` registers the commands of
-control (freeze, pin, deny...), inspect (status, history, show), moves (run, dry-run, adopt,
-revert, drill) and host (backup, probe, config check); a plain `status` runs without typer
-(t3track.cli.fast).
+Nothing else lives here: the core never prints and never exits. `app` (t3track.cli.typer_app) holds
+the commands of control (freeze, pin, deny...), inspect (status, history, show), moves (run, dry-run,
+adopt, revert, drill) and host (backup, probe, config check).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
-# t3track uses no pydantic plugins: skip their discovery (a scan of every installed package's
-# metadata on the first model) at each start. Set before anything builds a pydantic model.
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+from t3track.cli import control, host, inspect, moves  # noqa: F401  (each registers its commands)
+from t3track.cli.typer_app import app
 
 __all__ = ["app", "main"]
-
-
-def _typer_app() -> Any:
-    from t3track.cli import control, host, inspect, moves  # noqa: F401  (each registers its commands)
-    from t3track.cli.typer_app import app
-
-    return app
-
-
-def __getattr__(name: str) -> Any:
-    # `from t3track.cli import app`: built on first use, so a plain `status` never imports typer
-    if name == "app":
-        app = _typer_app()
-        globals()["app"] = app
-        return app
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -42,16 +25,12 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def main() -> None:
-    import signal
-
-    from t3track.cli import fast
-
+    # t3track uses no pydantic plugins: skip their discovery (a scan of every installed package's
+    # metadata on the first model) at each start. Set before anything builds a pydantic model.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     try:
-        plain = fast.plain_status(sys.argv[1:])
-        if plain is not None:
-            sys.exit(fast.run_status(*plain))
-        _typer_app()()
+        app()
     except KeyboardInterrupt:
         sys.exit(130)

@@ -16,7 +16,7 @@ from t3track.night import drift
 from t3track.results import json_key
 from t3track.versions import same_version
 
-if TYPE_CHECKING:  # status reads them through t3track.fastread (see cli.inspect): no pydantic at start
+if TYPE_CHECKING:
     from datetime import datetime
 
     from t3track.config import Config, UserConfig

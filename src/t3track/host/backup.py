@@ -41,7 +41,7 @@ from t3track.host.manifest import (
 from t3track.host.manifest import newest_backup as newest_backup
 from t3track.host.sqlite import Deadline, connect_ro, interrupt_after, max_migration_id
 
-if TYPE_CHECKING:  # status passes the config as t3track.fastread reads it
+if TYPE_CHECKING:
     from t3track.config import Config, UserConfig
 
 PARTIAL_SUFFIX = ".partial"
