@@ -114,7 +114,7 @@ def _copy_one(base_dir: Path, name: str, dest: Path, deadline: Deadline, *, user
                           hint="the live database may be damaged: check it with `sqlite3 FILE 'PRAGMA integrity_check'`")
     checked = time.monotonic()
     migrations = max_migration_id(dest)
-    digest = sha256_file(dest, deadline)
+    digest = sha256_file(dest, deadline.check)
     return {"source": str(source), "size": dest.stat().st_size, "sha256": digest,
             "max_migration_id": migrations, "integrity_check": "ok",
             "vacuum_s": round(vacuumed - started, 3), "integrity_check_s": round(checked - vacuumed, 3),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from t3track.errors import EnvironmentFault
-from t3track.host.manifest import Migration
+from t3track.host.t3db import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
