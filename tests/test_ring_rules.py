@@ -220,12 +220,14 @@ def test_no_user_link_is_made_to_a_ring_link_that_is_not_there(tmp_path):
     (c.root / "current").symlink_to("versions/handmade")  # not a version: no ring link can start from it
     tree.ensure_layout(c)
     assert not os.path.lexists(c.root / "users" / "bob") and not os.path.lexists(c.root / "rings" / "everyone")
-    from t3track.config import host_problems, host_warnings
+    from t3track.commands.config_check import config_check
 
-    assert any("users/bob is missing" in w for w in host_warnings(c)), host_warnings(c)
+    warnings = config_check(c, tmp_path / "config.yaml").warnings
+    assert any("users/bob is missing" in w for w in warnings), warnings
     (c.root / "users").mkdir()
     (c.root / "users" / "bob").symlink_to("../rings/everyone")
-    assert any("users/bob is a dangling symlink (t3@bob.service cannot start)" in p for p in host_problems(c))
+    problems = config_check(c, tmp_path / "config.yaml").problems
+    assert any("users/bob is a dangling symlink (t3@bob.service cannot start)" in p for p in problems)
 
 
 def test_pruning_from_a_later_rings_move_keeps_the_first_rings_previous(tmp_path):
