@@ -13,7 +13,8 @@ from t3track.config import parse_config
 from t3track.errors import ConfigError
 from t3track.host import install, tree
 from t3track.night import rings
-from t3track.state import Denial, Freeze, Pin, RingState, RingStore, Served, State, StateStore
+from t3track.night.rings import RingStore
+from t3track.state import Denial, Freeze, Pin, RingState, Served, State, StateStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 V1, V2, V3 = "0.0.43-nightly.20261101.3001", "0.0.43-nightly.20261102.3002", "0.0.43-nightly.20261103.3003"
