@@ -1,5 +1,5 @@
 """The Typer app, what every command runs with (`Ctx`), and the one place that maps outcomes and
-errors to exit codes (`guarded`, which `command` wraps around every command).
+errors to exit codes (`command`, around every command).
 
 Each command module (control, inspect, moves, host) parses options, calls one function of the core,
 renders its result and returns an exit code; `command` raises `typer.Exit` once. Heavy modules
@@ -78,32 +78,6 @@ def fail(out: Out, exc: T3TrackError) -> int:
     return int(exc.exit_code)
 
 
-def guarded(out: Out, run: Callable[[], int | None], passthrough: tuple[type[BaseException], ...] = ()) -> tuple[int, bool]:
-    """Run a command: (its exit code, whether it raised). Typed core errors, interrupts and bugs
-    become their exit code here, and only here; `passthrough` exceptions (typer's own) go on."""
-    try:
-        return run() or 0, False
-    except T3TrackError as exc:
-        return fail(out, exc), True
-    except KeyboardInterrupt:
-        out.error("interrupted; sandboxes and their servers were cleaned up")
-        out.hint("next: run `t3track status`; if a swap was under way, the next `t3track run` "
-                 "finishes or rolls it back")
-        return 130, True
-    except passthrough:
-        raise
-    except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
-        import traceback
-
-        from t3track.redact import redact
-
-        out.info(redact("".join(traceback.format_exception(exc))))
-        out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
-        out.hint("next: run `t3track status`; an interrupted swap is recovered by the next "
-                 "`t3track run`; please report this traceback")
-        return int(ExitCode.CRITICAL), True
-
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
 ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
@@ -160,8 +134,28 @@ def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
             out: Out = ctx.obj.out
             if kwargs.get("json_flag"):
                 out.as_json = True
-            code, errored = guarded(out, lambda: fn(ctx, *args, **kwargs), passthrough=(typer.Exit, typer.Abort))
-            if refreshes_metrics and not errored:  # nothing changed when it raised: nothing to refresh
+            try:
+                code = fn(ctx, *args, **kwargs) or 0
+            except (typer.Exit, typer.Abort):
+                raise
+            except T3TrackError as exc:
+                raise typer.Exit(fail(out, exc)) from None
+            except KeyboardInterrupt:
+                out.error("interrupted; sandboxes and their servers were cleaned up")
+                out.hint("next: run `t3track status`; if a swap was under way, the next `t3track run` "
+                         "finishes or rolls it back")
+                raise typer.Exit(130) from None
+            except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
+                import traceback
+
+                from t3track.redact import redact
+
+                out.info(redact("".join(traceback.format_exception(exc))))
+                out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
+                out.hint("next: run `t3track status`; an interrupted swap is recovered by the next "
+                         "`t3track run`; please report this traceback")
+                raise typer.Exit(int(ExitCode.CRITICAL)) from None
+            if refreshes_metrics:  # not when it raised: nothing changed
                 _refresh_metrics(ctx)  # also after a backup that failed for some users
             raise typer.Exit(code)
 
