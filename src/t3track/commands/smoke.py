@@ -29,9 +29,9 @@ from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import install, probe
-from t3track.host.manifest import MAIN_DB
 from t3track.host.registry import RegistryClient
 from t3track.host.sandbox import free_port
+from t3track.host.t3db import MAIN_DB
 from t3track.host.tree import current_link
 from t3track.night import gates as gates_mod
 from t3track.redact import redact

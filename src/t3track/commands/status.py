@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 from t3track.clock import iso, utcnow
 from t3track.errors import T3TrackError
 from t3track.host import manifest, tree, usertree
-from t3track.host.manifest import DATABASES
+from t3track.host.t3db import DATABASES
 from t3track.night import drift
 from t3track.results import json_key
 from t3track.versions import same_version
 
-if TYPE_CHECKING:  # status reads them through t3track.fastread (see cli.inspect): no pydantic at start
+if TYPE_CHECKING:
     from datetime import datetime
 
     from t3track.config import Config, UserConfig

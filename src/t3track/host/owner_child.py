@@ -25,7 +25,7 @@ import threading
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks the open
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
-MIGRATIONS_TABLE = "effect_sql_migrations"
+MIGRATIONS_TABLE = "effect_sql_migrations"  # t3track.host.t3db's: this file runs alone, importing no t3track
 
 
 class Refused(Exception):

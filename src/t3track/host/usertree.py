@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from t3track.errors import EnvironmentFault
-from t3track.host.manifest import Migration
+from t3track.host.t3db import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
@@ -196,7 +196,7 @@ def tree_problems(config: Any) -> list[str]:
     seen: dict[tuple[int, int], str] = {}
     for i, user in enumerate(config.users):
         if not (user.base_dir / "userdata").exists():
-            continue  # host_problems says so already
+            continue  # config check's own host problems say so already
         try:
             tree = check_tree(user.base_dir, user=user.name)
         except UserTreeFault as exc:
@@ -209,7 +209,7 @@ def tree_problems(config: Any) -> list[str]:
             try:
                 run_uid = pwd.getpwnam(user.run_as).pw_uid
             except KeyError:
-                continue  # host_problems says so already
+                continue  # config check's own host problems say so already
             if tree.uid not in (0, run_uid):
                 problems.append(f"users[{i}].run_as: {tree.userdata} belongs to uid {tree.uid}, not to "
                                 f"{user.run_as} (uid {run_uid})")

@@ -20,9 +20,10 @@ from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, Interrupted, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore, sqlite, usertree
-from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
+from t3track.host.manifest import MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
+from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
 from t3track.host.tree import current_version, flip_current
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
