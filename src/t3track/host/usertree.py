@@ -217,7 +217,9 @@ def tree_problems(config: Any) -> list[str]:
 
 
 def db_sizes(base_dir: Path, *, user: str) -> int:
-    """Bytes of the databases (and WALs) a snapshot of this user copies, by lstat: nothing read."""
+    """At most the bytes a snapshot of this user's databases (and WALs) takes, by lstat: nothing read.
+    What is allocated on disk, not the declared size: the copy (VACUUM INTO) holds only the pages in
+    use, and a sparse file declaring gigabytes has few of those."""
     total = 0
     with userdata_fd(base_dir, user=user) as (fd, _tree):
         for name in DB_NAMES:
@@ -227,7 +229,7 @@ def db_sizes(base_dir: Path, *, user: str) -> int:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+                    total += min(st.st_size, st.st_blocks * 512)
     return total
 
 
