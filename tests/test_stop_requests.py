@@ -121,3 +121,68 @@ def test_the_night_that_recovers_a_killed_swap_by_rolling_back_says_so_and_notif
     assert "rolled_back an interrupted run" in doc["reason"]
     assert last(host, "run")["outcome"] == "rolled_back"
     assert any(d["version"] == v for d in host.state()["denied"])
+
+
+# ---------------------------------------------------------------- faults around the swap (faults review)
+
+
+def test_a_state_dir_filling_during_the_stops_still_puts_every_server_back(host):
+    """state_dir fills the moment the servers stop (a 64 MiB tmpfs, filled by the stop command) and
+    empties again by the time they start: the snapshot and the journal cannot be written, and still
+    every server is stopped, left on the old version, started and checked; the candidate is not blamed."""
+    import shutil
+    import subprocess
+
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    rows = {u.name: host.rows(u) for u in host.users}
+    saved = host.dir / "state-saved"
+    shutil.copytree(host.state_dir, saved, symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "t3track-test", str(host.state_dir)], check=True)
+    filler = host.state_dir / "filler"
+    services = host.config_dict()["services"]
+    try:
+        shutil.copytree(saved, host.state_dir, symlinks=True, dirs_exist_ok=True)
+        host.write_config(services={
+            "stop": ["sh", "-c", f'dd if=/dev/zero of={filler} bs=1M count=80 2>/dev/null; exec "$@"', "fill", *services["stop"]],
+            "start": ["sh", "-c", f'rm -f {filler}; exec "$@"', "empty", *services["start"]]})
+        done = host.t3track("run", "--json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["outcome"] == "rolled_back" and "No space left on device" in doc["reason"], doc["reason"]
+        assert_settled(host, "0.0.42", rows)
+        state = host.state()
+        assert state["frozen"] is None
+        assert not any(d["version"] == v for d in state["denied"]) and not state.get("failures", {}).get(v)
+        assert last(host, "run")["outcome"] == "rolled_back"
+    finally:
+        host.write_config(services=services)
+        host.stop_servers()
+        subprocess.run(["umount", str(host.state_dir)], check=False)
+
+
+def test_a_managed_host_without_state_json_never_acts_as_a_first_install(host):
+    v = nightly(1)
+    host.publish(v, fault="no-cookie-live")
+    pids = host.server_pids()
+    (host.state_dir / "state.json").unlink()
+    done = host.t3track("run", "--json")
+    assert done.returncode == 4, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert "state.json is missing" in doc["error"] and "t3track adopt 0.0.42" in doc["hint"]
+    assert not (host.state_dir / "state.json").exists()         # nothing recorded that would make it "new"
+    assert host.server_pids() == pids and host.current_target() == "versions/0.0.42"
+    assert not (host.root / "versions" / v).exists()              # nothing installed either
+
+
+def test_a_rollback_target_without_its_executable_is_refused_before_any_server_stops(host):
+    v = nightly(1)
+    host.publish(v)
+    pids = host.server_pids()
+    (host.root / "versions" / "0.0.42" / host.executable).unlink()  # the servers run on, from the open file
+    done = host.t3track("run", "--json")
+    assert done.returncode == 3, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["outcome"] == "error" and "rollback would go back to, 0.0.42, has no executable" in doc["reason"]
+    assert host.server_pids() == pids and host.current_target() == "versions/0.0.42"
+    assert not (host.state_dir / "journal.json").exists()

@@ -107,7 +107,8 @@ def test_a_swap_step_failing_after_the_stop_rolls_back_and_every_server_serves_a
     for user in host.users:
         assert host.serving(user) == "0.0.42"
     state = host.state()
-    assert state["failures"][v] == 1 and not any(d["version"] == v for d in state["denied"])  # maybe the host's fault
+    # before any server started on it, the candidate never ran: the host's fault, not counted against it
+    assert not state.get("failures", {}).get(v) and not any(d["version"] == v for d in state["denied"])
     assert last_event(host, "run")["outcome"] == "rolled_back"
 
 

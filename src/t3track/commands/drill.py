@@ -31,7 +31,7 @@ from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
 from t3track.host import tree
 from t3track.host.services import UserMark
-from t3track.night import journal, ledger, rings, swap
+from t3track.night import journal, ledger, recovery, rings, swap
 from t3track.results import GateResult, Outcome, json_key, new_run_id
 from t3track.state import StateStore, operator_name
 
@@ -230,6 +230,7 @@ def run_drill(config: Config, store: StateStore, *, by: str | None = None, ring:
     run_id = new_run_id()
     who = by or operator_name()
     with store.lock():
+        recovery.require_state(config, store)
         plan = plan_drill(config, store, ring)  # again, under the lock
         config, store = rings.for_operator(config, store, ring, "drill")
         timeline = _Timeline(evidence.teed_progress(store, run_id, progress))

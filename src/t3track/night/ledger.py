@@ -43,7 +43,7 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
             failed = first_failure(result.live)
             if failed:
                 deny_failed_live(store, result.to_version, failed.name, result.reason, evidence)
-            elif not result.interrupted:  # an operator's stop request is nobody's failure
+            elif not result.interrupted and not result.host_fault:  # a stop request, a host fault: not its failure
                 count_failure(config, store, result.to_version, "swap", result.reason, evidence)
         if result.outcome == "rolled_back":
             settle_rollback(store, kind, result.from_version)

@@ -111,6 +111,7 @@ def _record(config: Config, store: StateStore, report: NightReport, dry_run: boo
 
 
 def _pipeline(n: Night) -> NightReport:
+    recovery.require_state(n.config, n.store)  # before anything is recorded: a record would create it
     _sweep(n)
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
     if n.recovered is not None and n.recovered.critical:

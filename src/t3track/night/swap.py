@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from t3track import stops
@@ -24,7 +25,7 @@ from t3track.host.manifest import MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
 from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
-from t3track.host.tree import current_version, flip_current
+from t3track.host.tree import current_version, flip_current, prefix_of
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import ROLLBACK_VERIFY, verify_live
@@ -35,6 +36,10 @@ from t3track.state import Freeze, State, StateStore
 Progress = Callable[[str], None]
 SNAPSHOT_MARGIN = 1.2        # a snapshot is at most its database (and WAL); a little room on top
 SNAPSHOT_SLACK = 16 << 20    # manifests, the journal, history
+# Each pre-swap snapshot is taken while that user's server is down: a database someone holds locked
+# must not keep every user down until the unit's timeout (faults review H2). Its expiry is a host
+# fault: every server is started again on the old version and the candidate is not blamed.
+SNAPSHOT_TIMEOUT = timedelta(minutes=2)
 
 
 def _quiet(_: str) -> None:
@@ -54,6 +59,7 @@ class SwapResult:
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
     interrupted: str | None = None     # the stop signal that arrived during the swap (SIGTERM), if one did
+    host_fault: bool = False           # a step failed before the flip: the candidate never ran, not its fault
 
 
 # ---------------------------------------------------------------- snapshots
@@ -71,7 +77,7 @@ def _snapshotter(snapshot_dir: Path, progress: Progress) -> Callable[[UserConfig
             progress(f"{user.name} has no T3 state yet: nothing to snapshot")
             return
         progress(f"snapshot {user.name}'s database")
-        backup.snapshot_database(user.base_dir, dest)
+        backup.snapshot_database(user.base_dir, dest, timeout=SNAPSHOT_TIMEOUT)
 
     return one
 
@@ -188,10 +194,18 @@ def migrated_forward_all(config: Config, state: State, target: str) -> list[str]
                                                                    target)]
 
 
-def preflight(config: Config, store: StateStore) -> None:
-    """What must hold before any server stops: every user's tree is one t3track will touch (no link,
-    regular databases of its owner's), no two users share one, and state_dir has room for every
-    snapshot. Raises EnvironmentFault (exit 3), nothing stopped, naming the user or the disk."""
+def preflight(config: Config, store: StateStore, plan: Journal | None = None) -> None:
+    """What must hold before any server stops: the version a rollback goes back to is installed with
+    its executable, every user's tree is one t3track will touch (no link, regular databases of its
+    owner's), no two users share one, and state_dir has room for every snapshot. Raises
+    EnvironmentFault (exit 3), nothing stopped, naming the version, the user or the disk."""
+    if plan is not None and plan.from_version is not None:
+        back = config.executable_in(prefix_of(config, plan.from_version))
+        if not os.path.isfile(back) or not os.access(back, os.X_OK):
+            raise EnvironmentFault(
+                f"the version a rollback would go back to, {plan.from_version}, has no executable at {back}; "
+                f"nothing was stopped", hint=f"reinstall it first: `t3track revert --to {plan.from_version}` "
+                f"is refused too; `t3track adopt` or restoring {prefix_of(config, plan.from_version)} brings it back")
     def read(user: UserConfig) -> tuple[usertree.Tree, int] | None:
         try:
             tree = usertree.check_tree(user.base_dir, user=user.name)
@@ -237,7 +251,7 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
     A plan with `simulate_live_failure` (the drill) treats a passing live check as failed, so the
     whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
     refused first (EnvironmentFault, nothing stopped): see `preflight`."""
-    preflight(config, store)
+    preflight(config, store, plan)
     with stops.shielded():  # a signal from here on is seen by drive(), which removes the plan if nothing moved
         jr.write(store, plan, Phase.PLANNED)
         return drive(config, store, plan, progress)
@@ -280,9 +294,17 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
                           hint="run `t3track run` again when you mean it")
     timer = time.monotonic()
     snapshot_dir = _snapshot_dir(store, journal)
-    try:
-        if journal.phase in (Phase.PLANNED, Phase.STOPPING):
+    if journal.phase is Phase.PLANNED:
+        try:
             jr.write(store, journal, Phase.STOPPING)
+        except OSError as exc:  # nothing stopped yet: leave everything as it is
+            journal.phase = Phase.PLANNED
+            jr.remove(store)
+            raise EnvironmentFault(f"cannot write the swap journal in {store.dir}: {exc}; nothing was stopped",
+                                   hint="free space on state_dir's filesystem, then run again") from None
+    starting = False
+    try:
+        if journal.phase is Phase.STOPPING:
             _stop_and_snapshot_all(config, snapshot_dir, progress, result)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
@@ -300,11 +322,15 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
             jr.write(store, journal, Phase.FLIPPED)
         if journal.phase in (Phase.FLIPPED, Phase.STARTED):
             # resumed at STARTED too: the servers may have died since (a reboot); start is idempotent
+            starting = True
             each_user(config, "start", progress, marks=result.marks)
             if journal.phase is Phase.FLIPPED:
                 jr.write(store, journal, Phase.STARTED)
         result.timings["swap_s"] = time.monotonic() - timer
     except (T3TrackError, OSError) as exc:  # a full disk, a service that will not stop: undo, whatever it was
+        # until a server starts on the candidate, a failure is the host's (a snapshot's deadline, a full
+        # disk, a stop that hangs), never the candidate's: it stays eligible
+        result.host_fault = not starting
         return rollback(config, store, journal, RollbackCause.STEP, f"swap step failed: {exc}", progress, result)
     if journal.phase is Phase.STARTED:
         result.live = verify_live(config, journal.to_version, progress, marks=result.marks)
@@ -316,7 +342,10 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
         if journal.simulate_live_failure:
             return rollback(config, store, journal, RollbackCause.DRILL, "drill: the live check passed and is "
                             "treated as failed (the only simulated step)", progress, result)
-        jr.write(store, journal, Phase.VERIFIED)
+        try:
+            jr.write(store, journal, Phase.VERIFIED)
+        except OSError as exc:  # verified all the same: the journal (STARTED) makes recovery re-check and keep it
+            result.notes.append(f"the journal could not record the verified swap ({exc})")
     return result
 
 
@@ -341,7 +370,10 @@ def _rollback(config: Config, store: StateStore, journal: Journal, cause: Rollba
     try:
         if journal.phase is not Phase.ROLLING_BACK:
             journal.rollback_reason, journal.rollback_cause = reason, cause
-            jr.write(store, journal, Phase.ROLLING_BACK)
+            try:
+                jr.write(store, journal, Phase.ROLLING_BACK)
+            except OSError as exc:  # a full state_dir: the journal on disk still says what recovery needs
+                result.notes.append(f"the journal could not record the rollback ({exc}); rolled back all the same")
         progress(f"rolling back to {journal.from_version}: {result.reason}")
         if journal.from_version is None:
             raise CriticalError("there is no previous version to roll back to (first install)")
@@ -367,7 +399,7 @@ def _rollback(config: Config, store: StateStore, journal: Journal, cause: Rollba
     except (T3TrackError, OSError) as exc:
         result.outcome = "critical"
         result.reason = f"{result.reason}; the rollback failed: {exc}"
-        _freeze_for_operator(store, result.reason)
+        _freeze_for_operator(store, result.reason, result)
         result.timings["rollback_s"] = time.monotonic() - started
         return result
     result.outcome = "rolled_back"
@@ -375,9 +407,15 @@ def _rollback(config: Config, store: StateStore, journal: Journal, cause: Rollba
     return result
 
 
-def _freeze_for_operator(store: StateStore, reason: str) -> None:
-    state = store.load()
-    state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
-    store.save(state)
-    store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True,
-                 journal=str(store.journal_path))
+def _freeze_for_operator(store: StateStore, reason: str, result: SwapResult) -> None:
+    """Best effort, never raising out of the error path it serves: a disk too full to record the freeze
+    still leaves the journal, which makes the next run retry the rollback first."""
+    try:
+        state = store.load()
+        state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
+        store.save(state)
+        store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True,
+                     journal=str(store.journal_path))
+    except (T3TrackError, OSError) as exc:
+        result.notes.append(f"t3track could not record its own freeze ({exc}); the journal left in "
+                            f"{store.dir} makes the next run retry the rollback first")
