@@ -385,6 +385,14 @@ def test_gate_fails_on_a_backup_older_than_backup_max_age(config, alice):
     assert "run `t3track backup --user alice`" in check.detail
 
 
+def test_gate_fails_on_a_backup_dated_in_the_future_instead_of_calling_it_fresh(config, alice):
+    info = backup_user(config, config.user("alice"), now=NOW + timedelta(days=8))  # the clock ran 8 days ahead
+    check = check_backup_present(config, config.user("alice"), now=NOW)
+    assert not check.ok and check.backup.path == info.path
+    assert "in the future" in check.detail and "0m00s" not in check.detail
+    assert check_backup_present(config, config.user("alice"), now=NOW + timedelta(days=8, minutes=3)).ok
+
+
 def test_gate_fails_when_the_copy_no_longer_matches_its_checksum(config, alice):
     info = backup_user(config, config.user("alice"), now=NOW)
     with open(info.path / "state.sqlite", "r+b") as handle:  # flip one bit of unused space: still sound

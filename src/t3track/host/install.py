@@ -128,6 +128,10 @@ def _npm_install(config: Config, version: str, prefix: Path, registry_url: str) 
         "--cache", str(ensure_private_dir(config.state_dir / "npm-cache")),
         "--logs-dir", str(ensure_private_dir(config.state_dir / "npm-logs")),
         "--no-audit", "--no-fund", "--no-update-notifier",
+        # npm's cache in state_dir trusts its own clock: one night with the clock days ahead made every
+        # later install fail (ETARGET from a cached packument) until time caught up (faults review M4).
+        # Ask the registry each time; the tarball is verified against dist.integrity anyway.
+        "--prefer-online",
     ]
     if config.ignore_scripts:
         argv.append("--ignore-scripts")

@@ -218,6 +218,9 @@ def _age_text(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+FUTURE_SLACK_S = 300  # clocks that disagree by a few minutes (an NTP step) are not a fault
+
+
 def check_backup_present(config: Config, user: UserConfig, *, now: datetime | None = None) -> GateCheck:
     """The backup-present gate for one user: fresh, matching its manifest, sound, not behind the live db."""
     moment = as_utc(now)
@@ -227,6 +230,9 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         return GateCheck(False, f"{name}: no backup in {user_backup_dir(config, name)}; {fix_hint(name)}", None)
     where = f"{name}: backup {backup.path}"
     max_age = config.gates.backup_max_age
+    if backup.age_s(moment) < -FUTURE_SLACK_S:  # a clock that ran ahead, or a manifest someone wrote
+        return GateCheck(False, f"{where} is dated {_age_text(-backup.age_s(moment))} in the future; its age is "
+                         f"unknown; {fix_hint(name)}", backup)
     if backup.age_s(moment) > max_age.total_seconds():
         return GateCheck(False, f"{where} is {_age_text(backup.age_s(moment))} old, older than "
                          f"gates.backup_max_age ({_age_text(max_age.total_seconds())}); {fix_hint(name)}", backup)
