@@ -168,14 +168,21 @@ class BackupConfig(_Strict):
     keep_daily_days: int = Field(default=14, ge=0)
 
 
+NOTIFY_EVENTS = ("refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "swapped")
+NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift"]
+
+
 class NotifyConfig(_Strict):
-    """Where to tell the operator about a refused, rolled-back or critical run (see t3track.aftermath.notify).
-
+    """Where to tell the operator (see t3track.aftermath.notify): `urls`, Apprise URLs (`ntfy://…`,
+    `gotify://…`, `slack://…`, `discord://…`, `matrix://…`, `tgram://…`, `mailto://…`, `json://…`); a
     `webhook` gets a JSON POST; `command` is an argv list (no shell) with {event} {outcome} {host}
-    {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Either or both."""
+    {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Any of them.
+    `on`: the events that notify (`swapped`, the morning report, is off by default)."""
 
+    urls: list[str] = Field(default_factory=list)
     webhook: str | None = None
     command: list[str] | None = Field(default=None, min_length=1)
+    on: list[str] = Field(default_factory=lambda: list(NOTIFY_DEFAULT_EVENTS))
     timeout: Duration = timedelta(seconds=10)
     host: str | None = None  # the name in notifications (default: this machine's hostname)
 
@@ -186,6 +193,27 @@ class NotifyConfig(_Strict):
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http(s) URL")
         return value
+
+    @field_validator("urls")
+    @classmethod
+    def _apprise_urls(cls, value: list[str]) -> list[str]:
+        for i, url in enumerate(value):
+            if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", url):
+                # never echo the URL: it carries a token
+                raise ValueError(f"entry {i + 1} is not an Apprise URL (scheme://...; see the README's notifications)")
+        return value
+
+    @field_validator("on")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = [event for event in value if event not in NOTIFY_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)}; known: {', '.join(NOTIFY_EVENTS)}")
+        return value
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.urls or self.webhook or self.command)
 
 
 class RingConfig(_Strict):
