@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || apt_packages+=(prometheus-node-exporter)
+command -v setfacl >/dev/null || apt_packages+=(acl)  # tests/test_check.py grants a monitoring user read access
 if ((${#apt_packages[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: ${apt_packages[*]} missing; run as root or: apt-get install ${apt_packages[*]}" >&2

@@ -267,6 +267,26 @@ class StateStore:
                 break
         return events
 
+    def lock_holder(self) -> int | None:
+        """The pid holding the run lock, read without touching it (a monitoring check must never take it,
+        not even for a moment: a night starting then would exit 75): the kernel's /proc/locks names the
+        holder of a flock on the lock file's inode."""
+        try:
+            st = os.stat(self.dir / LOCK_FILE)
+            with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+                table = locks.read()
+        except OSError:
+            return None
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            fields = line.split()  # 1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF  ("->" marks a waiter)
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[2] != "->" and fields[5] == wanted:
+                try:
+                    return int(fields[4])
+                except ValueError:
+                    return None
+        return None
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Non-blocking exclusive flock on state_dir/lock; the holder's pid is written into it."""

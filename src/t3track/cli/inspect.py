@@ -63,6 +63,35 @@ def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
 
 @app.command()
 @command()
+def check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+    """For monitoring (Nagios, Icinga, Checkmk, Zabbix): one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    CRITICAL: a server down or on another version than its link, a journal a killed run left, the tracker
+    frozen by itself, no run for 36 h. WARNING: an operator's freeze older than a week, a stale backup,
+    rings apart for a week, three refused nights. Never takes the lock; runs as a monitoring user given
+    read access (README, "Monitoring")."""
+    from t3track.commands.check import check as host_check
+
+    out = ctx.obj.out
+    try:
+        config = ctx.obj.config()
+    except Exception as exc:  # noqa: BLE001 - a check that cannot even read its config is UNKNOWN, not a crash
+        message = getattr(exc, "message", None) or str(exc)
+        out.json({"status": "UNKNOWN", "summary": message, "exit_code": 3}) if out.as_json \
+            else out.line(f"T3TRACK UNKNOWN - cannot read the config: {message}")
+        return 3
+    result = host_check(config, ctx.obj.store(config))
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(result.line)
+        for problem in [*result.critical, *result.unknown, *result.warning][1:]:
+            out.line(problem)
+    return result.exit_code
+
+
+@app.command()
+@command()
 def history(
     ctx: typer.Context,
     n: Annotated[int, typer.Option("-n", "--limit", min=1, help="how many events, newest first")] = 20,
