@@ -266,21 +266,8 @@ def test_a_non_loopback_url_is_refused_before_connecting(tmp_path):
         with pytest.raises(UsageError):
             probe.pairing_probe("http://10.1.2.3:3773", tmp_path, minter(tmp_path), timeout=5)
         with pytest.raises(UsageError):
-            probe.server_version("http://example.com", timeout=5)
+            probe.front_door_check("http://example.com", timeout=5)
         assert not router.calls
-
-
-def test_server_version_reads_the_well_known_document():
-    with respx.mock() as router:
-        router.get(f"{URL}/.well-known/t3/environment").mock(
-            return_value=httpx.Response(200, json={"serverVersion": "0.0.42", "environmentId": "x"}))
-        assert probe.server_version(URL, timeout=5) == "0.0.42"
-
-
-def test_server_version_is_none_when_the_server_does_not_answer_json():
-    with respx.mock() as router:
-        router.get(f"{URL}/.well-known/t3/environment").mock(return_value=httpx.Response(200, text="<html>"))
-        assert probe.server_version(URL, timeout=5) is None
 
 
 def test_front_door_passes_on_302_with_a_session_cookie():

@@ -27,7 +27,6 @@ t3track.redact with the values seen so far.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import os
 import ssl
@@ -40,13 +39,13 @@ from typing import Any
 import httpx
 
 from t3track import runner
-from t3track.errors import T3TrackError, UsageError
+from t3track.errors import T3TrackError
+from t3track.host.serving import require_loopback
 from t3track.redact import redact
 
 SESSION_PATH = "/api/auth/session"
 BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
 BOOTSTRAP_PATH = "/api/auth/bootstrap"              # Era A (0.0.24)
-ENVIRONMENT_PATH = "/.well-known/t3/environment"
 DEFAULT_COOKIE_NAME = "t3_session"
 MINT_TTL = "5m"
 DEFAULT_TIMEOUT_S = 10.0
@@ -123,29 +122,10 @@ class _StepFailed(Exception):
 # ---------------------------------------------------------------- URL and HTTP plumbing
 
 
-def require_loopback(url: str) -> str:
-    """t3track only ever talks to servers on this host: refuse anything else before connecting."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        raise UsageError(f"{url!r} is not a URL", hint="give the server as http://127.0.0.1:PORT") from None
-    host = parsed.host or ""
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            loopback = False
-    if parsed.scheme not in ("http", "https") or not loopback:
-        raise UsageError(f"{url} is not a loopback URL; t3track probes only servers on this host",
-                         hint="give the server as http://127.0.0.1:PORT")
-    return url
-
-
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """httpx's default verification (certifi's CA bundle), built once: loading the bundle costs
-    ~45 ms, and the readiness polls make a client every few tens of milliseconds."""
+    ~45 ms, and every handshake makes a client."""
     import certifi
 
     return ssl.create_default_context(cafile=certifi.where())
@@ -546,49 +526,3 @@ def front_door_check(url: str, timeout: float) -> ProbeResult:
         s.close()
     return ProbeResult(True, STEP_DONE, None, f"front door answers 302 with {cookie_name}", cookie_name, None,
                        s.steps, round(time.monotonic() - started, 3))
-
-
-# The real server accepts connections ~0.4 s before it answers, and never answers a request that
-# arrives in that moment: readiness polls are frequent and their requests short, so a lost request
-# costs little. A request that gets no answer in time lengthens the next one (a slow host is not
-# failed by an impatient poll), until the caller says the server announced itself ready.
-READY_POLL_TIMEOUT_S = 0.5
-READY_POLL_S = 0.02
-FIRST_REQUEST_S = 0.1
-REQUEST_GROWTH = 1.5
-MAX_REQUEST_S = 2.0
-
-
-class ReadinessPoll:
-    """Polls of one server's `serverVersion` while it starts, each request as short as its answers
-    so far allow."""
-
-    def __init__(self, url: str):
-        self.url = require_loopback(url)
-        self.request_s = FIRST_REQUEST_S
-        self.announced = False
-
-    def version(self, deadline: float, *, announced: bool = False) -> str | None:
-        """One poll (at most until `deadline`). `announced`: the server said it is ready (its log),
-        so short requests start over."""
-        if announced and not self.announced:
-            self.announced, self.request_s = True, FIRST_REQUEST_S
-        request_s = min(self.request_s, max(0.05, deadline - time.monotonic()))
-        asked = time.monotonic()
-        version = server_version(self.url, timeout=request_s)
-        if version is None and time.monotonic() - asked >= request_s * 0.9:  # connected, no answer in time
-            self.request_s = min(MAX_REQUEST_S, self.request_s * REQUEST_GROWTH)
-        return version
-
-
-def server_version(url: str, timeout: float) -> str | None:
-    """The `serverVersion` the server reports (no auth needed), or None when it cannot say."""
-    require_loopback(url)
-    try:
-        with _client(timeout) as client:
-            response = client.get(_join(url, ENVIRONMENT_PATH), headers={"accept": "application/json"})
-    except httpx.HTTPError:
-        return None
-    doc = _json_or_none(response) if response.status_code == 200 else None
-    version = doc.get("serverVersion") if isinstance(doc, dict) else None
-    return version if isinstance(version, str) and version else None

@@ -32,7 +32,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import probe, restore, usertree
+from t3track.host import probe, restore, serving, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
 from t3track.redact import redact
 
@@ -351,7 +351,7 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
         process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as, grace_s=0)
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
-        readiness = probe.ReadinessPoll(url)
+        readiness = serving.ReadinessPoll(url)
         try:
             while True:
                 if cancel is not None and cancel.is_set():
@@ -370,10 +370,10 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                     return process
                 if time.monotonic() >= deadline:
                     raise SandboxFailed(
-                        f"{what} was not ready within {timeout_s:.0f}s (no answer on {probe.ENVIRONMENT_PATH})",
+                        f"{what} was not ready within {timeout_s:.0f}s (no answer on {serving.ENVIRONMENT_PATH})",
                         reason="timeout", log_tail=server.log_tail(),
                         hint="raise gates.serve_timeout if the host is slow; otherwise the candidate hangs at start")
-                time.sleep(probe.READY_POLL_S)
+                time.sleep(serving.READY_POLL_S)
             process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
             if not (_address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS):
                 raise _exited(what, server, process)
