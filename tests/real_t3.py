@@ -36,6 +36,7 @@ from tests.support.registry_server import RegistryServer, serve, sri_sha512
 from t3track import runner
 from t3track.host import probe
 from t3track.host.sandbox import free_port
+from t3track.host.serving import server_version
 
 PACKAGE = "@t3code/t3-linux-x64"
 LAUNCHER = "t3"
@@ -154,7 +155,7 @@ def serving(executable: Path, base_dir: Path, *, port: int | None = None) -> Ite
                            "--no-browser"], log_path=log, env=runner.scrubbed_env(home), cwd=home)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while probe.server_version(url, timeout=1.0) is None:
+        while server_version(url, timeout=1.0) is None:
             if not server.alive() or time.monotonic() > deadline:
                 pytest.fail(f"the real server did not start:\n{server.log_tail(20)}")
             time.sleep(0.1)

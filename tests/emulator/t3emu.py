@@ -40,7 +40,7 @@ from pathlib import Path
 FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
-    "no-cache-headers", "log-level-rejected", "mint-busy-once",
+    "no-cache-headers",
 )
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0, "boot_delay_s": 0,
             "reported_version": None,
@@ -892,14 +892,6 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
     if active_fault(settings) == "mint-fails":
         print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
         return 1
-    if active_fault(settings) == "mint-busy-once":
-        lost = Path(args.base_dir).expanduser() / "userdata" / ".t3emu-mint-lost-race"
-        if not lost.exists():
-            lost.parent.mkdir(parents=True, exist_ok=True)
-            lost.touch()
-            print("\nERROR\n  SqlError: Failed to execute statement\n  cause: database is locked (SQLITE_BUSY_SNAPSHOT)",
-                  file=sys.stderr)
-            return 1
     try:
         ttl = parse_ttl(args.ttl)
     except ValueError:
@@ -965,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     global CLOCK_OFFSET, DEBUG_LOGS
     CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
     level = os.environ.get("T3CODE_LOG_LEVEL", "Info")
-    if level not in LOG_LEVELS or (level == "Debug" and active_fault(settings) == "log-level-rejected"):
+    if level not in LOG_LEVELS:
         expected = " | ".join(f'"{name}"' for name in LOG_LEVELS if name != level)
         log("ERROR", f'ConfigError: SchemaError(Expected {expected}\n  at ["T3CODE_LOG_LEVEL"])')
         return 1

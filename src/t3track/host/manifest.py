@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from t3track.clock import as_utc, parse_iso
 from t3track.errors import EnvironmentFault
-from t3track.host.t3db import DB_FILES, MIGRATIONS_TABLE  # noqa: F401  (MIGRATIONS_TABLE: night.gates imports it here)
+from t3track.host.t3db import DB_FILES
 from t3track.results import json_key
 
 MANIFEST = "manifest.json"
