@@ -109,3 +109,21 @@ def test_a_monitoring_user_with_read_access_gets_the_same_answer_and_without_it_
     granted = check(night, user="t3mon")
     assert granted.returncode == 0, granted.stdout + granted.stderr
     assert granted.stdout.startswith("T3TRACK OK - ")
+
+
+def test_status_shows_a_night_in_progress_with_its_pid_phase_and_start(night):
+    with StateStore(night.state_dir).lock():
+        doc = json.loads(night.t3track("status", "--json").stdout)
+        text = night.t3track("status").stdout
+    assert doc["night"]["pid"] == os.getpid() and doc["night"]["phase"].startswith("before the swap")
+    assert doc["night"]["since"] and f"IN PROGRESS: pid {os.getpid()}" in text
+    assert json.loads(night.t3track("status", "--json").stdout)["night"] is None  # and gone with the lock
+
+
+def test_status_says_plainly_when_a_users_server_is_not_answering(night):
+    night.service("stop", night.users[0])
+    done = night.t3track("status", "--json")
+    assert done.returncode == 0
+    warnings = json.loads(done.stdout)["warnings"]
+    assert f"alice's server is not answering on 127.0.0.1:{night.users[0].port}: " \
+           "`systemctl status t3@alice.service`" in warnings

@@ -34,7 +34,11 @@ def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
          + (f"  (t3track show {last.run_id})" if last.run_id else "")),
         ("installed", ", ".join(result.installed) or "-"),
     ]
-    if result.swap_in_progress:
+    if result.night is not None:
+        rows.append(("night", f"IN PROGRESS: pid {result.night.pid}, {result.night.phase}, since "
+                              f"{result.night.since or '?'} (`t3track stop` or `systemctl stop t3track.service` "
+                              f"asks it to stop at a safe point)"))
+    elif result.swap_in_progress:
         rows.append(("swap", "UNFINISHED (the next `t3track run` recovers it)"))
     out.fields(rows)
     if result.denied:
