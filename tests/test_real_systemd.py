@@ -245,7 +245,9 @@ def test_install_on_a_new_host_in_one_command_and_again_changes_nothing(host):
     assert "next: t3track adopt VERSION" in first.stdout
 
     assert box.run("readlink", T3TRACK).stdout.strip() == "/opt/t3track/bin/t3track"
-    assert box.run(T3TRACK, "--version").stdout.strip()
+    # the version and the commit install-host.sh installed from
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    assert box.run(T3TRACK, "--version").stdout.strip().endswith(f" ({head.stdout.strip()})")
     for unit in ("t3track.service", "t3track.timer", "t3-backup-state.service", "t3-backup-state.timer",
                  "t3@.service", "t3track-failure@.service"):
         assert box.run("cmp", f"/etc/systemd/system/{unit}", REPO / "systemd" / unit, check=False).returncode == 0

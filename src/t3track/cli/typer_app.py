@@ -93,7 +93,9 @@ def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"t3track {__version__}")
+        from t3track import build_commit
+
+        typer.echo(f"t3track {__version__} ({build_commit()})")
         raise typer.Exit()
 
 

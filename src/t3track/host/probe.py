@@ -48,6 +48,10 @@ BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
 BOOTSTRAP_PATH = "/api/auth/bootstrap"              # Era A (0.0.24)
 DEFAULT_COOKIE_NAME = "t3_session"
 MINT_TTL = "5m"
+# `auth pairing create` is a whole second start of T3 (~1.3 s of CPU for the real 0.0.42, migrations
+# checked, then the credential written): on a busy host it takes far longer than one HTTP request, and a
+# mint that times out would fail a good candidate's gate or its live check. It gets at least this long.
+MINT_TIMEOUT_MIN_S = 30.0
 DEFAULT_TIMEOUT_S = 10.0
 BODY_LIMIT = 300
 
@@ -288,7 +292,7 @@ def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | No
               env: Mapping[str, str] | None) -> runner.Completed | T3TrackError:
     try:
         return runner.run([executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"],
-                          timeout=max(timeout, 5.0), env=env if env is not None else _default_env(run_as),
+                          timeout=max(timeout, MINT_TIMEOUT_MIN_S), env=env if env is not None else _default_env(run_as),
                           run_as=run_as)
     except T3TrackError as exc:
         return exc
