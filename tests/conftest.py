@@ -14,6 +14,16 @@ import pytest
 from tests.real_t3 import real_state_template, real_t3, secret_spy  # noqa: F401  (fixtures, registered once)
 from tests.support.host import Host, build_host
 
+# Where a test leaves the registry to npm's own setting (`npm config get registry`, e.g. a config without
+# `registry:`, which `config check` then asks), it must not reach out: npm is pointed at a closed
+# loopback port. (tests/real_t3.py fetches the real platform tarball with npm's own setting restored.)
+NO_REGISTRY = "http://127.0.0.1:9/"
+
+
+@pytest.fixture(autouse=True)
+def _npm_stays_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("npm_config_registry", NO_REGISTRY)
+
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:

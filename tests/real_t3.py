@@ -88,9 +88,10 @@ def platform_tarball() -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         spec = f"{PACKAGE}@{VERSION}"
+        env = {k: v for k, v in os.environ.items() if k.lower() != "npm_config_registry"}  # npm's own registry
         packed = runner.run(["npm", "pack", spec, "--pack-destination", partial, "--no-audit", "--no-fund"],
-                            timeout=INSTALL_TIMEOUT_S, cwd=partial)
-        published = runner.run(["npm", "view", spec, "dist.integrity"], timeout=120, cwd=partial)
+                            timeout=INSTALL_TIMEOUT_S, cwd=partial, env=env)
+        published = runner.run(["npm", "view", spec, "dist.integrity"], timeout=120, cwd=partial, env=env)
         tarball = partial / TARBALL_NAME
         if not (packed.ok and published.ok and tarball.is_file()):
             shutil.rmtree(partial, ignore_errors=True)

@@ -213,3 +213,15 @@ def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch)
     assert result.exit_code == 4
     assert "internal error: RuntimeError" in result.output
     assert "ABCDEFGH2345" not in result.output and "SECRETCOOKIEVALUE1234" not in result.output
+
+
+def test_config_check_warns_of_metrics_nobody_reads_and_a_registry_nobody_reaches(cfg):
+    (cfg / "alice").mkdir()
+    doc = json.loads(t3("config", "check", "--json").output)
+    assert any(w.startswith("metrics_path: not set") and "no alert can fire" in w for w in doc["warnings"]), doc
+    assert any(w.startswith("registry: ") and "127.0.0.1:9" in w for w in doc["warnings"]), doc
+    config = cfg / "config.yaml"
+    config.write_text(config.read_text() + "metrics_path: /nonexistent/textfile/t3track.prom\n")
+    doc = json.loads(t3("config", "check", "--json").output)
+    assert any(w.startswith("metrics_path: /nonexistent/textfile does not exist") for w in doc["warnings"]), doc
+    assert doc["problems"] == []  # warnings: the night itself can still run

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_whole_nights_against_verdaccio_pass():
     env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("npm_config_registry", None)  # `npm ci` of verdaccio itself: npm's own registry (conftest.py)
     proc = subprocess.run(["bash", str(REPO / ".ci" / "verdaccio-smoke")], capture_output=True, text=True,
                           env=env, timeout=600, cwd=REPO)
     output = proc.stdout + proc.stderr

@@ -25,8 +25,30 @@ class ConfigCheck:
 
 def config_check(config: Config, path: Path) -> ConfigCheck:
     problems = _host_problems(config) + tree_problems(config)
-    warnings = _host_warnings(config) + unit_layout_warnings(config)
+    warnings = _host_warnings(config) + unit_layout_warnings(config) + _reach_warnings(config)
     return ConfigCheck(str(path), not problems, problems, warnings)
+
+
+def _reach_warnings(config: Config) -> list[str]:
+    """What the night needs to reach: the registry (a short question, its dist-tags) and the metrics
+    file's directory (node_exporter's textfile directory, without which no alert can fire)."""
+    from t3track.errors import T3TrackError
+    from t3track.host.registry import RegistryClient
+
+    warnings = []
+    if config.metrics_path is not None and not config.metrics_path.parent.is_dir():
+        warnings.append(f"metrics_path: {config.metrics_path.parent} does not exist, so no metrics reach "
+                        "Prometheus and no alert can fire: point it at node_exporter's textfile directory "
+                        "(Debian: /var/lib/prometheus/node-exporter/, `apt-get install prometheus-node-exporter`)")
+    elif config.metrics_path is None:
+        warnings.append(f"metrics_path: not set, so the metrics go to {config.metrics_file()}, which node_exporter "
+                        "does not read: no alert can fire (see systemd/config.example.yaml)")
+    try:
+        with RegistryClient.for_config(config, timeout=5.0, retries=1) as client:
+            client.dist_tags(config.package)
+    except T3TrackError as exc:
+        warnings.append(f"registry: {exc.message}" + (f"; {exc.hint}" if exc.hint else ""))
+    return warnings
 
 
 def _host_problems(config: Config) -> list[str]:
