@@ -4,7 +4,6 @@ Read-only: never takes the lock, never writes."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from t3track.errors import T3TrackError
 from t3track.host import manifest, tree, usertree
 from t3track.host.t3db import DATABASES
 from t3track.night import drift
+from t3track.parallel import side_by_side
 from t3track.results import json_key
 from t3track.versions import same_version
 
@@ -203,27 +203,9 @@ def _user_facts(config: Config, user: UserConfig) -> _UserFacts:
 
 def _gather(config: Config) -> list[_UserFacts]:
     """Each user's facts, the users side by side: each read waits on a child run as the tree's owner
-    and on that user's server (up to drift.TIMEOUT_S when it hangs), not on the CPU. In the
-    config's order; an error in any user's read is raised as it would be one after another."""
-    if len(config.users) < 2:
-        return [_user_facts(config, user) for user in config.users]
-    results: list[_UserFacts | BaseException | None] = [None] * len(config.users)
-
-    def read(i: int, user: UserConfig) -> None:
-        try:
-            results[i] = _user_facts(config, user)
-        except BaseException as exc:  # handed to the caller's thread below
-            results[i] = exc
-
-    threads = [threading.Thread(target=read, args=(i, user), daemon=True) for i, user in enumerate(config.users)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return [r for r in results if isinstance(r, _UserFacts)]
+    and on that user's server (up to drift.TIMEOUT_S when it hangs), not on the CPU. In the config's
+    order; an error in any user's read is raised as it would be one after another."""
+    return side_by_side(lambda user: _user_facts(config, user), config.users, max(1, len(config.users)))
 
 
 def _database_of(user: UserConfig, warnings: list[str]) -> tuple[str | None, int | None]:

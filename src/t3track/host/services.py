@@ -14,8 +14,8 @@ from pathlib import Path
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
 from t3track.host import owner
+from t3track.parallel import serialised, side_by_side
 from t3track.runner import run as run_command
-from t3track.runner import serialised, side_by_side
 
 Progress = Callable[[str], None]
 POLL_S = 0.1

@@ -49,8 +49,8 @@ from t3track.host.sqlite import added, migration_history, quick_check_problem
 from t3track.host.t3db import DB_FILES, MIGRATIONS_TABLE
 from t3track.host.tree import current_executable
 from t3track.night.side_by_side import run_side_by_side
+from t3track.parallel import serialised
 from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
-from t3track.runner import serialised
 
 BACKUP_PRESENT = "backup-present"
 SANDBOX_SERVE = "sandbox-serve"

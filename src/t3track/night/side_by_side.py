@@ -13,16 +13,16 @@ The gates and the live checks wait on processes and HTTP, not on Python, so thre
 - an exception (a host fault, Ctrl-C, a bug) is raised only after every worker has returned, so no
   sandbox outlives the call; the first in config order wins, unless a failure comes before it.
 
-Progress lines from the workers go through `t3track.runner.serialised()`, so two lines never mix.
+Progress lines from the workers go through `t3track.parallel.serialised()`, so two lines never mix.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from t3track.parallel import outcomes
 from t3track.results import GateResult
 
 T = TypeVar("T")
@@ -35,9 +35,9 @@ def run_side_by_side(
     workers: int,
     name: str = "t3track",
 ) -> list[GateResult]:
-    """`work(item, stop)` for every item on at most `workers` threads; see the module docstring."""
+    """`work(item, stop)` for every item on at most `workers` threads (t3track.parallel); see the
+    module docstring for what stays as in a one-by-one run."""
     stops = [threading.Event() for _ in items]  # stops[i]: an item before i failed
-    outcomes: dict[int, list[GateResult] | BaseException] = {}
     lock = threading.Lock()
 
     def failed_at(index: int) -> None:
@@ -45,37 +45,31 @@ def run_side_by_side(
             for later in stops[index + 1:]:
                 later.set()
 
-    def task(index: int, item: T) -> None:
+    def task(indexed: tuple[int, T]) -> list[GateResult] | None:
+        index, item = indexed
         if stops[index].is_set():
-            return  # never started: an earlier user's work failed
+            return None  # never started: an earlier user's work failed
         try:
             results = work(item, stops[index])
-        except BaseException as exc:  # recorded, raised by the caller's thread once every worker is done
-            outcomes[index] = exc
+        except BaseException:
             failed_at(index)
-            return
-        outcomes[index] = results
+            raise
         if any(r.failed for r in results):
             failed_at(index)
+        return results
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1)), thread_name_prefix=name)
-    futures: list[Future[None]] = []
-    try:
-        futures = [pool.submit(task, i, item) for i, item in enumerate(items)]
-        for future in futures:
-            future.result()
-    finally:
+    def stop_all() -> None:
         for stop in stops:
-            stop.set()  # a no-op after a clean run; after Ctrl-C, the running work ends early
-        pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()  # after Ctrl-C or a stop signal, the running work ends early
+
+    found = outcomes(task, list(enumerate(items)), workers, name=name, cancel=stop_all)
     report: list[GateResult] = []
-    for index in range(len(items)):
-        outcome = outcomes.get(index)
-        if outcome is None:
+    for outcome in found:
+        if outcome.raised is not None:
+            raise outcome.raised
+        if outcome.value is None:
             break  # not started: an earlier user failed (and is reported below)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        for result in outcome:
+        for result in outcome.value:
             report.append(result)
             if result.failed:
                 return report

@@ -14,8 +14,8 @@ from t3track.host import probe, serving
 from t3track.host.services import UserMark
 from t3track.host.tree import executable_of
 from t3track.night.side_by_side import run_side_by_side
+from t3track.parallel import serialised
 from t3track.results import FAIL, PASS, GateResult
-from t3track.runner import serialised
 from t3track.versions import same_version
 
 Progress = Callable[[str], None]
