@@ -7,6 +7,7 @@ Test modules import helpers as `tests.…`; pyproject's `pythonpath` makes that 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,3 +59,31 @@ def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 (xdist's h
             return module if module in ONE_WORKER_MODULES else nodeid
 
     return OneWorkerPerModule(config, log)
+
+
+# No tier skips silently where it must run: under CI (as root, with what scripts/test.sh installs), a
+# skipped test fails the run, each named with its reason. On a developer's machine a skip is reported
+# in the summary as usual (-ra).
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def _under_ci(config: pytest.Config) -> bool:
+    return bool(os.environ.get("CI")) and not hasattr(config, "workerinput")  # the controller, in CI
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    if _under_ci(config) and _SKIPPED:
+        terminalreporter.section("skipped under CI: every tier must run here")
+        for line in _SKIPPED:
+            terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _under_ci(session.config) and _SKIPPED and session.exitstatus == 0:
+        session.exitstatus = 1

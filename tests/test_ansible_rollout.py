@@ -107,7 +107,6 @@ def test_a_version_the_canary_swapped_in_reaches_every_host_in_waves(fleet):
         assert last["requested"] == V and last["outcome"] == "swapped" and last["exit_code"] == 0
         assert not (host.root / "versions" / LATER).exists()
     assert "t3track rollout: h3 swapped" in result.stdout
-    assert wall < 180
 
 
 def test_a_host_failing_its_live_check_mid_rollout_rolls_back_stops_the_rollout_and_a_rerun_resumes(fleet):

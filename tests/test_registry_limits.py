@@ -75,7 +75,7 @@ def test_a_dist_tags_answer_dripping_a_byte_at_a_time_is_cut_off_at_the_deadline
         started = time.monotonic()
         with pytest.raises(EnvironmentFault) as caught:
             client.dist_tags("t3")
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 30  # a deadline, not a speed: without it the drip lasts 40 s
     assert "deadline" in caught.value.message
 
 
