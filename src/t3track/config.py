@@ -21,10 +21,10 @@ from pydantic import (
 )
 
 from t3track.errors import ConfigError, UsageError
+from t3track.results import GATE_NAMES
 
 DEFAULT_CONFIG_PATH = Path("/etc/t3track/config.yaml")
 CONFIG_ENV = "T3TRACK_CONFIG"
-GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
 SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")

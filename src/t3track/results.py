@@ -13,6 +13,16 @@ from typing import Any, Protocol
 from t3track.clock import iso, stamp
 from t3track.errors import ExitCode
 
+# The checks a night reports, by name (one place: config, the night, fingerprints, metrics, notify)
+BACKUP_PRESENT = "backup-present"
+SANDBOX_SERVE = "sandbox-serve"
+PAIRING_PROBE = "pairing-probe"
+LIVE_VERIFY = "live-verify"
+ROLLBACK_VERIFY = "rollback-verify"
+DRIFT = "drift"
+GATE_NAMES = (BACKUP_PRESENT, SANDBOX_SERVE, PAIRING_PROBE)  # the gates `gates.order` may name
+HOST_GATES = (BACKUP_PRESENT, DRIFT)  # checks of the host, not the candidate: never its failure
+
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 
 

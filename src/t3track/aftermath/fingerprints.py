@@ -19,10 +19,10 @@ from typing import Any
 from t3track.clock import iso, utcnow
 from t3track.config import Config
 from t3track.fsutil import atomic_write_text
+from t3track.results import HOST_GATES
 from t3track.state import Freeze, StateStore
 
 FINGERPRINTS_FILE = "fingerprints.json"
-HOST_GATES = ("backup-present", "drift")  # checks of the host, not the candidate: never its failure
 
 
 @dataclass

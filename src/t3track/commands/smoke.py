@@ -35,10 +35,10 @@ from t3track.host.t3db import MAIN_DB
 from t3track.host.tree import current_link
 from t3track.night import gates as gates_mod
 from t3track.redact import redact
-from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, json_key
+from t3track.results import FAIL, INCONCLUSIVE, PAIRING_PROBE, SANDBOX_SERVE, GateResult, first_failure, json_key
 
 SCRATCH_USER = "smoke"
-SMOKE_GATES = [gates_mod.SANDBOX_SERVE, gates_mod.PAIRING_PROBE]
+SMOKE_GATES = [SANDBOX_SERVE, PAIRING_PROBE]
 FROM_READY_TIMEOUT_S = 60
 
 Progress = Callable[[str], None]

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from t3track.host.serving import server_version
-from t3track.results import FAIL, GateResult
+from t3track.results import DRIFT, FAIL, GateResult
 from t3track.versions import same_version
 
 if TYPE_CHECKING:
     from t3track.config import Config, UserConfig
 
-DRIFT = "drift"
 TIMEOUT_S = 2.0
 CAUSES = "someone ran `t3 update` or `t3 service install`, or started a server by hand"
 

@@ -50,11 +50,17 @@ from t3track.host.t3db import DB_FILES, MIGRATIONS_TABLE
 from t3track.host.tree import current_executable
 from t3track.night.side_by_side import run_side_by_side
 from t3track.parallel import serialised
-from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
+from t3track.results import (
+    BACKUP_PRESENT,
+    FAIL,
+    INCONCLUSIVE,
+    PAIRING_PROBE,
+    PASS,
+    SANDBOX_SERVE,
+    GateResult,
+    to_jsonable,
+)
 
-BACKUP_PRESENT = "backup-present"
-SANDBOX_SERVE = "sandbox-serve"
-PAIRING_PROBE = "pairing-probe"
 SESSIONS_SURVIVE = "sessions-survive"
 
 def _write_json_evidence(evidence_dir: Path, name: str, document: dict[str, Any]) -> Path:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 
 from t3track import stops
 from t3track.aftermath import evidence
-from t3track.aftermath.fingerprints import HOST_GATES
 from t3track.clock import iso, utcnow
 from t3track.config import Config
 from t3track.errors import EnvironmentFault, Interrupted
@@ -27,7 +26,7 @@ from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
 from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
-from t3track.results import FAIL, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
+from t3track.results import FAIL, HOST_GATES, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
 from t3track.state import StateStore
 
 Progress = Callable[[str], None]

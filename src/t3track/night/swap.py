@@ -28,9 +28,9 @@ from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
 from t3track.host.tree import current_version, flip_current, prefix_of
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
-from t3track.night.verify import ROLLBACK_VERIFY, verify_live
+from t3track.night.verify import verify_live
 from t3track.parallel import serialised, side_by_side
-from t3track.results import GateResult
+from t3track.results import ROLLBACK_VERIFY, GateResult
 from t3track.state import Freeze, State, StateStore
 
 Progress = Callable[[str], None]

@@ -15,12 +15,10 @@ from t3track.host.services import UserMark
 from t3track.host.tree import executable_of
 from t3track.night.side_by_side import run_side_by_side
 from t3track.parallel import serialised
-from t3track.results import FAIL, PASS, GateResult
+from t3track.results import FAIL, LIVE_VERIFY, PASS, GateResult
 from t3track.versions import same_version
 
 Progress = Callable[[str], None]
-LIVE_VERIFY = "live-verify"
-ROLLBACK_VERIFY = "rollback-verify"
 LIVE_POLL_S = 0.05  # a restarted server: the sooner it is seen serving, the sooner the night ends
 
 
