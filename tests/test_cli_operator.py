@@ -225,3 +225,17 @@ def test_config_check_warns_of_metrics_nobody_reads_and_a_registry_nobody_reache
     doc = json.loads(t3("config", "check", "--json").output)
     assert any(w.startswith("metrics_path: /nonexistent/textfile does not exist") for w in doc["warnings"]), doc
     assert doc["problems"] == []  # warnings: the night itself can still run
+
+
+def test_tables_on_an_80_column_terminal_never_cut_a_version(monkeypatch, capsys):
+    from t3track.cli.render import Out
+
+    monkeypatch.setattr(Out, "rich", property(lambda self: True))
+    monkeypatch.setenv("COLUMNS", "80")
+    versions = ["0.0.43-nightly.20261103.3002", "0.0.43-nightly.20261104.3003"]
+    Out(False).table("denied", ["version", "gate", "at", "reason"],
+                     [[v, "live-verify", "2026-11-04T03:12:00Z", "failed its live check for alice: " + "x " * 40]
+                      for v in versions])
+    shown = capsys.readouterr().out
+    assert all(v in shown for v in versions), shown
+    assert max(len(line) for line in shown.splitlines()) <= 80

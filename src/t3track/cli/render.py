@@ -62,10 +62,15 @@ class Out:
             from rich.table import Table
 
             table = Table(title=title, title_justify="left")
-            for column in columns:
-                table.add_column(column)
-            for row in rows:
-                table.add_row(*["" if v is None else str(v) for v in row])
+            cells = [["" if v is None else str(v) for v in row] for row in rows]
+            for i, column in enumerate(columns):
+                if i == len(columns) - 1:  # the free text (a reason, the details) wraps
+                    table.add_column(column, overflow="fold")
+                else:  # identifiers (versions, users, files) are never cut: two denied versions stay apart
+                    widest = max([len(column), *(len(row[i]) for row in cells)])
+                    table.add_column(column, no_wrap=True, min_width=widest)
+            for row in cells:
+                table.add_row(*row)
             Console(soft_wrap=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None).print(table)
         else:
             self.line(f"{title}:")
