@@ -239,3 +239,14 @@ def test_tables_on_an_80_column_terminal_never_cut_a_version(monkeypatch, capsys
     shown = capsys.readouterr().out
     assert all(v in shown for v in versions), shown
     assert max(len(line) for line in shown.splitlines()) <= 80
+
+
+def test_config_show_fills_every_default_and_names_no_notification_token(cfg):
+    config = cfg / "config.yaml"
+    config.write_text(config.read_text() + "notify:\n  urls: ['ntfys://ntfy.example/S3CRET-topic']\n"
+                      "  webhook: https://hooks.example/services/S3CRET\n")
+    doc = json.loads(t3("config", "show", "--json").output)
+    assert doc["gates"]["serve_timeout"] and doc["verify_timeout"] and doc["keep_versions"] == 3
+    assert doc["notify"]["urls"] == ["apprise #1 (ntfys://)"] and doc["notify"]["on"][0] == "refused"
+    text = t3("config", "show").output
+    assert "S3CRET" not in text + json.dumps(doc) and "min_release_age:" in text

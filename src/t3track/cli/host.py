@@ -97,3 +97,20 @@ def config_check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
             out.line(f"  ! warning: {warning}")
         out.line("host: ok" if report.ok else f"host: {len(report.problems)} problem(s)")
     return int(ExitCode.OK if report.ok else ExitCode.USAGE)
+
+
+@config_app.command("show")
+@command()
+def config_show(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+    """The effective config, every default filled in (notification URLs shown as their scheme only)."""
+    import yaml
+
+    from t3track.commands.config_check import effective_config
+
+    out = ctx.obj.out
+    document = effective_config(ctx.obj.config())
+    if out.as_json:
+        out.json(document)
+    else:
+        out.line(yaml.safe_dump(document, sort_keys=False, default_flow_style=False).rstrip())
+    return 0

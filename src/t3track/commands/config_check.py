@@ -150,3 +150,17 @@ def _host_warnings(config: Config) -> list[str]:
                                 "(a live serverVersion that is not `current` is drift); remove it "
                                 "(`t3 service uninstall` as the user) and let t3track manage the version")
     return warnings
+
+
+def effective_config(config: Config) -> dict[str, object]:
+    """The config as t3track reads it, every default filled in, as plain data. Notification endpoints
+    carry tokens: of each only its scheme (and a webhook's host) is shown."""
+    from t3track.aftermath.notify import apprise_label, webhook_label
+
+    document: dict[str, object] = config.model_dump(mode="json", exclude_none=False)
+    notify = document.get("notify")
+    if isinstance(notify, dict) and config.notify is not None:
+        notify["urls"] = [apprise_label(i, url) for i, url in enumerate(config.notify.urls)]
+        if config.notify.webhook:
+            notify["webhook"] = webhook_label(config.notify.webhook) + "/…"
+    return document
