@@ -186,3 +186,24 @@ def test_a_rollback_target_without_its_executable_is_refused_before_any_server_s
     assert doc["outcome"] == "error" and "rollback would go back to, 0.0.42, has no executable" in doc["reason"]
     assert host.server_pids() == pids and host.current_target() == "versions/0.0.42"
     assert not (host.state_dir / "journal.json").exists()
+
+
+
+def test_a_live_check_that_meets_the_old_version_serving_is_the_hosts_fault(host):
+    """A server started by hand between the stop and the flip (faults review M1) keeps the old version
+    answering on the user's port: the live check fails, and the swap calls it the host's fault (the
+    candidate never had its chance), so the candidate is not denied."""
+    from t3track.night import swap
+    from t3track.night.journal import Journal, Phase
+    from t3track.results import LIVE_VERIFY, GateResult
+
+    v = nightly(1)
+    config = host.config()
+    alice = config.users[0]
+    journal = Journal(run_id="m1", from_version="0.0.42", to_version=v, phase=Phase.STARTED,
+                      started_at="2026-12-06T00:00:00Z", updated_at="2026-12-06T00:00:00Z")
+    failed = [GateResult(LIVE_VERIFY, alice.name, "fail", 1.0, "reports 0.0.42"),
+              GateResult(LIVE_VERIFY, config.users[1].name, "pass", 1.0, "ok")]
+    assert swap._old_version_answering(config, journal, failed) == [alice.name]  # her 0.0.42 still answers
+    host.service("stop", host.user(alice.name))
+    assert swap._old_version_answering(config, journal, failed) == []            # nobody answering: the candidate's

@@ -43,7 +43,7 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
     else:
         if kind == "swap":
             failed = first_failure(result.live)
-            if failed:
+            if failed and not result.host_fault:
                 deny_failed_live(store, result.to_version, failed.name, result.reason, evidence)
             elif not result.interrupted and not result.host_fault:  # a stop request, a host fault: not its failure
                 count_failure(config, store, result.to_version, "swap", result.reason, evidence)

@@ -20,7 +20,7 @@ from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, Interrupted, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, restore, sqlite, usertree
+from t3track.host import backup, restore, serving, sqlite, usertree
 from t3track.host.manifest import MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
@@ -32,6 +32,7 @@ from t3track.night.verify import verify_live
 from t3track.parallel import serialised, side_by_side
 from t3track.results import ROLLBACK_VERIFY, GateResult
 from t3track.state import Freeze, State, StateStore
+from t3track.versions import same_version
 
 Progress = Callable[[str], None]
 SNAPSHOT_MARGIN = 1.2        # a snapshot is at most its database (and WAL); a little room on top
@@ -337,6 +338,12 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
         failure = _failed(result.live)
         result.timings["verify_s"] = time.monotonic() - timer - result.timings.get("swap_s", 0)
         if failure:
+            strays = _old_version_answering(config, journal, result.live)
+            if strays:  # a server started by hand between the stop and the flip: the host's, not the candidate's
+                result.host_fault = True
+                result.notes.append(f"{', '.join(strays)}: a server of {journal.from_version} answered after the "
+                                    f"flip (started by hand, or by another service manager?): not {journal.to_version}'s "
+                                    "failure, so it stays eligible")
             return rollback(config, store, journal, RollbackCause.LIVE_CHECK,
                             f"live check failed for {failure.user}: {failure.detail}", progress, result)
         if journal.simulate_live_failure:
@@ -347,6 +354,15 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
         except OSError as exc:  # verified all the same: the journal (STARTED) makes recovery re-check and keep it
             result.notes.append(f"the journal could not record the verified swap ({exc})")
     return result
+
+
+def _old_version_answering(config: Config, journal: Journal, live: list[GateResult]) -> list[str]:
+    """Users whose failed live check met the version the swap came from still serving (faults review M1)."""
+    if journal.from_version is None or same_version(journal.from_version, journal.to_version):
+        return []
+    failed = {g.user for g in live if g.failed}
+    return [user.name for user in config.users if user.name in failed and same_version(
+        serving.server_version(f"http://127.0.0.1:{user.port}", timeout=2.0), journal.from_version)]
 
 
 def rollback(config: Config, store: StateStore, journal: Journal, cause: RollbackCause, reason: str,
