@@ -107,6 +107,14 @@ class BackupConfig(_Strict):
     keep_daily_days: int = Field(default=14, ge=0)
 
 
+class SwapConfig(_Strict):
+    """How a swap treats users at work: a user whose agent is working (a turn running, an approval or a
+    question pending) is waited for up to `busy_wait` (one wait for every busy user together), then left
+    on the old version tonight with their ring (see t3track.night.busy)."""
+
+    busy_wait: Duration = timedelta(minutes=20)
+
+
 class NotifyConfig(_Strict):
     """Where to tell the operator about a refused, rolled-back or critical run (see t3track.aftermath.notify).
 
@@ -172,6 +180,7 @@ class Config(_Strict, ConfigHelpers):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     verify_timeout: Duration = timedelta(seconds=60)
+    swap: SwapConfig = Field(default_factory=SwapConfig)
     evidence_max_age: Duration = timedelta(days=30)
     notify: NotifyConfig | None = None
     # some users first: see RingConfig (default: one ring of every user, which moves at once)

@@ -564,6 +564,7 @@ _STATE = _record(_View, {
     "last_run": (_none, _optional(_LAST_RUN)),
     "current_snapshot": (_none, _opt_str),
     "rings": (dict, _no_rings),  # a host with rings: the models' to read
+    "held": (dict, _no_rings),   # users held by their agents' work: the models' to read
 })
 
 

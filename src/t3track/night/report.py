@@ -13,6 +13,16 @@ CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.j
                  "then move the journal aside and `t3track unfreeze`")
 
 
+@dataclass
+class HeldUser:
+    """A user the move left on the old version tonight, and why (`busy`: an agent at work)."""
+
+    user: str
+    reason: str
+    threads: list[str] = field(default_factory=list)   # the threads at work
+    what: list[str] = field(default_factory=list)      # e.g. "turn running", "approval or question pending"
+
+
 @dataclass(kw_only=True)
 class NightReport:
     outcome: Outcome
@@ -29,6 +39,7 @@ class NightReport:
     timings: dict[str, float] = field(default_factory=dict)
     requested: str | None = None     # `run --to VERSION`: the exact version asked for
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
+    held: list[HeldUser] = field(default_factory=list)  # users left on the old version tonight (`held: busy`)
     json_extra = ("exit_code",)
 
     @property
@@ -47,6 +58,14 @@ class NightReport:
                       dry_run: bool = False) -> NightReport:
         return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, from_version=current, notes=notes,
                    dry_run=dry_run)
+
+    @classmethod
+    def held_busy(cls, run_id: str, reason: str, *, candidate: str, current: str | None, held: list[HeldUser],
+                  gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """Every gate passed, but users were still at work when the wait ended: nothing was stopped, the
+        candidate stays eligible (not a refusal), the next night tries again."""
+        return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held=held)
 
     @classmethod
     def refused(cls, run_id: str, reason: str, *, candidate: str | None, current: str | None,

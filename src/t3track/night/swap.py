@@ -18,7 +18,7 @@ from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, restore, sqlite, usertree
+from t3track.host import backup, busy, restore, sqlite, usertree
 from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
@@ -41,7 +41,7 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class SwapResult:
-    outcome: str                       # swapped | rolled_back | critical
+    outcome: str                       # swapped | rolled_back | critical | held (nothing stopped: users at work)
     from_version: str | None
     to_version: str
     reason: str = ""
@@ -51,6 +51,7 @@ class SwapResult:
     timings: dict[str, float] = field(default_factory=dict)
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
+    held: list[busy.BusyUser] = field(default_factory=list)  # outcome held: who was still at work
 
 
 # ---------------------------------------------------------------- snapshots
@@ -227,16 +228,28 @@ def _failed(results: list[GateResult]) -> GateResult | None:
 # ---------------------------------------------------------------- swap and rollback
 
 
-def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: Progress = _quiet) -> SwapResult:
+def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: Progress = _quiet, *,
+                    ignore_busy: bool = False) -> SwapResult:
     """Move every server along `plan` (a journal in phase PLANNED) and verify it live; roll back by
     itself if a step or the live check fails. The plan is written before anything is touched.
 
     A plan with `simulate_live_failure` (the drill) treats a passing live check as failed, so the
     whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
-    refused first (EnvironmentFault, nothing stopped): see `preflight`."""
+    refused first (EnvironmentFault, nothing stopped): see `preflight`. A user whose agent is at work
+    is waited for (config.swap.busy_wait); one still at work then holds the whole move (outcome
+    `held`: nothing stopped, no journal), unless `ignore_busy`."""
     preflight(config, store)
+    check = busy.wait_until_idle(config, progress, wait=not ignore_busy)
+    if check.held and not ignore_busy:
+        names = ", ".join(b.describe() for b in check.held)
+        return SwapResult("held", plan.from_version, plan.to_version, reason=f"held: busy: {names} still at work "
+                          f"after {check.waited_s:.0f}s; nothing was stopped, {plan.to_version} stays eligible",
+                          notes=check.notes, held=check.held, timings={"busy_wait_s": check.waited_s})
     jr.write(store, plan, Phase.PLANNED)
-    return drive(config, store, plan, progress)
+    result = drive(config, store, plan, progress)
+    result.notes[:0] = check.notes + [f"--ignore-busy: stopped {b.describe()} mid-work" for b in check.held]
+    result.timings["busy_wait_s"] = check.waited_s
+    return result
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
