@@ -171,3 +171,40 @@ def test_a_v2_build_is_asked_through_its_v2_tables(v2_host):
     later = host.t3track("run", "--json")
     assert json.loads(later.stdout)["outcome"] == "swapped", later.stderr
     assert host.serving(bob) == v
+
+
+RINGS = [{"name": "canary", "users": ["alice"]}, {"name": "everyone", "users": ["bob", "carol"], "soak": "24h"}]
+
+
+def test_with_rings_a_user_at_work_holds_their_rings_move_only(tmp_path):
+    host = build_host(tmp_path / "host", users=("alice", "bob", "carol"), rings=RINGS, current_settings=AGENTS)
+    try:
+        host.write_config(swap={"busy_wait": "1s"})
+        assert host.t3track("backup").returncode == 0
+        v = nightly(1)
+        host.publish(v, **AGENTS)
+        first = host.t3track("run", "--json")
+        assert json.loads(first.stdout)["outcome"] == "swapped", first.stderr  # the canary moves
+        state = json.loads((host.state_dir / "state.json").read_text())
+        for stretch in state["rings"]["canary"]["served"]:  # a day passes for the soak
+            stretch["since"] = "2026-01-01T00:00:00+00:00"
+        (host.state_dir / "state.json").write_text(json.dumps(state))
+
+        turn = emu.start_turn(host.user("bob").db, seconds=600)
+        pids = host.server_pids()
+        assert host.t3track("backup").returncode == 0
+        held = host.t3track("run", "--json")
+        doc = json.loads(held.stdout)
+        assert held.returncode == 0 and doc["ring"] == "everyone", held.stderr
+        assert [h["user"] for h in doc["held"]] == ["bob"]
+        # bob's whole ring stays; carol (idle) too, the canary was never touched
+        assert host.server_pids() == pids
+        assert [host.linked(host.user(u)) for u in ("alice", "bob", "carol")] == [v, "0.0.42", "0.0.42"]
+
+        finish_soon(turn)
+        wait_for_turn(turn, "completed")
+        moved = host.t3track("run", "--json")
+        assert json.loads(moved.stdout)["outcome"] == "swapped", moved.stderr
+        assert [host.linked(host.user(u)) for u in ("bob", "carol")] == [v, v]
+    finally:
+        host.close()
