@@ -77,12 +77,21 @@ class UserConfig(_Strict):
 class ServicesConfig(_Strict):
     stop: list[str] = Field(default_factory=lambda: ["systemctl", "stop", "t3@{user}.service"], min_length=1)
     start: list[str] = Field(default_factory=lambda: ["systemctl", "start", "t3@{user}.service"], min_length=1)
+    # the server's own recent output, read when a start or a live check fails: a 0.1.x build that refused to
+    # start because of the host's state says so there (see t3track.host.startlog); null: never read
+    logs: list[str] | None = Field(default_factory=lambda: ["journalctl", "--no-pager", "--output=cat", "--lines=50",
+                                                            "--unit", "t3@{user}.service"], min_length=1)
     timeout: Duration = timedelta(seconds=60)
 
     @field_validator("stop", "start")
     @classmethod
     def _templates(cls, value: list[str]) -> list[str]:
         return check_template(value, SERVICE_PLACEHOLDERS)
+
+    @field_validator("logs")
+    @classmethod
+    def _logs_template(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_template(value, SERVICE_PLACEHOLDERS)
 
 
 class GatesConfig(_Strict):

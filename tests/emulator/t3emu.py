@@ -41,7 +41,10 @@ FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
     "no-cache-headers", "log-level-rejected", "mint-busy-once",
+    # 0.1.x refusals at start (t3code-contract.md, "T3 Code 0.1.x"): the host's state, one dedicated exit code
+    "refuse-owned", "refuse-service", "refuse-update-pending",
 )
+REFUSAL_EXIT = 78  # "one dedicated exit code": its number is not known here
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0, "boot_delay_s": 0,
             "reported_version": None,
             # V2-era behaviour (t3code-contract.md, "Since 0.0.42"), each off by default:
@@ -860,6 +863,19 @@ def record_database_seen(settings: dict, paths: Paths) -> None:
                    at=time.monotonic())
 
 
+def start_refusal(fault: str | None, paths: Paths) -> str | None:
+    """The 0.1.x refusal a `refuse-*` fault stands for, worded as the contract gives its start."""
+    home = paths.base
+    return {
+        "refuse-owned": f"A T3 Code server already owns {home}. Finish active agent work, stop that server, then "
+                        "retry.",
+        "refuse-service": f"A background service for this T3 home ({home}) runs an older T3 Code version. Update "
+                          "or uninstall it with `t3 service`, then retry.",
+        "refuse-update-pending": f"An interrupted server update requires recovery at {paths.userdata / 'server-update-pending'}. "
+                                 "Run `t3 update` to recover it.",
+    }.get(fault or "")
+
+
 def serve(args: argparse.Namespace, settings: dict) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -867,6 +883,10 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
     record_env(settings, "serve", args.base_dir)
     fault = active_fault(settings)
     paths = Paths(args.base_dir, settings)
+    refusal = start_refusal(fault, paths)
+    if refusal is not None:
+        log("ERROR", refusal, stream=sys.stderr)
+        return REFUSAL_EXIT
     owner, owner_id = None, None
     if settings["ownership_lock"]:
         try:

@@ -35,6 +35,7 @@ from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import openhold, probe, restore, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
+from t3track.host.startlog import HostRefusedStart, host_refusal
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
@@ -443,6 +444,9 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                         break
                     if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
                         break  # someone took the port between our check and the bind: next port
+                    host_refused = host_refusal(process.log_text())
+                    if host_refused is not None:  # 0.1.x: the host's state, not the candidate's fault
+                        raise HostRefusedStart(server.user, host_refused[0], host_refused[1], what)
                     refused = REFUSED_HISTORY.search(process.log_text())
                     if refused:
                         raise SandboxFailed(

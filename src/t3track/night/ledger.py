@@ -44,13 +44,17 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
         report = NightReport.swapped(run_id, REASONS[kind].format(from_=result.from_version, to=result.to_version),
                                      **common)
     else:
-        if kind == "swap":
+        if kind == "swap" and not result.refused_start:  # a host refusal is never the candidate's fault
             failed = first_failure(result.live)
             if failed:
                 deny_failed_live(store, result.to_version, failed.name, result.reason, evidence)
             else:
                 count_failure(config, store, result.to_version, "swap", result.reason, evidence)
-        if result.outcome == "rolled_back":
+        if result.outcome == "rolled_back" and result.refused_start:
+            settle_rollback(store, kind, result.from_version)
+            report = NightReport.host_refused_start(run_id, result.reason, [
+                (r.user, r.line, r.hint) for r in result.refused_start], **common)
+        elif result.outcome == "rolled_back":
             settle_rollback(store, kind, result.from_version)
             report = NightReport.rolled_back(run_id, result.reason, **common)
         else:

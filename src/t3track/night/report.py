@@ -91,6 +91,18 @@ class NightReport:
                    evidence=evidence, dry_run=True)
 
     @classmethod
+    def host_refused_start(cls, run_id: str, reason: str, refusals: list[tuple[str, str, str]], *, candidate: str,
+                           current: str | None, gates: list[GateResult], notes: list[str],
+                           evidence: str | None) -> NightReport:
+        """A live start refused because of the host's state (a 0.1.x refusal: another owner of the T3 home,
+        a user's own T3 service, an interrupted update of upstream's updater): rolled back, the old version
+        serves, and the candidate is not held responsible (exit 3: the environment's)."""
+        said = "; ".join(f"{user}'s server refused to start: {line} (next: {hint})" for user, line, hint in refusals)
+        return cls(outcome=Outcome.ERROR, run_id=run_id, reason=f"{said}; rolled back to {current} ({reason})",
+                   candidate=candidate, from_version=current, to_version=current, gates=gates, notes=notes,
+                   evidence=evidence)
+
+    @classmethod
     def swapped(cls, run_id: str, reason: str, *, candidate: str, current: str | None, gates: list[GateResult],
                 notes: list[str], evidence: str | None) -> NightReport:
         return cls(outcome=Outcome.SWAPPED, run_id=run_id, reason=reason, candidate=candidate, from_version=current,

@@ -20,7 +20,7 @@ from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, busy, restore, sqlite, usertree
 from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
-from t3track.host.services import UserMark, each_user
+from t3track.host.services import RefusedStart, UserMark, each_user, refused_starts
 from t3track.host.sqlite import added, migration_history
 from t3track.host.tree import current_version, flip_current
 from t3track.night import journal as jr
@@ -52,6 +52,8 @@ class SwapResult:
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
     held: list[busy.BusyUser] = field(default_factory=list)  # outcome held: who was still at work
+    # a server that refused to start because of the host's state (0.1.x): the host's problem, not the candidate's
+    refused_start: list[RefusedStart] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- snapshots
@@ -292,12 +294,14 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
                 jr.write(store, journal, Phase.STARTED)
         result.timings["swap_s"] = time.monotonic() - timer
     except (T3TrackError, OSError) as exc:  # a full disk, a service that will not stop: undo, whatever it was
+        result.refused_start = refused_starts(config) if journal.phase in (Phase.FLIPPED, Phase.STARTED) else []
         return rollback(config, store, journal, RollbackCause.STEP, f"swap step failed: {exc}", progress, result)
     if journal.phase is Phase.STARTED:
         result.live = verify_live(config, journal.to_version, progress, marks=result.marks)
         failure = _failed(result.live)
         result.timings["verify_s"] = time.monotonic() - timer - result.timings.get("swap_s", 0)
         if failure:
+            result.refused_start = refused_starts(config)
             return rollback(config, store, journal, RollbackCause.LIVE_CHECK,
                             f"live check failed for {failure.user}: {failure.detail}", progress, result)
         if journal.simulate_live_failure:
