@@ -248,8 +248,8 @@ def load_settings() -> dict:
         raise SystemExit("emulator.json: migrations must be an integer >= 20 (the auth tables come at 20)")
     if settings["database"] not in DATABASES:
         raise SystemExit(f"emulator.json: database must be one of {DATABASES}, not {settings['database']!r}")
-    if settings["history_check"] not in (None, "warn", "refuse"):
-        raise SystemExit("emulator.json: history_check must be null, 'warn' or 'refuse'")
+    if settings["history_check"] not in (None, "warn", "warn-legacy", "refuse"):
+        raise SystemExit("emulator.json: history_check must be null, 'warn', 'warn-legacy' or 'refuse'")
     fault = settings["fault"]
     if fault is not None:
         base = fault[:-5] if fault.endswith("-live") else fault
@@ -531,8 +531,12 @@ def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connecti
         raise HistoryRefused(f"Unrecognized migration history at {divergent[0].split(' ', 1)[0]}")
     if divergent and announce:
         listing = ",\n".join(f"    '{item}'" for item in divergent)
-        log("WARN", "Database migration history diverges from this build; recorded migration ids are skipped, "
-                    f"not reconciled by name.\n  divergent: [\n{listing}\n  ]")
+        # 0.1.x words it otherwise (t3code-contract.md, "T3 Code 0.1.x": Migrations)
+        said = ("Recognized legacy migration history; preserving recorded ids and replaying only guarded schema "
+                "changes." if settings["history_check"] == "warn-legacy" else
+                "Database migration history diverges from this build; recorded migration ids are skipped, "
+                "not reconciled by name.")
+        log("WARN", f"{said}\n  divergent: [\n{listing}\n  ]")
     applied = migrate(conn, settings["migrations"], settings)
     if settings.get("agent_turns"):
         for statement in (V2_AGENT_TABLES if paths.db == paths.v2_db else []) + [AGENT_TURNS_TABLE]:

@@ -35,14 +35,15 @@ from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import openhold, probe, restore, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
-from t3track.host.startlog import HostRefusedStart, host_refusal
+from t3track.host.startlog import DIVERGED_MARKERS, HostRefusedStart, diverged_marker, host_refusal
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
 COPIED_DIRS = ("secrets",)
-# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts),
-# and what a later build (unverified) says when it refuses to start on one.
-DIVERGED_MARKER = "Database migration history diverges from this build"
+# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts;
+# 0.1.x's wording too: see startlog.DIVERGED_MARKERS), and what a later build (unverified) says when it
+# refuses to start on one.
+DIVERGED_MARKER = DIVERGED_MARKERS[0]
 REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
@@ -578,13 +579,14 @@ def serve_candidate(
 def diverged_pairs(log: str) -> list[str]:
     """The `id:name` entries of a candidate's "history diverges" warning (its `divergent` list), or the
     warning itself when it names none we can read."""
-    at = log.find(DIVERGED_MARKER)
-    if at < 0:
+    marker = diverged_marker(log)
+    if marker is None:
         return []
+    at, text = marker
     after = log[at:]
     listing = after[: after.find("]") + 1] if "]" in after else after.split("\n", 1)[0]
     found = re.findall(r"'(\d+:[^']+)'", listing)
-    return found or [f"(the candidate logs: {DIVERGED_MARKER})"]
+    return found or [f"(the candidate logs: {text})"]
 
 
 def sweep_stale(workdir: Path, users: tuple[str, ...] = ()) -> list[str]:

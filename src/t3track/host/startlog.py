@@ -1,5 +1,5 @@
 """What a T3 Code server's own output says at start that t3track acts on: the lines that make a start
-the host's problem.
+the host's problem, and the warnings about a migration history the build reads another way.
 
 From t3code-contract.md ("Since 0.0.42" and "T3 Code 0.1.x"): 0.1.x builds refuse to start, each with
 one dedicated exit code, when something on the host owns or manages the T3 home; none of that is the
@@ -25,6 +25,12 @@ HOST_REFUSALS = (
 )
 _REFUSAL_RE = re.compile("(" + "|".join(re.escape(text) for text, _ in HOST_REFUSALS) + r")[^\n]*")
 
+# Warnings of a build that reads a recorded migration history otherwise than by its ids: V2-era builds,
+# then 0.1.x's wording. Either one means the same thing to t3track.
+DIVERGED_MARKERS = ("Database migration history diverges from this build",
+                    "Recognized legacy migration history")
+
+
 class HostRefusedStart(EnvironmentFault):
     """A T3 Code build refused to start because of the host's state (exit 3; never against the candidate)."""
 
@@ -41,3 +47,9 @@ def host_refusal(log: str) -> tuple[str, str] | None:
         return None
     hint = next(h for text, h in HOST_REFUSALS if found.group(1) == text)
     return found.group(0).strip(), hint
+
+
+def diverged_marker(log: str) -> tuple[int, str] | None:
+    """Where the first migration-history warning starts in `log`, and its text."""
+    found = [(log.find(m), m) for m in DIVERGED_MARKERS if m in log]
+    return min(found) if found else None
