@@ -46,3 +46,16 @@ def test_a_refusal_at_the_live_start_rolls_back_without_denying_and_exits_3(host
     assert v not in state["failures"] and not state["denied"] and state["current"] == "0.0.42"
     assert not (host.state_dir / "journal.json").exists()
 
+
+def test_a_swap_that_changes_the_orchestration_protocol_records_it_and_says_so(host):
+    v = nightly(1, base="0.1.11")
+    host.publish(v, protocol_version=2)
+    result = host.t3track("run", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["outcome"] == "swapped"
+    live = [g for g in doc["gates"] if g["name"] == "live-verify"]
+    assert {g["user"]: g["protocol"] for g in live} == {"alice": 2, "bob": 2}
+    assert any("orchestration protocol changed 1 -> 2" in note and "alice, bob" in note for note in doc["notes"])
+    run = next(e for e in reversed(host.history()) if e["event"] == "run")
+    assert run["protocol"] == {"alice": 2, "bob": 2}

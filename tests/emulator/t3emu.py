@@ -56,7 +56,8 @@ DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "s
             "env_record": None,         # a file each process appends the T3CODE_* variables it saw to (tests)
             "clock_offset_s": 0,        # this build's clock runs ahead by this much (time passing, for expiries)
             # agents (t3code-contract.md, "Agents, and what a copy can do"), off by default:
-            "agent_turns": False}       # turns that run until their time is up, or until SIGTERM interrupts them
+            "agent_turns": False,       # turns that run until their time is up, or until SIGTERM interrupts them
+            "protocol_version": None}   # 0.1.x: the orchestrationProtocolVersion the environment reports
 DATABASES = ("state", "statev2")
 V2_DB = "statev2.sqlite"
 OWNER_DB = "server-owner.sqlite"
@@ -759,7 +760,9 @@ def make_handler(app: Emulator):
             self.reply_json(200, {
                 "environmentId": app.environment_id, "label": socket.gethostname(),
                 "platform": {"os": "linux", "arch": "x64"}, "serverVersion": app.served_version(),
-                "capabilities": CAPABILITIES})
+                "capabilities": CAPABILITIES,
+                **({"orchestrationProtocolVersion": app.settings["protocol_version"]}
+                   if app.settings.get("protocol_version") is not None else {})})
 
         def session(self) -> None:
             found = app.session_for(self.headers.get("Cookie"))

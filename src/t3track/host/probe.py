@@ -698,8 +698,8 @@ class ReadinessPoll:
         return version
 
 
-def server_version(url: str, timeout: float) -> str | None:
-    """The `serverVersion` the server reports (no auth needed), or None when it cannot say."""
+def environment(url: str, timeout: float) -> dict[str, Any] | None:
+    """The server's /.well-known/t3/environment document (no auth needed), or None when it cannot say."""
     require_loopback(url)
     try:
         with _client(timeout) as client:
@@ -707,5 +707,21 @@ def server_version(url: str, timeout: float) -> str | None:
     except httpx.HTTPError:
         return None
     doc = _json_or_none(response) if response.status_code == 200 else None
-    version = doc.get("serverVersion") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def server_version(url: str, timeout: float) -> str | None:
+    """The `serverVersion` the server reports (no auth needed), or None when it cannot say."""
+    doc = environment(url, timeout)
+    version = doc.get("serverVersion") if doc is not None else None
     return version if isinstance(version, str) and version else None
+
+
+def protocol_version(url: str, timeout: float) -> int | None:
+    """The `orchestrationProtocolVersion` the server reports (0.1.x; absent means 1), or None when it does
+    not answer. Clients speaking another protocol break: a change across a swap is worth telling."""
+    doc = environment(url, timeout)
+    if doc is None:
+        return None
+    value = doc.get("orchestrationProtocolVersion", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

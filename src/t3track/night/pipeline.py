@@ -93,6 +93,8 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
             "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
             **({"ring": report.ring} if report.ring else {}),
             **({"held": [f"{h.user}:{h.reason}" for h in report.held]} if report.held else {}),
+            **({"protocol": protocols} if (protocols := {g.user: g.protocol for g in report.gates
+                                                         if g.protocol is not None}) else {}),
             "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
         return report
 

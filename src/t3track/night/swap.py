@@ -18,7 +18,7 @@ from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, busy, restore, sqlite, usertree
+from t3track.host import backup, busy, probe, restore, sqlite, usertree
 from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
 from t3track.host.services import RefusedStart, UserMark, each_user, refused_starts
 from t3track.host.sqlite import added, migration_history
@@ -247,11 +247,35 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
         return SwapResult("held", plan.from_version, plan.to_version, reason=f"held: busy: {names} still at work "
                           f"after {check.waited_s:.0f}s; nothing was stopped, {plan.to_version} stays eligible",
                           notes=check.notes, held=check.held, timings={"busy_wait_s": check.waited_s})
+    before = _protocols(config)
     jr.write(store, plan, Phase.PLANNED)
     result = drive(config, store, plan, progress)
     result.notes[:0] = check.notes + [f"--ignore-busy: stopped {b.describe()} mid-work" for b in check.held]
+    result.notes += protocol_changes(before, result.live, plan.from_version, plan.to_version) \
+        if result.outcome == "swapped" else []
     result.timings["busy_wait_s"] = check.waited_s
     return result
+
+
+def _protocols(config: Config) -> dict[str, int]:
+    """Each serving user's orchestrationProtocolVersion before the swap (what its clients speak now)."""
+    found = side_by_side(lambda u: probe.protocol_version(f"http://127.0.0.1:{u.port}", timeout=2.0), config.users,
+                         config.gates.parallel)
+    return {user.name: seen for user, seen in zip(config.users, found, strict=True) if seen is not None}
+
+
+def protocol_changes(before: dict[str, int], live: list[GateResult], from_version: str | None,
+                     to_version: str) -> list[str]:
+    """A swap that changed the orchestration protocol a user's server speaks: clients on the old one break
+    (t3code-contract.md, "T3 Code 0.1.x"), so the report says so, per protocol change."""
+    changed: dict[tuple[int, int], list[str]] = {}
+    for result in live:
+        old = before.get(result.user)
+        if result.passed and result.protocol is not None and old is not None and old != result.protocol:
+            changed.setdefault((old, result.protocol), []).append(result.user)
+    return [f"orchestration protocol changed {old} -> {new} with {from_version} -> {to_version} for "
+            f"{', '.join(users)}: clients still on protocol {old} (an older desktop app, a phone) break until "
+            "they update" for (old, new), users in changed.items()]
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
