@@ -37,7 +37,8 @@ FULL_CONFIG: dict[str, Any] = {
                "front_door": "http://127.0.0.1:8080/"},
               {"name": "bob", "base_dir": "/home/bob/.t3", "port": 3774}],
     "services": {"stop": ["systemctl", "stop", "t3@{user}.service"], "start": ["systemctl", "start", "t3@{user}"],
-                 "timeout": "60s"},
+                 "logs": ["journalctl", "-u", "t3@{user}.service"], "timeout": "60s"},
+    "swap": {"busy_wait": "20m"},
     "gates": {"order": ["backup-present", "sandbox-serve", "pairing-probe"], "backup_max_age": "26h",
               "serve_timeout": "60s", "probe_timeout": "10s", "sessions_survive": False, "max_failures": 3},
     "backup": {"timeout": "15m", "keep": 7, "keep_daily_days": 14}, "verify_timeout": "60s",
@@ -54,7 +55,7 @@ FULL_STATE: dict[str, Any] = {
                 "by": None, "evidence": "/e", "fingerprint": "f"}],
     "first_seen": {"0.0.43-nightly.20261127.3001": AT}, "failures": {"0.0.43-nightly.20261127.3001": 1},
     "last_run": {"at": AT, "outcome": "noop", "candidate": None, "exit_code": 0, "run_id": "x"},
-    "current_snapshot": "/s", "some_future_key": "ignored",
+    "current_snapshot": "/s", "held": {}, "some_future_key": "ignored",
 }
 
 

@@ -308,7 +308,12 @@ _SERVICES = _model({
              _ruled(_argv, lambda v: check_template(v, SERVICE_PLACEHOLDERS))),
     "start": (lambda: ["systemctl", "start", "t3@{user}.service"],
               _ruled(_argv, lambda v: check_template(v, SERVICE_PLACEHOLDERS))),
+    "logs": (lambda: ["journalctl", "--no-pager", "--output=cat", "--lines=50", "--unit", "t3@{user}.service"],
+             _optional(_ruled(_argv, lambda v: check_template(v, SERVICE_PLACEHOLDERS)))),
     "timeout": (_const(timedelta(seconds=60)), _duration),
+})
+_SWAP = _model({
+    "busy_wait": (_const(timedelta(minutes=20)), _duration),
 })
 _GATES = _model({
     "order": (lambda: list(GATE_NAMES), _ruled(_argv, check_gate_order)),
@@ -361,6 +366,13 @@ def _users(value: Any) -> list[Any]:
     return users
 
 
+def _none_held(value: Any) -> dict[str, Any]:
+    """No user held (`{}`): anything else is the models' to read."""
+    if value != {}:
+        raise _Unsure
+    return {}
+
+
 _CONFIG = _model({
     "package": (_const("t3"), _ruled(_str, check_package)),
     "channel": (_const("nightly"), _ruled(_str, check_channel)),
@@ -379,6 +391,7 @@ _CONFIG = _model({
     "gates": (lambda: _GATES({}), _GATES),
     "backup": (lambda: _BACKUP({}), _BACKUP),
     "verify_timeout": (_const(timedelta(seconds=60)), _duration),
+    "swap": (lambda: _SWAP({}), _SWAP),
     "evidence_max_age": (_const(timedelta(days=30)), _duration),
     "notify": (_const(None), _optional(_NOTIFY)),
     "metrics_path": (_const(None), _ruled(_optional(_path), check_metrics_path)),
@@ -564,7 +577,7 @@ _STATE = _record(_View, {
     "last_run": (_none, _optional(_LAST_RUN)),
     "current_snapshot": (_none, _opt_str),
     "rings": (dict, _no_rings),  # a host with rings: the models' to read
-    "held": (dict, _no_rings),   # users held by their agents' work: the models' to read
+    "held": (dict, _none_held),  # users held by their agents' work: the models' to read
 })
 
 
