@@ -40,10 +40,14 @@ class HostRefusedStart(EnvironmentFault):
         self.line = line
 
 
+LISTENING = "Listening on "  # a server that got past its start: any refusal before it is an older start's
+
+
 def host_refusal(log: str) -> tuple[str, str] | None:
-    """(the refusal line, what to do) when the server's output holds one of the host refusals."""
-    found = _REFUSAL_RE.search(log)
-    if found is None:
+    """(the refusal line, what to do) when the server's output ends with a start refused for one of the
+    host's reasons: the last refusal, with no server listening after it (a service's log keeps older starts)."""
+    found = next(reversed(list(_REFUSAL_RE.finditer(log))), None)
+    if found is None or LISTENING in log[found.end():]:
         return None
     hint = next(h for text, h in HOST_REFUSALS if found.group(1) == text)
     return found.group(0).strip(), hint
