@@ -37,7 +37,7 @@ class UserStatus:
     ring: str | None = json_key("ring", omit_none=True, default=None)
     linked: str | None = json_key("linked", omit_none=True, default=None)
     # left on the old version by nights in a row because an agent was at work: {reason, since, nights, version}
-    held: dict[str, object] | None = None
+    held: dict[str, object] | None = json_key("held", omit_none=True, default=None)
 
 
 @dataclass
