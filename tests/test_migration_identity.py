@@ -50,6 +50,18 @@ def test_the_sandbox_gate_names_a_history_the_candidate_knows_under_other_names(
     assert "one-way: adds 54_EmulatedNightlyChange54, 55_EmulatedNightlyChange55" in detail
 
 
+def test_the_0_1_wording_of_the_history_warning_is_read_like_the_old_one(host):
+    for user in host.users:
+        record_preview_migration(user.db)
+    assert host.t3track("backup").returncode == 0
+    host.publish(nightly(1, base="0.1.11"), migrations=55, database="statev2", history_check="warn-legacy")
+    result = host.t3track("dry-run", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    detail = sandbox_gate(json.loads(result.stdout))["detail"]
+    assert "diverged migration history" in detail
+    assert f"53:{PREVIEW_53} (this build: EmulatedNightlyChange53)" in detail
+
+
 def test_a_candidate_refusing_the_history_fails_sandbox_serve_with_its_own_line(host):
     for user in host.users:
         record_preview_migration(user.db)

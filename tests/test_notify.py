@@ -416,3 +416,30 @@ def test_the_morning_report_of_a_swap_goes_out_only_when_asked_for(host, any_rec
     assert "one-way migrations: 54_EmulatedNightlyChange54" in message
     assert "downtime alice:" in message and "downtime bob:" in message
     assert f"evidence: {doc['evidence']}" in message
+
+
+def held_night(config, nights_before):
+    """One night whose move was held by alice's agent (as the ledger concludes it)."""
+    from t3track.host.busy import BusyUser
+    from t3track.night.swap import SwapResult
+
+    store = StateStore(config.state_dir)
+    result = SwapResult("held", "0.0.42", V1, reason="held: busy: alice",
+                        held=[BusyUser("alice", ("thread-1",), ("turn running",))])
+    report = ledger.conclude(config, store, "swap", result, run_id=run_id_now())
+    finish(config, report)
+    return report
+
+
+def test_a_user_held_three_nights_in_a_row_is_notified_once(tmp_path, receiver):
+    config = make_config(tmp_path, webhook=receiver.url)
+    fresh_backup(config)
+    for night in range(1, 5):
+        report = held_night(config, night)
+        assert report.exit_code == ExitCode.OK and [h.user for h in report.held] == ["alice"]
+        held = [b for b in receiver.bodies if b["event"] == "held"]
+        assert len(held) == (0 if night < 3 else 1)
+    body = held[0]
+    assert body["user"] == "alice" and body["held_nights"] == 3 and "3 nights in a row" in body["reason"]
+    state = StateStore(config.state_dir).load()
+    assert state.held["alice"].nights == 4 and V1 not in state.failures and not state.denied

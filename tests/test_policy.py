@@ -425,3 +425,13 @@ def test_to_a_malformed_version_is_a_usage_error(client, config, state):
 
     with pytest.raises(UsageError):
         resolve_exact(config, state, client, "latest", NOW)
+
+
+def test_a_0_1_nightly_after_a_0_0_46_host_is_the_candidate(mock, client, config, state):
+    """The line moved from 0.0.x to 0.1.x (t3code-contract.md, "T3 Code 0.1.x"): the channel is followed across."""
+    new = "0.1.11-nightly.20261117.4825"
+    times = {CURRENT: NOW - timedelta(days=7), "0.1.5": NOW - timedelta(days=5), new: NOW - timedelta(days=1)}
+    serve(mock, tag=new, doc=packument(times=times, tag=new))
+    state.first_seen[new] = NOW - timedelta(days=1)
+    decision = resolve(config, state, client, NOW)
+    assert decision.candidate is not None and decision.candidate.version == new

@@ -123,22 +123,35 @@ class UserConfig(_Strict):
         return value
 
 
+def check_template(value: list[str], known: tuple[str, ...]) -> list[str]:
+    """An argv template names only known placeholders: an unknown one would reach the command literally
+    and fail at the worst moment (a `{nokey}` in services.stop, mid-swap)."""
+    for part in value:
+        unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in known]
+        if unknown:
+            names = " ".join("{" + n + "}" for n in known)
+            raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {names}")
+    return value
+
+
 class ServicesConfig(_Strict):
     stop: list[str] = Field(default_factory=lambda: ["systemctl", "stop", "t3@{user}.service"], min_length=1)
     start: list[str] = Field(default_factory=lambda: ["systemctl", "start", "t3@{user}.service"], min_length=1)
+    # the server's own recent output, read when a start or a live check fails: a 0.1.x build that refused to
+    # start because of the host's state says so there (see t3track.host.startlog); null: never read
+    logs: list[str] | None = Field(default_factory=lambda: ["journalctl", "--no-pager", "--output=cat", "--lines=50",
+                                                            "--unit", "t3@{user}.service"], min_length=1)
     timeout: Duration = timedelta(seconds=60)
 
     @field_validator("stop", "start")
     @classmethod
     def _templates(cls, value: list[str]) -> list[str]:
-        # an unknown placeholder would reach the command literally and fail at the worst moment
-        # (a `{nokey}` in services.stop, mid-swap)
-        for part in value:
-            unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in SERVICE_PLACEHOLDERS]
-            if unknown:
-                known = " ".join("{" + n + "}" for n in SERVICE_PLACEHOLDERS)
-                raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
-        return value
+        return check_template(value, SERVICE_PLACEHOLDERS)
+
+    @field_validator("logs")
+    @classmethod
+    def _logs_template(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_template(value, SERVICE_PLACEHOLDERS)
 
 
 class GatesConfig(_Strict):
@@ -168,8 +181,17 @@ class BackupConfig(_Strict):
     keep_daily_days: int = Field(default=14, ge=0)
 
 
-NOTIFY_EVENTS = ("refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "swapped")
-NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift"]
+NOTIFY_EVENTS = ("refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "held",
+                 "swapped")
+NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "held"]
+
+
+class SwapConfig(_Strict):
+    """How a swap treats users at work: a user whose agent is working (a turn running, an approval or a
+    question pending) is waited for up to `busy_wait` (one wait for every busy user together), then left
+    on the old version tonight with their ring (see t3track.night.busy)."""
+
+    busy_wait: Duration = timedelta(minutes=20)
 
 
 class NotifyConfig(_Strict):
@@ -260,6 +282,7 @@ class Config(_Strict):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     verify_timeout: Duration = timedelta(seconds=60)
+    swap: SwapConfig = Field(default_factory=SwapConfig)
     evidence_max_age: Duration = timedelta(days=30)
     notify: NotifyConfig | None = None
     # some users first: see RingConfig (default: one ring of every user, which moves at once)

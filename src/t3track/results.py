@@ -77,6 +77,8 @@ class GateResult:
     evidence: str | None = None
     one_way: list[str] = field(default_factory=list)   # migrations the candidate adds
     fingerprint: str | None = None                     # how it failed, e.g. pairing-probe:exchange:404:HTTPStatus
+    # a live check: the orchestrationProtocolVersion the server reported (0.1.x; 1 when absent)
+    protocol: int | None = json_key("protocol", omit_none=True, default=None)
 
     @property
     def passed(self) -> bool:

@@ -127,6 +127,14 @@ class RingState(_Model):
         return next((s for s in reversed(self.served) if s.until is None and s.version == self.current), None)
 
 
+class Held(_Model):
+    """A user left on the old version by consecutive nights because an agent was at work (`held: busy`)."""
+    since: Moment                  # the first night of this streak
+    nights: int = 1                # nights held in a row
+    version: Version | None = None  # what the user was held from moving to, last time
+    reason: str = "busy"
+
+
 def _ring_keys(value: dict) -> dict:
     for key in value:
         if not (isinstance(key, str) and 0 < len(key) <= 32 and key.replace("-", "").replace("_", "").isalnum()):
@@ -147,6 +155,7 @@ class State(_Model):
     # snapshots taken just before the swap into `current`: what `revert --restore-state` restores
     current_snapshot: str | None = None
     rings: Annotated[dict[str, RingState], AfterValidator(_ring_keys)] = Field(default_factory=dict)
+    held: dict[str, Held] = Field(default_factory=dict)  # user -> their current streak of held nights
 
     @field_validator("first_seen", "failures")
     @classmethod

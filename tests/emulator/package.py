@@ -307,6 +307,58 @@ def add_rows(db: Path, count: int, tag: str) -> list[str]:
     return ids
 
 
+@dataclass(frozen=True)
+class AgentTurn:
+    db: Path
+    thread_id: str
+    turn_id: str
+    tables: str  # "v1" | "v2"
+
+
+def start_turn(db: Path, seconds: float, *, v2: bool = False) -> AgentTurn:
+    """An agent turn running for `seconds` in a thread of its own, as the projections show one (V1: a
+    session `running` with the active turn, the turn `running`; V2: a run `running`). A server built with
+    `agent_turns` finishes it when the time is up, or marks it interrupted when it is stopped first
+    (written here while the server runs, like add_rows)."""
+    stamp = t3emu.iso(t3emu.now())
+    thread_id, turn_id = f"thread-agent-{uuid.uuid4().hex[:8]}", f"turn-{uuid.uuid4().hex[:8]}"
+    with t3emu.connected(Path(db)) as conn:
+        conn.execute(t3emu.AGENT_TURNS_TABLE)
+        for statement in t3emu.V2_AGENT_TABLES if v2 else []:
+            conn.execute(statement)
+        conn.execute("BEGIN IMMEDIATE")
+        if v2:
+            conn.execute("INSERT INTO orchestration_v2_projection_threads (thread_id, title, created_at) VALUES (?, ?, ?)",
+                         (thread_id, "agent at work", stamp))
+            conn.execute("INSERT INTO orchestration_v2_projection_runs (run_id, thread_id, status, updated_at) "
+                         "VALUES (?, ?, 'running', ?)", (turn_id, thread_id, stamp))
+        else:
+            conn.execute("INSERT OR IGNORE INTO projection_projects (project_id, title, workspace_root, scripts_json,"
+                         " created_at, updated_at) VALUES ('project-1', 'demo', '/srv/demo', '[]', ?, ?)", (stamp, stamp))
+            conn.execute(f"INSERT INTO {ROWS_TABLE} (thread_id, project_id, title, latest_turn_id, created_at, updated_at)"
+                         " VALUES (?, 'project-1', 'agent at work', ?, ?, ?)", (thread_id, turn_id, stamp, stamp))
+            conn.execute("INSERT INTO projection_thread_sessions (thread_id, status, provider_name, active_turn_id, "
+                         "updated_at) VALUES (?, 'running', 'codex', ?, ?)", (thread_id, turn_id, stamp))
+            conn.execute("INSERT INTO projection_turns (thread_id, turn_id, state, requested_at, started_at, "
+                         "checkpoint_files_json) VALUES (?, ?, 'running', ?, ?, '[]')", (thread_id, turn_id, stamp, stamp))
+        conn.execute("INSERT INTO t3emu_agent_turns (thread_id, turn_id, tables, finishes_at, state) "
+                     "VALUES (?, ?, ?, ?, 'running')", (thread_id, turn_id, "v2" if v2 else "v1", time.time() + seconds))
+        conn.execute("COMMIT")
+    return AgentTurn(Path(db), thread_id, turn_id, "v2" if v2 else "v1")
+
+
+def turn_state(turn: AgentTurn) -> str:
+    """What the projections say of the turn now: running, completed or interrupted."""
+    with t3emu.connected(turn.db) as conn:
+        if turn.tables == "v2":
+            row = conn.execute("SELECT status FROM orchestration_v2_projection_runs WHERE run_id = ?",
+                               (turn.turn_id,)).fetchone()
+        else:
+            row = conn.execute("SELECT state FROM projection_turns WHERE thread_id = ? AND turn_id = ?",
+                               (turn.thread_id, turn.turn_id)).fetchone()
+    return row[0]
+
+
 def migration_ids(db: Path) -> list[int]:
     with t3emu.connected(Path(db)) as conn:
         return [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]

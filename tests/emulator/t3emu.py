@@ -41,7 +41,10 @@ FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
     "no-cache-headers",
+    # 0.1.x refusals at start (t3code-contract.md, "T3 Code 0.1.x"): the host's state, one dedicated exit code
+    "refuse-owned", "refuse-service", "refuse-update-pending",
 )
+REFUSAL_EXIT = 78  # "one dedicated exit code": its number is not known here
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0, "boot_delay_s": 0,
             "reported_version": None,
             # V2-era behaviour (t3code-contract.md, "Since 0.0.42"), each off by default:
@@ -51,7 +54,10 @@ DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "s
             "ownership_lock": False,    # hold userdata/server-owner.sqlite; refuse a state dir owned by a live pid
             "stop_delay_s": 0,          # keep serving this long after SIGTERM (a slow graceful shutdown)
             "env_record": None,         # a file each process appends the T3CODE_* variables it saw to (tests)
-            "clock_offset_s": 0}        # this build's clock runs ahead by this much (time passing, for expiries)
+            "clock_offset_s": 0,        # this build's clock runs ahead by this much (time passing, for expiries)
+            # agents (t3code-contract.md, "Agents, and what a copy can do"), off by default:
+            "agent_turns": False,       # turns that run until their time is up, or until SIGTERM interrupts them
+            "protocol_version": None}   # 0.1.x: the orchestrationProtocolVersion the environment reports
 DATABASES = ("state", "statev2")
 V2_DB = "statev2.sqlite"
 OWNER_DB = "server-owner.sqlite"
@@ -169,6 +175,26 @@ REAL_0_0_42_REST = [
 ]
 SCHEMA[52] = SCHEMA.get(52, []) + REAL_0_0_42_REST
 
+# The V2 projections a restart would interrupt ("Is a user busy?", statev2.sqlite builds; upstream's
+# restart-recovery code, medium confidence: only the columns that reading names).
+V2_AGENT_TABLES = [
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_projection_threads (thread_id TEXT PRIMARY KEY, title TEXT, "
+    "created_at TEXT, deleted_at TEXT)",
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_projection_runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
+    "status TEXT NOT NULL, updated_at TEXT)",
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_projection_provider_sessions (provider_session_id TEXT PRIMARY KEY, "
+    "status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_projection_provider_session_bindings (thread_id TEXT NOT NULL, "
+    "provider_session_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_projection_runtime_requests (request_id TEXT PRIMARY KEY, "
+    "thread_id TEXT NOT NULL, status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS orchestration_v2_effect_outbox (effect_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
+    "effect_type TEXT NOT NULL, status TEXT NOT NULL)",
+]
+# The emulator's own clock for each agent turn (tests write it with the turn: see package.start_turn).
+AGENT_TURNS_TABLE = ("CREATE TABLE IF NOT EXISTS t3emu_agent_turns (thread_id TEXT PRIMARY KEY, turn_id TEXT NOT NULL, "
+                     "tables TEXT NOT NULL, finishes_at REAL NOT NULL, state TEXT NOT NULL)")
+
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS "effect_sql_migrations" (
   migration_id integer PRIMARY KEY NOT NULL,
   created_at datetime NOT NULL DEFAULT current_timestamp,
@@ -223,8 +249,8 @@ def load_settings() -> dict:
         raise SystemExit("emulator.json: migrations must be an integer >= 20 (the auth tables come at 20)")
     if settings["database"] not in DATABASES:
         raise SystemExit(f"emulator.json: database must be one of {DATABASES}, not {settings['database']!r}")
-    if settings["history_check"] not in (None, "warn", "refuse"):
-        raise SystemExit("emulator.json: history_check must be null, 'warn' or 'refuse'")
+    if settings["history_check"] not in (None, "warn", "warn-legacy", "refuse"):
+        raise SystemExit("emulator.json: history_check must be null, 'warn', 'warn-legacy' or 'refuse'")
     fault = settings["fault"]
     if fault is not None:
         base = fault[:-5] if fault.endswith("-live") else fault
@@ -453,6 +479,44 @@ def diverged_history(conn: sqlite3.Connection, settings: dict) -> list[str]:
     return divergent
 
 
+def end_agent_turns(conn: sqlite3.Connection, state: str, due_before: float | None) -> int:
+    """Turns still running end as `state`: `completed` once their time is up (`due_before`: now), or
+    `interrupted` by a stop (`due_before` None: every one). The projections flip as the real server's
+    would: the V1 session and turn rows, or the V2 run row."""
+    conn.execute(AGENT_TURNS_TABLE)
+    rows = conn.execute("SELECT thread_id, turn_id, tables FROM t3emu_agent_turns WHERE state = 'running'"
+                        + ("" if due_before is None else " AND finishes_at <= ?"),
+                        () if due_before is None else (due_before,)).fetchall()
+    for thread_id, turn_id, tables in rows:
+        stamp = iso(now())
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if tables == "v2":
+                conn.execute("UPDATE orchestration_v2_projection_runs SET status = ?, updated_at = ? WHERE run_id = ?",
+                             (state, stamp, turn_id))
+            else:
+                conn.execute("UPDATE projection_turns SET state = ?, completed_at = ? WHERE thread_id = ? AND turn_id = ?",
+                             (state, stamp, thread_id, turn_id))
+                conn.execute("UPDATE projection_thread_sessions SET status = ?, active_turn_id = NULL, updated_at = ? "
+                             "WHERE thread_id = ?", ("ready" if state == "completed" else "interrupted", stamp, thread_id))
+            conn.execute("UPDATE t3emu_agent_turns SET state = ? WHERE thread_id = ?", (state, thread_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(rows)
+
+
+def drive_agent_turns(paths: Paths, stop: threading.Event) -> None:
+    """`agent_turns`: finish each running turn when its time is up, until the server stops."""
+    with connected(paths.db) as conn:
+        while not stop.wait(0.1):
+            try:
+                end_agent_turns(conn, "completed", time.time())
+            except sqlite3.Error:
+                pass  # a busy database: the next tick
+
+
 class HistoryRefused(Exception):
     pass
 
@@ -468,9 +532,16 @@ def open_state(paths: Paths, settings: dict, announce: bool) -> sqlite3.Connecti
         raise HistoryRefused(f"Unrecognized migration history at {divergent[0].split(' ', 1)[0]}")
     if divergent and announce:
         listing = ",\n".join(f"    '{item}'" for item in divergent)
-        log("WARN", "Database migration history diverges from this build; recorded migration ids are skipped, "
-                    f"not reconciled by name.\n  divergent: [\n{listing}\n  ]")
+        # 0.1.x words it otherwise (t3code-contract.md, "T3 Code 0.1.x": Migrations)
+        said = ("Recognized legacy migration history; preserving recorded ids and replaying only guarded schema "
+                "changes." if settings["history_check"] == "warn-legacy" else
+                "Database migration history diverges from this build; recorded migration ids are skipped, "
+                "not reconciled by name.")
+        log("WARN", f"{said}\n  divergent: [\n{listing}\n  ]")
     applied = migrate(conn, settings["migrations"], settings)
+    if settings.get("agent_turns"):
+        for statement in (V2_AGENT_TABLES if paths.db == paths.v2_db else []) + [AGENT_TURNS_TABLE]:
+            conn.execute(statement)
     newest = max(applied_migrations(conn), default=0)
     if announce and applied:
         listing = ",\n".join(f"    '{name}'" for name in applied)
@@ -689,7 +760,9 @@ def make_handler(app: Emulator):
             self.reply_json(200, {
                 "environmentId": app.environment_id, "label": socket.gethostname(),
                 "platform": {"os": "linux", "arch": "x64"}, "serverVersion": app.served_version(),
-                "capabilities": CAPABILITIES})
+                "capabilities": CAPABILITIES,
+                **({"orchestrationProtocolVersion": app.settings["protocol_version"]}
+                   if app.settings.get("protocol_version") is not None else {})})
 
         def session(self) -> None:
             found = app.session_for(self.headers.get("Cookie"))
@@ -797,6 +870,19 @@ def record_database_seen(settings: dict, paths: Paths) -> None:
                    at=time.monotonic())
 
 
+def start_refusal(fault: str | None, paths: Paths) -> str | None:
+    """The 0.1.x refusal a `refuse-*` fault stands for, worded as the contract gives its start."""
+    home = paths.base
+    return {
+        "refuse-owned": f"A T3 Code server already owns {home}. Finish active agent work, stop that server, then "
+                        "retry.",
+        "refuse-service": f"A background service for this T3 home ({home}) runs an older T3 Code version. Update "
+                          "or uninstall it with `t3 service`, then retry.",
+        "refuse-update-pending": f"An interrupted server update requires recovery at {paths.userdata / 'server-update-pending'}. "
+                                 "Run `t3 update` to recover it.",
+    }.get(fault or "")
+
+
 def serve(args: argparse.Namespace, settings: dict) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -804,6 +890,10 @@ def serve(args: argparse.Namespace, settings: dict) -> int:
     record_env(settings, "serve", args.base_dir)
     fault = active_fault(settings)
     paths = Paths(args.base_dir, settings)
+    refusal = start_refusal(fault, paths)
+    if refusal is not None:
+        log("ERROR", refusal, stream=sys.stderr)
+        return REFUSAL_EXIT
     owner, owner_id = None, None
     if settings["ownership_lock"]:
         try:
@@ -848,6 +938,9 @@ def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: P
     if owner_id is not None:
         runtime["ownerId"] = owner_id
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    agents_stop = threading.Event()
+    if settings.get("agent_turns"):
+        threading.Thread(target=drive_agent_turns, args=(paths, agents_stop), daemon=True).start()
     try:
         # The socket listens from here; requests wait in the backlog until the ready lines are out, so a
         # client that saw the environment answer can rely on the Token line being printed.
@@ -882,7 +975,10 @@ def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: P
             paths.runtime.unlink()
         except FileNotFoundError:
             pass
+        agents_stop.set()
         with connected(paths.db) as conn:
+            if settings.get("agent_turns"):  # a stop interrupts every turn still running
+                end_agent_turns(conn, "interrupted", None)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return 0
 

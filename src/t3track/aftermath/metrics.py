@@ -137,6 +137,13 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     if config.ringed:
         _ring_metrics(config, state, moment, gauge, registry)
 
+    # users an agent's work held on the old version (`held: busy`)
+    held = gauge("t3track_user_held_nights", "Nightly moves in a row that left the user on the old version "
+                 "because an agent was at work (0: moved, or never held)", ("user",))
+    for user in config.users:
+        streak = state.held.get(user.name)
+        held.labels(user=user.name).set(streak.nights if streak is not None else 0)
+
     # backups
     age = gauge("t3track_backup_age_seconds", "Age of the newest backup of the user's state", ("user",))
     present = gauge("t3track_backup_present", "1 when the user has at least one backup", ("user",))

@@ -4,8 +4,9 @@ webhook and/or a command, on the nights that need a human.
 Sent on (`notify.on`, by default all but `swapped`): a refused run, a rollback, a critical run, a freeze
 that lifted itself, a user whose newest backup is older than gates.backup_max_age (once per stale
 backup, not every night), drift found on a night with nothing to move (once per user and version
-served), and `swapped`, the morning report of a night that moved (from and to, the ring, the one-way
-migrations it crossed, each user's downtime, the evidence). Never for a dry run.
+served), a user held by an agent's work for HELD_NIGHTS nights in a row (once per streak), and
+`swapped`, the morning report of a night that moved (from and to, the ring, the one-way migrations it
+crossed, each user's downtime, the evidence). Never for a dry run.
 
 A notification that fails (endpoint down, non-2xx, command exits non-zero or times out) is recorded
 in history as a `notify` event with ok=false and returned as a problem; it never fails the run.
@@ -38,13 +39,14 @@ from t3track.redact import redact
 from t3track.state import StateStore
 
 NOTIFY_STATE_FILE = "notify.json"
+HELD_NIGHTS = 3  # nights in a row a user's agents kept the user on the old version before anyone is told
 PLACEHOLDERS = ("event", "outcome", "host", "ring", "from", "to", "candidate", "gate", "user", "reason", "evidence",
                 "run_id")
 
 
 @dataclass
 class Notification:
-    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale | drift | swapped
+    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale | drift | held | swapped
     body: dict[str, Any]
 
 
@@ -170,6 +172,25 @@ def _drift(config: Config, report: Any, sent: dict[str, Any]) -> list[Notificati
     return found
 
 
+def _held(config: Config, store: StateStore, report: Any, sent: dict[str, Any]) -> list[Notification]:
+    """Users held HELD_NIGHTS nights in a row or more: told once per streak (keyed by when it began)."""
+    told: dict[str, str] = dict(sent.get("held", {}))
+    streaks = store.host.load().held
+    found = []
+    for user, streak in streaks.items():
+        key = iso(streak.since)
+        if streak.nights < HELD_NIGHTS or told.get(user) == key:
+            continue
+        told[user] = key
+        found.append(Notification("held", body_for(
+            config, "held", report, gate=None, user=user, held_nights=streak.nights,
+            reason=f"{user} has been held on the old version for {streak.nights} nights in a row: an agent was at "
+                   f"work each time the swap came (swap.busy_wait {config.swap.busy_wait}); "
+                   f"`t3track run --ignore-busy` moves {user} regardless, or ask {user} to stop it")))
+    sent["held"] = {user: key for user, key in told.items() if user in streaks}
+    return found
+
+
 def notifications_for_run(config: Config, store: StateStore, report: Any, *,
                           now: datetime | None = None) -> list[Notification]:
     """What this (non-dry) run should tell the operator; remembers stale backups already told."""
@@ -191,6 +212,7 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
                    f"({event.get('reason')})")))
     sent = _load_sent(store)
     found += _drift(config, report, sent)
+    found += _held(config, store, report, sent)
     for stale in _stale_backups(config, store, sent, moment):
         body = body_for(config, "backup_stale", report, gate="backup-present")
         body.update({k: redact(v) if isinstance(v, str) else v for k, v in stale.body.items()})

@@ -8,6 +8,10 @@ import typer
 from t3track.cli.render import render_run, steps_table
 from t3track.cli.typer_app import JsonOpt, RingOpt, app, command
 
+IgnoreBusyOpt = Annotated[bool, typer.Option(
+    "--ignore-busy", help="stop users' servers even while an agent works for them (default: wait up to "
+    "swap.busy_wait, then leave them on the old version tonight)")]
+
 if TYPE_CHECKING:
     from t3track.night.pipeline import ExactTarget
 
@@ -18,6 +22,7 @@ def run(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="take exactly this version (install, every gate, swap, live check), whatever the channel says; refused if it is denied or not newer")] = None,
     allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="with --to: also take a version older than current")] = False,
+    ignore_busy: IgnoreBusyOpt = False,
     json_flag: JsonOpt = False,
 ) -> int:
     """The nightly job: resolve -> install -> gates -> swap -> verify, rolling back on a failed verify."""
@@ -28,7 +33,7 @@ def run(
     if allow_downgrade and to is None:
         raise UsageError("--allow-downgrade needs --to VERSION")
     target = ExactTarget(require_valid(to, "--to version"), allow_downgrade) if to is not None else None
-    return _night(ctx, dry_run=False, target=target)
+    return _night(ctx, dry_run=False, target=target, ignore_busy=ignore_busy)
 
 
 @app.command("dry-run")
@@ -38,12 +43,12 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     return _night(ctx, dry_run=True)
 
 
-def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None) -> int:
+def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None, ignore_busy: bool = False) -> int:
     from t3track.night.pipeline import run_night
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,
-                                             progress=ctx.obj.out.info, target=target))
+                                             progress=ctx.obj.out.info, target=target, ignore_busy=ignore_busy))
 
 
 @app.command()
@@ -64,6 +69,7 @@ def revert(
     to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
     restore_state: Annotated[bool, typer.Option("--restore-state", help="also restore each user's database from the pre-swap snapshot")] = False,
     ring: RingOpt = None,
+    ignore_busy: IgnoreBusyOpt = False,
     json_flag: JsonOpt = False,
 ) -> int:
     """Go back to the previous (or named) installed version, with the live check; denies the version it leaves.
@@ -73,7 +79,7 @@ def revert(
 
     config = ctx.obj.config()
     return render_run(ctx.obj.out, revert_to(config, ctx.obj.store(config), to=to, restore_state=restore_state,
-                                             ring=ring, progress=ctx.obj.out.info))
+                                             ring=ring, ignore_busy=ignore_busy, progress=ctx.obj.out.info))
 
 
 @app.command()
@@ -82,6 +88,7 @@ def drill(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
     ring: RingOpt = None,
+    ignore_busy: IgnoreBusyOpt = False,
     json_flag: JsonOpt = False,
 ) -> int:
     """Prove rollback works here: swap to a copy of the current version, treat its live check as failed, roll back for real.
@@ -100,7 +107,7 @@ def drill(
         confirmed = False
     if not confirmed:
         raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")
-    report = drill_mod.run_drill(config, store, ring=ring, progress=out.info)
+    report = drill_mod.run_drill(config, store, ring=ring, ignore_busy=ignore_busy, progress=out.info)
     if not out.as_json:
         steps_table(out, report.steps)
         out.table("downtime", ["user", "seconds"], [[u, f"{d:.2f}"] for u, d in report.downtime_s.items()])

@@ -124,6 +124,9 @@ def render_run(out: Out, report: Any) -> int:
             out.line(f"  note: {note}")
         if report.gates:
             gates_table(out, report.gates)
+        for held in getattr(report, "held", None) or []:
+            out.line(f"held: {held.reason}: {held.user} ({', '.join(held.what)}; {len(held.threads)} thread(s)) "
+                     "stays on the old version tonight")
         verb = "dry-run" if report.dry_run else str(report.outcome)
         # the verdict of a run that fails the unit is an error in the journal, a critical one crit
         code = int(report.exit_code)

@@ -32,6 +32,7 @@ from t3track.fsutil import fsync_dir
 from t3track.host import tree
 from t3track.host.services import downtime
 from t3track.night import journal, ledger, recovery, rings, swap
+from t3track.night.report import HeldUser
 from t3track.results import GateResult, Outcome, json_key, new_run_id
 from t3track.state import StateStore, operator_name
 
@@ -81,6 +82,7 @@ class DrillReport:
     simulated: str = SIMULATED
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it drilled, on a host with rings
     kind: str = json_key("kind", default="drill")
+    held: list[HeldUser] = field(default_factory=list)  # users at work: the drill did not run (noop)
     json_extra = {"exit_code": "exit_code", "from": "from_version", "to": "to_version", "candidate": "candidate",
                   "max_downtime_s": "max_downtime_s"}
 
@@ -89,7 +91,7 @@ class DrillReport:
         """A drill that rolled back as planned is a success (0), unlike a night's rollback."""
         if self.outcome is Outcome.CRITICAL:
             return ExitCode.CRITICAL
-        return ExitCode.OK if self.passed else ExitCode.REFUSED
+        return ExitCode.OK if self.passed or self.outcome is Outcome.NOOP else ExitCode.REFUSED
 
     @property
     def notify_event(self) -> str | None:
@@ -209,7 +211,7 @@ class _Timeline:
 
 
 def run_drill(config: Config, store: StateStore, *, by: str | None = None, ring: str | None = None,
-              progress: Progress = lambda _: None) -> DrillReport:
+              ignore_busy: bool = False, progress: Progress = lambda _: None) -> DrillReport:
     run_id = new_run_id()
     who = by or operator_name()
     with store.lock():
@@ -222,8 +224,10 @@ def run_drill(config: Config, store: StateStore, *, by: str | None = None, ring:
         _make_copy(config, plan)
         moved = swap.swap_and_verify(config, store, swap.plan_swap(
             store, run_id=run_id, from_version=plan.current, to_version=plan.copy, kind="drill",
-            simulate_live_failure=True, ring=config.ring), timeline)
+            simulate_live_failure=True, ring=config.ring), timeline, ignore_busy=ignore_busy)
         swap_end = time.monotonic()
+        if moved.outcome == "held":  # nothing stopped: only the copy to remove
+            _remove_tree(tree.prefix_of(config, plan.copy))
         if moved.outcome == "rolled_back":
             timeline("clean up: journal, the copy and its snapshots")
             journal.remove(store)
@@ -245,6 +249,9 @@ def _report(run_id: str, plan: DrillPlan, result: swap.SwapResult, steps: list[D
     real_failure = next((g for g in result.live if g.outcome != "pass"), None)
     common: dict[str, Any] = {"run_id": run_id, "version": plan.current, "copy": plan.copy, "steps": steps, "downtime_s": down,
               "gates": result.live + result.rollback_live, "timings": result.timings}
+    if result.outcome == "held":
+        return DrillReport(outcome=Outcome.NOOP, passed=False, reason=f"the drill did not run: {result.reason}",
+                           held=ledger.held_users(result), notes=result.notes, **common)
     if result.outcome == "critical":
         return DrillReport(outcome=Outcome.CRITICAL, passed=False,
                            reason=f"the rollback failed: {result.reason}; t3track froze itself and kept its journal",

@@ -20,7 +20,7 @@ from t3track.state import StateStore, operator_name
 
 
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
-           by: str | None = None, ring: str | None = None,
+           by: str | None = None, ring: str | None = None, ignore_busy: bool = False,
            progress: Callable[[str], None] = lambda _: None) -> NightReport:
     """Revert the host (or, on a host with rings, the ring named): see the module's docstring."""
     if to is not None:
@@ -64,7 +64,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
             warnings += swap.migrated_forward_all(config, state, target)
         plan = swap.plan_swap(store, run_id=run_id, from_version=current, to_version=target, kind="revert",
                               restore_from=restore_from, ring=config.ring)
-        moved = swap.swap_and_verify(config, store, plan, progress)
+        moved = swap.swap_and_verify(config, store, plan, progress, ignore_busy=ignore_busy)
         who = by or operator_name()
         if moved.outcome == "swapped" and restore_state:
             warnings.append(f"the databases as they were just before this revert are kept in "
@@ -72,5 +72,6 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         report = ledger.conclude(config, store, "revert", moved, run_id=run_id, notes=warnings, by=who)
         report.ring = config.ring
         ledger.record_run(config, store, report, event="revert", by=who, nightly=False, details={
-            "from": current, "to": target, "restore_state": restore_state, "restored": moved.restored_users})
+            "from": current, "to": target, "restore_state": restore_state, "restored": moved.restored_users,
+            **({"held": [f"{h.user}:{h.reason}" for h in report.held]} if report.held else {})})
         return report

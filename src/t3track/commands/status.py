@@ -35,6 +35,8 @@ class UserStatus:
     # on a host with rings: its ring, and the version its link (root/users/<user>) names, which its server starts
     ring: str | None = json_key("ring", omit_none=True, default=None)
     linked: str | None = json_key("linked", omit_none=True, default=None)
+    # left on the old version by nights in a row because an agent was at work: {reason, since, nights, version}
+    held: dict[str, object] | None = json_key("held", omit_none=True, default=None)
 
 
 @dataclass
@@ -108,6 +110,13 @@ def status(config: Config, store: StateStore) -> Status:
                                 ring=config.ring_of(user.name) if config.ringed else None,
                                 linked=tree.user_version(config, user.name) if config.ringed else None))
         warnings.extend(facts.warnings)
+        streak = (getattr(state, "held", None) or {}).get(user.name)
+        if streak is not None:
+            users[-1].held = {"reason": streak.reason, "since": iso(streak.since), "nights": streak.nights,
+                              "version": streak.version}
+            warnings.append(f"{user.name}: held: {streak.reason} for {streak.nights} night(s) in a row (an agent "
+                            f"at work at swap time), still on the old version; `t3track run --ignore-busy` moves "
+                            f"{user.name} regardless")
         expected = state.current
         if config.ringed:
             ring_name = config.ring_of(user.name)

@@ -11,6 +11,7 @@ a timeout exit 3.
     migrations DIRFD NAMES(comma)
     migration-rows DIRFD NAMES(comma)
     copy-db DIRFD NAME TIMEOUT_S(or -)
+    agent-work DIRFD NAMES(comma) BUSY_S
 """
 
 import base64
@@ -158,6 +159,82 @@ def migration_rows(dir_fd, names):
     sys.stdout.buffer.write(json.dumps(found).encode())
 
 
+# Is a user busy? The contract's queries ("Agents, and what a copy can do"), each with what it finds.
+# state.sqlite builds (schema checked on 0.0.42):
+V1_TABLES = ("projection_thread_sessions", "projection_threads", "projection_turns")
+V1_QUERIES = (
+    ("session running", """SELECT s.thread_id FROM projection_thread_sessions s
+        JOIN projection_threads t ON t.thread_id = s.thread_id
+        WHERE t.deleted_at IS NULL AND t.archived_at IS NULL
+          AND (s.status IN ('starting','running') OR s.active_turn_id IS NOT NULL)"""),
+    ("turn running", """SELECT t.thread_id FROM projection_threads t JOIN projection_turns u
+        ON u.thread_id = t.thread_id AND u.turn_id = t.latest_turn_id
+        WHERE t.deleted_at IS NULL AND u.state = 'running'"""),
+    ("approval or question pending", """SELECT thread_id FROM projection_threads
+        WHERE deleted_at IS NULL AND (pending_approval_count > 0 OR pending_user_input_count > 0)"""),
+)
+# statev2.sqlite builds (upstream's restart-recovery code; medium confidence): each query runs only
+# where its tables exist.
+V2_THREADS = "orchestration_v2_projection_threads"
+V2_QUERIES = (
+    ("run active", ("orchestration_v2_projection_runs",), """SELECT r.thread_id
+        FROM orchestration_v2_projection_runs r JOIN orchestration_v2_projection_threads t ON t.thread_id = r.thread_id
+        WHERE t.deleted_at IS NULL AND r.status IN ('preparing','starting','running','waiting')"""),
+    ("provider session active", ("orchestration_v2_projection_provider_sessions",
+                                 "orchestration_v2_projection_provider_session_bindings"), """SELECT b.thread_id
+        FROM orchestration_v2_projection_provider_session_bindings b
+        JOIN orchestration_v2_projection_provider_sessions s ON s.provider_session_id = b.provider_session_id
+        JOIN orchestration_v2_projection_threads t ON t.thread_id = b.thread_id
+        WHERE t.deleted_at IS NULL AND s.status IN ('starting','running','waiting')"""),
+    ("runtime request pending", ("orchestration_v2_projection_runtime_requests",), """SELECT q.thread_id
+        FROM orchestration_v2_projection_runtime_requests q
+        JOIN orchestration_v2_projection_threads t ON t.thread_id = q.thread_id
+        WHERE t.deleted_at IS NULL AND q.status = 'pending'"""),
+    ("effect pending", ("orchestration_v2_effect_outbox",), """SELECT o.thread_id
+        FROM orchestration_v2_effect_outbox o JOIN orchestration_v2_projection_threads t ON t.thread_id = o.thread_id
+        WHERE t.deleted_at IS NULL AND o.status IN ('pending','running')
+          AND o.effect_type IN ('provider-turn.start','provider-turn.interrupt','provider-turn.steer',
+                                'provider-turn.restart','runtime-request.respond')"""),
+)
+
+
+def agent_work(dir_fd, names, busy_s):
+    """What a restart would interrupt, from the database the server uses (the first of `names` present):
+    the V2 tables where that database has them, else the V1 tables."""
+    found: dict = {"database": None, "tables": None, "busy": [], "errors": []}
+    for name in names:
+        try:
+            conn = connect_ro(dir_fd, name, busy_s)
+        except Refused as exc:
+            if str(exc) == f"no {name}":
+                continue
+            raise
+        found["database"] = name
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if V2_THREADS in tables:
+                found["tables"] = "v2"
+                queries = [(what, sql) for what, needs, sql in V2_QUERIES if all(t in tables for t in needs)]
+            elif all(t in tables for t in V1_TABLES):
+                found["tables"] = "v1"
+                queries = list(V1_QUERIES)
+            else:
+                queries = []
+            for what, sql in queries:
+                try:
+                    rows = conn.execute(sql).fetchall()
+                except sqlite3.Error as exc:  # a column this build lacks: said, never read as "idle"
+                    found["errors"].append(f"{what}: {exc}")
+                    continue
+                found["busy"] += [{"thread": str(row[0]), "what": what} for row in rows]
+        except sqlite3.Error as exc:
+            found["errors"].append(str(exc))
+        finally:
+            conn.close()
+        break
+    sys.stdout.buffer.write(json.dumps(found).encode())
+
+
 def copy_db(dir_fd, name, seconds):
     """VACUUM INTO a private temporary file, streamed out in chunks: the committed state (WAL
     included, writers never blocked), only the pages in use (a sparse or mostly free database does not
@@ -196,6 +273,8 @@ def main(argv):
             read_files(dir_fd, int(argv[2]), int(argv[3]), int(argv[4]), split(argv[5]), split(argv[6]))
         elif command == "migration-rows":
             migration_rows(dir_fd, split(argv[2]))
+        elif command == "agent-work":
+            agent_work(dir_fd, split(argv[2]), float(argv[3]))
         elif command == "copy-db":
             copy_db(dir_fd, argv[2], None if argv[3] == "-" else float(argv[3]))
         else:

@@ -34,14 +34,16 @@ from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import probe, restore, serving, usertree
 from t3track.host.sqlite import added, database_in_use, database_migrations
+from t3track.host.startlog import DIVERGED_MARKERS, HostRefusedStart, diverged_marker, host_refusal
 from t3track.host.t3db import DATABASES, Migration
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
 COPIED_DIRS = ("secrets",)
-# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts),
-# and what a later build (unverified) says when it refuses to start on one.
-DIVERGED_MARKER = "Database migration history diverges from this build"
+# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts;
+# 0.1.x's wording too: see startlog.DIVERGED_MARKERS), and what a later build (unverified) says when it
+# refuses to start on one.
+DIVERGED_MARKER = DIVERGED_MARKERS[0]
 REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
@@ -377,6 +379,9 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                 time.sleep(serving.READY_POLL_S)
             process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
             if not (_address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS):
+                host_refused = host_refusal(process.log_text())
+                if host_refused is not None:  # 0.1.x: the host's state, not the candidate's fault
+                    raise HostRefusedStart(server.user, host_refused[0], host_refused[1], what)
                 raise _exited(what, server, process)
         except BaseException:
             process.stop()
@@ -482,13 +487,14 @@ def serve_candidate(
 def diverged_pairs(log: str) -> list[str]:
     """The `id:name` entries of a candidate's "history diverges" warning (its `divergent` list), or the
     warning itself when it names none we can read."""
-    at = log.find(DIVERGED_MARKER)
-    if at < 0:
+    marker = diverged_marker(log)
+    if marker is None:
         return []
+    at, text = marker
     after = log[at:]
     listing = after[: after.find("]") + 1] if "]" in after else after.split("\n", 1)[0]
     found = re.findall(r"'(\d+:[^']+)'", listing)
-    return found or [f"(the candidate logs: {DIVERGED_MARKER})"]
+    return found or [f"(the candidate logs: {text})"]
 
 
 def sweep_stale(workdir: Path, users: tuple[str, ...] = ()) -> list[str]:

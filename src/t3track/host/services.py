@@ -14,6 +14,7 @@ from pathlib import Path
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, T3TrackError
 from t3track.host import owner
+from t3track.host.startlog import host_refusal
 from t3track.parallel import serialised, side_by_side
 from t3track.runner import run as run_command
 
@@ -22,6 +23,7 @@ POLL_S = 0.1
 SHIPPED_START = ["systemctl", "start", "t3@{user}.service"]
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted(3): systemd is PID 1
 UNIT_SHOW_TIMEOUT_S = 10.0
+LOGS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,32 @@ def service(config: Config, action: str, user: UserConfig) -> None:
     if not result.ok:
         raise CriticalError(f"{action} of {user.name}'s server failed: {result.describe()}",
                             hint=f"check the service by hand: {' '.join(argv)}")
+
+
+@dataclass(frozen=True)
+class RefusedStart:
+    """A user's server that refused to start because of the host's state (a 0.1.x refusal in its output)."""
+
+    user: str
+    line: str
+    hint: str
+
+
+def refused_starts(config: Config) -> list[RefusedStart]:
+    """Each user of this view whose server's recent output (services.logs) holds a host refusal. Best
+    effort: a logs command that fails or is not configured finds nothing."""
+    if config.services.logs is None:
+        return []
+    found = []
+    for user in config.users:
+        try:
+            result = run_command(service_argv(config.services.logs, user), timeout=LOGS_TIMEOUT_S)
+        except T3TrackError:
+            continue
+        refusal = host_refusal(result.stdout + "\n" + result.stderr) if result.ok else None
+        if refusal is not None:
+            found.append(RefusedStart(user.name, *refusal))
+    return found
 
 
 def each_user(config: Config, action: str, progress: Progress, *, keep_going: bool = False,

@@ -49,6 +49,23 @@ def server_version(url: str, timeout: float) -> str | None:
     """The serverVersion the server at `url` reports, or None when it does not answer within `timeout`
     seconds in all (refused, too slow, not 200, not a JSON object with a non-empty string
     serverVersion, too big)."""
+    doc = environment(url, timeout)
+    version = doc.get("serverVersion") if doc is not None else None
+    return version if isinstance(version, str) and version else None
+
+
+def protocol_version(url: str, timeout: float) -> int | None:
+    """The `orchestrationProtocolVersion` the server reports (0.1.x; absent means 1), or None when it does
+    not answer. Clients speaking another protocol break: a change across a swap is worth telling."""
+    doc = environment(url, timeout)
+    if doc is None:
+        return None
+    value = doc.get("orchestrationProtocolVersion", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def environment(url: str, timeout: float) -> dict | None:
+    """The server's environment document, or None (see server_version for the bounds)."""
     parts = urlsplit(require_loopback(url))
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname or "", parts.port, timeout=timeout)
@@ -66,8 +83,7 @@ def server_version(url: str, timeout: float) -> str | None:
         doc = json.loads(body) if 0 < len(body) <= MAX_BYTES else None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    version = doc.get("serverVersion") if isinstance(doc, dict) else None
-    return version if isinstance(version, str) and version else None
+    return doc if isinstance(doc, dict) else None
 
 
 class _Watchdog:

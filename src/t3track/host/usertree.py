@@ -347,3 +347,27 @@ def copy_database(base_dir: Path, name: str, dest_fd: int, *, user: str, timeout
         _run_child(tree, fd, "copy-db", name, seconds, timeout=(timeout_s or 3600.0) + 10.0,
                    max_bytes=max_bytes, sink=write)
         return tree
+
+
+@dataclass(frozen=True)
+class AgentWork:
+    """What a restart of a user's server would interrupt, as its database says (see owner_child.agent_work)."""
+
+    database: str | None                          # the database read (None: the user has none yet)
+    tables: str | None                            # "v1" | "v2" | None (neither set of tables exists)
+    threads: tuple[tuple[str, str], ...] = ()     # (thread id, what is going on there)
+    errors: tuple[str, ...] = ()                  # queries this schema could not answer
+
+
+def agent_work(base_dir: Path, *, user: str, timeout_s: float) -> AgentWork:
+    """The running or waiting agent work in the database the user's server uses (statev2.sqlite when
+    present, else state.sqlite), read as the tree's owner, read-only, within `timeout_s`."""
+    with userdata_fd(base_dir, user=user) as (fd, tree):
+        raw = _run_child(tree, fd, "agent-work", ",".join(reversed(DB_NAMES)), f"{max(0.1, timeout_s / 2):.3f}",
+                         timeout=timeout_s, max_bytes=1 << 20)
+    found = json.loads(raw)
+    if not isinstance(found, dict):
+        raise UserTreeFault(user, "the reader's answer was not a JSON object")
+    return AgentWork(database=found.get("database"), tables=found.get("tables"),
+                     threads=tuple((str(b["thread"]), str(b["what"])) for b in found.get("busy", [])),
+                     errors=tuple(str(e) for e in found.get("errors", [])))

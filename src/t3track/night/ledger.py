@@ -14,10 +14,10 @@ from t3track.config import Config
 from t3track.host import install
 from t3track.host.services import downtime
 from t3track.night import journal, policy
-from t3track.night.report import NightReport
+from t3track.night.report import HeldUser, NightReport
 from t3track.night.swap import SwapResult
 from t3track.results import GateResult, RunReport, first_failure
-from t3track.state import Denial, LastRun, RingState, State, StateStore, note_served
+from t3track.state import Denial, Held, LastRun, RingState, State, StateStore, note_served
 
 REASONS = {"swap": "swapped {from_} -> {to}", "adopt": "adopted {to}", "revert": "reverted {from_} -> {to}"}
 RECHECK_GATE = "live-recheck"  # night.rings.LIVE_RECHECK: a ring's version failed live while it soaked
@@ -34,6 +34,11 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
     notes = [*(notes or []), *result.notes]
     common: dict[str, Any] = {"candidate": result.to_version, "current": result.from_version, "gates": checked,
                               "notes": notes, "evidence": evidence}
+    note_held(config, store, result, nightly=kind == "swap")
+    if result.outcome == "held":  # users at work: nothing moved, nothing counts against the candidate
+        report = NightReport.held_busy(run_id, result.reason, held=held_users(result), **common)
+        report.timings.update(result.timings)
+        return report
     if kind == "recheck":
         return _concluded_recheck(config, store, result, run_id, common)
     if result.outcome == "swapped":
@@ -41,13 +46,17 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
         report = NightReport.swapped(run_id, REASONS[kind].format(from_=result.from_version, to=result.to_version),
                                      **common)
     else:
-        if kind == "swap":
+        if kind == "swap" and not result.refused_start:  # a host refusal is never the candidate's fault
             failed = first_failure(result.live)
             if failed and not result.host_fault:
                 deny_failed_live(store, result.to_version, failed.name, result.reason, evidence)
             elif not result.interrupted and not result.host_fault:  # a stop request, a host fault: not its failure
                 count_failure(config, store, result.to_version, "swap", result.reason, evidence)
-        if result.outcome == "rolled_back":
+        if result.outcome == "rolled_back" and result.refused_start:
+            settle_rollback(store, kind, result.from_version)
+            report = NightReport.host_refused_start(run_id, result.reason, [
+                (r.user, r.line, r.hint) for r in result.refused_start], **common)
+        elif result.outcome == "rolled_back":
             settle_rollback(store, kind, result.from_version)
             report = NightReport.rolled_back(run_id, result.reason, **common)
         else:
@@ -57,6 +66,32 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
         report.downtime_s = {user: round(seconds, 3) for user, seconds in
                              downtime(result.marks, [u.name for u in config.users], time.monotonic()).items()}
     return report
+
+
+def held_users(result: SwapResult) -> list[HeldUser]:
+    return [HeldUser(b.user, "busy", list(b.threads), list(b.what)) for b in result.held]
+
+
+def note_held(config: Config, store: StateStore, result: SwapResult, *, nightly: bool) -> None:
+    """Each user a night's move held counts one more night in a row; the streaks of the users a move
+    reached end. An operator's move that was held (revert, adopt) counts no night. Kept in the host's
+    state: `status`, the metrics and the notification read it."""
+    state = store.load()
+    before = dict(state.held)
+    now = utcnow()
+    held = {b.user for b in result.held} if result.outcome == "held" else set()
+    for user in config.users:
+        if user.name not in held:
+            if result.outcome != "held":
+                state.held.pop(user.name, None)
+            continue
+        if not nightly:
+            continue
+        was = state.held.get(user.name)
+        state.held[user.name] = Held(since=was.since if was else now, nights=(was.nights + 1) if was else 1,
+                                     version=result.to_version)
+    if state.held != before:
+        store.save(state)
 
 
 def _concluded_recheck(config: Config, store: StateStore, result: SwapResult, run_id: str,

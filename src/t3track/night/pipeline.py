@@ -56,6 +56,7 @@ class Night:
     dry_run: bool
     progress: Progress
     target: ExactTarget | None = None
+    ignore_busy: bool = False  # --ignore-busy: stop users' servers even while their agents work
     run_id: str = field(default_factory=new_run_id)
     recovered: recovery.Recovery | None = None
 
@@ -75,11 +76,12 @@ class Night:
 
 
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
-              client: RegistryClient | None = None, target: ExactTarget | None = None) -> NightReport:
+              client: RegistryClient | None = None, target: ExactTarget | None = None,
+              ignore_busy: bool = False) -> NightReport:
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
-        night = Night(config, store, client, dry_run, progress, target)
+        night = Night(config, store, client, dry_run, progress, target, ignore_busy)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
         try:
@@ -106,6 +108,9 @@ def _record(config: Config, store: StateStore, report: NightReport, dry_run: boo
         "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
         "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
         **({"ring": report.ring} if report.ring else {}),
+        **({"held": [f"{h.user}:{h.reason}" for h in report.held]} if report.held else {}),
+        **({"protocol": protocols} if (protocols := {g.user: g.protocol for g in report.gates
+                                                     if g.protocol is not None}) else {}),
         "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
 
 
@@ -226,7 +231,8 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
                                             notes=notes, evidence=n.evidence))
     plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=candidate, ring=n.config.ring)
     try:
-        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
+        # waits for users at work first (or holds the move); stop..start, live check, or roll back
+        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress, ignore_busy=n.ignore_busy)
     except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
                                                    dry_run=n.dry_run))
@@ -256,7 +262,8 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
     plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=previous, kind="recheck",
                           ring=n.config.ring)
     try:
-        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)
+        # a version that failed live goes at once: a user at work on it is not waited for
+        moved = swap.swap_and_verify(n.config, n.store, plan, n.progress, ignore_busy=True)
     except EnvironmentFault as exc:  # nothing stopped; the version failed live all the same
         ledger.deny_failed_live(n.store, current, rings.LIVE_RECHECK, reason, n.evidence)
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))

@@ -13,6 +13,16 @@ CRITICAL_NOTE = ("t3track froze itself and kept its journal (state_dir/journal.j
                  "then move the journal aside and `t3track unfreeze`")
 
 
+@dataclass
+class HeldUser:
+    """A user the move left on the old version tonight, and why (`busy`: an agent at work)."""
+
+    user: str
+    reason: str
+    threads: list[str] = field(default_factory=list)   # the threads at work
+    what: list[str] = field(default_factory=list)      # e.g. "turn running", "approval or question pending"
+
+
 @dataclass(kw_only=True)
 class NightReport:
     outcome: Outcome
@@ -30,6 +40,7 @@ class NightReport:
     requested: str | None = None     # `run --to VERSION`: the exact version asked for
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
     downtime_s: dict[str, float] = field(default_factory=dict)  # per user, from the stop to the passing live check
+    held: list[HeldUser] = field(default_factory=list)  # users left on the old version tonight (`held: busy`)
     json_extra = ("exit_code",)
 
     @property
@@ -48,6 +59,14 @@ class NightReport:
                       dry_run: bool = False) -> NightReport:
         return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, from_version=current, notes=notes,
                    dry_run=dry_run)
+
+    @classmethod
+    def held_busy(cls, run_id: str, reason: str, *, candidate: str, current: str | None, held: list[HeldUser],
+                  gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """Every gate passed, but users were still at work when the wait ended: nothing was stopped, the
+        candidate stays eligible (not a refusal), the next night tries again."""
+        return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held=held)
 
     @classmethod
     def refused(cls, run_id: str, reason: str, *, candidate: str | None, current: str | None,
@@ -71,6 +90,18 @@ class NightReport:
                    reason=f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
                    candidate=candidate, from_version=current, to_version=candidate, gates=gates, notes=notes,
                    evidence=evidence, dry_run=True)
+
+    @classmethod
+    def host_refused_start(cls, run_id: str, reason: str, refusals: list[tuple[str, str, str]], *, candidate: str,
+                           current: str | None, gates: list[GateResult], notes: list[str],
+                           evidence: str | None) -> NightReport:
+        """A live start refused because of the host's state (a 0.1.x refusal: another owner of the T3 home,
+        a user's own T3 service, an interrupted update of upstream's updater): rolled back, the old version
+        serves, and the candidate is not held responsible (exit 3: the environment's)."""
+        said = "; ".join(f"{user}'s server refused to start: {line} (next: {hint})" for user, line, hint in refusals)
+        return cls(outcome=Outcome.ERROR, run_id=run_id, reason=f"{said}; rolled back to {current} ({reason})",
+                   candidate=candidate, from_version=current, to_version=current, gates=gates, notes=notes,
+                   evidence=evidence)
 
     @classmethod
     def swapped(cls, run_id: str, reason: str, *, candidate: str, current: str | None, gates: list[GateResult],

@@ -20,9 +20,9 @@ from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
 from t3track.errors import CriticalError, EnvironmentFault, Interrupted, T3TrackError
 from t3track.fsutil import ensure_private_dir
-from t3track.host import backup, restore, serving, sqlite, usertree
+from t3track.host import backup, busy, restore, serving, sqlite, usertree
 from t3track.host.manifest import MANIFEST, read_backup
-from t3track.host.services import UserMark, each_user
+from t3track.host.services import RefusedStart, UserMark, each_user, refused_starts
 from t3track.host.sqlite import added, migration_history
 from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
 from t3track.host.tree import current_version, flip_current, prefix_of
@@ -49,7 +49,7 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class SwapResult:
-    outcome: str                       # swapped | rolled_back | critical
+    outcome: str                       # swapped | rolled_back | critical | held (nothing stopped: users at work)
     from_version: str | None
     to_version: str
     reason: str = ""
@@ -61,6 +61,9 @@ class SwapResult:
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
     interrupted: str | None = None     # the stop signal that arrived during the swap (SIGTERM), if one did
     host_fault: bool = False           # a step failed before the flip: the candidate never ran, not its fault
+    held: list[busy.BusyUser] = field(default_factory=list)  # outcome held: who was still at work
+    # a server that refused to start because of the host's state (0.1.x): the host's problem, not the candidate's
+    refused_start: list[RefusedStart] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- snapshots
@@ -245,17 +248,53 @@ def _failed(results: list[GateResult]) -> GateResult | None:
 # ---------------------------------------------------------------- swap and rollback
 
 
-def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: Progress = _quiet) -> SwapResult:
+def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: Progress = _quiet, *,
+                    ignore_busy: bool = False) -> SwapResult:
     """Move every server along `plan` (a journal in phase PLANNED) and verify it live; roll back by
     itself if a step or the live check fails. The plan is written before anything is touched.
 
     A plan with `simulate_live_failure` (the drill) treats a passing live check as failed, so the
     whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
-    refused first (EnvironmentFault, nothing stopped): see `preflight`."""
+    refused first (EnvironmentFault, nothing stopped): see `preflight`. A user whose agent is at work
+    is waited for (config.swap.busy_wait); one still at work then holds the whole move (outcome
+    `held`: nothing stopped, no journal), unless `ignore_busy`."""
     preflight(config, store, plan)
+    check = busy.wait_until_idle(config, progress, wait=not ignore_busy)
+    if check.held and not ignore_busy:
+        names = ", ".join(b.describe() for b in check.held)
+        return SwapResult("held", plan.from_version, plan.to_version, reason=f"held: busy: {names} still at work "
+                          f"after {check.waited_s:.0f}s; nothing was stopped, {plan.to_version} stays eligible",
+                          notes=check.notes, held=check.held, timings={"busy_wait_s": check.waited_s})
+    before = _protocols(config)
     with stops.shielded():  # a signal from here on is seen by drive(), which removes the plan if nothing moved
         jr.write(store, plan, Phase.PLANNED)
-        return drive(config, store, plan, progress)
+        result = drive(config, store, plan, progress)
+    result.notes[:0] = check.notes + [f"--ignore-busy: stopped {b.describe()} mid-work" for b in check.held]
+    result.notes += protocol_changes(before, result.live, plan.from_version, plan.to_version) \
+        if result.outcome == "swapped" else []
+    result.timings["busy_wait_s"] = check.waited_s
+    return result
+
+
+def _protocols(config: Config) -> dict[str, int]:
+    """Each serving user's orchestrationProtocolVersion before the swap (what its clients speak now)."""
+    found = side_by_side(lambda u: serving.protocol_version(f"http://127.0.0.1:{u.port}", timeout=2.0), config.users,
+                         config.gates.parallel)
+    return {user.name: seen for user, seen in zip(config.users, found, strict=True) if seen is not None}
+
+
+def protocol_changes(before: dict[str, int], live: list[GateResult], from_version: str | None,
+                     to_version: str) -> list[str]:
+    """A swap that changed the orchestration protocol a user's server speaks: clients on the old one break
+    (t3code-contract.md, "T3 Code 0.1.x"), so the report says so, per protocol change."""
+    changed: dict[tuple[int, int], list[str]] = {}
+    for result in live:
+        old = before.get(result.user)
+        if result.passed and result.protocol is not None and old is not None and old != result.protocol:
+            changed.setdefault((old, result.protocol), []).append(result.user)
+    return [f"orchestration protocol changed {old} -> {new} with {from_version} -> {to_version} for "
+            f"{', '.join(users)}: clients still on protocol {old} (an older desktop app, a phone) break until "
+            "they update" for (old, new), users in changed.items()]
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
@@ -332,6 +371,7 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
         # until a server starts on the candidate, a failure is the host's (a snapshot's deadline, a full
         # disk, a stop that hangs), never the candidate's: it stays eligible
         result.host_fault = not starting
+        result.refused_start = refused_starts(config) if journal.phase in (Phase.FLIPPED, Phase.STARTED) else []
         return rollback(config, store, journal, RollbackCause.STEP, f"swap step failed: {exc}", progress, result)
     if journal.phase is Phase.STARTED:
         result.live = verify_live(config, journal.to_version, progress, marks=result.marks)
@@ -344,6 +384,7 @@ def _drive(config: Config, store: StateStore, journal: Journal, progress: Progre
                 result.notes.append(f"{', '.join(strays)}: a server of {journal.from_version} answered after the "
                                     f"flip (started by hand, or by another service manager?): not {journal.to_version}'s "
                                     "failure, so it stays eligible")
+            result.refused_start = refused_starts(config)
             return rollback(config, store, journal, RollbackCause.LIVE_CHECK,
                             f"live check failed for {failure.user}: {failure.detail}", progress, result)
         if journal.simulate_live_failure:

@@ -85,6 +85,8 @@ def _verify_user(config: Config, user: UserConfig, version: str, executable: Pat
         if not door.ok:
             return fail(f"front door {user.front_door} failed: {door.detail}",
                         door.fingerprint("front-door") or "front-door:-:-:Failed")
+    protocol = serving.protocol_version(url, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
     return GateResult(gate, user.name, PASS, time.monotonic() - started,
-                      f"serving {version}; pairing handshake passed"
-                      + "".join(f"; but {warning}" for warning in outcome.warnings))
+                      f"serving {version}" + (f" (orchestration protocol {protocol})" if protocol is not None else "")
+                      + "; pairing handshake passed" + "".join(f"; but {warning}" for warning in outcome.warnings),
+                      protocol=protocol)
