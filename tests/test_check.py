@@ -127,3 +127,12 @@ def test_status_says_plainly_when_a_users_server_is_not_answering(night):
     warnings = json.loads(done.stdout)["warnings"]
     assert f"alice's server is not answering on 127.0.0.1:{night.users[0].port}: " \
            "`systemctl status t3@alice.service`" in warnings
+
+
+def test_a_user_held_three_nights_running_by_an_agent_is_a_warning(night):
+    edit_state(night, held={"alice": {"since": datetime.now(UTC).isoformat(), "nights": 3,
+                                      "version": nightly(2)}})
+    done = check(night)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout.startswith("T3TRACK WARNING - alice held on the old version 3 nights running")
+    assert "held_users=1" in done.stdout

@@ -5,7 +5,7 @@ perfdata`, exit 0, 1, 2, 3.
 CRITICAL: a user's server not answering or serving another version than its link; a swap journal a
 killed run left; the tracker frozen by itself; no run for 36 hours. WARNING: an operator's freeze older
 than a week; a backup older than gates.backup_max_age; rings disagreeing for a week; refused three
-nights running. UNKNOWN: what it must read cannot be read (give the monitoring user read access: the
+nights running; a user held by an agent at work three nights running. UNKNOWN: what it must read cannot be read (give the monitoring user read access: the
 README's "Monitoring").
 
 Read-only and cheap: it never takes the lock (a night in progress is found in /proc/locks), never
@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from t3track.aftermath.metrics import consecutive_refusals
+from t3track.aftermath.notify import HELD_NIGHTS
 from t3track.clock import human_age, utcnow
 from t3track.errors import T3TrackError
 from t3track.host import manifest, tree
@@ -105,6 +106,11 @@ def check(config: Config, store: StateStore, *, now: datetime | None = None) -> 
         if age > NO_RUN_FOR.total_seconds():
             critical.append(f"no run for {human_age(age)} (the last at {state.last_run.at:%Y-%m-%d %H:%M}Z): "
                             f"is t3track.timer enabled? `systemctl list-timers t3track.timer`")
+    for name, held in sorted(state.held.items()):
+        if held.nights >= HELD_NIGHTS:
+            warning.append(f"{name} held on the old version {held.nights} nights running by an agent at work: "
+                           f"`t3track run --ignore-busy` moves them anyway")
+    perf["held_users"] = len(state.held)
     refused = consecutive_refusals(store.history(limit=50))
     perf["consecutive_refusals"] = refused
     if refused >= REFUSED_NIGHTS:
