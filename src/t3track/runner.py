@@ -369,7 +369,8 @@ def scrubbed_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
-        "T3CODE_TELEMETRY_ENABLED": "false",
+        "T3CODE_TELEMETRY_ENABLED": "false",  # also stops relay tracing (t3code-contract.md)
+        "OTEL_SDK_DISABLED": "true",          # no OpenTelemetry exporter, whatever a build configures
         "NO_COLOR": "1",
     }
     env.update(extra or {})

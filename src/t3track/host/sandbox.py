@@ -33,7 +33,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import openhold, probe, restore, usertree
+from t3track.host import inert, openhold, probe, restore, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
 from t3track.redact import redact
 
@@ -149,9 +149,18 @@ def _write_new(dir_fd: int, name: str, data: bytes) -> None:
         out.write(data)
 
 
-def _copy_live_files(user: UserConfig, userdata: Path) -> list[str]:
-    """The live files the sandbox needs, read as their owner, written by us into our fresh dir."""
+def _copy_live_files(user: UserConfig, userdata: Path, notes: list[str]) -> list[str]:
+    """The live files the sandbox needs, read as their owner, written by us into our fresh dir, made
+    inert on the way (t3track.host.inert): settings.json with everything that acts on the world off
+    (written even when the user has none: defaults may be on), no T3 Connect secrets."""
     files, dirs = usertree.read_live_files(user.base_dir, user=user.name, files=COPIED_FILES, dirs=COPIED_DIRS)
+    files["settings.json"], note = inert.inert_settings(files.get("settings.json"))
+    notes.extend([note] if note else [])
+    dropped = sorted(name for name in dirs.get("secrets", {}) if not inert.carried_secret(name))
+    for name in dropped:
+        del dirs["secrets"][name]
+    if dropped:
+        notes.append(f"T3 Connect secrets not copied: {', '.join(dropped)}")
     copied = []
     dest = os.open(userdata, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -319,7 +328,8 @@ def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
     userdata = ensure_private_dir(server.userdata)
     ensure_private_dir(server.home)
     restore.restore_database(newest, userdata)
-    server.copied = _copy_live_files(user, userdata)  # never server-runtime.json: it points at production
+    server.copied = _copy_live_files(user, userdata, server.notes)  # never server-runtime.json: it points at production
+    server.notes.extend(inert.inert_databases(userdata))  # still our own dir: rows that act at boot, off
     server.migrations_before = database_migrations(userdata)  # still our own dir: read it ourselves
     server.database_before = database_in_use(userdata)
 
