@@ -16,6 +16,7 @@ from tests.real_t3 import (
     live_base_dir,
     processes_mentioning,
 )
+from tests.support.confined import let_records_through
 from tests.support.state import fake_live_state, script
 
 from t3track.host import backup, openhold
@@ -245,7 +246,7 @@ def test_the_mint_starts_with_the_candidate_but_opens_its_database_only_after_th
     seen = _spy_on_mint_start(monkeypatch)
     make, candidate = emulated_host
     config = make(live_migrations=52, serve_timeout="20s")  # 1.8 s of the start is the emulator's own delays
-    record = tmp_path / "record.jsonl"
+    record = let_records_through(monkeypatch, tmp_path) / "record.jsonl"
     results = run_gates(config, NEXT, candidate(migrations=candidate_migrations, boot_delay_s=0.8, start_delay_s=1.0,
                                                 env_record=str(record)),
                         evidence_dir=evidence_dir(config))
@@ -336,7 +337,7 @@ def test_a_launcher_that_cannot_hold_the_mint_never_starts_it_early_and_the_mint
     """))
     make, candidate = emulated_host
     config = make()
-    record = config.state_dir.parent / "record.jsonl"
+    record = let_records_through(monkeypatch, config.state_dir.parent) / "record.jsonl"
     results = run_gates(config, NEXT, candidate(start_delay_s=0.5, env_record=str(record)),
                         evidence_dir=evidence_dir(config))
     assert [r.outcome for r in results] == ["pass", "pass", "pass"], [r.detail[:400] for r in results]

@@ -356,3 +356,13 @@ def test_user_server_stops_like_upstreams_unit_so_it_records_continuation_before
     assert service["KillMode"] == ["mixed"]
     stop_s = seconds(service["TimeoutStopSec"][0])
     assert 5 <= stop_s < ServicesConfig().timeout.total_seconds()  # 0.0.42 takes 1.5 s; systemctl returns in time
+
+
+def test_tracker_lets_bubblewrap_box_the_rehearsal_without_giving_t3track_cap_sys_admin():
+    # t3track.host.confine: bwrap, as the user, from an unprivileged user namespace (issue 25)
+    service = unit("t3track.service")["Service"]
+    assert set(service["RestrictNamespaces"][0].split()) == {"user", "mnt", "pid", "net", "ipc"}
+    assert "@mount" in service["SystemCallFilter"][0].split()
+    assert "AF_NETLINK" in service["RestrictAddressFamilies"][0].split()  # the box's own loopback
+    assert "CAP_SYS_ADMIN" not in service["CapabilityBoundingSet"][0]
+    assert service["PrivateMounts"] == ["yes"]

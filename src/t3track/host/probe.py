@@ -47,6 +47,8 @@ from t3track.redact import redact
 if TYPE_CHECKING:
     from t3track.host.openhold import OpenHold
 
+Confine = Callable[[list[str | Path]], list[str]]  # a sandbox's argv wrapper: the mint runs confined
+
 SESSION_PATH = "/api/auth/session"
 BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
 BOOTSTRAP_PATH = "/api/auth/bootstrap"              # Era A (0.0.24)
@@ -306,7 +308,7 @@ class MintJob:
 
     def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
                  env: Mapping[str, str] | None = None, low_priority: bool = False,
-                 hold: OpenHold | None = None):
+                 hold: OpenHold | None = None, confine: Confine | None = None):
         self.started = time.monotonic()
         self.how = "started ahead"  # when, for the evidence (the sandbox says)
         self._proc: Any = None
@@ -320,6 +322,7 @@ class MintJob:
         self._normal_wanted = False
         self._lock = threading.Lock()
         self._outcome: runner.Completed | T3TrackError | None = None
+        self._confine = confine
         self._thread = threading.Thread(target=self._run, args=(executable, base_dir, timeout, run_as, env),
                                         name="t3track-mint", daemon=True)
         self._thread.start()
@@ -328,7 +331,7 @@ class MintJob:
              env: Mapping[str, str] | None) -> None:
         try:
             self._outcome = _run_mint(executable, base_dir, timeout, run_as, env, on_start=self._on_start,
-                                      hold=self._hold)
+                                      hold=self._hold, confine=self._confine)
         finally:
             if self._hold is not None:
                 self._hold.close()  # it has ended (runner.run reaped its group): nobody is left to hold
@@ -405,8 +408,8 @@ def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
 
 
 def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None, env: Mapping[str, str] | None,
-              on_start: Callable[[Any], None] | None = None, hold: OpenHold | None = None
-              ) -> runner.Completed | T3TrackError:
+              on_start: Callable[[Any], None] | None = None, hold: OpenHold | None = None,
+              confine: Confine | None = None) -> runner.Completed | T3TrackError:
     try:
         argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
                                   "--json"]
@@ -414,6 +417,8 @@ def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | No
         if hold is not None:  # through the launcher that puts its writing opens under the hold
             launcher, pass_fds = hold.command(argv)
             argv = list(launcher)
+        if confine is not None:  # a sandbox's mint runs in its confinement (t3track.host.confine)
+            argv = list(confine(argv))
         return runner.run(argv, timeout=max(timeout, 5.0), env=env if env is not None else _default_env(run_as),
                           run_as=run_as, on_start=on_start, pass_fds=pass_fds)
     except T3TrackError as exc:
@@ -421,7 +426,8 @@ def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | No
 
 
 def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
-          token_fallback: Callable[[], str | None] | None, job: MintJob | None = None) -> str:
+          token_fallback: Callable[[], str | None] | None, job: MintJob | None = None,
+          confine: Confine | None = None) -> str:
     started = job.started if job is not None else time.monotonic()
     early_why = why = ""
     if job is not None:
@@ -430,9 +436,9 @@ def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, 
             # Started before ready on the server's word that its migrations were done: if that word
             # was early, the mint met a migrator and lost. Now that the server serves, the same
             # mint again decides (a broken mint fails twice; the cost is paid on failure only).
-            credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
+            credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine=confine))
     else:
-        credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
+        credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine=confine))
     if credential:
         s.secrets.add(credential)
         when = (f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why
@@ -565,10 +571,12 @@ def pairing_handshake(
     env: Mapping[str, str] | None = None,
     token_fallback: Callable[[], str | None] | None = None,
     mint: MintJob | None = None,
+    confine: Confine | None = None,
 ) -> Handshake:
     """The whole handshake; also hands back the session cookie (for sessions-survive) and the
     secrets seen, so the caller can redact its own logs with them. `mint`: a mint already started
-    for this server (its credential is used instead of minting now)."""
+    for this server (its credential is used instead of minting now). `confine`: the sandbox's
+    wrapper of the mint's argv (t3track.host.sandbox.SandboxServer.confine)."""
     require_loopback(url)
     started = time.monotonic()
     s = _Session(url, timeout)
@@ -577,7 +585,8 @@ def pairing_handshake(
     cookie: SessionCookie | None = None
     try:
         cookie_name = _check_session(s)
-        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback, job=mint)
+        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback, job=mint,
+                           confine=confine)
         path, response = _exchange(s, credential)
         cookie = _cookie(s, response, cookie_name, path)
         _replay(s, cookie)

@@ -24,7 +24,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import inert, openhold, probe, restore, usertree
+from t3track.host import confine, inert, openhold, probe, restore, usertree
 from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
 from t3track.redact import redact
 
@@ -207,6 +207,7 @@ class SandboxServer:
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)
     mint: probe.MintJob | None = field(default=None, repr=False)  # started on it early; ended first by stop()
+    confinement: confine.Confinement | None = field(default=None, repr=False)  # how its processes start
     _process: runner.Background | None = field(default=None, repr=False)
     _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
     _ports: set[int] = field(default_factory=set, repr=False)
@@ -215,6 +216,12 @@ class SandboxServer:
     @property
     def env(self) -> dict[str, str]:
         return runner.scrubbed_env(self.home)
+
+    def confine(self, argv: Sequence[str | os.PathLike]) -> list[str]:
+        """The argv that runs `argv` inside this sandbox's confinement (the pairing mint's too)."""
+        if self.confinement is None:
+            return [os.fspath(a) for a in argv]
+        return self.confinement.wrap(argv)
 
     @property
     def userdata(self) -> Path:
@@ -412,6 +419,29 @@ class _MintBeside:
             self._hold = None
 
 
+class _PortTaken(Exception):
+    pass
+
+
+def _spawn(server: SandboxServer, argv: list[str | Path], env: dict[str, str], port: int) -> runner.Background:
+    """Start `serve`: confined, behind the relay, on a listening socket of ours on the host's
+    127.0.0.1:`port` (held from now on: no one takes the port between our check and the bind);
+    unconfined (a sandbox without a confinement), binding the port itself."""
+    if server.confinement is None:
+        return runner.start(argv, env=env, cwd=server.home, run_as=server.run_as, grace_s=0)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            raise _PortTaken() from None
+        listener.listen(128)
+        return runner.start(server.confinement.serving(argv, listen_fd=listener.fileno(), port=port), env=env,
+                            cwd=server.home, run_as=server.run_as, grace_s=0, pass_fds=(listener.fileno(),))
+    finally:
+        listener.close()  # the relay holds its own copy
+
+
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
            log_name: str, port: int | None = None, cancel: threading.Event | None = None,
            start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None] | None = None) -> runner.Background:
@@ -432,7 +462,11 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                 "--no-browser"]
         env = {**server.env, **DEBUG_LOG_ENV} if debug else server.env
         started = time.monotonic()
-        process = runner.start(argv, env=env, cwd=server.home, run_as=server.run_as, grace_s=0)
+        try:
+            process = _spawn(server, argv, env, chosen)
+        except _PortTaken:
+            attempt += 1
+            continue
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
         readiness = probe.ReadinessPoll(url)
@@ -511,7 +545,8 @@ def _mint_prior_session(server: SandboxServer, current_executable: Path, *, time
     assert server.url is not None  # set by _start
     try:
         handshake = probe.pairing_handshake(server.url, server.base_dir, current_executable, timeout=probe_timeout,
-                                            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+                                            run_as=server.run_as, env=server.env, token_fallback=server.startup_token,
+                                            confine=server.confine)
         server.secrets |= handshake.secrets
         server.prior_session = handshake.cookie
         if handshake.cookie is None:
@@ -549,6 +584,10 @@ def serve_candidate(
                            home=root / "home", evidence_dir=evidence_dir, run_as=user.run_as, notes=notes)
     timeout_s = config.gates.serve_timeout.total_seconds()
     try:
+        executables = (executable,) if prior_session_with is None else (executable, prior_session_with)
+        server.confinement = confine.confinement(root, server.home, user.run_as, executables)  # before any copy
+        server.notes.append("confined by bubblewrap: its own network (loopback only) and PID namespace, "
+                            "read-only outside the sandbox")
         try:
             _build(server, config, user)
         except (SandboxFailed, EnvironmentFault):

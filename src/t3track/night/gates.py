@@ -127,7 +127,7 @@ class _UserGates:
         server.mint = probe.MintJob(server.base_dir, self.executable,
                                     timeout=(gates.serve_timeout + gates.probe_timeout).total_seconds(),
                                     run_as=server.run_as, env=server.env, low_priority=hold is not None,
-                                    hold=hold)
+                                    hold=hold, confine=server.confine)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()
@@ -159,7 +159,7 @@ class _UserGates:
         # devices with `auth pairing create`; a candidate whose mint is broken must be refused here.
         handshake = probe.pairing_handshake(
             server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
-            run_as=server.run_as, env=server.env, mint=server.mint)
+            run_as=server.run_as, env=server.env, mint=server.mint, confine=server.confine)
         server.secrets |= handshake.secrets
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
