@@ -6,9 +6,11 @@ base dir, read with the live tree owner's rights (t3track.host.usertree: no link
 files of a sane size only; anything else is the host's fault, exit 3, never the candidate's). Never
 `server-runtime.json` (it points at the production process, and a newer build refuses a state dir
 whose runtime file names a live pid) nor `server-owner.sqlite` (the production server's ownership lock):
-only the database files and the names in COPIED_FILES/COPIED_DIRS are carried. The candidate runs in its own process
-group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when
-configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
+only the database files and the names in COPIED_FILES/COPIED_DIRS are carried, made inert on the way
+(t3track.host.inert: settings, rows and T3 Connect secrets that would act on the world, off). The
+candidate runs confined (t3track.host.confine: its own network and PID namespace, read-only outside
+the sandbox; the probe reaches it through t3track.host.relay) in its own process group with a scrubbed
+environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
 Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is killed, the redacted log
 is written to the evidence dir and the sandbox is deleted.
 """
@@ -586,8 +588,9 @@ def serve_candidate(
     try:
         executables = (executable,) if prior_session_with is None else (executable, prior_session_with)
         server.confinement = confine.confinement(root, server.home, user.run_as, executables)  # before any copy
-        server.notes.append("confined by bubblewrap: its own network (loopback only) and PID namespace, "
-                            "read-only outside the sandbox")
+        if server.confinement is not None:
+            server.notes.append("confined by bubblewrap: its own network (loopback only) and PID namespace, "
+                                "read-only outside the sandbox")
         try:
             _build(server, config, user)
         except (SandboxFailed, EnvironmentFault):
