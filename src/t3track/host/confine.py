@@ -102,10 +102,14 @@ class Confinement:
     bwrap: str
     fresh_proc: bool
     visible: tuple[Path, ...] = ()
+    # executables under a private dir, by their real path: the links on the way (a test's
+    # root/current -> versions/V) are not in the box, only the real directory is bound
+    real_paths: tuple[tuple[str, str], ...] = ()
 
     def wrap(self, argv: Sequence[str | os.PathLike]) -> list[str]:
+        real = dict(self.real_paths)
         return [*_base(self.bwrap, self.writable, self.chdir, self.fresh_proc, self.visible),
-                *(os.fspath(a) for a in argv)]
+                *(real.get(os.fspath(a), os.fspath(a)) for a in argv)]
 
     def serving(self, argv: Sequence[str | os.PathLike], *, listen_fd: int, port: int) -> list[str]:
         """`argv` (a server listening on 127.0.0.1:`port` inside) behind the relay, which accepts on
@@ -128,5 +132,7 @@ def confinement(writable: Path, chdir: Path, run_as: str | None, executables: tu
     fresh = _fresh_proc_allowed(bwrap, uid, gid)
     if isinstance(fresh, str):
         raise EnvironmentFault(f"cannot confine the rehearsal (bubblewrap as uid {uid}): {fresh}", hint=INSTALL_HINT)
-    visible = tuple(dict.fromkeys(d for e in executables for d in (e.parent, e.resolve().parent)))
-    return Confinement((writable,), chdir, bwrap, fresh, visible)
+    hidden = [e for e in executables if _under_private(e) or _under_private(e.resolve())]
+    visible = tuple(dict.fromkeys(e.resolve().parent for e in hidden))
+    real_paths = tuple((str(e), str(e.resolve())) for e in hidden)
+    return Confinement((writable,), chdir, bwrap, fresh, visible, real_paths)
