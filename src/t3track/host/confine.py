@@ -5,16 +5,17 @@ sandbox, beyond the switches t3track.host.inert turns off in the copy.
   Connect, a git remote, an OTLP collector) is not there. The probe still gets in: t3track makes the
   listening socket on the host's loopback first and t3track.host.relay, inside the sandbox, joins each
   connection to the server's port in there (a socket keeps the namespace it was made in).
-- everything read-only but the sandbox's own directory and a private /tmp: the user's home and
-  projects, other users, the system.
+- everything read-only but the sandbox's own directory: the user's home and projects, other users,
+  the system. /tmp, /var/tmp and /run are private and empty (see PRIVATE_DIRS).
 - its own PID namespace: when the sandbox's first process ends (killed with t3track's process group,
   or by --die-with-parent when t3track dies), the kernel kills every process in it, also those that
   left the process group (`codex app-server` runs in a group of its own).
 
 bwrap runs as the user (the runner drops to run_as first), so it builds these from an unprivileged user
 namespace and needs no capability of t3track's; under systemd/t3track.service that takes namespaces
-and the mount system calls (see the unit). `check()` runs the sandbox once with `true`: a host where
-it cannot be built is the host's fault (exit 3), never the candidate's.
+and the mount system calls (see the unit). `confinement()` first runs the box once with `true` (once
+per user and process): a host where it cannot be built is the host's fault (exit 3), never the
+candidate's.
 """
 
 from __future__ import annotations
