@@ -14,7 +14,6 @@ Progress goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
@@ -27,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
@@ -292,7 +290,7 @@ def bench_gates(opts: Options, figures: list[Figure]) -> None:
 def bench_real_server(opts: Options, figures: list[Figure]) -> None:
     from tests import real_t3
 
-    cached = real_t3.executable_in(real_t3.cache_dir() / real_t3.VERSION)
+    cached = real_t3.executable_in(real_t3.installed_prefix())
     if not os.access(cached, os.X_OK) and not opts.install_real:
         figures.append(Figure("real 0.0.42 server: ready time", "skipped", "",
                               f"{cached} is not installed; run the real_server tests once, or pass --install-real "
@@ -326,7 +324,6 @@ def bench_real_server(opts: Options, figures: list[Figure]) -> None:
         f"polls start at 0.1 s and lengthen only when unanswered)."))
     if not opts.real_gates:
         return
-    from t3track.host import openhold
     from t3track.host.backup import backup_all
     from t3track.night.gates import run_gates
 
@@ -334,58 +331,35 @@ def bench_real_server(opts: Options, figures: list[Figure]) -> None:
     config = real_t3.host_config(work / "host", {"alice": live})
     if not all(r.ok for r in backup_all(config)):
         raise RuntimeError("backup of the real state failed")
-    from t3track.host import probe
-
-    held = openhold.available()
-    nice = probe._may_raise_priority()
-    kinds = (["held-nice", "held", "marker"] if nice else ["held", "marker"]) if held else ["marker"]
     gate_reps = max(1, min(opts.reps, 5))
-    say(f"gates for one user against the real {real_t3.VERSION} x{gate_reps} each ({', '.join(kinds)}), "
-        f"a bare start between runs")
-    runs: dict[str, dict] = {kind: {"gates": [], "per_gate": {}, "outside": []} for kind in kinds}
+    say(f"gates for one user against the real {real_t3.VERSION} x{gate_reps}, a bare start between runs")
+    gates_s: list[float] = []
+    per_gate: dict[str, list[float]] = {}
+    outside: list[float] = []
     bare_s = []
-    for i in range(gate_reps):  # interleaved, so every kind sees the same load
-        for kind in kinds:
-            with contextlib.ExitStack() as stack:
-                if kind == "marker":  # as where seccomp(2) is refused: the mint starts at the migrations marker
-                    stack.enter_context(mock.patch.object(openhold, "available", lambda: False))
-                if kind == "held":  # as under the shipped t3track.service: no CAP_SYS_NICE, so no nice 19
-                    stack.enter_context(mock.patch.object(probe, "_may_raise_priority", lambda: False))
-                started = time.monotonic()
-                results = run_gates(config, real_t3.VERSION, executable, evidence_dir=work / "evidence" / f"{kind}-{i}")
-                elapsed = time.monotonic() - started
-            if not all(r.passed for r in results):
-                raise RuntimeError(f"a gate failed on the real server: {[(r.name, r.detail) for r in results]}")
-            run = runs[kind]
-            run["gates"].append(elapsed)
-            for r in results:
-                run["per_gate"].setdefault(r.name, []).append(r.duration_s)
-            run["outside"].append(elapsed - sum(r.duration_s for r in results))
+    for i in range(gate_reps):  # interleaved, so both see the same load
+        started = time.monotonic()
+        results = run_gates(config, real_t3.VERSION, executable, evidence_dir=work / "evidence" / f"gates-{i}")
+        elapsed = time.monotonic() - started
+        if not all(r.passed for r in results):
+            raise RuntimeError(f"a gate failed on the real server: {[(r.name, r.detail) for r in results]}")
+        gates_s.append(elapsed)
+        for r in results:
+            per_gate.setdefault(r.name, []).append(r.duration_s)
+        outside.append(elapsed - sum(r.duration_s for r in results))
         bare_s.append(_bare_start(executable, work / f"start-{i % len(ready_s)}" / "base",
                                   work / f"start-{i % len(ready_s)}" / "home", work / f"bare-{i}.log"))
     ready_near = median([r for r in bare_s if r is not None])
-    held_how = ("the mint started with the server{}, its opens for writing held (seccomp user notification, "
-                "t3track.host.openhold) until the server logs its migrations committed")
-    how = {
-        "held-nice": held_how.format(" at nice 19 (root with CAP_SYS_NICE, which the shipped t3track.service "
-                                     "does not grant)"),
-        "held": held_how.format(" at normal priority, as under the shipped t3track.service (no CAP_SYS_NICE)"),
-        "marker": "no open hold (as under a unit whose system call filter refuses seccomp(2)): the mint starts "
-                  "when the server logs its migrations committed",
-    }
-    labels = {"held-nice": ", held, nice 19", "held": ", held", "marker": ", no open hold"}
-    for kind in kinds:
-        run = runs[kind]
-        label = f"gates for one user (real {real_t3.VERSION}){labels[kind]}"
-        figures.append(Figure(
-            label, secs(median(run["gates"])),
-            f"real server ready by itself {secs(ready_near)}; overhead {secs(median(run['gates']) - ready_near)}",
-            f"Median of {gate_reps} in-process run_gates() with the real executable as the candidate on a backup of "
-            f"its own state; {how[kind]} ({', '.join(f'{n} {secs(median(v))}' for n, v in run['per_gate'].items())}; "
-            f"outside the gates' own durations, i.e. the sandbox's teardown, {secs(median(run['outside']))}). "
-            f"'By itself' = median of the {len(bare_s)} bare starts taken between the gate runs (20 ms polls, "
-            f"0.3 s requests). Overhead = gates minus that ready time: what the gates add to the server's own "
-            f"start (the mint is a second start of the 160 MB executable)."))
+    figures.append(Figure(
+        f"gates for one user (real {real_t3.VERSION})", secs(median(gates_s)),
+        f"real server ready by itself {secs(ready_near)}; overhead {secs(median(gates_s) - ready_near)}",
+        f"Median of {gate_reps} in-process run_gates() with the real executable as the candidate on a backup of "
+        f"its own state; the mint runs once the sandbox server is ready "
+        f"({', '.join(f'{n} {secs(median(v))}' for n, v in per_gate.items())}; outside the gates' own durations, "
+        f"i.e. the sandbox's teardown, {secs(median(outside))}). 'By itself' = median of the {len(bare_s)} bare "
+        f"starts taken between the gate runs (20 ms polls, 0.3 s requests). Overhead = gates minus that ready "
+        f"time: what the gates add to the server's own start (the mint is a second start of the 160 MB "
+        f"executable)."))
 
 
 # ---------------------------------------------------------------- backup throughput (bench/bench_backup.py)

@@ -119,9 +119,11 @@ install_t3track() {
   else
     act "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$CHECKOUT"
     if ((DRY_RUN)); then
-      note "would write: $SOURCE_STAMP"
+      note "would write: $SOURCE_STAMP and $VENV/t3track-commit"
     else
       printf '%s\n' "$digest" >"$SOURCE_STAMP"
+      # `t3track --version` and the t3track_build_info metric name the commit it was installed from
+      git -C "$CHECKOUT" rev-parse --short=12 HEAD >"$VENV/t3track-commit" 2>/dev/null || echo unknown >"$VENV/t3track-commit"
     fi
   fi
   if [[ -L $LINK && $(readlink "$LINK") == "$VENV/bin/t3track" ]]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: a fresh virtual environment with what the tests need, the static checks
-# (ruff, mypy, the import-linter layers contract), then pytest.
+# (ruff, mypy, the import-linter contracts), then pytest.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k probe); T3TRACK_TEST_WORKERS=0 runs serially.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || apt_packages+=(prometheus-node-exporter)
 # bwrap: every rehearsal runs its candidate in bubblewrap (t3track.host.confine); the gate tests need it.
 command -v bwrap >/dev/null || apt_packages+=(bubblewrap)
+command -v setfacl >/dev/null || apt_packages+=(acl)  # tests/test_check.py grants a monitoring user read access
 if ((${#apt_packages[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: ${apt_packages[*]} missing; run as root or: apt-get install ${apt_packages[*]}" >&2
@@ -51,7 +52,7 @@ if ! command -v systemd-nspawn >/dev/null && [[ $(id -u) == 0 ]] && command -v a
   apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends systemd-container >/dev/null
 fi
 echo "static checks: ruff, mypy, import-linter" >&2
-"$venv/bin/ruff" check --quiet src tests bench scripts
+"$venv/bin/ruff" check --quiet .   # every Python file of the repository (.ci/ too; .venv and .gitignore'd files aside)
 "$venv/bin/mypy" --no-error-summary
 "$venv/bin/lint-imports" --no-cache >/dev/null || { "$venv/bin/lint-imports" --no-cache; exit 1; }
 # Three workers on two cores: most tests wait on servers and npm, not the CPU (3m40s vs 6m25s serial).

@@ -1,8 +1,15 @@
-"""The real T3 Code server for tests: installed once from the npm registry into a cache, reused.
+"""The real T3 Code server for tests, in the layout npm ships it, installed through t3track's own path.
 
-`@t3code/t3-linux-x64@0.0.42` is the one real release the registry has (64 MB tarball, ~6 s). It is
-installed with the real `npm install --prefix DIR --ignore-scripts --no-save` into
-`$T3TRACK_TEST_CACHE` or `<repo>/.cache/t3-real/`, under a lock, renamed into place only when complete.
+`@t3code/t3-linux-x64@0.0.42` is the one real release the registry has (64 MB tarball). Its tarball is
+fetched once, exactly as the registry serves it (`npm pack`, checked against the registry's
+dist.integrity), into `$T3TRACK_TEST_CACHE` or `<repo>/.cache/t3-real/`. `publish_real()` serves it
+from a loopback registry as upstream publishes a release: the launcher `t3@0.0.42` (built here, since
+the registry's `t3` is an unrelated package: tests/emulator/package.py's launcher, whose optional
+dependency names the platform package) beside the real platform tarball, whose native modules
+(@ff-labs/fff-*, node-pty, ffi-rs, ...) come bundled inside it and are served by no test registry.
+`install_real_t3()` installs that release with t3track's own `ensure_installed` (real `npm install`,
+every verification) into the cache, once, under a lock: the executable every real-server test runs
+is `<prefix>/node_modules/@t3code/t3-linux-x64/t3` as npm laid it out, never a re-pack.
 Tests that use it are marked `@pytest.mark.real_server`.
 
 Also here: starting a real server on a base dir for a test, and the /proc scan that proves no process
@@ -13,26 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import json
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from tests.emulator import package as emu
+from tests.support.registry_server import RegistryServer, serve, sri_sha512
 
 from t3track import runner
 from t3track.host import probe
 from t3track.host.sandbox import free_port
+from t3track.host.serving import server_version
 
 PACKAGE = "@t3code/t3-linux-x64"
+LAUNCHER = "t3"
 VERSION = "0.0.42"
-REPACKED_NAME = f"t3-{VERSION}-repacked.tgz"
+EXECUTABLE = emu.RELEASE_EXECUTABLE  # node_modules/@t3code/t3-linux-x64/t3, the shipped config's
 # what a leaked pairing token, credential or session cookie looks like in any text t3track wrote
 SECRET_SHAPES = [
     re.compile(r"(?i)\btoken\s*[:=]\s*(?!\[REDACTED\])[A-Z0-9]{12}\b"),
@@ -42,6 +51,7 @@ SECRET_SHAPES = [
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT_S = 600
 READY_TIMEOUT_S = 30
+TARBALL_NAME = f"t3code-t3-linux-x64-{VERSION}.tgz"  # npm pack's name for it
 
 
 def cache_dir() -> Path:
@@ -49,32 +59,83 @@ def cache_dir() -> Path:
     return Path(configured) / "t3-real" if configured else REPO / ".cache" / "t3-real"
 
 
+def installed_prefix() -> Path:
+    """Where install_real_t3() puts the release: a t3track root's versions/<v>, as on a host."""
+    return cache_dir() / "root" / "versions" / VERSION
+
+
 def executable_in(prefix: Path) -> Path:
-    return prefix / "node_modules" / "@t3code" / "t3-linux-x64" / "t3"
+    return prefix / EXECUTABLE
+
+
+def _locked(name: str):  # noqa: ANN202
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = open(cache / name, "w")  # noqa: SIM115 (closed by the caller's with)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def platform_tarball() -> Path:
+    """The real platform package's tarball, byte for byte as the registry serves it (cached)."""
+    target = cache_dir() / TARBALL_NAME
+    if target.is_file():
+        return target
+    with _locked(".tarball.lock"):
+        if target.is_file():
+            return target
+        partial = cache_dir() / ".tarball.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        spec = f"{PACKAGE}@{VERSION}"
+        packed = runner.run(["npm", "pack", spec, "--pack-destination", partial, "--no-audit", "--no-fund"],
+                            timeout=INSTALL_TIMEOUT_S, cwd=partial)
+        published = runner.run(["npm", "view", spec, "dist.integrity"], timeout=120, cwd=partial)
+        tarball = partial / TARBALL_NAME
+        if not (packed.ok and published.ok and tarball.is_file()):
+            shutil.rmtree(partial, ignore_errors=True)
+            pytest.fail(f"could not fetch {spec} from the registry: {packed.describe()} {published.describe()}")
+        actual = sri_sha512(tarball.read_bytes())
+        if actual != published.stdout.strip():
+            shutil.rmtree(partial, ignore_errors=True)
+            pytest.fail(f"{spec}: the tarball npm fetched is not what the registry publishes ({actual[:23]}…)")
+        tarball.rename(target)
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def publish_real(registry: RegistryServer, *, tag: str | None = None, published_at: datetime | None = None) -> None:
+    """The real release on a loopback registry as upstream publishes it: the real platform tarball
+    unchanged, and the launcher `t3@0.0.42` whose optional dependency names it."""
+    registry.publish(PACKAGE, VERSION, platform_tarball().read_bytes())
+    registry.publish(LAUNCHER, VERSION, emu.launcher_tarball_bytes(VERSION), tag=tag, published_at=published_at)
 
 
 def install_real_t3() -> Path:
-    """The real 0.0.42 executable, installed on first use (concurrent test processes wait on a lock)."""
-    cache = cache_dir()
-    prefix = cache / VERSION
-    if os.access(executable_in(prefix), os.X_OK):
-        return executable_in(prefix)
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.access(executable_in(prefix), os.X_OK):
-            return executable_in(prefix)
-        partial = cache / f".{VERSION}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        done = runner.run(["npm", "install", "--prefix", partial, "--ignore-scripts", "--no-save",
-                           "--no-audit", "--no-fund", f"{PACKAGE}@{VERSION}"], timeout=INSTALL_TIMEOUT_S)
-        if not done.ok or not os.access(executable_in(partial), os.X_OK):
-            shutil.rmtree(partial, ignore_errors=True)
-            pytest.fail(f"could not install {PACKAGE}@{VERSION} from the registry: {done.describe()}")
-        shutil.rmtree(prefix, ignore_errors=True)
-        partial.rename(prefix)
-    return executable_in(prefix)
+    """The real 0.0.42 executable, installed on first use through t3track's install path from a loopback
+    registry serving the real layout (concurrent test processes wait on a lock)."""
+    executable = executable_in(installed_prefix())
+    if os.access(executable, os.X_OK):
+        return executable
+    tarball = platform_tarball()
+    with _locked(".install.lock"):
+        if os.access(executable, os.X_OK):
+            return executable
+        from t3track.config import Config
+        from t3track.host.install import ensure_installed
+        from t3track.host.registry import RegistryClient
+
+        with serve() as registry:
+            publish_real(registry)
+            assert tarball.is_file()
+            config = Config(package=LAUNCHER, registry=registry.url, root=cache_dir() / "root",
+                            state_dir=cache_dir() / "state", executable=EXECUTABLE, install_timeout="10m")
+            client = RegistryClient(registry.url, cache_dir() / "state" / "registry-cache")
+            info = client.packument(LAUNCHER).versions[VERSION]
+            ensure_installed(config, VERSION, info, registry_url=registry.url, client=client)
+            fetched = {r.path for r in registry.requests}
+            assert not [p for p in fetched if "ff-labs" in p or "node-pty" in p], fetched  # bundled: never asked
+    return executable
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +155,7 @@ def serving(executable: Path, base_dir: Path, *, port: int | None = None) -> Ite
                            "--no-browser"], log_path=log, env=runner.scrubbed_env(home), cwd=home)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while probe.server_version(url, timeout=1.0) is None:
+        while server_version(url, timeout=1.0) is None:
             if not server.alive() or time.monotonic() > deadline:
                 pytest.fail(f"the real server did not start:\n{server.log_tail(20)}")
             time.sleep(0.1)
@@ -206,45 +267,3 @@ def host_config(tmp_path: Path, users: dict[str, Path], **gates: object):  # noq
         "gates": {"serve_timeout": "30s", "probe_timeout": "10s", **gates},
     }
     return parse_config(data)
-
-
-# ---------------------------------------------------------------- the real package, re-packed as t3
-
-
-def repacked_real_t3(executable: Path) -> Path:
-    """`t3@0.0.42` as an npm tarball holding the real package directory under package/bin/.
-
-    Built once (gzip level 1: the binary is ~160 MB and does not compress much anyway) and cached next
-    to the real install; concurrent test processes wait on a lock; renamed into place when complete."""
-    cache = cache_dir()
-    target = cache / REPACKED_NAME
-    if target.is_file():
-        return target
-    with open(cache / ".repack.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
-        package_dir = executable.parent
-        partial = target.with_name(f".{target.name}.partial")
-        manifest = {"name": "t3", "version": VERSION, "bin": {"t3": "bin/t3"}, "license": "MIT",
-                    "description": f"the real {PACKAGE}@{VERSION}, re-packed for t3track's tests"}
-        data = json.dumps(manifest, indent=2).encode() + b"\n"
-
-        def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            if info.issym() or "/.bin" in info.name:  # npm would make its own bin links
-                return None
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = emu.NPM_MTIME
-            return info
-
-        with tarfile.open(partial, "w:gz", compresslevel=1) as archive:
-            info = tarfile.TarInfo("package/package.json")
-            info.size, info.mode, info.mtime = len(data), 0o644, emu.NPM_MTIME
-            archive.addfile(info, io.BytesIO(data))
-            for entry in sorted(package_dir.iterdir()):
-                if entry.name in ("package.json", "README.md"):
-                    continue
-                archive.add(entry, arcname=f"package/bin/{entry.name}", filter=normalised)
-        partial.rename(target)
-    return target

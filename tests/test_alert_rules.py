@@ -90,7 +90,7 @@ def run_nights(base: Path) -> dict[str, Written]:
         host.write_config(verify_timeout="5s")                   # how long the dead v1 is waited for
         night("critical", "run", code=4)
         host.set_fault(v1, None)
-        night("frozen", "run", code=0)                           # the rollback finishes; still frozen
+        night("frozen", "run", code=1)                           # the rollback finishes (rolled_back); still frozen
         assert host.t3track("unfreeze").returncode == 0
         host.write_config(gates={"backup_max_age": "2s"})
         shutil.rmtree(host.backup_dir / "bob")
@@ -201,6 +201,17 @@ def test_a_tracker_that_stops_running_warns_after_36_hours(tmp_path, nights):
         at("30h", "T3trackNotRunning"),
         at("37h", "T3trackNotRunning", pt.expected("T3trackNotRunning", {})),
         days=1.6)])
+
+
+def test_metrics_that_never_reach_prometheus_warn_after_an_hour(tmp_path, nights):
+    # a node exporter that scrapes fine but serves no t3track file (metrics_path elsewhere)
+    nothing = {"interval": pt.INTERVAL, "input_series": [{"series": 'node_textfile_scrape_error{instance="t3-host"}',
+                                                          "values": "0+0x180"}],
+               "alert_rule_test": [at("30m", "T3trackMetricsAbsent"),
+                                   at("2h", "T3trackMetricsAbsent", {
+                                       "exp_labels": {"severity": "warning"},
+                                       "exp_annotations": pt.rules()["T3trackMetricsAbsent"]["annotations"]})]}
+    promtool_ok(tmp_path, [nothing, case(nights["swapped"], at("2h", "T3trackMetricsAbsent"), days=0.2)])
 
 
 def test_a_stale_backup_and_a_missing_one_warn_per_user(tmp_path, nights):

@@ -385,6 +385,14 @@ def test_gate_fails_on_a_backup_older_than_backup_max_age(config, alice):
     assert "run `t3track backup --user alice`" in check.detail
 
 
+def test_gate_fails_on_a_backup_dated_in_the_future_instead_of_calling_it_fresh(config, alice):
+    info = backup_user(config, config.user("alice"), now=NOW + timedelta(days=8))  # the clock ran 8 days ahead
+    check = check_backup_present(config, config.user("alice"), now=NOW)
+    assert not check.ok and check.backup.path == info.path
+    assert "in the future" in check.detail and "0m00s" not in check.detail
+    assert check_backup_present(config, config.user("alice"), now=NOW + timedelta(days=8, minutes=3)).ok
+
+
 def test_gate_fails_when_the_copy_no_longer_matches_its_checksum(config, alice):
     info = backup_user(config, config.user("alice"), now=NOW)
     with open(info.path / "state.sqlite", "r+b") as handle:  # flip one bit of unused space: still sound
@@ -519,3 +527,34 @@ def test_read_backup_returns_a_snapshot_and_refuses_an_unreadable_manifest(alice
     (made.path / MANIFEST).write_text("{not json")
     with pytest.raises(BackupMismatch, match="unreadable"):
         read_backup(made.path, "alice")
+
+
+def test_a_sparse_database_declaring_far_more_than_it_holds_is_copied_by_its_pages_in_use(alice, tmp_path):
+    """A database with 64 MiB of freed, zeroed pages turned into holes (the user's own doing, or time):
+    its copy, the preflight's estimate and the copy's memory follow the pages in use, not the declared size."""
+    import resource
+    import subprocess
+
+    from t3track.host import usertree
+
+    conn = sqlite3.connect(alice[1])
+    conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, so they can be made holes
+    conn.execute("CREATE TABLE ballast (blob BLOB)")
+    conn.executemany("INSERT INTO ballast VALUES (zeroblob(1048576))", [()] * 64)
+    conn.commit()
+    conn.execute("DELETE FROM ballast")
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    subprocess.run(["fallocate", "--dig-holes", str(alice[1])], check=True)
+    declared, on_disk = alice[1].stat().st_size, alice[1].stat().st_blocks * 512
+    assert declared > 64 << 20 and on_disk < 8 << 20, (declared, on_disk)
+
+    assert usertree.db_sizes(alice[0], user="alice") < 8 << 20   # what the preflight asks room for
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    info = snapshot_database(alice[0], tmp_path / "snap" / "alice", now=NOW)
+    copy = info.path / "state.sqlite"
+    assert copy.stat().st_size < 1 << 20                              # the pages in use, not 64 MiB
+    assert rows(copy) == rows(alice[1]) and len(rows(copy)) == 10
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib == children_before or peak_kib < 60 << 10        # no child held the 64 MiB in memory

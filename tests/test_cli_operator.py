@@ -1,10 +1,14 @@
 """The operator commands, run through the real CLI against a temporary state_dir."""
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tests.support.host import REPO
 from typer.testing import CliRunner
 
 from t3track.cli import app
@@ -29,6 +33,14 @@ users:
 def t3(*args):
     result = CliRunner().invoke(app, list(args))
     return result
+
+
+def t3track_process(*argv):
+    """`python -m t3track ARGV` as a real process, with no $T3TRACK_CONFIG."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + str(REPO), COLUMNS="120")
+    env.pop("T3TRACK_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "t3track", *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
 def history(tmp_path):
@@ -110,6 +122,27 @@ def test_status_json_has_the_fields_of_the_spec(cfg):
         assert key in doc
     assert doc["users"] == [{"name": "alice", "port": 3773, "backup_age_s": None, "backup": None,
                              "database": None, "migration": None, "serving": None, "drift": False}]
+
+
+def test_status_of_a_managed_host_takes_its_options_before_or_after_the_command(host):
+    config = str(host.config_path)
+    assert host.t3track("pin", "0.0.42", "--reason", "a test pin").returncode == 0
+    for argv in (["--config", config, "status"], ["-c", config, "--json", "status"],
+                 [f"--config={config}", "status", "--json"], ["-c", "/nowhere.yaml", "-c", config, "status"]):
+        done = t3track_process(*argv)
+        assert done.returncode == 0, (argv, done.stderr)
+    doc = json.loads(t3track_process("--config", config, "status", "--json").stdout)
+    assert doc["current"] == "0.0.42" and doc["pinned"]["reason"] == "a test pin"
+    assert [u["name"] for u in doc["users"]] == ["alice", "bob"]
+
+
+def test_status_without_a_readable_config_exits_2_saying_why(tmp_path):
+    done = t3track_process("--config", str(tmp_path / "missing.yaml"), "status")
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("users: [\n")
+    done = t3track_process("--config", str(broken), "--json", "status")
+    assert done.returncode == 2 and json.loads(done.stdout)["exit_code"] == 2
 
 
 def test_history_json_newest_first_with_limit(cfg):

@@ -71,7 +71,7 @@ def test_invalid_yaml_names_the_line(tmp_path):
     path.write_text("users:\n  - name: a\n   port: [\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "line" in info.value.message
+    assert "line" in info.value.message and "is not valid YAML" in info.value.message
 
 
 def test_missing_file_says_where_it_looked(tmp_path):
@@ -98,3 +98,13 @@ def test_gates_parallel_must_be_a_whole_number_of_at_least_one(value, problem):
     with pytest.raises(ConfigError) as info:
         parse_config({"gates": {"parallel": value}})
     assert info.value.problems == [problem]
+
+
+def test_a_file_is_read_with_the_models_lax_types_and_their_messages(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("users:\n  - {name: alice, base_dir: /a, port: '3773'}\n")  # valid, not canonical
+    assert load_config(path).users[0].port == 3773
+    path.write_text("users:\n  - {name: alice, base_dir: /a, port: 0}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert refused.value.problems == ["users[0].port: must be at least 1", "bogus: unknown key"]

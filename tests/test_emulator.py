@@ -429,10 +429,14 @@ def test_pack_tarball_is_an_npm_tarball_with_a_matching_integrity(tmp_path):
         names = {m.name: m for m in archive.getmembers()}
         manifest = json.load(archive.extractfile("package/package.json"))
         settings = json.load(archive.extractfile("package/bin/emulator.json"))
-    assert set(names) == {"package/package.json", "package/bin/t3", "package/bin/emulator.json"}
+    bundled = {n for n in names if n.startswith("package/node_modules/")}
+    assert set(names) - bundled == {"package/package.json", "package/bin/t3", "package/bin/emulator.json"}
+    assert {f"package/node_modules/{name}/package.json" for name in emu.BUNDLED} < bundled
+    assert "package/node_modules/emu-pty/node_modules/emu-addon-api/package.json" in bundled
     assert names["package/bin/t3"].mode == 0o755
-    assert manifest == {"name": "t3", "version": NIGHTLY, "bin": {"t3": "bin/t3"}, "license": "MIT"}
-    assert settings["fault"] == "no-cookie"
+    assert manifest == {"name": "t3", "version": NIGHTLY, "bin": {"t3": "bin/t3"}, "license": "MIT",
+                        "dependencies": emu.BUNDLED, "bundleDependencies": sorted(emu.BUNDLED)}
+    assert settings["fault"] == "no-cookie" and settings["native_modules"] == sorted(emu.BUNDLED)
     import base64
     import hashlib
 
@@ -449,6 +453,20 @@ def test_npm_installs_the_packed_tarball_into_a_runnable_t3(tmp_path):
     assert result.returncode == 0, result.stderr
     version = subprocess.run([str(prefix / emu.EXECUTABLE), "--version"], capture_output=True, text=True, timeout=10)
     assert version.stdout == f"t3 v{NIGHTLY}\n"
+    # its native modules came out of its own tarball (--offline: nothing else could be fetched)
+    lock = json.loads((prefix / "package-lock.json").read_text())["packages"]
+    assert lock["node_modules/t3/node_modules/emu-pty"] == {"version": "1.1.0", "inBundle": True, "license": "MIT",
+                                                            "dependencies": {"emu-addon-api": "7.1.1"}}
+
+
+def test_a_build_whose_bundled_native_module_is_missing_does_not_start(tmp_path):
+    tarball = emu.pack_tarball(tmp_path / "dist", NIGHTLY)
+    prefix = tmp_path / "prefix"
+    with tarfile.open(tarball) as archive:
+        archive.extractall(prefix, filter="data")
+    shutil.rmtree(prefix / "package/node_modules/emu-pty")
+    done = subprocess.run([str(prefix / "package/bin/t3"), "--version"], capture_output=True, text=True, timeout=10)
+    assert done.returncode != 0 and "Cannot find module 'emu-pty'" in done.stderr
 
 
 def test_make_user_state_builds_a_realistic_base_dir(tmp_path):

@@ -89,6 +89,7 @@ def test_real_npm_gets_npm_cache_logs_and_userconfig_under_state_dir(registry, c
     assert argv[argv.index("--userconfig") + 1] == str(config.state_dir / "npmrc")
     assert argv[argv.index("--registry") + 1] == registry.url
     assert "--ignore-scripts" in argv and argv[-1] == f"t3@{V1}"
+    assert "--prefer-online" in argv  # a cache entry from a night with a wrong clock never answers for the registry
     assert any((config.state_dir / "npm-cache").iterdir())
 
 
@@ -410,8 +411,9 @@ class ReleaseClient(FakeClient):
         return Packument(package, {}, {V1: VersionInfo(V1, "https://registry.test/p.tgz", self.platform_integrity)}, {})
 
 
-def fake_release_npm(monkeypatch, platform_integrity):
-    """npm laying out a release: the launcher, and the platform package with the integrity given."""
+def fake_release_npm(monkeypatch, platform_integrity, extra_entries: dict | None = None):
+    """npm laying out a release: the launcher, and the platform package with the integrity given
+    (`extra_entries`: more package-lock.json entries, e.g. what the platform package bundles)."""
     def run(argv, **kwargs):
         argv = list(map(str, argv))
         prefix = Path(argv[argv.index("--prefix") + 1])
@@ -424,7 +426,8 @@ def fake_release_npm(monkeypatch, platform_integrity):
         (prefix / "package-lock.json").write_text(json.dumps({"packages": {
             "": {"dependencies": {"t3": V1}},
             "node_modules/t3": {"version": V1, "integrity": INFO.integrity},
-            "node_modules/@t3code/t3-linux-x64": {"version": V1, "integrity": platform_integrity, "optional": True}}}))
+            "node_modules/@t3code/t3-linux-x64": {"version": V1, "integrity": platform_integrity, "optional": True},
+            **(extra_entries or {})}}))
         return runner.Completed(argv, 0, "", "", 1.0, False)
 
     monkeypatch.setattr(install.runner, "run", run)
@@ -461,3 +464,58 @@ def test_an_executable_outside_every_package_npm_recorded_is_refused(monkeypatch
     with pytest.raises(IntegrityError) as caught:
         ensure_installed(config, V1, INFO, registry_url="https://registry.test/", client=ReleaseClient(None))
     assert caught.value.check == "executable" and "in no package npm recorded" in caught.value.message
+
+
+# --- npm's model of trust: what a verified tarball bundles is covered by it, nothing else goes unchecked
+
+PLATFORM_DIR = "node_modules/@t3code/t3-linux-x64"
+BUNDLED_AS_THE_REAL_ONE = {  # as npm recorded the real @t3code/t3-linux-x64@0.0.42's bundleDependencies
+    f"{PLATFORM_DIR}/node_modules/@ff-labs/fff-bin-linux-x64-gnu": {"version": "0.9.4", "inBundle": True, "optional": True},
+    f"{PLATFORM_DIR}/node_modules/node-pty": {"version": "1.1.0", "inBundle": True, "optional": True},
+    f"{PLATFORM_DIR}/node_modules/ffi-rs/node_modules/detect-libc": {"version": "2.1.2", "inBundle": True},
+    f"{PLATFORM_DIR}/node_modules/ffi-rs": {"version": "1.3.7", "inBundle": True, "optional": True},
+}
+
+
+class OnlyThePlatformPackage(ReleaseClient):
+    """A registry that mirrors T3's packages alone: asking it for anything else is a test failure."""
+
+    def packument(self, package):
+        assert package == "@t3code/t3-linux-x64", f"t3track looked up {package} in the registry"
+        return super().packument(package)
+
+
+def release_install(monkeypatch, tmp_path, entries: dict):
+    config = Config(root=tmp_path / "root", state_dir=tmp_path / "state", executable=f"{PLATFORM_DIR}/t3")
+    published = sri_sha512(b"the platform tarball the registry publishes")
+    fake_release_npm(monkeypatch, platform_integrity=published, extra_entries=entries)
+    return config, lambda: ensure_installed(config, V1, INFO, registry_url="https://registry.test/",
+                                            client=OnlyThePlatformPackage(published))
+
+
+def test_packages_bundled_in_the_verified_platform_tarball_are_never_looked_up(monkeypatch, tmp_path):
+    config, install_it = release_install(monkeypatch, tmp_path, BUNDLED_AS_THE_REAL_ONE)
+    prefix = install_it()
+    assert prefix == config.root / "versions" / V1 and (prefix / PLATFORM_DIR / "t3").is_file()
+
+
+def test_a_lock_entry_with_no_integrity_outside_every_bundle_is_refused(monkeypatch, tmp_path):
+    unverified = {"node_modules/left-pad": {"version": "1.3.0", "optional": True}}  # neither fetched nor bundled
+    config, install_it = release_install(monkeypatch, tmp_path, {**BUNDLED_AS_THE_REAL_ONE, **unverified})
+    with pytest.raises(IntegrityError) as caught:
+        install_it()
+    assert caught.value.check == "dependency-integrity" and "left-pad@1.3.0" in caught.value.message
+    assert "no integrity" in caught.value.message
+    assert tree(config.root / "versions") == []
+
+
+def test_a_bundled_mark_is_believed_only_inside_a_package_npm_fetched(monkeypatch, tmp_path):
+    """`inBundle` on a top-level entry, or under a path no fetched package holds, covers nothing: the
+    difference is read from where the lock puts the entry, not from the package's name."""
+    for entry in ("node_modules/node-pty", "node_modules/ghost/node_modules/node-pty"):
+        shutil.rmtree(tmp_path / "root", ignore_errors=True)
+        config, install_it = release_install(monkeypatch, tmp_path, {entry: {"version": "1.1.0", "inBundle": True}})
+        with pytest.raises(IntegrityError) as caught:
+            install_it()
+        assert caught.value.check == "dependency-integrity" and "as bundled" in caught.value.message, entry
+        assert tree(config.root / "versions") == []

@@ -85,6 +85,11 @@ def test_after_a_good_night_the_file_says_swapped_with_the_new_version_and_passi
     assert value(samples, "t3track_backup_present", user="bob") == 0
     assert ("t3track_backup_age_seconds", frozenset({("user", "bob")})) not in samples
     assert value(samples, "t3track_frozen") == 0 and value(samples, "t3track_pinned") == 0
+    from t3track import __version__, build_commit
+
+    commit = build_commit()
+    assert commit != "unknown"  # the tests run from a checkout
+    assert value(samples, "t3track_build_info", version=__version__, commit=commit) == 1
 
 
 def test_after_refused_nights_the_file_counts_consecutive_refusals_and_shows_the_failed_gate(config, store):

@@ -304,3 +304,115 @@ def test_a_failing_webhook_does_not_change_the_exit_code_of_a_run(host):
     assert any("HTTP 503" in note for note in json.loads(result.stdout)["notes"])
     told = [e for e in host.history() if e["event"] == "notify"]
     assert told and told[-1]["ok"] is False
+
+
+# ---------------------------------------------------------------- notifications by URL (Apprise)
+
+
+class AnyReceiver:
+    """An HTTP endpoint on loopback for any Apprise service that speaks HTTP (json, ntfy, gotify):
+    keeps each request's method, path and raw body, answers 200 with `{}`."""
+
+    def __init__(self):
+        self.requests = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.requests.append((self.command, self.path, self.rfile.read(length).decode(errors="replace")))
+                body = b"{}"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def any_receiver():
+    r = AnyReceiver()
+    yield r
+    r.close()
+
+
+def test_apprise_urls_reach_json_ntfy_and_gotify_receivers_and_history_names_no_token(tmp_path, any_receiver):
+    port = any_receiver.port
+    urls = [f"json://127.0.0.1:{port}/hooks/S3CRETjson", f"ntfy://127.0.0.1:{port}/t3-S3CRETtopic",
+            f"gotify://127.0.0.1:{port}/AS3CRETgotifyTok"]
+    config = make_config(tmp_path, urls=urls)
+    fresh_backup(config)
+    report = refused()
+    store, _ = finish(config, report)
+    paths = [path for _, path, _ in any_receiver.requests]
+    bodies = [body for _, _, body in any_receiver.requests]
+    assert len(any_receiver.requests) == 3, any_receiver.requests
+    assert paths[0] == "/hooks/S3CRETjson" and json.loads(bodies[0])["title"] == "t3track on t3-prod: refused"
+    assert "/message" in paths[2]                       # Gotify's API
+    assert all("gate pairing-probe failed for alice" in body for body in bodies)
+    assert all("abcdefgh" not in body for body in bodies)  # the cookie in the gate's detail is redacted
+    told = [e for e in store.history() if e["event"] == "notify"]
+    assert sorted((e["via"], e["ok"]) for e in told) == [("apprise #1 (json://)", True), ("apprise #2 (ntfy://)", True),
+                                                         ("apprise #3 (gotify://)", True)]
+    assert "S3CRET" not in (config.state_dir / "history.jsonl").read_text()
+
+
+def test_an_unreachable_apprise_url_is_a_note_that_never_names_its_token(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nobody listens once the socket is closed
+    config = make_config(tmp_path, urls=[f"json://127.0.0.1:{closed}/hooks/S3CRETpath?cto=1&rto=1"])
+    fresh_backup(config)
+    store, notes = finish(config, refused())
+    told = [e for e in store.history() if e["event"] == "notify"]
+    assert len(told) == 1 and told[0]["ok"] is False and told[0]["via"] == "apprise #1 (json://)"
+    assert any("apprise #1 (json://)" in note for note in notes)
+    assert "S3CRET" not in (config.state_dir / "history.jsonl").read_text() + " ".join(notes)
+
+
+def test_a_config_with_a_bad_apprise_url_or_an_unknown_event_is_refused_without_echoing_the_url(tmp_path):
+    from t3track.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, urls=["not a url with T0KEN"])
+    assert "notify.urls" in str(caught.value.problems) and "T0KEN" not in str(caught.value.problems)
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, urls=["json://127.0.0.1:1/x"], on=["refused", "sometimes"])
+    assert "sometimes" in str(caught.value.problems)
+
+
+@pytest.mark.slow
+def test_the_morning_report_of_a_swap_goes_out_only_when_asked_for(host, any_receiver):
+    from tests.support.host import nightly
+
+    url = f"json://127.0.0.1:{any_receiver.port}/morning"
+    host.write_config(notify={"urls": [url]})
+    host.publish(nightly(1), migrations=53)
+    assert host.t3track("run").returncode == 0
+    assert any_receiver.requests == []                       # `swapped` is off by default
+    host.write_config(notify={"urls": [url], "on": ["swapped", "refused"]})
+    assert host.t3track("backup").returncode == 0  # the backup-present gate wants one newer than the last swap
+    host.publish(nightly(2), migrations=54)
+    done = host.t3track("run", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert set(doc["downtime_s"]) == {u.name for u in host.users} and all(s > 0 for s in doc["downtime_s"].values())
+    assert len(any_receiver.requests) == 1
+    message = json.loads(any_receiver.requests[0][2])["message"]
+    assert f"{nightly(1)} -> {nightly(2)}" in message
+    assert "one-way migrations: 54_EmulatedNightlyChange54" in message
+    assert "downtime alice:" in message and "downtime bob:" in message
+    assert f"evidence: {doc['evidence']}" in message

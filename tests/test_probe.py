@@ -11,7 +11,6 @@ import os
 import stat
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.real_t3 import serving
 from typer.testing import CliRunner
 
 from t3track.cli import app
-from t3track.errors import T3TrackError, UsageError
+from t3track.errors import UsageError
 from t3track.host import probe
 from t3track.results import to_jsonable
 
@@ -267,21 +266,8 @@ def test_a_non_loopback_url_is_refused_before_connecting(tmp_path):
         with pytest.raises(UsageError):
             probe.pairing_probe("http://10.1.2.3:3773", tmp_path, minter(tmp_path), timeout=5)
         with pytest.raises(UsageError):
-            probe.server_version("http://example.com", timeout=5)
+            probe.front_door_check("http://example.com", timeout=5)
         assert not router.calls
-
-
-def test_server_version_reads_the_well_known_document():
-    with respx.mock() as router:
-        router.get(f"{URL}/.well-known/t3/environment").mock(
-            return_value=httpx.Response(200, json={"serverVersion": "0.0.42", "environmentId": "x"}))
-        assert probe.server_version(URL, timeout=5) == "0.0.42"
-
-
-def test_server_version_is_none_when_the_server_does_not_answer_json():
-    with respx.mock() as router:
-        router.get(f"{URL}/.well-known/t3/environment").mock(return_value=httpx.Response(200, text="<html>"))
-        assert probe.server_version(URL, timeout=5) is None
 
 
 def test_front_door_passes_on_302_with_a_session_cookie():
@@ -430,24 +416,3 @@ def test_root_mints_as_the_owner_of_the_base_dir(tmp_path):
 
     assert probe.base_dir_owner(base) == pwd.getpwuid(65534).pw_name
     assert probe.base_dir_owner(tmp_path) is None  # root's own dir: mint as ourselves
-
-
-def test_a_mint_started_ahead_is_used_by_the_handshake_and_ended_by_its_group_when_stopped(tmp_path):
-    from tests.real_t3 import processes_mentioning
-
-    marker = str(tmp_path / "hanging-mint")
-    hang = tmp_path / "t3"
-    # a mint that never finishes and leaves a grandchild: stop() must end the whole group
-    sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
-    hang.write_text(f"#!/bin/sh\n{sleeper} &\nexec {sleeper}\n")
-    hang.chmod(0o755)
-    job = probe.MintJob(tmp_path / "base", hang, timeout=60)
-    deadline = time.monotonic() + 5
-    while job._proc is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)
-    assert len(processes_mentioning(marker)) == 2  # the mint and its grandchild, still running
-    job.stop()
-    assert processes_mentioning(marker) == []
-    done = job.outcome()
-    assert isinstance(done, T3TrackError) or not done.ok  # killed: a failed mint, never a credential

@@ -5,10 +5,11 @@ created (each user's base dir is made by starting the real server on it once). T
 real migration names and the real auth tables' columns, so both read the same database: the old
 emulated version serves and pairs on it before the night, and the real server serves it after.
 
-The real `@t3code/t3-linux-x64@0.0.42` package is re-packed as `t3@0.0.42` (its whole directory under
-`package/bin/`, the executable at `package/bin/t3`: the SEA binary resolves its bundled node_modules
-and serves client/ from beside itself) and published to the loopback registry under `nightly`. 0.0.42
-is a stable version, so the channel policy would refuse it: the operator pins it, and `t3track run`
+The host is in upstream's release layout (the launcher `t3` and its optional dependency
+`@t3code/t3-linux-x64` holding the executable). The real `@t3code/t3-linux-x64@0.0.42` tarball is
+published unchanged to the loopback registry, under a launcher `t3@0.0.42` tagged `nightly`
+(tests/real_t3.py's publish_real): npm takes its bundled native modules out of that tarball, and the
+registry has none of them. 0.0.42 is a stable version, so the channel policy would refuse it: the operator pins it, and `t3track run`
 brings it in through backup-present, sandbox-serve and pairing-probe on a sandbox copy, swaps, and
 verifies the real server live. Then, unpinned, a broken nightly (200 without a cookie) is refused at
 pairing-probe with evidence while the real 0.0.42 keeps serving.
@@ -31,8 +32,9 @@ from pathlib import Path
 import pytest
 from tests import real_t3
 from tests.emulator import package as emu
-from tests.real_t3 import SECRET_SHAPES, repacked_real_t3
+from tests.real_t3 import SECRET_SHAPES, platform_tarball, publish_real
 from tests.support.host import Host, build_host
+from tests.support.registry_server import RegistryServer
 
 pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 
@@ -92,14 +94,15 @@ USERS = ("alice", "bob")
 
 @pytest.fixture(scope="module")
 def host(real_t3: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
-    tarball = repacked_real_t3(real_t3)
     # each user's state made by its own start of the real server, both at once (seconds each)
     made = tmp_path_factory.mktemp("real-states")
     with ThreadPoolExecutor(len(USERS)) as pool:
         list(pool.map(lambda name: real_user_state(real_t3, made / name / ".t3"), USERS))
     h = build_host(tmp_path_factory.mktemp("real-night"), users=USERS, current=OLD, current_migrations=52, rows=0,
-                   make_state=lambda base: shutil.copytree(made / base.parent.name / ".t3", base, symlinks=True))
-    h.registry.publish("t3", REAL, tarball.read_bytes(), tag="nightly")
+                   make_state=lambda base: shutil.copytree(made / base.parent.name / ".t3", base, symlinks=True),
+                   layout="release")
+    assert isinstance(h.registry, RegistryServer)
+    publish_real(h.registry, tag="nightly")
     yield h
     h.close()
 
@@ -199,9 +202,18 @@ def test_the_pinned_real_release_passes_every_gate_against_the_real_server(bumpe
 
 def test_the_swap_points_current_at_the_real_release_and_records_it(host, bumped):
     assert host.current_target() == f"versions/{REAL}"
-    installed = host.root / "versions" / REAL / emu.EXECUTABLE
+    installed = host.root / "versions" / REAL / host.executable
     assert installed.is_file() and os.access(installed, os.X_OK)
     assert emu.settings_path(installed).exists() is False        # the real binary, not an emulator build
+    # as npm ships it: the real platform package with its bundled native modules, recorded as bundled
+    lock = json.loads((host.root / "versions" / REAL / "package-lock.json").read_text())["packages"]
+    platform = f"node_modules/{real_t3.PACKAGE}"
+    assert lock[platform]["integrity"] == real_t3.sri_sha512(platform_tarball().read_bytes())
+    bundled = {path for path, entry in lock.items() if entry.get("inBundle")}
+    assert f"{platform}/node_modules/node-pty" in bundled
+    assert f"{platform}/node_modules/@ff-labs/fff-bin-linux-x64-gnu" in bundled
+    assert (host.root / "versions" / REAL / platform / "node_modules" / "node-pty" / "package.json").is_file()
+    assert not [r.path for r in host.registry.requests if "ff-labs" in r.path or "node-pty" in r.path]
     state = host.state()
     assert state["current"] == REAL and state["previous"] == OLD
     assert state["pinned"]["version"] == REAL

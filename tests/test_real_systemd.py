@@ -2,8 +2,12 @@
 for this module, a new host in it, and the nights that follow, in order.
 
 Inside: two users (useradd), t3track installed with the README's command (scripts/install-host.sh),
-a loopback npm registry serving emulator builds in the real package layout, the example config as
-shipped (only its registry, users and soak time changed). Each test asserts what a real host would
+a loopback npm registry serving the real T3 Code 0.0.42 as upstream publishes it (the real platform
+tarball unchanged, under a launcher `t3`; none of its bundled native modules is on the registry) and
+emulator builds in the same layout, the example config as shipped (only its registry, users and soak
+time changed). The host adopts the real 0.0.42, drills on it, then takes emulated nightlies; last, reset
+to an emulated 0.0.41, a timer night brings the real 0.0.42 in through every gate inside
+t3track.service, and the real server's gate times there are printed. Each test asserts what a real host would
 show: unit results and journal lines with their priority, the `current` symlink, who each server
 runs as, files and their modes. The tests build on each other (one host, night after night), so
 they run in file order on one xdist worker (tests/conftest.py).
@@ -26,14 +30,15 @@ from pathlib import Path
 
 import pytest
 from tests.emulator import package as emu
-from tests.real_t3 import install_real_t3
+from tests.real_t3 import platform_tarball
 from tests.support.nspawn import Container, nspawn_processes, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY_PORT = 4873
 REGISTRY = f"http://127.0.0.1:{REGISTRY_PORT}/"
 USERS = {"alice": 3773, "bob": 3774}
-V0 = "0.0.42"                              # adopted on the new host
+V0 = "0.0.42"                              # the real T3 Code, adopted on the new host
+OLDER = "0.0.41"                           # emulated: the version a night brings the real 0.0.42 in from
 GOOD = "0.0.43-nightly.20261102.3001"      # passes every gate
 BROKEN = "0.0.43-nightly.20261103.3002"    # pairs without a cookie: refused in the sandbox
 LIVE_ONLY = "0.0.43-nightly.20261104.3003"  # breaks only in production: rolled back
@@ -78,11 +83,10 @@ def wheelhouse() -> Path:
 class Host:
     """The container, seen as the host an operator logs into."""
 
-    def __init__(self, box: Container, data: Path, wheels: Path, real_package: Path):
+    def __init__(self, box: Container, data: Path, wheels: Path):
         self.box = box
         self.data = data          # the registry's tarballs (bound into the container)
         self.wheels = wheels      # what pip inside installs t3track's dependencies from
-        self.real_package = real_package  # node_modules/@t3code/t3-linux-x64 of the real 0.0.42
         self.tag: str | None = None
         self.shown: dict[str, str] = {}  # what status/history printed at each step, for the report
 
@@ -100,6 +104,12 @@ class Host:
         emu.pack_release(self.data, version, **build)
         if tag:
             self.tag = version
+        self.restart_registry()
+
+    def publish_real(self) -> None:
+        """The real 0.0.42 as upstream publishes it: its platform tarball byte for byte, and the launcher."""
+        shutil.copyfile(platform_tarball(), self.data / platform_tarball().name)
+        (self.data / f"t3-{V0}.tgz").write_bytes(emu.launcher_tarball_bytes(V0))
         self.restart_registry()
 
     def restart_registry(self) -> None:
@@ -201,16 +211,14 @@ def host(tmp_path_factory, worker_id):
         pytest.skip(reason)
     assert reason is None, f"{reason}: the real-systemd tier must run here, not skip"
     wheels = wheelhouse()
-    real_t3 = install_real_t3()  # the real @t3code/t3-linux-x64@0.0.42, cached for the whole suite
-    real_package = real_t3.parent
+    platform_tarball()  # the real @t3code/t3-linux-x64@0.0.42 tarball, cached for the whole suite
     data = tmp_path_factory.mktemp("registry")
     name = f"t3t-{worker_id}-{os.getpid()}"
-    outside = [] if real_package.is_relative_to(REPO) else [real_package]
-    box = Container(name, binds=[REPO, data], binds_ro=outside)
+    box = Container(name, binds=[REPO, data])
     try:
         box.boot()
         print(f"\ncontainer {name} booted in {box.boot_s:.2f}s")
-        yield Host(box, data, wheels, real_package)
+        yield Host(box, data, wheels)
     finally:
         box.teardown()
         print(f"container {name} powered off in {box.poweroff_s or 0:.2f}s")
@@ -227,7 +235,7 @@ def test_install_on_a_new_host_in_one_command_and_again_changes_nothing(host):
         box.run("useradd", "--create-home", "--shell", "/bin/bash", user)
     # The servers are production here: a build with a `-live` fault misbehaves only under them.
     box.write("/run/systemd/system/t3@.service.d/50-test-live.conf", "[Service]\nEnvironment=T3EMU_LIVE=1\n")
-    host.publish(V0, tag=False)
+    host.publish_real()
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(host.wheels)}
     users = [f"{u}:{p}" for u, p in USERS.items()]
     first = box.run("bash", REPO / "scripts/install-host.sh", "--registry", REGISTRY, *users, env=env, check=False,
@@ -237,7 +245,9 @@ def test_install_on_a_new_host_in_one_command_and_again_changes_nothing(host):
     assert "next: t3track adopt VERSION" in first.stdout
 
     assert box.run("readlink", T3TRACK).stdout.strip() == "/opt/t3track/bin/t3track"
-    assert box.run(T3TRACK, "--version").stdout.strip()
+    # the version and the commit install-host.sh installed from
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    assert box.run(T3TRACK, "--version").stdout.strip().endswith(f" ({head.stdout.strip()})")
     for unit in ("t3track.service", "t3track.timer", "t3-backup-state.service", "t3-backup-state.timer",
                  "t3@.service", "t3track-failure@.service"):
         assert box.run("cmp", f"/etc/systemd/system/{unit}", REPO / "systemd" / unit, check=False).returncode == 0
@@ -311,7 +321,7 @@ def test_units_on_a_new_host_make_their_own_directories_instead_of_failing_at_na
     assert box.run("ls", "-A", "/opt/t3").stdout == ""
 
 
-def test_adopt_on_a_new_host_starts_both_servers_as_their_users_and_checks_them_live(host):
+def test_adopt_of_the_real_release_on_a_new_host_serves_every_user_as_npm_ships_it(host):
     box = host.box
     adopted = host.t3track("adopt", V0)
     print(adopted.stdout, adopted.stderr)
@@ -323,13 +333,43 @@ def test_adopt_on_a_new_host_starts_both_servers_as_their_users_and_checks_them_
         assert host.prop(f"t3@{user}.service", "ActiveState") == "active"
         assert host.runs_as(f"t3@{user}.service") == user
         db = f"/home/{user}/.t3/userdata/state.sqlite"
-        assert box.run("stat", "-c", "%U", db).stdout.strip() == user  # the server made its own state
-    # the example's executable, inside the platform package, is what t3@.service runs
-    exe = f"/opt/t3/versions/{V0}/node_modules/@t3code/t3-linux-x64/t3"
-    assert box.run("test", "-x", exe, check=False).returncode == 0
+        assert box.run("stat", "-c", "%U", db).stdout.strip() == user  # the real server made its own state
+    # the example's executable, inside the real platform package, is what t3@.service runs
+    platform = f"/opt/t3/versions/{V0}/node_modules/@t3code/t3-linux-x64"
+    assert box.run("test", "-x", f"{platform}/t3", check=False).returncode == 0
+    assert box.run("test", "-e", f"{platform}/emulator.json", check=False).returncode != 0  # the real binary
+    # its native modules came out of its own tarball (the registry here has none of them), recorded as bundled
+    assert box.run("test", "-f", f"{platform}/node_modules/node-pty/package.json", check=False).returncode == 0
+    lock = json.loads(box.run("cat", f"/opt/t3/versions/{V0}/package-lock.json").stdout)["packages"]
+    assert lock["node_modules/@t3code/t3-linux-x64/node_modules/@ff-labs/fff-bin-linux-x64-gnu"]["inBundle"] is True
     assert "/opt/t3/users/alice/node_modules/@t3code/t3-linux-x64/t3 serve" in host.prop("t3@alice.service", "ExecStart")
     assert box.run("readlink", "/opt/t3/users/alice").stdout.strip() == "../current"  # adopt made each user's link
+    # the real server under the shipped hardening
+    for key, value in {"ProtectSystem": "full", "NoNewPrivileges": "yes", "PrivateTmp": "yes", "ProtectProc": "invisible",
+                       "RestrictAddressFamilies": "AF_INET AF_INET6 AF_NETLINK AF_UNIX", "CapabilityBoundingSet": ""}.items():
+        assert " ".join(sorted(host.prop("t3@alice.service", key).split())) == value, key
+    probe = host.t3track("probe", "--url", "http://127.0.0.1:3773", "--base-dir", "/home/alice/.t3")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "pairing probe passed" in probe.stdout
     host.show("after adopt")
+
+
+def test_a_drill_on_the_real_release_swaps_and_rolls_back_for_real(host):
+    box = host.box
+    pids = {user: host.prop(f"t3@{user}.service", "MainPID") for user in USERS}
+    drilled = host.t3track("--json", "drill", "--yes")
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    doc = json.loads(drilled.stdout)
+    print(json.dumps({k: doc[k] for k in doc if k in ("outcome", "downtime_s", "steps")}, indent=1)[:3000])
+    assert host.current() == f"versions/{V0}"
+    assert box.sh(f"ls -d /opt/t3/versions/{V0}+drill* 2>/dev/null", check=False).stdout == ""  # the copy is gone
+    for user in USERS:
+        assert host.serving(user, V0)["serverVersion"] == V0
+        assert host.prop(f"t3@{user}.service", "MainPID") != pids[user]  # stopped and started for real, twice
+        assert host.runs_as(f"t3@{user}.service") == user
+    history = json.loads(host.t3track("history", "--json").stdout)["events"]
+    assert history[0]["event"] == "drill"
+    assert not box.run("test", "-e", "/var/lib/t3track/journal.json", check=False).returncode == 0
 
 
 def test_the_backup_timer_fires_and_backs_up_every_user_under_the_shipped_sandbox(host):
@@ -354,14 +394,10 @@ def test_a_good_night_on_the_timer_swaps_both_servers_and_they_still_run_as_thei
         assert host.runs_as(f"t3@{user}.service") == user
     history = json.loads(host.t3track("history", "--json").stdout)["events"]
     assert history[0]["event"] == "run" and history[0]["outcome"] == "swapped" and history[0]["to"] == GOOD
-    # the unit's system call filter lets the mint's launcher install its seccomp filter: each user's
-    # mint started with the sandbox server, its opens for writing held until the migrations were in
-    evidence = history[0]["evidence"]
-    # (an emulated mint may reach no write before the server has migrated: a count, not a number, is asked)
-    held = host.box.sh(f"grep -lE 'its opens for writing held until [^;]*; [0-9]+ open\\(s\\) held' "
-                       f"{evidence}/*pairing-probe*", check=False)
-    assert len(held.stdout.split()) == len(USERS), host.box.sh(f"ls {evidence}; cat {evidence}/*pairing-probe*",
-                                                               check=False).stdout[-3000:]
+    evidence = history[0]["evidence"]  # each user's candidate paired with a credential from `auth pairing create`
+    minted = host.box.sh(f"grep -l 'minted with `auth pairing create`' {evidence}/*pairing-probe*", check=False)
+    assert len(minted.stdout.split()) == len(USERS), host.box.sh(f"ls {evidence}; cat {evidence}/*pairing-probe*",
+                                                                 check=False).stdout[-3000:]
     # the shipped unit lets bubblewrap box each rehearsal (own network and PID namespace, read-only view)
     report = json.loads(host.box.sh(f"cat {evidence}/result.json").stdout)
     serves = [g for g in report["gates"] if g["name"] == "sandbox-serve"]
@@ -429,30 +465,44 @@ def test_a_two_ring_night_moves_the_canary_only_and_never_restarts_the_rest(host
     host.show("after a two-ring night")
 
 
-def test_the_real_t3_runs_as_t3_alice_under_the_shipped_hardening_and_passes_the_live_check(host):
+def test_from_an_emulated_0_0_41_a_timer_night_brings_in_the_real_release_through_every_gate(host):
+    """The host reset to an emulated 0.0.41 (its state, t3track's state and installs gone; the config
+    without rings), as on a host still on an older build: the operator pins the real 0.0.42 and the
+    timer's night takes it through every gate on copies of the users' state, inside t3track.service."""
     box = host.box
-    box.run("systemctl", "stop", "t3@alice.service")
-    # a base dir the real server makes its own state in, and a `current` holding the real package
-    box.run("mv", "/home/alice/.t3", "/home/alice/.t3-emulated")
-    box.run("install", "-d", "-o", "alice", "-g", "alice", "-m", "0700", "/home/alice/.t3")
-    box.run("mkdir", "-p", "/opt/t3/real-0.0.42/node_modules/@t3code")
-    # a copy, not a link into the checkout's cache: a clone under /tmp is hidden from a unit with
-    # PrivateTmp=yes (as the shipped t3@.service has), as a real host's /opt/t3 never would be
-    box.run("cp", "-a", host.real_package, "/opt/t3/real-0.0.42/node_modules/@t3code/t3-linux-x64")
-    box.run("ln", "-sfn", "real-0.0.42", "/opt/t3/current")
-    box.run("systemctl", "start", "t3@alice.service")
-    try:
-        assert host.serving("alice", "0.0.42")["serverVersion"] == "0.0.42"
-    except AssertionError:
-        raise AssertionError(host.journal("t3@alice.service")[-3000:]) from None
-    assert host.runs_as("t3@alice.service") == "alice"
-    for key, value in {"ProtectSystem": "full", "NoNewPrivileges": "yes", "PrivateTmp": "yes", "ProtectProc": "invisible",
-                       "RestrictAddressFamilies": "AF_INET AF_INET6 AF_NETLINK AF_UNIX", "CapabilityBoundingSet": ""}.items():
-        assert " ".join(sorted(host.prop("t3@alice.service", key).split())) == value, key
-    probe = host.t3track("probe", "--url", "http://127.0.0.1:3773", "--base-dir", "/home/alice/.t3")
-    assert probe.returncode == 0, probe.stdout + probe.stderr
-    assert "pairing probe passed" in probe.stdout
-    assert box.run("stat", "-c", "%U", "/home/alice/.t3/userdata/state.sqlite").stdout.strip() == "alice"
+    for user in USERS:
+        box.run("systemctl", "stop", f"t3@{user}.service")
+        box.run("rm", "-rf", f"/home/{user}/.t3")
+        box.run("install", "-d", "-o", user, "-g", user, "-m", "0700", f"/home/{user}/.t3")
+    box.sh("rm -rf /var/lib/t3track/* /var/backups/t3track/* /opt/t3/*")
+    config = box.run("cat", CONFIG).stdout
+    box.write(CONFIG, config.split("rings:\n", 1)[0])
+    host.publish(OLDER, tag=False, migrations=52)  # the real migration names and schema, as 0.0.42 reads them
+    adopted = host.t3track("adopt", OLDER)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    for user in USERS:
+        assert host.serving(user, OLDER)["serverVersion"] == OLDER
+    host.fire("t3-backup-state.timer", "t3-backup-state.service")
+    assert host.t3track("pin", V0, "--reason", "the first real release on this host").returncode == 0
+    cursor = host.cursor()
+    host.fire("t3track.timer", "t3track.service", timeout=300)
+    log = host.journal("t3track.service", since_cursor=cursor)
+    assert host.prop("t3track.service", "Result") == "success", log[-3000:]
+    assert host.current() == f"versions/{V0}"
+    for user in USERS:
+        assert host.serving(user, V0)["serverVersion"] == V0
+        assert host.runs_as(f"t3@{user}.service") == user
+    shown = json.loads(host.t3track("--json", "show", "last").stdout)
+    run = shown["result"]
+    assert run["outcome"] == "swapped" and run["from"] == OLDER and run["to"] == V0, run
+    gates = [g for g in run["gates"] if g["name"] in ("sandbox-serve", "pairing-probe")]
+    assert {(g["name"], g["user"]) for g in gates if g["outcome"] == "pass"} == {
+        (name, user) for name in ("sandbox-serve", "pairing-probe") for user in USERS}
+    per_user = {user: sum(g["duration_s"] for g in gates if g["user"] == user) for user in USERS}
+    print("\nthe real 0.0.42's gates inside t3track.service (sandbox-serve + pairing-probe, per user): "
+          + ", ".join(f"{u} {t:.2f}s" for u, t in per_user.items())
+          + "; compare `bench/bench.py --only gates` (the same gates run in-process, outside any unit)")
+    host.show("after a timer night brought in the real 0.0.42")
 
 
 def test_no_log_or_journal_holds_a_pairing_token(host):

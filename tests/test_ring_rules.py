@@ -13,7 +13,8 @@ from t3track.config import parse_config
 from t3track.errors import ConfigError
 from t3track.host import install, tree
 from t3track.night import rings
-from t3track.state import Denial, Freeze, Pin, RingState, RingStore, Served, State, StateStore
+from t3track.night.rings import RingStore
+from t3track.state import Denial, Freeze, Pin, RingState, Served, State, StateStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 V1, V2, V3 = "0.0.43-nightly.20261101.3001", "0.0.43-nightly.20261102.3002", "0.0.43-nightly.20261103.3003"
@@ -220,12 +221,14 @@ def test_no_user_link_is_made_to_a_ring_link_that_is_not_there(tmp_path):
     (c.root / "current").symlink_to("versions/handmade")  # not a version: no ring link can start from it
     tree.ensure_layout(c)
     assert not os.path.lexists(c.root / "users" / "bob") and not os.path.lexists(c.root / "rings" / "everyone")
-    from t3track.config import host_problems, host_warnings
+    from t3track.commands.config_check import config_check
 
-    assert any("users/bob is missing" in w for w in host_warnings(c)), host_warnings(c)
+    warnings = config_check(c, tmp_path / "config.yaml").warnings
+    assert any("users/bob is missing" in w for w in warnings), warnings
     (c.root / "users").mkdir()
     (c.root / "users" / "bob").symlink_to("../rings/everyone")
-    assert any("users/bob is a dangling symlink (t3@bob.service cannot start)" in p for p in host_problems(c))
+    problems = config_check(c, tmp_path / "config.yaml").problems
+    assert any("users/bob is a dangling symlink (t3@bob.service cannot start)" in p for p in problems)
 
 
 def test_pruning_from_a_later_rings_move_keeps_the_first_rings_previous(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from tests.real_t3 import host_config, live_base_dir, processes_mentioning
 from tests.support.state import fake_live_state, script
 
-from t3track.host import backup, probe, sandbox
+from t3track.host import backup, sandbox, serving
 from t3track.host.sandbox import SandboxFailed, serve_candidate
 
 
@@ -93,7 +93,7 @@ def test_ctrl_c_while_waiting_kills_the_server_and_removes_the_sandbox(fake_host
             raise KeyboardInterrupt
         return None
 
-    monkeypatch.setattr(probe, "server_version", interrupted)
+    monkeypatch.setattr(serving, "server_version", interrupted)
     with pytest.raises(KeyboardInterrupt):
         serve(fake_host, hang)
     assert processes_mentioning(str(hang)) == []
@@ -140,7 +140,7 @@ def real_host(tmp_path, real_state_template):  # noqa: F811
 def test_the_real_candidate_serves_the_backup_copy_until_stopped(real_host, real_t3, secret_spy):  # noqa: F811
     server = serve(real_host, real_t3)
     try:
-        assert probe.server_version(server.url, timeout=5) == "0.0.42"
+        assert serving.server_version(server.url, timeout=5) == "0.0.42"
         assert server.url.startswith("http://127.0.0.1:")
         assert [m.id for m in server.migrations_before] == list(range(1, 53))
         assert server.migrations_after == server.migrations_before
@@ -171,7 +171,7 @@ def test_a_port_taken_before_the_server_binds_is_retried(real_host, real_t3, mon
     try:
         with serve(real_host, real_t3) as server:
             assert server.port != taken.getsockname()[1]
-            assert probe.server_version(server.url, timeout=5) == "0.0.42"
+            assert serving.server_version(server.url, timeout=5) == "0.0.42"
     finally:
         taken.close()
 
@@ -203,7 +203,7 @@ def test_leaving_the_sandbox_block_stops_the_server_and_removes_the_copy(tmp_pat
     executable = make_install(tmp_path / "candidate", "0.0.42")
     with serve_candidate(config, config.users[0], executable, "0.0.42", workdir=tmp_path / "work",
                          evidence_dir=tmp_path / "evidence") as server:
-        assert probe.server_version(server.url, timeout=5) == "0.0.42"
+        assert serving.server_version(server.url, timeout=5) == "0.0.42"
         assert processes_mentioning(str(server.root))
         root = server.root
     assert not root.exists()

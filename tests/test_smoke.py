@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.emulator import package as emu
-from tests.real_t3 import SECRET_SHAPES, processes_mentioning, repacked_real_t3
+from tests.real_t3 import SECRET_SHAPES, processes_mentioning, publish_real
 from tests.support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.slow
@@ -215,8 +215,9 @@ def test_the_sample_ci_workflow_calls_smoke_with_options_it_has(tmp_path):
 # ---------------------------------------------------------------- the real T3 Code 0.0.42
 # `t3track smoke` on the real T3 Code 0.0.42, `--from` an emulated 0.0.41.
 #
-# The real `@t3code/t3-linux-x64@0.0.42` is re-packed as `t3@0.0.42` (tests/test_real_night.py) and
-# published with an emulated 0.0.41 to a loopback registry. The smoke installs both with npm, serves
+# The real `@t3code/t3-linux-x64@0.0.42` tarball is published unchanged under a launcher `t3@0.0.42`
+# (tests/real_t3.py's publish_real, upstream's layout), with an emulated 0.0.41 in the same layout, to a
+# loopback registry that serves none of the real package's bundled modules. The smoke installs both with npm, serves
 # 0.0.41 once on an empty scratch base dir (it creates the database with the real migration names
 # and, at 52, the real schema), then the real server serves a sandbox copy of that database, pairs
 # through the real handshake, and is asked whether a session the 0.0.41 server minted just before
@@ -227,18 +228,19 @@ REAL = "0.0.42"
 
 
 @pytest.fixture(scope="module")
-def real_registry(real_t3):
+def real_registry():
     server = RegistryServer().start()
     # at 52 like the real one: the real server reads tables the emulator makes only at 52
-    server.publish("t3", OLD, emu.tarball_bytes(OLD, migrations=52))
-    server.publish("t3", REAL, repacked_real_t3(real_t3).read_bytes(), tag="nightly")
+    for name, tarball in emu.release_tarballs(OLD, migrations=52).items():
+        server.publish(name, OLD, tarball)
+    publish_real(server, tag="nightly")
     yield server
     server.stop()
 
 
 @pytest.mark.real_server
 def test_the_real_server_migrates_an_older_database_pairs_and_is_asked_about_old_sessions(tmp_path, real_registry):
-    done = smoke(tmp_path, real_registry.url, REAL, "--from", OLD, "--executable", emu.EXECUTABLE,
+    done = smoke(tmp_path, real_registry.url, REAL, "--from", OLD, "--executable", emu.RELEASE_EXECUTABLE,
                  serve_timeout=60)  # the real server takes seconds, more on a busy machine
     assert done.code == 0, done.result.stdout + done.result.stderr
     doc = done.doc

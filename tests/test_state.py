@@ -42,6 +42,16 @@ def test_corrupt_state_is_reported_and_never_replaced(tmp_path):
     assert store.state_path.read_text() == "{not json"
 
 
+def test_a_state_the_models_refuse_is_corrupt_and_one_they_coerce_is_read(tmp_path):
+    store = StateStore(tmp_path)
+    store.state_path.write_text(json.dumps({"current": "not a version"}))
+    with pytest.raises(StateError, match="is corrupt"):
+        store.load()
+    store.state_path.write_text(json.dumps({"current": "0.0.42", "failures": {"0.0.42": "2"}}))
+    assert store.load().failures == {"0.0.42": 2}  # the models' lax reading
+    assert StateStore(tmp_path / "none").load().current is None
+
+
 def test_history_is_append_only_and_read_newest_first(tmp_path):
     store = StateStore(tmp_path)
     store.record("freeze", by="ops", reason="a")

@@ -68,7 +68,7 @@ class Verdaccio:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self) -> "Verdaccio":
+    def start(self) -> Verdaccio:
         config = self.workdir / "config.yaml"
         shutil.copyfile(HERE / "config.yaml", config)  # storage: ./storage is relative to the config
         for _attempt in range(3):  # a free port can be taken between the probe and the bind
@@ -157,7 +157,7 @@ def run_json(host: Host) -> tuple[int, dict, str]:
     try:
         doc = json.loads(done.stdout)
     except ValueError:
-        raise Failed(f"`t3track run --json` printed no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+        raise Failed(f"`t3track run --json` printed no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}") from None
     return done.returncode, doc, done.stderr
 
 

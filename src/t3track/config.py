@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -22,30 +21,76 @@ from pydantic import (
 )
 
 from t3track.errors import ConfigError, UsageError
-from t3track.fastread import (  # noqa: F401  (the rules live there: status checks the config without pydantic)
-    CONFIG_ENV,
-    DEFAULT_CONFIG_PATH,
-    GATE_NAMES,
-    MAX_DURATION_S,
-    MAX_SIZE,
-    SERVICE_PLACEHOLDERS,
-    ConfigHelpers,
-    check_channel,
-    check_executable,
-    check_gate_order,
-    check_loopback_url,
-    check_metrics_path,
-    check_package,
-    check_registry,
-    check_template,
-    check_unique_users,
-    check_user_name,
-    check_webhook,
-    config_path,
-    cpu_count,
-    parse_duration,
-    parse_size,
-)
+
+DEFAULT_CONFIG_PATH = Path("/etc/t3track/config.yaml")
+CONFIG_ENV = "T3TRACK_CONFIG"
+GATE_NAMES = ("backup-present", "sandbox-serve", "pairing-probe")
+SERVICE_PLACEHOLDERS = ("user", "port", "base_dir")
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 3650 * 86400  # ten years: anything longer overflows timers and dates
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+MAX_SIZE = 64 << 30
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_LOOPBACK_URL_RE = re.compile(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
+_PACKAGE_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
+_CHANNEL_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_RING_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+DEFAULT_RING = "all"  # the one ring of every user when the config names none
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90s`, `15m`, `6h`, `7d` (a bare integer is seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 15m, 6h or 7d")
+    seconds: int | None = None
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match and len(match.group(1)) <= 12:
+            seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"must be a duration such as 90s, 15m, 6h or 7d, not {str(value)[:40]!r}")
+    if not 0 <= seconds <= MAX_DURATION_S:
+        raise ValueError("must be between 0s and 3650d")
+    return timedelta(seconds=seconds)
+
+
+def parse_size(value: Any) -> int:
+    """`65536`, `64KiB`, `32MiB`, `1GiB` (at most 64 GiB)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 64KiB, 32MiB or 1GiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"must be a size such as 64KiB, 32MiB or 1GiB, not {value!r}")
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError("must be between 1 byte and 64GiB")
+    return size
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, which a systemd CPUAffinity= or a container narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
@@ -66,12 +111,16 @@ class UserConfig(_Strict):
     @field_validator("name", "run_as")
     @classmethod
     def _user_name(cls, value: str | None) -> str | None:
-        return check_user_name(value)
+        if value is not None and not _USER_RE.match(value):
+            raise ValueError("must be a Linux user name (lowercase letters, digits, _ and -)")
+        return value
 
     @field_validator("front_door")
     @classmethod
     def _loopback_only(cls, value: str | None) -> str | None:
-        return check_loopback_url(value)
+        if value is not None and not _LOOPBACK_URL_RE.match(value):
+            raise ValueError("must be a loopback URL (http://127.0.0.1:PORT/...)")
+        return value
 
 
 class ServicesConfig(_Strict):
@@ -82,7 +131,14 @@ class ServicesConfig(_Strict):
     @field_validator("stop", "start")
     @classmethod
     def _templates(cls, value: list[str]) -> list[str]:
-        return check_template(value, SERVICE_PLACEHOLDERS)
+        # an unknown placeholder would reach the command literally and fail at the worst moment
+        # (a `{nokey}` in services.stop, mid-swap)
+        for part in value:
+            unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in SERVICE_PLACEHOLDERS]
+            if unknown:
+                known = " ".join("{" + n + "}" for n in SERVICE_PLACEHOLDERS)
+                raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
+        return value
 
 
 class GatesConfig(_Strict):
@@ -98,7 +154,12 @@ class GatesConfig(_Strict):
     @field_validator("order")
     @classmethod
     def _known_gates(cls, value: list[str]) -> list[str]:
-        return check_gate_order(value)
+        unknown = [g for g in value if g not in GATE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown gate(s) {', '.join(unknown)}; known: {', '.join(GATE_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a gate is listed twice")
+        return value
 
 
 class BackupConfig(_Strict):
@@ -107,25 +168,52 @@ class BackupConfig(_Strict):
     keep_daily_days: int = Field(default=14, ge=0)
 
 
+NOTIFY_EVENTS = ("refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "swapped")
+NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift"]
+
+
 class NotifyConfig(_Strict):
-    """Where to tell the operator about a refused, rolled-back or critical run (see t3track.aftermath.notify).
-
+    """Where to tell the operator (see t3track.aftermath.notify): `urls`, Apprise URLs (`ntfy://…`,
+    `gotify://…`, `slack://…`, `discord://…`, `matrix://…`, `tgram://…`, `mailto://…`, `json://…`); a
     `webhook` gets a JSON POST; `command` is an argv list (no shell) with {event} {outcome} {host}
-    {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Either or both."""
+    {from} {to} {gate} {reason} {evidence} {run_id} filled in and the same JSON on stdin. Any of them.
+    `on`: the events that notify (`swapped`, the morning report, is off by default)."""
 
+    urls: list[str] = Field(default_factory=list)
     webhook: str | None = None
     command: list[str] | None = Field(default=None, min_length=1)
+    on: list[str] = Field(default_factory=lambda: list(NOTIFY_DEFAULT_EVENTS))
     timeout: Duration = timedelta(seconds=10)
     host: str | None = None  # the name in notifications (default: this machine's hostname)
 
     @field_validator("webhook")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        return check_webhook(value)
+        # any http(s) endpoint (chat, alertmanager, ntfy): not loopback-only like the probe URLs
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value
 
+    @field_validator("urls")
+    @classmethod
+    def _apprise_urls(cls, value: list[str]) -> list[str]:
+        for i, url in enumerate(value):
+            if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", url):
+                # never echo the URL: it carries a token
+                raise ValueError(f"entry {i + 1} is not an Apprise URL (scheme://...; see the README's notifications)")
+        return value
 
-_RING_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-DEFAULT_RING = "all"  # the one ring of every user when the config names none
+    @field_validator("on")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = [event for event in value if event not in NOTIFY_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)}; known: {', '.join(NOTIFY_EVENTS)}")
+        return value
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.urls or self.webhook or self.command)
 
 
 class RingConfig(_Strict):
@@ -154,7 +242,7 @@ class RegistryLimitsConfig(_Strict):
     deadline: Duration = timedelta(seconds=120)
 
 
-class Config(_Strict, ConfigHelpers):
+class Config(_Strict):
     package: str = "t3"
     channel: str = "nightly"
     registry: str | None = None
@@ -184,31 +272,48 @@ class Config(_Strict, ConfigHelpers):
     @field_validator("package")
     @classmethod
     def _package_name(cls, value: str) -> str:
-        return check_package(value)
+        if not _PACKAGE_RE.match(value):
+            raise ValueError("must be an npm package name such as t3 or @scope/name")
+        return value
 
     @field_validator("channel")
     @classmethod
     def _channel(cls, value: str) -> str:
-        return check_channel(value)
+        if value == "preview":
+            raise ValueError("the preview channel is never tracked; use nightly")
+        if not _CHANNEL_RE.match(value):
+            raise ValueError("must be a dist-tag name such as nightly")
+        return value
 
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
-        return check_registry(value)
+        if value is not None and not re.match(r"^https?://", value):
+            raise ValueError("must be an http(s) URL")
+        return value if value is None or value.endswith("/") else value + "/"
 
     @field_validator("executable")
     @classmethod
     def _relative_executable(cls, value: str) -> str:
-        return check_executable(value)
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("must be a path relative to an install prefix, without '..'")
+        return value
 
     @field_validator("metrics_path")
     @classmethod
     def _prom_file(cls, value: Path | None) -> Path | None:
-        return check_metrics_path(value)
+        if value is not None and (not value.is_absolute() or value.suffix != ".prom"):
+            raise ValueError("must be an absolute path ending in .prom (node_exporter reads only *.prom files)")
+        return value
 
     @model_validator(mode="after")
     def _unique_users(self) -> Config:
-        check_unique_users(self.users)
+        names = [u.name for u in self.users]
+        ports = [u.port for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("users: a user name is listed twice")
+        if len(set(ports)) != len(ports):
+            raise ValueError("users: two users share a port")
         return self
 
     @model_validator(mode="after")
@@ -296,7 +401,17 @@ class Config(_Strict, ConfigHelpers):
         return self._host if self._host is not None else self
 
     def user(self, name: str) -> UserConfig:
-        return cast(UserConfig, ConfigHelpers.user(self, name))
+        for user in self.users:
+            if user.name == name:
+                return user
+        raise ConfigError(f"no user named {name!r} in the config",
+                          hint=f"known users: {', '.join(u.name for u in self.users) or 'none'}")
+
+    def executable_in(self, prefix: Path) -> Path:
+        return prefix / self.executable
+
+    def metrics_file(self) -> Path:
+        return self.metrics_path if self.metrics_path is not None else self.state_dir / "metrics" / "t3track.prom"
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -367,104 +482,3 @@ def load_config(explicit: Path | None = None) -> Config:
         raise ConfigError(f"{path} is not valid YAML{where}",
                           problems=[f"(yaml){where}: {getattr(exc, 'problem', exc)}"]) from None
     return parse_config(data, str(path))
-
-
-def host_problems(config: Config) -> list[str]:
-    """Problems of the host rather than the file: missing dirs, npm, users' state."""
-    problems: list[str] = []
-    if shutil.which("npm") is None:
-        problems.append("npm: not found on PATH (t3track installs versions with npm)")
-    if shutil.which("node") is None:
-        problems.append("node: not found on PATH")
-    for key in ("root", "state_dir", "backup_dir"):
-        path: Path = getattr(config, key)
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if path.exists() and not path.is_dir():
-            problems.append(f"{key}: {path} exists and is not a directory")
-        elif not os.access(probe, os.W_OK):
-            problems.append(f"{key}: {path} is not writable (nearest existing: {probe})")
-    current = config.root / "current"
-    if current.is_symlink() and not current.exists():
-        problems.append(f"root: {current} is a dangling symlink")
-    for kind in ("rings", "users"):  # the links each ring's swap flips and each user's server starts through
-        links = config.root / kind
-        for link in sorted(links.iterdir()) if links.is_dir() and not links.is_symlink() else []:
-            if link.is_symlink() and not link.exists():
-                problems.append(f"root: {link} is a dangling symlink"
-                                + (f" (t3@{link.name}.service cannot start)" if kind == "users" else ""))
-
-    if not config.users:
-        problems.append("users: no users configured; nothing would be gated or verified")
-    for i, user in enumerate(config.users):
-        if not user.base_dir.is_dir():
-            problems.append(f"users[{i}].base_dir: {user.base_dir} does not exist")
-        elif not any((user.base_dir / "userdata" / name).is_file() for name in ("state.sqlite", "statev2.sqlite")) \
-                and os.path.lexists(current):
-            # V2 builds use statev2.sqlite (a host first installed on one has no state.sqlite at all);
-            # before the first install (`t3track adopt VERSION`) nobody has served T3 here: the
-            # server creates its state on its first start
-            problems.append(f"users[{i}].base_dir: no userdata/state.sqlite or userdata/statev2.sqlite "
-                            f"under {user.base_dir} (is {user.name}'s server running? "
-                            f"`systemctl status t3@{user.name}.service`)")
-        if user.run_as is not None:
-            import pwd
-            try:
-                pwd.getpwnam(user.run_as)
-            except KeyError:
-                problems.append(f"users[{i}].run_as: no such Linux user {user.run_as!r}")
-    for key in ("stop", "start"):
-        argv = getattr(config.services, key)
-        if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
-            problems.append(f"services.{key}: {argv[0]!r} not found")
-    return problems
-
-
-# What upstream's own updater leaves on a host (t3code-contract.md, "Upstream's own updater"): it
-# installs into <T3 home>/runtime/versions/<v>, repoints ~/.local/bin/t3 and, with `t3 service
-# install`, runs a per-user unit that updates itself: each one fights t3track's pin.
-UPDATER_TRACES = (
-    ("runtime/versions", "t3home", "T3's own updater (`t3 update`) has installed versions there"),
-    (".config/systemd/user/t3code.service", "home", "T3's own background service (`t3 service install`) "
-     "updates and restarts the server by itself"),
-    (".local/bin/t3", "home", "upstream's installer points this `t3` at its own runtime, not at root/current"),
-)
-
-
-def _user_home(user: UserConfig) -> Path:
-    """The Linux home of a T3 user: run_as's, else the directory holding the default `.t3` base dir,
-    else the base dir owner's."""
-    import pwd
-
-    if user.run_as is not None:
-        try:
-            return Path(pwd.getpwnam(user.run_as).pw_dir)
-        except KeyError:
-            pass
-    if user.base_dir.name == ".t3":
-        return user.base_dir.parent
-    try:
-        return Path(pwd.getpwuid(user.base_dir.stat().st_uid).pw_dir)
-    except (OSError, KeyError):
-        return user.base_dir.parent
-
-
-def host_warnings(config: Config) -> list[str]:
-    """Things on the host that do not stop t3track but fight it: T3's own updater and service per user."""
-    warnings: list[str] = []
-    if (config.root / "current").is_symlink():
-        for user in config.users:
-            if not os.path.lexists(config.root / "users" / user.name):
-                warnings.append(f"root: {config.root / 'users' / user.name} is missing: t3@{user.name}.service "
-                                "starts through it; the next `t3track run` makes it (or "
-                                "systemd/t3-provision-users.sh on a host without rings)")
-    for i, user in enumerate(config.users):
-        home = _user_home(user)
-        for relative, under, why in UPDATER_TRACES:
-            path = (user.base_dir if under == "t3home" else home) / relative
-            if os.path.lexists(path):
-                warnings.append(f"users[{i}] ({user.name}): {path} exists: {why}, which fights t3track's pin "
-                                "(a live serverVersion that is not `current` is drift); remove it "
-                                "(`t3 service uninstall` as the user) and let t3track manage the version")
-    return warnings

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     ENVIRONMENT = 3   # registry unreachable, npm failed, disk full; nothing changed
     CRITICAL = 4      # rollback failed or state inconsistent; tracker froze itself
     LOCKED = 75       # another t3track run holds the lock
+    INTERRUPTED = 130  # stopped by a signal at a safe point: nothing half-done (see t3track.stops)
 
 
 EXIT_CODE_HELP = {
@@ -21,6 +22,8 @@ EXIT_CODE_HELP = {
     ExitCode.ENVIRONMENT: "environment error: registry unreachable, npm failed, disk full; nothing changed",
     ExitCode.CRITICAL: "critical: a rollback failed or state is inconsistent; an operator must act",
     ExitCode.LOCKED: "another t3track run holds the lock",
+    ExitCode.INTERRUPTED: "interrupted (SIGTERM, SIGINT, SIGHUP) at a safe point: before a swap's flip nothing "
+                          "changed; after it the swap was checked live (and rolled back on failure) first",
 }
 
 
@@ -49,6 +52,12 @@ class EnvironmentFault(T3TrackError):
     """Registry unreachable, npm failed, disk full: nothing changed, try again later."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+
+class Interrupted(EnvironmentFault):
+    """A stop signal arrived before anything live was touched: nothing changed (exit 130)."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class StateError(T3TrackError):

@@ -117,12 +117,8 @@ def run(
     cwd: Path | None = None,
     run_as: str | None = None,
     stdin: str | None = None,
-    on_start: Callable[[subprocess.Popen], None] | None = None,
-    pass_fds: Sequence[int] = (),
 ) -> Completed:
-    """Run to completion in its own process group; on timeout the whole group is killed.
-    `on_start` gets the process as soon as it exists (to end it by its pid from another thread);
-    `pass_fds` are inherited by the child alone."""
+    """Run to completion in its own process group; on timeout the whole group is killed."""
     args = [os.fspath(a) for a in argv]
     started = time.monotonic()
     try:
@@ -135,7 +131,6 @@ def run(
             cwd=cwd,
             text=True,
             errors="replace",
-            pass_fds=tuple(pass_fds),
             **_child_kwargs(run_as),
         )
     except FileNotFoundError:
@@ -144,8 +139,6 @@ def run(
     except PermissionError:
         raise EnvironmentFault(f"cannot run {args[0]}: permission denied") from None
     try:
-        if on_start is not None:
-            on_start(proc)
         out, err = proc.communicate(input=stdin, timeout=timeout)
         timed_out = False
     except subprocess.TimeoutExpired:

@@ -18,9 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from t3track import versions
 from t3track.clock import iso, utcnow
 from t3track.errors import LockBusy, StateError
-from t3track.fastread import JOURNAL_FILE, STATE_FILE, StatePaths  # noqa: F401  (the file names, once)
 from t3track.fsutil import append_line, atomic_write_text, make_private_dirs
 
+STATE_FILE = "state.json"
+JOURNAL_FILE = "journal.json"       # a swap under way (t3track.night.journal)
 HISTORY_FILE = "history.jsonl"
 SNAPSHOTS_DIR = "snapshots"        # pre-swap snapshots, one dir per run
 LOCK_FILE = "lock"
@@ -111,7 +112,7 @@ SERVED_KEPT = 30  # stretches kept per ring: a month of nightlies
 
 
 class RingState(_Model):
-    """What a ring has that the host does not share (see RingStore). The first ring's current,
+    """What a ring has that the host does not share (see night.rings.RingStore). The first ring's current,
     previous and current_snapshot are the State's own fields (a host without rings is one ring)."""
     current: Version | None = None
     previous: Version | None = None
@@ -174,8 +175,19 @@ class HistoryEvent:
     data: dict[str, Any]
 
 
-class StateStore(StatePaths):
+class StateStore:
     """All reads and writes of state_dir go through here."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / JOURNAL_FILE
 
     @property
     def history_path(self) -> Path:
@@ -183,7 +195,8 @@ class StateStore(StatePaths):
 
     @property
     def host(self) -> StateStore:
-        """The whole host's store (a RingStore's is the plain store of the same state_dir)."""
+        """The whole host's store: itself (a ring's, night.rings.RingStore, gives the plain store of
+        its state_dir)."""
         return self
 
     def snapshot_dir(self, run_id: str) -> Path:
@@ -254,6 +267,26 @@ class StateStore(StatePaths):
                 break
         return events
 
+    def lock_holder(self) -> int | None:
+        """The pid holding the run lock, read without touching it (a monitoring check must never take it,
+        not even for a moment: a night starting then would exit 75): the kernel's /proc/locks names the
+        holder of a flock on the lock file's inode."""
+        try:
+            st = os.stat(self.dir / LOCK_FILE)
+            with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+                table = locks.read()
+        except OSError:
+            return None
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            fields = line.split()  # 1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF  ("->" marks a waiter)
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[2] != "->" and fields[5] == wanted:
+                try:
+                    return int(fields[4])
+                except ValueError:
+                    return None
+        return None
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Non-blocking exclusive flock on state_dir/lock; the holder's pid is written into it."""
@@ -282,75 +315,6 @@ class StateStore(StatePaths):
 
 
 RING_OWN = ("current", "previous", "current_snapshot")
-
-
-class RingStore(StateStore):
-    """state_dir seen by one ring's move. `load()` gives a State whose current, previous and
-    current_snapshot are the ring's, and whose pin and freeze are the ring's own or else the host's,
-    so every move (swap, rollback, revert, recovery) settles the ring it moved through the same code
-    as a host without rings; `save()` writes those back into the ring and everything else (denials,
-    failures, first-seen times, the last run) into the host's state. A change of the ring's current
-    opens a new `served` stretch. History lines name the ring."""
-
-    def __init__(self, state_dir: Path, ring: str, *, first: bool):
-        super().__init__(state_dir)
-        self.ring, self.first = ring, first
-        self._held: dict[str, tuple[str, Any]] = {}  # pinned/frozen: where the loaded value came from
-        self._loaded_current: str | None = None
-
-    def load(self) -> State:
-        """The ring's view. Its freeze is its own, else the host's (a ring's freeze that has ended gives
-        way to a host freeze still on). Its pin is its own; the first ring also takes the host's pin
-        (the host's pin reaches later rings through their soak: see night.rings.promotion)."""
-        whole = super().load()
-        own = whole.rings.get(self.ring, RingState())
-        view = whole.model_copy(deep=True)
-        if not self.first:
-            for key in RING_OWN:
-                setattr(view, key, getattr(own, key))
-            if own.current is None:  # a ring that has not moved yet runs what the whole host ran (its link's start)
-                view.current = whole.current
-        mine = own.frozen
-        if mine is not None and mine.expired(utcnow()) and whole.frozen is not None:
-            mine = None
-        view.frozen = mine if mine is not None else whole.frozen
-        self._held["frozen"] = ("ring" if mine is not None else "host", view.frozen)
-        view.pinned = own.pinned if own.pinned is not None or not self.first else whole.pinned
-        self._held["pinned"] = ("ring" if own.pinned is not None or not self.first else "host", view.pinned)
-        self._loaded_current = view.current
-        return view
-
-    def save(self, state: State) -> None:
-        whole = super().load()
-        own = whole.rings.setdefault(self.ring, RingState())
-        before = self._loaded_current
-        for key in State.model_fields:
-            if key in ("pinned", "frozen", "rings") or (key in RING_OWN and not self.first):
-                continue
-            setattr(whole, key, getattr(state, key))
-        if not self.first:
-            for key in RING_OWN:
-                setattr(own, key, getattr(state, key))
-        for key in ("pinned", "frozen"):
-            where, loaded = self._held.get(key, ("host", getattr(whole, key)))
-            value = getattr(state, key)
-            if value == loaded:
-                continue
-            # a value this move changed: lifted where it was held; a new freeze (a failed rollback) is the host's
-            setattr(own if where == "ring" and value is None else whole, key, value)
-            self._held[key] = (where if value is None else "host", value)
-        if state.current != before:
-            note_served(own, state.current, utcnow())
-        self._loaded_current = state.current
-        StateStore.save(self, whole)
-
-    @property
-    def host(self) -> StateStore:
-        return StateStore(self.dir)
-
-    def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
-        data.setdefault("ring", self.ring)
-        return super().record(event, by=by, **data)
 
 
 def note_served(ring: RingState, version: str | None, now: datetime) -> None:

@@ -102,6 +102,33 @@ def _manifest(version: str) -> dict:
     return {"name": PACKAGE, "version": version, "bin": {"t3": "bin/t3"}, "license": "MIT"}
 
 
+# Like the real platform package, every build carries native modules as bundleDependencies: npm takes
+# them out of the build's own tarball (the lock says `"inBundle": true`, with no integrity), never from
+# the registry, which in the tests does not have them. One is scoped, and one bundles a dependency of
+# its own (nested, like the real ffi-rs); the emulator refuses to start when one does not resolve.
+BUNDLED = {"@t3emu/native-linux-x64-gnu": "0.9.4", "emu-pty": "1.1.0"}
+_NESTED = ("emu-pty", "emu-addon-api", "7.1.1")  # (bundled package, its own dependency, version)
+
+
+def _bundled_entries() -> list[tuple[str, bytes, int]]:
+    """package/node_modules/... as `npm pack` writes a package's bundled dependencies."""
+    parent, child, child_version = _NESTED
+    entries = []
+    for name, version in BUNDLED.items():
+        manifest: dict = {"name": name, "version": version, "license": "MIT"}
+        if name == parent:
+            manifest["dependencies"] = {child: child_version}
+        entries += [(f"node_modules/{name}/package.json", json.dumps(manifest, indent=2).encode() + b"\n", 0o644),
+                    (f"node_modules/{name}/build/Release/native.node", f"\x7fELF {name}@{version}".encode(), 0o755)]
+    entries.append((f"node_modules/{parent}/node_modules/{child}/package.json",
+                    json.dumps({"name": child, "version": child_version, "license": "MIT"}).encode(), 0o644))
+    return entries
+
+
+def _with_bundle(manifest: dict) -> dict:
+    return {**manifest, "dependencies": dict(BUNDLED), "bundleDependencies": sorted(BUNDLED)}
+
+
 def _tarball(entries: list[tuple[str, bytes, int]]) -> bytes:
     """An npm tarball of `entries` (path under package/, bytes, mode), npm pack's fixed mtime, gzip."""
     import gzip
@@ -117,12 +144,15 @@ def _tarball(entries: list[tuple[str, bytes, int]]) -> bytes:
 
 def tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
                   start_delay_s: float = 0, **extra) -> bytes:
-    """An npm tarball of the emulator: package/{package.json, bin/t3 (0755), bin/emulator.json}, no deps."""
+    """An npm tarball of the emulator: package/{package.json, bin/t3 (0755), bin/emulator.json} and its
+    bundled native modules (package/node_modules/, see BUNDLED), which the emulator needs to start."""
     return _tarball([
-        ("package.json", json.dumps(_manifest(version), indent=2).encode() + b"\n", 0o644),
+        ("package.json", json.dumps(_with_bundle(_manifest(version)), indent=2).encode() + b"\n", 0o644),
         ("bin/t3", emulator_bytes(), 0o755),
         ("bin/emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
-                                                  start_delay_s=start_delay_s, **extra)).encode(), 0o644),
+                                                  start_delay_s=start_delay_s, native_modules=sorted(BUNDLED),
+                                                  **extra)).encode(), 0o644),
+        *_bundled_entries(),
     ])
 
 
@@ -155,14 +185,36 @@ def launcher_tarball_bytes(version: str) -> bytes:
 def platform_tarball_bytes(version: str, era: str = "B", migrations: int | None = None, fault: str | None = None,
                            start_delay_s: float = 0, **extra) -> bytes:
     """`@t3code/t3-linux-x64@version`: the emulator as `t3` at the package root (no `bin` entry),
-    emulator.json beside it; os/cpu like the real one."""
+    emulator.json beside it, native modules bundled; os/cpu like the real one."""
     manifest = {"name": PLATFORM_PACKAGE, "version": version, "license": "MIT", "os": ["linux"], "cpu": ["x64"]}
     return _tarball([
-        ("package.json", json.dumps(manifest, indent=2).encode() + b"\n", 0o644),
+        ("package.json", json.dumps(_with_bundle(manifest), indent=2).encode() + b"\n", 0o644),
         ("t3", emulator_bytes(), 0o755),
         ("emulator.json", json.dumps(settings(version, era=era, migrations=migrations, fault=fault,
-                                              start_delay_s=start_delay_s, **extra)).encode(), 0o644),
+                                              start_delay_s=start_delay_s, native_modules=sorted(BUNDLED),
+                                              **extra)).encode(), 0o644),
+        *_bundled_entries(),
     ])
+
+
+def make_release_install(prefix: Path, version: str, **build) -> Path:
+    """Lay out a release as `npm install --prefix PREFIX t3@VERSION` does from release_tarballs(): the
+    launcher in node_modules/t3, the platform package with its bundled modules beside it; return the
+    executable (prefix/RELEASE_EXECUTABLE)."""
+    prefix = Path(prefix)
+    for name, data in release_tarballs(version, **build).items():
+        target = prefix / "node_modules" / name
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            for member in archive.getmembers():
+                member.name = member.name.removeprefix("package/")
+            archive.extractall(target, filter="data")
+    dot_bin = prefix / "node_modules" / ".bin"
+    dot_bin.mkdir(exist_ok=True)
+    if not (dot_bin / "t3").is_symlink():
+        (dot_bin / "t3").symlink_to(Path("..") / PACKAGE / "bin" / "t3.js")
+    (prefix / "package.json").write_text(json.dumps({"dependencies": {PACKAGE: version}}, indent=2) + "\n")
+    return prefix / RELEASE_EXECUTABLE
 
 
 def release_tarballs(version: str, **build) -> dict[str, bytes]:

@@ -41,7 +41,7 @@ from pathlib import Path
 FAULTS = (
     "no-cookie", "renamed-endpoint", "reusable-credential", "cookie-not-accepted", "wrong-cookie-name",
     "crash-on-start", "never-ready", "env-hangs", "wrong-version", "exchange-500", "mint-fails",
-    "no-cache-headers", "log-level-rejected", "mint-busy-once",
+    "no-cache-headers",
 )
 DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "start_delay_s": 0, "boot_delay_s": 0,
             "reported_version": None,
@@ -240,6 +240,15 @@ def load_settings() -> dict:
         if base not in FAULTS:
             raise SystemExit(f"emulator.json: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
     return settings
+
+
+def require_native_modules(settings: dict) -> None:
+    """Like the real executable, which loads node-pty, ffi-rs and @ff-labs/fff-* from the
+    node_modules its platform package bundles (bundleDependencies): each module named in
+    `native_modules` must resolve the way Node resolves it, upwards from this file, or the start fails."""
+    for name in settings.get("native_modules") or []:
+        if not any((d / "node_modules" / name / "package.json").is_file() for d in (script_dir(), *script_dir().parents)):
+            raise SystemExit(f"Error: Cannot find module '{name}' (a bundled native module of this build)")
 
 
 def active_fault(settings: dict) -> str | None:
@@ -1072,14 +1081,6 @@ def pairing_create(args: argparse.Namespace, settings: dict) -> int:
     if active_fault(settings) == "mint-fails":
         print("\nERROR\n  AuthControlPlaneError: emulated mint-fails: could not issue a pairing token", file=sys.stderr)
         return 1
-    if active_fault(settings) == "mint-busy-once":
-        lost = Path(args.base_dir).expanduser() / "userdata" / ".t3emu-mint-lost-race"
-        if not lost.exists():
-            lost.parent.mkdir(parents=True, exist_ok=True)
-            lost.touch()
-            print("\nERROR\n  SqlError: Failed to execute statement\n  cause: database is locked (SQLITE_BUSY_SNAPSHOT)",
-                  file=sys.stderr)
-            return 1
     try:
         ttl = parse_ttl(args.ttl)
     except ValueError:
@@ -1141,10 +1142,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
+    require_native_modules(settings)
     global CLOCK_OFFSET, DEBUG_LOGS
     CLOCK_OFFSET = timedelta(seconds=float(settings.get("clock_offset_s") or 0))
     level = os.environ.get("T3CODE_LOG_LEVEL", "Info")
-    if level not in LOG_LEVELS or (level == "Debug" and active_fault(settings) == "log-level-rejected"):
+    if level not in LOG_LEVELS:
         expected = " | ".join(f'"{name}"' for name in LOG_LEVELS if name != level)
         log("ERROR", f'ConfigError: SchemaError(Expected {expected}\n  at ["T3CODE_LOG_LEVEL"])')
         return 1

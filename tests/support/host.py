@@ -77,6 +77,11 @@ class Host:
     users: list[HostUser]
     overrides: dict[str, Any] = field(default_factory=dict)
     through: str = "users"  # what the emulated t3@.service starts through: root/users/<user>, or root/current (before rings)
+    layout: str = "single"  # "single": one package `t3`; "release": the launcher and its platform package, as upstream ships
+
+    @property
+    def executable(self) -> str:
+        return emu.RELEASE_EXECUTABLE if self.layout == "release" else EMULATOR_EXECUTABLE
 
     # ------------------------------------------------------------ layout
 
@@ -105,14 +110,14 @@ class Host:
 
     def config_dict(self) -> dict[str, Any]:
         start = [sys.executable, str(SUPERVISOR), "start", "--user", "{user}", "--port", "{port}",
-                 "--base-dir", "{base_dir}", "--root", str(self.root), "--executable", EMULATOR_EXECUTABLE,
+                 "--base-dir", "{base_dir}", "--root", str(self.root), "--executable", self.executable,
                  "--run-dir", str(self.run_dir), "--through", self.through]
         stop = [sys.executable, str(SUPERVISOR), "stop", "--user", "{user}", "--run-dir", str(self.run_dir)]
         data: dict[str, Any] = {
             "package": "t3",
             "channel": "nightly",
             "registry": self.registry.url,
-            "executable": EMULATOR_EXECUTABLE,
+            "executable": self.executable,
             "root": str(self.root),
             "state_dir": str(self.state_dir),
             "backup_dir": str(self.backup_dir),
@@ -143,8 +148,14 @@ class Host:
 
     def publish(self, version: str, *, era: str = "B", migrations: int = 52, fault: str | None = None,
                 age: timedelta = timedelta(days=1), tag: str | None = "nightly", **extra: Any) -> str:
-        """Publish an emulator build of `t3` as `version`, `age` old (`extra`: V2-era emulator.json keys)."""
-        tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault, **extra)
+        """Publish an emulator build of `t3` as `version`, `age` old (`extra`: V2-era emulator.json keys);
+        in the release layout, its platform package too."""
+        if self.layout == "release":
+            tarballs = emu.release_tarballs(version, era=era, migrations=migrations, fault=fault, **extra)
+            self.registry.publish(emu.PLATFORM_PACKAGE, version, tarballs[emu.PLATFORM_PACKAGE])
+            tarball = tarballs[emu.PACKAGE]
+        else:
+            tarball = emu.tarball_bytes(version, era=era, migrations=migrations, fault=fault, **extra)
         return self.registry.publish("t3", version, tarball, tag=tag,
                                      published_at=datetime.now(UTC) - age)
 
@@ -154,7 +165,7 @@ class Host:
 
     def set_emulator(self, version: str, **changes: Any) -> None:
         """Change any emulator.json key of an installed build."""
-        path = self.root / "versions" / version / Path(EMULATOR_EXECUTABLE).parent / "emulator.json"
+        path = self.root / "versions" / version / Path(self.executable).parent / "emulator.json"
         data = json.loads(path.read_text())
         data.update(changes)
         path.write_text(json.dumps(data))
@@ -256,7 +267,7 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
                current_migrations: int = 52, rows: int = 5, registry_url: str | None = None,
                make_state: Callable[[Path], object] | None = None,
                current_settings: dict[str, Any] | None = None, through: str = "users",
-               rings: list[dict[str, Any]] | None = None) -> Host:
+               rings: list[dict[str, Any]] | None = None, layout: str = "single") -> Host:
     """A host on `current` (installed by t3track adopt-like layout), servers running, a backup taken.
 
     registry_url: use a registry started elsewhere (verdaccio) instead of a loopback RegistryServer;
@@ -267,6 +278,9 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
     through: "users" (the shipped t3@.service: each user's server starts through root/users/<user>,
     made here as provisioning does) or "current" (a host from before rings: root/current only).
     rings: the config's `rings` (users start through their ring's link, every ring on `current`).
+    layout: "single" (one package `t3` holding the emulator) or "release" (upstream's: the launcher `t3`
+    and the platform package @t3code/t3-linux-x64 holding the executable, for nights that reach the
+    real 0.0.42; tests/real_t3.py publishes it).
     """
     registry: RegistryServer | ExternalRegistry = (
         ExternalRegistry(registry_url) if registry_url else RegistryServer().start())
@@ -280,12 +294,15 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
             if rows:
                 emu.add_rows(emu.live_db(base), rows, "initial")
         host_users.append(HostUser(name, free_port(), base))
-    host = Host(directory, registry, host_users, through=through)
+    host = Host(directory, registry, host_users, through=through, layout=layout)
     host.write_config(**({"rings": rings} if rings else {}))
     if isinstance(registry, RegistryServer):
         host.publish(current, migrations=current_migrations, tag=None, **(current_settings or {}))
     prefix = host.root / "versions" / current
-    emu.make_install(prefix, current, migrations=current_migrations, **(current_settings or {}))
+    if layout == "release":
+        emu.make_release_install(prefix, current, migrations=current_migrations, **(current_settings or {}))
+    else:
+        emu.make_install(prefix, current, migrations=current_migrations, **(current_settings or {}))
     (host.root / "current").symlink_to(Path("versions") / current)
     if through == "users":
         ring_of = {u: r["name"] for r in (rings or []) for u in r["users"]}

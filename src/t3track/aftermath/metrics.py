@@ -81,6 +81,10 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, doc, labels, registry=registry)
 
+    from t3track import __version__, build_commit
+
+    gauge("t3track_build_info", "1, labelled with the t3track version and the commit it was installed from",
+          ("version", "commit")).labels(version=__version__, commit=build_commit()).set(1)
     # the last nightly run
     last = state.last_run
     run_ts = gauge("t3track_last_run_timestamp_seconds", "When the last nightly run finished (unix time)")

@@ -1,20 +1,24 @@
-"""Tell the operator: a JSON webhook and/or a command, on the nights that need a human.
+"""Tell the operator: Apprise URLs (ntfy, Gotify, Slack, Discord, Matrix, Telegram, mail...), a JSON
+webhook and/or a command, on the nights that need a human.
 
-Sent on: a refused run, a rollback, a critical run, a freeze that lifted itself, a user whose
-newest backup is older than gates.backup_max_age (once per stale backup, not every night), and drift
-found on a night with nothing to move (once per user and version served). Never on
-a quiet night (nothing to do, or a swap that verified) and never for a dry run.
+Sent on (`notify.on`, by default all but `swapped`): a refused run, a rollback, a critical run, a freeze
+that lifted itself, a user whose newest backup is older than gates.backup_max_age (once per stale
+backup, not every night), drift found on a night with nothing to move (once per user and version
+served), and `swapped`, the morning report of a night that moved (from and to, the ring, the one-way
+migrations it crossed, each user's downtime, the evidence). Never for a dry run.
 
 A notification that fails (endpoint down, non-2xx, command exits non-zero or times out) is recorded
 in history as a `notify` event with ok=false and returned as a problem; it never fails the run.
 
-The webhook URL may itself be a secret (chat webhooks carry a token in the path): only its scheme and
-host are ever written anywhere.
+Every URL may itself be a secret (chat webhooks and Apprise URLs carry tokens): of a webhook only its
+scheme and host, of an Apprise URL only its scheme and place in the list are ever written anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +44,7 @@ PLACEHOLDERS = ("event", "outcome", "host", "ring", "from", "to", "candidate", "
 
 @dataclass
 class Notification:
-    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale | drift
+    event: str               # refused | rolled_back | critical | freeze_expired | backup_stale | drift | swapped
     body: dict[str, Any]
 
 
@@ -178,6 +182,8 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
     event = report.notify_event  # refused, rolled_back, critical (a drill: critical only)
     if event is not None:
         found.append(Notification(event, body_for(config, event, report, frozen=frozen)))
+    if str(getattr(report, "outcome", "")) == "swapped" and getattr(report, "to_version", None):
+        found.append(Notification("swapped", body_for(config, "swapped", report, **morning_report(report))))
     for event in _freeze_expiries(store, report):
         found.append(Notification("freeze_expired", body_for(
             config, "freeze_expired", report, gate=None, user=None,
@@ -191,7 +197,20 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
         found.append(Notification("backup_stale", body))
     if sent != _load_sent(store):
         _save_sent(store, sent)
-    return found
+    wanted = set(config.notify.on) if config.notify is not None else set()
+    return [n for n in found if n.event in wanted]
+
+
+def morning_report(report: Any) -> dict[str, Any]:
+    """What a night that moved changed: the one-way migrations it crossed and each user's downtime."""
+    one_way = sorted({m for g in getattr(report, "gates", None) or [] for m in g.one_way})
+    downtime = dict(getattr(report, "downtime_s", None) or {})
+    worst = max(downtime.values(), default=None)
+    reason = (f"{report.from_version or 'nothing'} -> {report.to_version}"
+              + (f" (ring {report.ring})" if getattr(report, "ring", None) else "")
+              + (f"; one-way migrations: {', '.join(one_way)}" if one_way else "; no one-way migration")
+              + (f"; longest downtime {worst:.1f}s" if worst is not None else ""))
+    return {"one_way": one_way, "downtime_s": downtime, "reason": reason}
 
 
 # ---------------------------------------------------------------- how to send
@@ -240,11 +259,60 @@ def _run_command(notify: NotifyConfig, body: dict[str, Any]) -> Delivery:
     return Delivery(body["event"], "command", True, f"{argv[0]} exited 0")
 
 
+def apprise_label(index: int, url: str) -> str:
+    """`apprise #2 (ntfy://)`: its place in notify.urls and its scheme, nothing of its tokens."""
+    return f"apprise #{index + 1} ({url.split('://', 1)[0]}://)"
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """Apprise's own words about a failure, with every part of the URL taken out."""
+    after = url.split("://", 1)[-1]
+    parts = {after, *(p for p in re.split(r"[/@:?&=#]+", after) if len(p) >= 3)}
+    for part in sorted(parts, key=len, reverse=True):
+        text = text.replace(part, "…")
+    return redact(text)
+
+
+def title_and_text(body: dict[str, Any]) -> tuple[str, str]:
+    title = f"t3track on {body.get('host')}: {body.get('event')}"
+    lines = [str(body.get("reason") or "")]
+    for key in ("from", "to", "candidate", "ring", "gate", "user", "evidence", "run_id"):
+        if body.get(key):
+            lines.append(f"{key}: {body[key]}")
+    for user, seconds in sorted((body.get("downtime_s") or {}).items()):
+        lines.append(f"downtime {user}: {seconds:.1f}s")
+    return title, "\n".join(line for line in lines if line)
+
+
+def _apprise(notify: NotifyConfig, body: dict[str, Any]) -> list[Delivery]:
+    import apprise
+
+    title, text = title_and_text(body)
+    deliveries = []
+    for index, url in enumerate(notify.urls):
+        label = apprise_label(index, url)
+        sender = apprise.Apprise()
+        with apprise.LogCapture(level=logging.WARNING) as captured:  # Apprise's log may quote the URL
+            if not sender.add(url):
+                deliveries.append(Delivery(body["event"], label, False, "Apprise does not understand this URL"))
+                continue
+            try:
+                ok = bool(sender.notify(title=title, body=text))
+            except Exception as exc:  # noqa: BLE001 - a plugin's own failure is only "not told"
+                ok, captured_text = False, f"{type(exc).__name__}: {exc}"
+            else:
+                captured_text = captured.getvalue()
+        detail = "sent" if ok else (_scrubbed(captured_text.strip().splitlines()[-1], url)
+                                    if captured_text.strip() else "Apprise reported a failure")
+        deliveries.append(Delivery(body["event"], label, ok, detail))
+    return deliveries
+
+
 def send(config: Config, notification: Notification) -> list[Delivery]:
     notify = config.notify
     if notify is None:
         return []
-    deliveries = []
+    deliveries = _apprise(notify, notification.body) if notify.urls else []
     if notify.webhook:
         deliveries.append(_post(notify, notification.body))
     if notify.command:
@@ -254,7 +322,7 @@ def send(config: Config, notification: Notification) -> list[Delivery]:
 
 def after_run(config: Config, store: StateStore, report: Any) -> list[Delivery]:
     """Build and send this run's notifications; record each delivery in history. Never raises."""
-    if config.notify is None or (not config.notify.webhook and not config.notify.command):
+    if config.notify is None or not config.notify.configured:
         return []
     try:
         notifications = notifications_for_run(config, store, report)

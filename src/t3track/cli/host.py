@@ -80,23 +80,20 @@ def probe(
 @command()
 def config_check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     """Validate the config and the host (paths, npm, users); every problem listed, exit 2 if any."""
-    from t3track.config import config_path, host_problems, host_warnings
+    from t3track.commands.config_check import config_check as check
+    from t3track.config import config_path
     from t3track.errors import ExitCode
-    from t3track.host.services import unit_layout_warnings
-    from t3track.host.usertree import tree_problems
 
     out = ctx.obj.out
-    path = config_path(ctx.obj.config_file)
-    config = ctx.obj.config()  # file problems raise ConfigError with every path listed
-    problems = host_problems(config) + tree_problems(config)
-    warnings = host_warnings(config) + unit_layout_warnings(config)  # said, but they do not fail the check
+    # file problems raise ConfigError with every path listed
+    report = check(ctx.obj.config(), config_path(ctx.obj.config_file))
     if out.as_json:
-        out.json({"config": str(path), "ok": not problems, "problems": problems, "warnings": warnings})
+        out.json(report)
     else:
-        out.line(f"{path}: config is valid")
-        for problem in problems:
+        out.line(f"{report.config}: config is valid")
+        for problem in report.problems:
             out.line(f"  - {problem}")
-        for warning in warnings:
+        for warning in report.warnings:
             out.line(f"  ! warning: {warning}")
-        out.line("host: ok" if not problems else f"host: {len(problems)} problem(s)")
-    return int(ExitCode.USAGE if problems else ExitCode.OK)
+        out.line("host: ok" if report.ok else f"host: {len(report.problems)} problem(s)")
+    return int(ExitCode.OK if report.ok else ExitCode.USAGE)

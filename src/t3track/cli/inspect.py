@@ -12,9 +12,86 @@ from t3track.cli.typer_app import JsonOpt, app, command
 @command()
 def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
     """Current, previous, pin, freeze, denied versions, last run, installed versions, backup age per user."""
-    from t3track.cli.status_view import show_status
+    from t3track.clock import human_age, iso
+    from t3track.commands.status import status as host_status
 
-    show_status(ctx.obj)
+    out = ctx.obj.out
+    config = ctx.obj.config()
+    result = host_status(config, ctx.obj.store(config))
+    if out.as_json:
+        out.json(result)
+        return
+    pin, frozen, last = result.pinned, result.frozen, result.last_run
+    rows = [
+        ("package", f"{result.package} (channel {result.channel})"),
+        ("current", (result.current or "-") + (f"  -> {result.current_link}" if result.current_link else "")),
+        ("previous", result.previous or "-"),
+        ("pinned", f"{pin.version} by {pin.by}: {pin.reason}" if pin else "-"),
+        ("frozen", "-" if not frozen else f"by {frozen.by} since {iso(frozen.at)}"
+         + (f" until {iso(frozen.until)}" if frozen.until else " (no end)") + f": {frozen.reason}"),
+        ("last run", "-" if not last else f"{iso(last.at)} {last.outcome} (exit {last.exit_code})"
+         + (f" candidate {last.candidate}" if last.candidate else "")
+         + (f"  (t3track show {last.run_id})" if last.run_id else "")),
+        ("installed", ", ".join(result.installed) or "-"),
+    ]
+    if result.night is not None:
+        rows.append(("night", f"IN PROGRESS: pid {result.night.pid}, {result.night.phase}, since "
+                              f"{result.night.since or '?'} (`t3track stop` or `systemctl stop t3track.service` "
+                              f"asks it to stop at a safe point)"))
+    elif result.swap_in_progress:
+        rows.append(("swap", "UNFINISHED (the next `t3track run` recovers it)"))
+    out.fields(rows)
+    if result.denied:
+        out.table("denied", ["version", "gate", "at", "reason"],
+                  [[d.version, d.gate or "operator", iso(d.at), d.reason] for d in result.denied])
+    if result.rings:
+        out.table("rings", ["ring", "users", "version", "soaked", "soak", "pin/freeze", "next"],
+                  [[r.name, ", ".join(r.users), (r.current or "-") + ("" if r.linked == r.current else
+                                                                     f" (link: {r.linked or 'none'})"),
+                    human_age(r.soaked_s) if r.soaked_s is not None else "-", human_age(r.soak) if r.soak else "-",
+                    "; ".join([*([f"pinned {r.pinned.version}"] if r.pinned else []),
+                               *(["frozen"] if r.frozen else [])]) or "-", r.next or "follows the channel"]
+                   for r in result.rings])
+    if result.users:
+        ringed = bool(result.rings)
+        out.table("users", ["user", *(["ring", "linked"] if ringed else []), "port", "serving", "database",
+                            "newest backup"],
+                  [[u.name, *([u.ring or "-", u.linked or "-"] if ringed else []), u.port,
+                    (u.serving or "not answering") + (" (DRIFT)" if u.drift else ""),
+                    f"{u.database or '-'}" + (f" @{u.migration}" if u.migration is not None else ""),
+                    human_age(u.backup_age_s) + (" old" if u.backup_age_s is not None else "")]
+                   for u in result.users])
+    for warning in result.warnings:
+        out.line(f"warning: {warning}")
+
+
+@app.command()
+@command()
+def check(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
+    """For monitoring (Nagios, Icinga, Checkmk, Zabbix): one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    CRITICAL: a server down or on another version than its link, a journal a killed run left, the tracker
+    frozen by itself, no run for 36 h. WARNING: an operator's freeze older than a week, a stale backup,
+    rings apart for a week, three refused nights. Never takes the lock; runs as a monitoring user given
+    read access (README, "Monitoring")."""
+    from t3track.commands.check import check as host_check
+
+    out = ctx.obj.out
+    try:
+        config = ctx.obj.config()
+    except Exception as exc:  # noqa: BLE001 - a check that cannot even read its config is UNKNOWN, not a crash
+        message = getattr(exc, "message", None) or str(exc)
+        out.json({"status": "UNKNOWN", "summary": message, "exit_code": 3}) if out.as_json \
+            else out.line(f"T3TRACK UNKNOWN - cannot read the config: {message}")
+        return 3
+    result = host_check(config, ctx.obj.store(config))
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(result.line)
+        for problem in [*result.critical, *result.unknown, *result.warning][1:]:
+            out.line(problem)
+    return result.exit_code
 
 
 @app.command()

@@ -1,25 +1,27 @@
-"""The Typer app; `command` turns a command's outcome into its exit code (through
-t3track.cli.context, the one mapping of errors to exit codes, which the plain `status` shares).
+"""The Typer app, what every command runs with (`Ctx`), and the one place that maps outcomes and
+errors to exit codes (`command`, around every command).
 
 Each command module (control, inspect, moves, host) parses options, calls one function of the core,
 renders its result and returns an exit code; `command` raises `typer.Exit` once. Heavy modules
 (pydantic, httpx, rich) are imported inside the commands that use them, so `--help` starts fast.
-The modules that define commands (this one and control, host, inspect, moves) do without
-`from __future__ import annotations`: typer would eval every option's annotation string (~400 of
-them) at each start, `--help` and `status` included.
 """
+
+from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
 from t3track import __version__
-from t3track.cli.context import Ctx, guarded
 from t3track.cli.render import Out
-from t3track.errors import EXIT_CODE_HELP, T3TrackError
+from t3track.errors import EXIT_CODE_HELP, ExitCode, T3TrackError
+
+if TYPE_CHECKING:
+    from t3track.config import Config
+    from t3track.state import StateStore
 
 _EXIT_TABLE = "\n".join(f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items())
 
@@ -40,6 +42,42 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check the config and the host.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
+
+class Ctx:
+    """What every command gets (through typer's context): the config file, the output, the store."""
+
+    def __init__(self, config_file: Path | None, as_json: bool):
+        self.config_file = config_file
+        self.out = Out(as_json)
+
+    def config(self) -> Config:
+        from t3track.config import load_config
+
+        return load_config(self.config_file)
+
+    def store(self, config: Config | None = None) -> StateStore:
+        from t3track.state import StateStore
+
+        return StateStore((config or self.config()).state_dir)
+
+
+def fail(out: Out, exc: T3TrackError) -> int:
+    if out.as_json:
+        doc: dict[str, Any] = {"error": exc.message, "exit_code": int(exc.exit_code)}
+        if exc.problems:
+            doc["problems"] = exc.problems
+        if exc.hint:
+            doc["hint"] = exc.hint
+        doc.update(exc.details)
+        out.json(doc)
+    out.error(exc.message)
+    for problem in exc.problems:
+        out.hint(f"- {problem}")
+    if exc.hint:
+        out.hint(f"next: {exc.hint}")
+    return int(exc.exit_code)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
 ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
@@ -55,7 +93,9 @@ def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"t3track {__version__}")
+        from t3track import build_commit
+
+        typer.echo(f"t3track {__version__} ({build_commit()})")
         raise typer.Exit()
 
 
@@ -96,8 +136,28 @@ def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
             out: Out = ctx.obj.out
             if kwargs.get("json_flag"):
                 out.as_json = True
-            code, errored = guarded(out, lambda: fn(ctx, *args, **kwargs), passthrough=(typer.Exit, typer.Abort))
-            if refreshes_metrics and not errored:  # nothing changed when it raised: nothing to refresh
+            try:
+                code = fn(ctx, *args, **kwargs) or 0
+            except (typer.Exit, typer.Abort):
+                raise
+            except T3TrackError as exc:
+                raise typer.Exit(fail(out, exc)) from None
+            except KeyboardInterrupt:
+                out.error("interrupted; sandboxes and their servers were cleaned up")
+                out.hint("next: run `t3track status`; if a swap was under way, the next `t3track run` "
+                         "finishes or rolls it back")
+                raise typer.Exit(130) from None
+            except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
+                import traceback
+
+                from t3track.redact import redact
+
+                out.info(redact("".join(traceback.format_exception(exc))))
+                out.error(f"internal error: {exc.__class__.__name__}: {redact(str(exc))}")
+                out.hint("next: run `t3track status`; an interrupted swap is recovered by the next "
+                         "`t3track run`; please report this traceback")
+                raise typer.Exit(int(ExitCode.CRITICAL)) from None
+            if refreshes_metrics:  # not when it raised: nothing changed
                 _refresh_metrics(ctx)  # also after a backup that failed for some users
             raise typer.Exit(code)
 

@@ -30,8 +30,8 @@ from t3track.config import Config
 from t3track.errors import ExitCode, UsageError
 from t3track.fsutil import fsync_dir
 from t3track.host import tree
-from t3track.host.services import UserMark
-from t3track.night import journal, ledger, rings, swap
+from t3track.host.services import downtime
+from t3track.night import journal, ledger, recovery, rings, swap
 from t3track.results import GateResult, Outcome, json_key, new_run_id
 from t3track.state import StateStore, operator_name
 
@@ -203,23 +203,6 @@ class _Timeline:
         return out
 
 
-def downtime(marks: list[UserMark], users: list[str], end: float) -> dict[str, float]:
-    """Per user: from each stop of that user's server to its next passing live check (or `end`)."""
-    result = {}
-    for user in users:
-        total, down_since = 0.0, None
-        for mark in marks:
-            if mark.user != user:
-                continue
-            if mark.what == "stop" and down_since is None:
-                down_since = mark.at
-            elif mark.what == "verified" and down_since is not None:
-                total += mark.at - down_since
-                down_since = None
-        if down_since is not None:  # stopped and never checked again: down until the swap ended
-            total += end - down_since
-        result[user] = total
-    return result
 
 
 # ---------------------------------------------------------------- the drill
@@ -230,6 +213,7 @@ def run_drill(config: Config, store: StateStore, *, by: str | None = None, ring:
     run_id = new_run_id()
     who = by or operator_name()
     with store.lock():
+        recovery.require_state(config, store)
         plan = plan_drill(config, store, ring)  # again, under the lock
         config, store = rings.for_operator(config, store, ring, "drill")
         timeline = _Timeline(evidence.teed_progress(store, run_id, progress))

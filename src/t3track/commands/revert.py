@@ -29,6 +29,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
     host_store = store
     config, store = rings.for_operator(config, store, ring, "revert")
     with host_store.lock():
+        recovery.require_state(config.host, host_store)
         recovery.recover_or_refuse(config.host, host_store, progress)
         state = store.load()
         current = state.current

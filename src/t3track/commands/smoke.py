@@ -28,10 +28,10 @@ from t3track.config import Config, parse_config
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_bytes, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import install, probe
-from t3track.host.manifest import MAIN_DB
+from t3track.host import install, serving
 from t3track.host.registry import RegistryClient
 from t3track.host.sandbox import free_port
+from t3track.host.t3db import MAIN_DB
 from t3track.host.tree import current_link
 from t3track.night import gates as gates_mod
 from t3track.redact import redact
@@ -177,7 +177,7 @@ def _serve_once(executable: Path, base_dir: Path, home: Path, log: Path) -> None
                            "--no-browser"], log_path=log, env=runner.scrubbed_env(home), cwd=home)
     try:
         deadline = time.monotonic() + FROM_READY_TIMEOUT_S
-        while probe.server_version(url, timeout=1.0) is None:
+        while serving.server_version(url, timeout=1.0) is None:
             if not server.alive() or time.monotonic() > deadline:
                 raise EnvironmentFault(f"the --from version did not serve on the scratch base dir:\n"
                                        f"{server.log_tail(15)}")

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from t3track.clock import iso, utcnow
 from t3track.errors import T3TrackError
 from t3track.host import manifest, tree, usertree
-from t3track.host.manifest import DATABASES
+from t3track.host.t3db import DATABASES
 from t3track.night import drift
 from t3track.results import json_key
 from t3track.versions import same_version
 
-if TYPE_CHECKING:  # status reads them through t3track.fastread (see cli.inspect): no pydantic at start
-    from datetime import datetime
-
+if TYPE_CHECKING:
     from t3track.config import Config, UserConfig
     from t3track.state import Denial, Freeze, LastRun, Pin, State, StateStore
 
@@ -53,6 +52,15 @@ class RingStatus:
 
 
 @dataclass
+class NightInProgress:
+    """A t3track run holding the lock right now (found without taking it)."""
+
+    pid: int
+    phase: str                      # the swap journal's phase, or "before the swap"
+    since: str | None               # when it took the lock (or started the swap)
+
+
+@dataclass
 class Status:
     current: str | None
     previous: str | None
@@ -69,6 +77,7 @@ class Status:
     warnings: list[str] = field(default_factory=list)
     # on a host with rings: each ring, in order (no key in --json without rings)
     rings: list[RingStatus] | None = json_key("rings", omit_none=True, default=None)
+    night: NightInProgress | None = None  # a run holding the lock now
 
 
 def status(config: Config, store: StateStore) -> Status:
@@ -118,6 +127,11 @@ def status(config: Config, store: StateStore) -> Status:
         elif newest.age_s(now) > config.gates.backup_max_age.total_seconds():
             warnings.append(f"{user.name}: newest backup is older than gates.backup_max_age; "
                             f"run `t3track backup --user {user.name}`")
+    night = _night(store)
+    for user_status in users:
+        if user_status.serving is None and not new_host and night is None:
+            warnings.append(f"{user_status.name}'s server is not answering on 127.0.0.1:{user_status.port}: "
+                            f"`systemctl status t3@{user_status.name}.service`")
     ring_rows = _rings(config, state, now) if config.ringed else None
     for ring in ring_rows or []:
         denial = state.denial(ring.current) if ring.current else None
@@ -129,8 +143,30 @@ def status(config: Config, store: StateStore) -> Status:
         current=state.current, previous=state.previous, channel=config.channel, package=config.package,
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
         installed=tree.installed_versions(config), users=users, current_link=target,
-        swap_in_progress=store.journal_path.exists(), warnings=warnings,
+        swap_in_progress=store.journal_path.exists(), warnings=warnings, night=night,
     )
+
+
+def _night(store: StateStore) -> NightInProgress | None:
+    """The run holding the lock, where it is and since when; read from /proc/locks and the journal."""
+    import os
+
+    from t3track.night import journal
+
+    pid = store.lock_holder()
+    if pid is None:
+        return None
+    try:
+        found = journal.read(store)
+    except T3TrackError:
+        found = None
+    if found is not None:
+        return NightInProgress(pid, f"swap: {found.phase.value}", iso(found.updated_at))
+    try:
+        since = iso(datetime.fromtimestamp(os.stat(store.dir / "lock").st_mtime, tz=UTC))
+    except OSError:
+        since = None
+    return NightInProgress(pid, "before the swap (resolving, installing or rehearsing)", since)
 
 
 def _rings(config: Config, state: State, now: datetime) -> list[RingStatus]:

@@ -41,7 +41,7 @@ from t3track.host.manifest import (
 from t3track.host.manifest import newest_backup as newest_backup
 from t3track.host.sqlite import Deadline, connect_ro, interrupt_after, max_migration_id
 
-if TYPE_CHECKING:  # status passes the config as t3track.fastread reads it
+if TYPE_CHECKING:
     from t3track.config import Config, UserConfig
 
 PARTIAL_SUFFIX = ".partial"
@@ -114,7 +114,7 @@ def _copy_one(base_dir: Path, name: str, dest: Path, deadline: Deadline, *, user
                           hint="the live database may be damaged: check it with `sqlite3 FILE 'PRAGMA integrity_check'`")
     checked = time.monotonic()
     migrations = max_migration_id(dest)
-    digest = sha256_file(dest, deadline)
+    digest = sha256_file(dest, deadline.check)
     return {"source": str(source), "size": dest.stat().st_size, "sha256": digest,
             "max_migration_id": migrations, "integrity_check": "ok",
             "vacuum_s": round(vacuumed - started, 3), "integrity_check_s": round(checked - vacuumed, 3),

@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from t3track.host.manifest import DATABASES
+from t3track.host.t3db import DATABASES
 
 # Providers the contract names; any other under `providers` is switched off too.
 KNOWN_PROVIDERS = ("codex", "claudeAgent", "cursor", "grok", "opencode")

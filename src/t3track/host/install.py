@@ -3,8 +3,8 @@
 Nothing half-done ever carries a version's name: an install is built under `<v>.partial` and
 renamed to `<v>` only once npm succeeded and the installed package.json version, the tarball's
 sha512 against the packument's dist.integrity, package-lock.json's record of it and of every other
-package npm fetched (the platform package holding the executable among them) and the executable
-all check out. A tampered artefact raises IntegrityError (the version is refused, exit 1); npm failing
+package npm fetched (the platform package holding the executable among them; what came bundled
+inside a verified tarball is covered by it, as in npm's own model) and the executable all check out. A tampered artefact raises IntegrityError (the version is refused, exit 1); npm failing
 or timing out raises EnvironmentFault (exit 3). Either way root/versions holds no partial.
 """
 
@@ -128,6 +128,10 @@ def _npm_install(config: Config, version: str, prefix: Path, registry_url: str) 
         "--cache", str(ensure_private_dir(config.state_dir / "npm-cache")),
         "--logs-dir", str(ensure_private_dir(config.state_dir / "npm-logs")),
         "--no-audit", "--no-fund", "--no-update-notifier",
+        # npm's cache in state_dir trusts its own clock: one night with the clock days ahead made every
+        # later install fail (ETARGET from a cached packument) until time caught up (faults review M4).
+        # Ask the registry each time; the tarball is verified against dist.integrity anyway.
+        "--prefer-online",
     ]
     if config.ignore_scripts:
         argv.append("--ignore-scripts")
@@ -219,20 +223,38 @@ def _verify_tree(config: Config, version: str, prefix: Path, expected: str) -> N
 
 
 def _verify_dependencies(config: Config, version: str, prefix: Path, client: TarballSource) -> None:
-    """Every other package npm installed carries the sha512 the registry publishes for it, and the
-    executable lies inside a package npm recorded. Since ~2026-09 the executable is in the launcher's
-    optional dependency (@t3code/t3-<os>-<arch>), which npm fetches itself: its integrity is checked
-    here, against t3track's own read of that package's packument, before the install is renamed into place."""
+    """What npm installed follows npm's own model of trust, read from package-lock.json:
+    - a package npm fetched carries the sha512 the registry publishes for it (t3track's own read of its
+      packument). Since ~2026-09 the executable is in the launcher's optional dependency
+      (@t3code/t3-<os>-<arch>), which npm fetches itself: it is checked here;
+    - a package npm took out of another package's tarball (`"inBundle": true`, no integrity: the real
+      platform package bundles its native modules, @ff-labs/fff-*, node-pty, ffi-rs, ...) is covered by
+      the check of the fetched package that bundles it, and is never looked up in the registry (a mirror
+      of T3's packages alone does not have it);
+    - an entry that is neither (no integrity and in no bundle) is refused, whatever its name.
+    And the executable lies inside a package npm recorded."""
     packages = (_read_json(prefix / "package-lock.json").get("packages") or {})
     for path, entry in sorted(packages.items()):
         if not path or path == f"node_modules/{config.package}" or not isinstance(entry, dict) or entry.get("link"):
             continue
         name = path.rsplit("node_modules/", 1)[-1]
         dep_version = entry.get("version")
+        if entry.get("inBundle") is True:
+            bundler = _bundling_package(packages, path)
+            if bundler is None:
+                raise IntegrityError(
+                    f"{config.package}@{version}: npm recorded {name}@{dep_version} as bundled, but no package "
+                    f"it fetched and verified contains {path}", version=version, check="dependency-integrity")
+            continue  # its bytes came inside `bundler`'s tarball, whose integrity is checked in this loop
         recorded = sha512_of(entry.get("integrity"))
+        if recorded is None:
+            raise IntegrityError(
+                f"{config.package}@{version}: npm installed {name}@{dep_version} with no integrity recorded and "
+                f"not from inside a package it verified, so what it holds is unknown",
+                version=version, check="dependency-integrity")
         published = client.packument(name).versions.get(dep_version) if isinstance(dep_version, str) else None
         wanted = sha512_of(published.integrity) if published else None
-        if recorded is None or recorded != wanted:
+        if recorded != wanted:
             raise IntegrityError(
                 f"{config.package}@{version}: npm installed {name}@{dep_version} with integrity "
                 f"{str(recorded)[:23]}…, the registry publishes {str(wanted)[:23]}…",
@@ -244,6 +266,18 @@ def _verify_dependencies(config: Config, version: str, prefix: Path, client: Tar
                              f"recorded in package-lock.json, so its integrity is unknown",
                              version=version, check="executable",
                              hint="check `executable:` in the config (relative to the install prefix)")
+
+
+def _bundling_package(packages: dict, path: str) -> str | None:
+    """The lock path of the nearest enclosing package that npm fetched (not itself bundled), whose
+    tarball therefore held `path`; None when there is none (npm would have had to fetch it)."""
+    parent = path
+    while "/node_modules/" in parent:
+        parent = parent.rsplit("/node_modules/", 1)[0]
+        entry = packages.get(parent)
+        if isinstance(entry, dict) and not entry.get("link") and entry.get("inBundle") is not True:
+            return parent
+    return None
 
 
 def _read_json(path: Path) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,23 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from t3track.clock import as_utc, parse_iso
 from t3track.errors import EnvironmentFault
+from t3track.host.t3db import DB_FILES
 from t3track.results import json_key
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-MAIN_DB = "state.sqlite"
-V2_DB = "statev2.sqlite"
-# Either or both: V2 builds copy state.sqlite into statev2.sqlite once (state.sqlite then stays frozen),
-# and a host first installed on a V2 build has statev2.sqlite alone.
-DB_FILES = (MAIN_DB, V2_DB)
-DATABASES = (V2_DB, MAIN_DB)  # the one a server uses first: newer builds move to statev2
-MIGRATIONS_TABLE = "effect_sql_migrations"
 _CHUNK = 1 << 20
 MANIFEST_CAP = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
 
 if TYPE_CHECKING:
     from t3track.config import Config
-    from t3track.host.sqlite import Deadline
 
 
 def fix_hint(user: str) -> str:
@@ -58,19 +52,6 @@ class BackupTimeout(BackupError):
 
 class BackupMismatch(BackupError):
     """A backup does not match its manifest (damaged or changed since it was made): never restored."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One row of effect_sql_migrations (read by t3track.host.sqlite, or by the owner's child)."""
-
-    id: int
-    name: str
-
-    @property
-    def label(self) -> str:
-        """`31_AuthAuthorizationScopes`, as T3 Code's startup log lists them."""
-        return f"{self.id}_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -160,15 +141,16 @@ def manifest_files(backup: BackupInfo) -> dict[str, dict[str, Any]]:
     return files
 
 
-def sha256_file(path: Path, deadline: Deadline | None = None) -> str:
+def sha256_file(path: Path, check: Callable[[], None] | None = None) -> str:
+    """`check` runs after each chunk (a backup's Deadline.check, which raises once it has passed)."""
     import hashlib  # not at import: it loads OpenSSL, which status never needs
 
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-            if deadline is not None:
-                deadline.check()
+            if check is not None:
+                check()
     return digest.hexdigest()
 
 

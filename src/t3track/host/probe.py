@@ -27,34 +27,33 @@ t3track.redact with the values seen so far.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import os
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from t3track import runner
-from t3track.errors import T3TrackError, UsageError
+from t3track.errors import T3TrackError
+from t3track.host.serving import require_loopback
 from t3track.redact import redact
 
-if TYPE_CHECKING:
-    from t3track.host.openhold import OpenHold
-
-Confine = Callable[[list[str | Path]], list[str]]  # a sandbox's argv wrapper: the mint runs confined
+Confine = Callable[[list[str | Path]], list[str]]  # a sandbox's argv wrapper: its mint runs confined
 
 SESSION_PATH = "/api/auth/session"
 BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
 BOOTSTRAP_PATH = "/api/auth/bootstrap"              # Era A (0.0.24)
-ENVIRONMENT_PATH = "/.well-known/t3/environment"
 DEFAULT_COOKIE_NAME = "t3_session"
 MINT_TTL = "5m"
+# `auth pairing create` is a whole second start of T3 (~1.3 s of CPU for the real 0.0.42, migrations
+# checked, then the credential written): on a busy host it takes far longer than one HTTP request, and a
+# mint that times out would fail a good candidate's gate or its live check. It gets at least this long.
+MINT_TIMEOUT_MIN_S = 30.0
 DEFAULT_TIMEOUT_S = 10.0
 BODY_LIMIT = 300
 
@@ -129,29 +128,10 @@ class _StepFailed(Exception):
 # ---------------------------------------------------------------- URL and HTTP plumbing
 
 
-def require_loopback(url: str) -> str:
-    """t3track only ever talks to servers on this host: refuse anything else before connecting."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        raise UsageError(f"{url!r} is not a URL", hint="give the server as http://127.0.0.1:PORT") from None
-    host = parsed.host or ""
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            loopback = False
-    if parsed.scheme not in ("http", "https") or not loopback:
-        raise UsageError(f"{url} is not a loopback URL; t3track probes only servers on this host",
-                         hint="give the server as http://127.0.0.1:PORT")
-    return url
-
-
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """httpx's default verification (certifi's CA bundle), built once: loading the bundle costs
-    ~45 ms, and the readiness polls make a client every few tens of milliseconds."""
+    ~45 ms, and every handshake makes a client."""
     import certifi
 
     return ssl.create_default_context(cafile=certifi.where())
@@ -299,103 +279,6 @@ def _credential_from(stdout: str) -> str | None:
     return None
 
 
-class MintJob:
-    """`auth pairing create` started ahead of the handshake, in a thread: the executable's own start
-    (~1.2 s of CPU for the real 0.0.42, nearly all of it before it opens the database) then overlaps
-    the server's. It may not open the database beside the server's migrations (the mint migrates too:
-    two migrators on one database race): the sandbox starts it when that is ruled out (see
-    t3track.host.sandbox._MintBeside). `stop()` ends it by its process group, whatever it is doing."""
-
-    def __init__(self, base_dir: Path, executable: Path, *, timeout: float, run_as: str | None = None,
-                 env: Mapping[str, str] | None = None, low_priority: bool = False,
-                 hold: OpenHold | None = None, confine: Confine | None = None):
-        self.started = time.monotonic()
-        self.how = "started ahead"  # when, for the evidence (the sandbox says)
-        self._proc: Any = None
-        self._stopped = False
-        self._hold = hold  # started under it (t3track.host.openhold), which it closes once it has ended
-        # low_priority: nice 19 while it starts beside the server's own start (which must not wait
-        # for it), until normal_priority(). Only where it can be raised back (CAP_SYS_NICE), and only
-        # while it cannot touch the database (its opens held): a starved writer holding SQLite's
-        # write lock would stall the server.
-        self._low = low_priority and _may_raise_priority()
-        self._normal_wanted = False
-        self._lock = threading.Lock()
-        self._outcome: runner.Completed | T3TrackError | None = None
-        self._confine = confine
-        self._thread = threading.Thread(target=self._run, args=(executable, base_dir, timeout, run_as, env),
-                                        name="t3track-mint", daemon=True)
-        self._thread.start()
-
-    def _run(self, executable: Path, base_dir: Path, timeout: float, run_as: str | None,
-             env: Mapping[str, str] | None) -> None:
-        try:
-            self._outcome = _run_mint(executable, base_dir, timeout, run_as, env, on_start=self._on_start,
-                                      hold=self._hold, confine=self._confine)
-        finally:
-            if self._hold is not None:
-                self._hold.close()  # it has ended (runner.run reaped its group): nobody is left to hold
-
-    def _on_start(self, proc: Any) -> None:
-        with self._lock:
-            self._proc = proc
-            stopped = self._stopped
-            if self._hold is not None:
-                self._hold.spawned(proc.pid)
-            if self._low and not self._normal_wanted:
-                _renice_group(proc.pid, 19)
-        if stopped:
-            runner.kill_group(proc, 0)
-
-    def describe(self) -> str:
-        """When it started, and what its hold did (for the evidence)."""
-        return self.how + (f"; {self._hold.summary()}" if self._hold is not None else "")
-
-    def outcome(self) -> runner.Completed | T3TrackError:
-        """Wait for it (runner.run's own timeout bounds that): what it printed, or what runner.run raised."""
-        self._thread.join()
-        assert self._outcome is not None
-        return self._outcome
-
-    def normal_priority(self) -> None:
-        """Back to nice 0 (before it may open the database), every thread of its group."""
-        with self._lock:
-            self._normal_wanted = True
-            if self._low and self._proc is not None and self._proc.poll() is None:  # never a reaped pid's group
-                _renice_group(self._proc.pid, 0)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            proc = self._proc
-        if proc is not None:
-            runner.kill_group(proc, 0)
-        self._thread.join(runner.REAP_WAIT_S)
-
-
-CAP_SYS_NICE = 23
-
-
-def _may_raise_priority() -> bool:
-    """Whether this process may raise a lowered priority back (CAP_SYS_NICE in its effective set)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def _renice_group(pgid: int, nice: int) -> None:
-    """PRIO_PGRP reaches every thread of every process in the group, those already running too."""
-    try:
-        os.setpriority(os.PRIO_PGRP, pgid, nice)
-    except OSError:
-        pass  # gone
-
-
 def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
     """The credential a finished `auth pairing create` printed, or None and why not."""
     if isinstance(done, T3TrackError):
@@ -407,43 +290,27 @@ def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
     return None, done.describe() if not done.ok else "`auth pairing create` printed no credential"
 
 
-def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None, env: Mapping[str, str] | None,
-              on_start: Callable[[Any], None] | None = None, hold: OpenHold | None = None,
-              confine: Confine | None = None) -> runner.Completed | T3TrackError:
-    try:
-        argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
-                                  "--json"]
-        pass_fds: tuple[int, ...] = ()
-        if hold is not None:  # through the launcher that puts its writing opens under the hold
-            launcher, pass_fds = hold.command(argv)
-            argv = list(launcher)
-        if confine is not None:  # a sandbox's mint runs in its confinement (t3track.host.confine)
-            argv = list(confine(argv))
-        return runner.run(argv, timeout=max(timeout, 5.0), env=env if env is not None else _default_env(run_as),
-                          run_as=run_as, on_start=on_start, pass_fds=pass_fds)
+def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None,
+              env: Mapping[str, str] | None, confine: Confine | None = None) -> runner.Completed | T3TrackError:
+    argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
+                              "--json"]
+    try:  # a sandbox's mint runs in its confinement (t3track.host.confine)
+        return runner.run(confine(argv) if confine is not None else argv,
+                          timeout=max(timeout, MINT_TIMEOUT_MIN_S), env=env if env is not None else _default_env(run_as),
+                          run_as=run_as)
     except T3TrackError as exc:
         return exc
 
 
 def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
-          token_fallback: Callable[[], str | None] | None, job: MintJob | None = None,
-          confine: Confine | None = None) -> str:
-    started = job.started if job is not None else time.monotonic()
-    early_why = why = ""
-    if job is not None:
-        credential, early_why = _minted(job.outcome())
-        if credential is None:
-            # Started before ready on the server's word that its migrations were done: if that word
-            # was early, the mint met a migrator and lost. Now that the server serves, the same
-            # mint again decides (a broken mint fails twice; the cost is paid on failure only).
-            credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine=confine))
-    else:
-        credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine=confine))
+          token_fallback: Callable[[], str | None] | None, confine: Confine | None = None) -> str:
+    """`auth pairing create` against a server that is ready: its migrations are done, so the mint
+    (which migrates too) never meets another migrator on the database."""
+    started = time.monotonic()
+    credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine))
     if credential:
         s.secrets.add(credential)
-        when = (f" (once the server was ready; the early one failed: {s.clean(early_why)})" if early_why
-                else f" ({job.describe()})" if job is not None else "")
-        s.record(STEP_MINT, True, None, f"minted with `auth pairing create`{when}", started)
+        s.record(STEP_MINT, True, None, "minted with `auth pairing create`", started)
         return credential
     token = token_fallback() if token_fallback is not None else None
     if token:
@@ -570,13 +437,11 @@ def pairing_handshake(
     run_as: str | None = None,
     env: Mapping[str, str] | None = None,
     token_fallback: Callable[[], str | None] | None = None,
-    mint: MintJob | None = None,
     confine: Confine | None = None,
 ) -> Handshake:
     """The whole handshake; also hands back the session cookie (for sessions-survive) and the
-    secrets seen, so the caller can redact its own logs with them. `mint`: a mint already started
-    for this server (its credential is used instead of minting now). `confine`: the sandbox's
-    wrapper of the mint's argv (t3track.host.sandbox.SandboxServer.confine)."""
+    secrets seen, so the caller can redact its own logs with them. `confine`: a sandbox's wrapper
+    of the mint's argv (t3track.host.sandbox.SandboxServer.confine)."""
     require_loopback(url)
     started = time.monotonic()
     s = _Session(url, timeout)
@@ -585,7 +450,7 @@ def pairing_handshake(
     cookie: SessionCookie | None = None
     try:
         cookie_name = _check_session(s)
-        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback, job=mint,
+        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback,
                            confine=confine)
         path, response = _exchange(s, credential)
         cookie = _cookie(s, response, cookie_name, path)
@@ -672,49 +537,3 @@ def front_door_check(url: str, timeout: float) -> ProbeResult:
         s.close()
     return ProbeResult(True, STEP_DONE, None, f"front door answers 302 with {cookie_name}", cookie_name, None,
                        s.steps, round(time.monotonic() - started, 3))
-
-
-# The real server accepts connections ~0.4 s before it answers, and never answers a request that
-# arrives in that moment: readiness polls are frequent and their requests short, so a lost request
-# costs little. A request that gets no answer in time lengthens the next one (a slow host is not
-# failed by an impatient poll), until the caller says the server announced itself ready.
-READY_POLL_TIMEOUT_S = 0.5
-READY_POLL_S = 0.02
-FIRST_REQUEST_S = 0.1
-REQUEST_GROWTH = 1.5
-MAX_REQUEST_S = 2.0
-
-
-class ReadinessPoll:
-    """Polls of one server's `serverVersion` while it starts, each request as short as its answers
-    so far allow."""
-
-    def __init__(self, url: str):
-        self.url = require_loopback(url)
-        self.request_s = FIRST_REQUEST_S
-        self.announced = False
-
-    def version(self, deadline: float, *, announced: bool = False) -> str | None:
-        """One poll (at most until `deadline`). `announced`: the server said it is ready (its log),
-        so short requests start over."""
-        if announced and not self.announced:
-            self.announced, self.request_s = True, FIRST_REQUEST_S
-        request_s = min(self.request_s, max(0.05, deadline - time.monotonic()))
-        asked = time.monotonic()
-        version = server_version(self.url, timeout=request_s)
-        if version is None and time.monotonic() - asked >= request_s * 0.9:  # connected, no answer in time
-            self.request_s = min(MAX_REQUEST_S, self.request_s * REQUEST_GROWTH)
-        return version
-
-
-def server_version(url: str, timeout: float) -> str | None:
-    """The `serverVersion` the server reports (no auth needed), or None when it cannot say."""
-    require_loopback(url)
-    try:
-        with _client(timeout) as client:
-            response = client.get(_join(url, ENVIRONMENT_PATH), headers={"accept": "application/json"})
-    except httpx.HTTPError:
-        return None
-    doc = _json_or_none(response) if response.status_code == 200 else None
-    version = doc.get("serverVersion") if isinstance(doc, dict) else None
-    return version if isinstance(version, str) and version else None

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from t3track.clock import stamp as time_stamp
 from t3track.fsutil import PRIVATE_FILE
-from t3track.host.manifest import DB_FILES, BackupError, BackupInfo, BackupMismatch, manifest_files
+from t3track.host.manifest import BackupError, BackupInfo, BackupMismatch, manifest_files
+from t3track.host.t3db import DB_FILES
 from t3track.host.usertree import UserTreeFault, open_dir
 
 _CHUNK = 1 << 20

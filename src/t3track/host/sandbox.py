@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +35,9 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import confine, inert, openhold, probe, restore, usertree
-from t3track.host.sqlite import DATABASES, Migration, added, database_in_use, database_migrations
+from t3track.host import confine, inert, probe, restore, serving, usertree
+from t3track.host.sqlite import added, database_in_use, database_migrations
+from t3track.host.t3db import DATABASES, Migration
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
@@ -48,15 +49,6 @@ REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
 READY_MARKER = "server is ready"  # what T3 prints when it serves (then short polls start over)
-# What upstream's runMigrations logs once the migrator's transaction has committed (checked in the
-# 0.0.42 bundle): INFO when some ran, DEBUG when none were needed; never "Migrations complete", which
-# the migrator logs inside its transaction. Hence debug logging on a candidate whose migrations-done
-# moment is wanted (the pairing mint may start then, ~0.4 s before ready). Through the environment,
-# not `--log-level`: a build that does not know T3CODE_LOG_LEVEL ignores it, where an unknown flag
-# would stop it from starting. The markers only hurry the mint: without them it starts at ready.
-MIGRATED_MARKERS = ("Migrations ran successfully", "Database schema is current")
-LOG_LEVEL_VARIABLE = "T3CODE_LOG_LEVEL"  # named in the error of a build that rejects its value
-DEBUG_LOG_ENV = {LOG_LEVEL_VARIABLE: "Debug"}
 
 _ports_lock = threading.Lock()
 _ports_taken: set[int] = set()  # by the sandboxes of this process: gates run side by side
@@ -208,7 +200,6 @@ class SandboxServer:
     prior_session_detail: str | None = None
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)
-    mint: probe.MintJob | None = field(default=None, repr=False)  # started on it early; ended first by stop()
     confinement: confine.Confinement | None = field(default=None, repr=False)  # how its processes start
     _process: runner.Background | None = field(default=None, repr=False)
     _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
@@ -278,8 +269,6 @@ class SandboxServer:
             return
         self._stopped = True
         try:
-            if self.mint is not None:
-                self.mint.stop()  # before anything of the sandbox goes away under it
             if self._process is not None:
                 self._process.stop()
             self._save_evidence()
@@ -367,60 +356,6 @@ def _read_after(server: SandboxServer) -> None:
     server.migrations_after = histories.get(server.database_after, []) if server.database_after else []
 
 
-class _MintBeside:
-    """When the pairing mint starts beside a candidate that is starting (the mint migrates too, and
-    two migrators on one database race). With an OpenHold (t3track.host.openhold), at once (at nice 19
-    where t3track may raise it back, so that its own start takes only what the server's leaves of the
-    CPUs): its opens that could write wait in the kernel until the server says its migrations are
-    committed, and then it goes on at normal priority. Without a hold, at that moment. At the latest,
-    when the server is ready (it said nothing)."""
-
-    def __init__(self, server: SandboxServer, start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None]):
-        self.server = server
-        self._start_mint = start_mint
-        self.migrated = False  # once said, it stays said: a retry on another port finds nothing left to migrate
-        self._hold: openhold.OpenHold | None = None
-
-    def spawned(self, process: runner.Background) -> None:
-        if self.migrated or self.server.mint is not None:
-            return
-        self._hold = openhold.OpenHold.start()
-        if self._hold is not None:
-            self._start_mint(self.server, self._hold)  # it must not slow the server's start: see MintJob
-            assert self.server.mint is not None
-            self.server.mint.how = ("started with the server, its opens for writing held until the "
-                                    "server's migrations were committed")
-
-    def saw(self, log: str) -> None:
-        if not self.migrated and any(marker in log for marker in MIGRATED_MARKERS):
-            self._now_migrated("started once the server said its migrations were committed")
-
-    def ready(self) -> None:
-        if not self.migrated:
-            self._now_migrated("started once the server was ready")  # ready without saying so
-
-    def _now_migrated(self, how: str) -> None:
-        self.migrated = True
-        if self._hold is not None:
-            if self.server.mint is not None:
-                self.server.mint.normal_priority()  # before its database work: never a starved writer
-            self._hold.release()
-            self._hold = None
-        elif self.server.mint is None:
-            self._start_mint(self.server, None)
-            assert self.server.mint is not None
-            self.server.mint.how = how
-
-    def attempt_ended(self) -> None:
-        """This start did not become ready: a held mint may not go on beside the next start's migrations."""
-        if self._hold is not None:
-            if self.server.mint is not None:
-                self.server.mint.stop()
-                self.server.mint = None
-            self._hold.close()  # whatever it still held fails (ENOSYS): it never goes on
-            self._hold = None
-
-
 class _PortTaken(Exception):
     pass
 
@@ -445,66 +380,32 @@ def _spawn(server: SandboxServer, argv: list[str | Path], env: dict[str, str], p
 
 
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
-           log_name: str, port: int | None = None, cancel: threading.Event | None = None,
-           start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None] | None = None) -> runner.Background:
+           log_name: str, port: int | None = None, cancel: threading.Event | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
     given). On success the process is returned running; on failure it is killed and SandboxFailed says
-    why; when `cancel` is set meanwhile, it is killed and Cancelled raised. `start_mint(server,
-    hold)` starts the pairing mint (setting server.mint) as early as it may run beside this start,
-    under `hold` when there is one: see _MintBeside."""
+    why; when `cancel` is set meanwhile, it is killed and Cancelled raised."""
     what = f"{expected_version or 'the current version'} ({executable}) on {server.user}'s sandbox"
     deadline = time.monotonic() + timeout_s
-    beside = _MintBeside(server, start_mint) if start_mint is not None else None
-    debug = beside is not None
-    attempt = 0
-    while attempt < PORT_ATTEMPTS:
+    for attempt in range(PORT_ATTEMPTS):
         chosen = _take_port(server, port if attempt == 0 else None)
         url = f"http://127.0.0.1:{chosen}"
-        argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen), "--base-dir", server.base_dir,
-                "--no-browser"]
-        env = {**server.env, **DEBUG_LOG_ENV} if debug else server.env
+        argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen),
+                                  "--base-dir", server.base_dir, "--no-browser"]
         started = time.monotonic()
         try:
-            process = _spawn(server, argv, env, chosen)
+            process = _spawn(server, argv, server.env, chosen)
         except _PortTaken:
-            attempt += 1
             continue
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
-        readiness = probe.ReadinessPoll(url)
-        ready = False
+        readiness = serving.ReadinessPoll(url)
         try:
-            if beside is not None:
-                beside.spawned(process)
             while True:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"{server.user}'s sandbox is no longer needed")
                 if not process.alive():
-                    process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
-                    if debug and LOG_LEVEL_VARIABLE in process.log_text():
-                        # A build that reads log levels another way: it starts as it is, and the mint
-                        # waits for ready. Same port (Era B cookie names carry it), no attempt spent.
-                        debug, port, attempt = False, chosen, attempt - 1
-                        server.notes.append(f"it refused {LOG_LEVEL_VARIABLE}=Debug and was started again without it")
-                        break
-                    if _address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS:
-                        break  # someone took the port between our check and the bind: next port
-                    refused = REFUSED_HISTORY.search(process.log_text())
-                    if refused:
-                        raise SandboxFailed(
-                            f"{what} refuses the database: {refused.group(0)}", reason="diverged-history",
-                            log_tail=server.log_tail(),
-                            hint="the user's database carries a migration history this build does not know "
-                            "(a preview or another branch's build ran on it); restore a backup from before it, "
-                            "or wait for a build that reconciles it")
-                    raise SandboxFailed(
-                        f"{what} exited with {process.proc.returncode} before it was ready",
-                        reason="exit", log_tail=server.log_tail(),
-                        hint="the candidate cannot start on this user's state; see the evidence log")
-                log = process.log_text()
-                if beside is not None:
-                    beside.saw(log)
-                version = readiness.version(deadline, announced=READY_MARKER in log)
+                    break
+                version = readiness.version(deadline, announced=READY_MARKER in process.log_text())
                 if version is not None:
                     if expected_version is not None and version != expected_version:
                         raise SandboxFailed(
@@ -513,25 +414,35 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
                             hint="the installed package does not hold the version it claims; reinstall it")
                     server.port, server.url = chosen, url
                     server.startup_s = round(time.monotonic() - started, 3)
-                    if beside is not None:
-                        beside.ready()
-                    ready = True
                     return process
                 if time.monotonic() >= deadline:
                     raise SandboxFailed(
-                        f"{what} was not ready within {timeout_s:.0f}s "
-                        f"(no answer on {probe.ENVIRONMENT_PATH})", reason="timeout", log_tail=server.log_tail(),
+                        f"{what} was not ready within {timeout_s:.0f}s (no answer on {serving.ENVIRONMENT_PATH})",
+                        reason="timeout", log_tail=server.log_tail(),
                         hint="raise gates.serve_timeout if the host is slow; otherwise the candidate hangs at start")
-                time.sleep(probe.READY_POLL_S)
+                time.sleep(serving.READY_POLL_S)
+            process.stop()  # reaps the group and drains the pipe: its last lines are the evidence
+            if not (_address_in_use(process.log_text()) and attempt + 1 < PORT_ATTEMPTS):
+                raise _exited(what, server, process)
         except BaseException:
             process.stop()
             raise
-        finally:
-            if beside is not None and not ready:
-                beside.attempt_ended()
-        process.stop()
-        attempt += 1
     raise SandboxFailed(f"{what}: every port tried was in use", reason="exit", log_tail=server.log_tail())
+
+
+def _exited(what: str, server: SandboxServer, process: runner.Background) -> SandboxFailed:
+    """Why a candidate that exited before it was ready failed (someone taking its port aside)."""
+    refused = REFUSED_HISTORY.search(process.log_text())
+    if refused:
+        return SandboxFailed(
+            f"{what} refuses the database: {refused.group(0)}", reason="diverged-history",
+            log_tail=server.log_tail(),
+            hint="the user's database carries a migration history this build does not know "
+            "(a preview or another branch's build ran on it); restore a backup from before it, "
+            "or wait for a build that reconciles it")
+    return SandboxFailed(f"{what} exited with {process.proc.returncode} before it was ready",
+                         reason="exit", log_tail=server.log_tail(),
+                         hint="the candidate cannot start on this user's state; see the evidence log")
 
 
 def _mint_prior_session(server: SandboxServer, current_executable: Path, *, timeout_s: float,
@@ -569,7 +480,6 @@ def serve_candidate(
     evidence_dir: Path,
     prior_session_with: Path | None = None,
     cancel: threading.Event | None = None,
-    start_mint: Callable[[SandboxServer, openhold.OpenHold | None], None] | None = None,
 ) -> SandboxServer:
     """Build the sandbox from `user`'s newest backup and serve `executable` on it until it reports
     `expected_version`. Returns the running server (stop it, or use it in a `with`); raises
@@ -577,8 +487,7 @@ def serve_candidate(
 
     With `prior_session_with` (the current version's executable), a session is first minted with
     that version on the same copy, for the sessions-survive check. Setting `cancel` while it waits
-    for the server tears the sandbox down and raises Cancelled. `start_mint(server, hold)`: see _start
-    (the candidate's start only)."""
+    for the server tears the sandbox down and raises Cancelled."""
     owner = _owner(user.run_as)
     notes: list[str] = []
     root = _sandbox_root(workdir, user, owner, notes)
@@ -608,8 +517,7 @@ def serve_candidate(
                                 probe_timeout=config.gates.probe_timeout.total_seconds(), cancel=cancel)
             port = server.port  # reuse it when free: Era B cookie names carry the port
         server._process = _start(server, executable, expected_version, timeout_s=timeout_s,
-                                 log_name="sandbox-serve", port=port, cancel=cancel,
-                                 start_mint=start_mint)
+                                 log_name="sandbox-serve", port=port, cancel=cancel)
         _read_after(server)
         server.diverged = diverged_pairs(server._process.log_text())
         return server

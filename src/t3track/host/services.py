@@ -33,6 +33,25 @@ class UserMark:
     what: str
 
 
+def downtime(marks: list[UserMark], users: list[str], end: float) -> dict[str, float]:
+    """Per user: from each stop of that user's server to its next passing live check (or `end`)."""
+    result = {}
+    for user in users:
+        total, down_since = 0.0, None
+        for mark in marks:
+            if mark.user != user:
+                continue
+            if mark.what == "stop" and down_since is None:
+                down_since = mark.at
+            elif mark.what == "verified" and down_since is not None:
+                total += mark.at - down_since
+                down_since = None
+        if down_since is not None:  # stopped and never checked again: down until the swap ended
+            total += end - down_since
+        result[user] = total
+    return result
+
+
 def service_argv(template: list[str], user: UserConfig) -> list[str]:
     """{user} {port} {base_dir} filled by plain replacement (no str.format: a config must not reach
     attributes, and a stray brace must not raise mid-swap); config validation refuses other names."""

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from t3track.host.manifest import DATABASES, MIGRATIONS_TABLE, BackupError, BackupTimeout, Migration
+from t3track.host.manifest import BackupError, BackupTimeout
+from t3track.host.t3db import DATABASES, MIGRATIONS_TABLE, Migration
 
 _UNBOUNDED_BUSY_S = 60.0  # busy wait of a step that has no deadline (snapshot without a timeout)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from t3track.errors import EnvironmentFault
-from t3track.host.manifest import Migration
+from t3track.host.t3db import Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
@@ -196,7 +196,7 @@ def tree_problems(config: Any) -> list[str]:
     seen: dict[tuple[int, int], str] = {}
     for i, user in enumerate(config.users):
         if not (user.base_dir / "userdata").exists():
-            continue  # host_problems says so already
+            continue  # config check's own host problems say so already
         try:
             tree = check_tree(user.base_dir, user=user.name)
         except UserTreeFault as exc:
@@ -209,7 +209,7 @@ def tree_problems(config: Any) -> list[str]:
             try:
                 run_uid = pwd.getpwnam(user.run_as).pw_uid
             except KeyError:
-                continue  # host_problems says so already
+                continue  # config check's own host problems say so already
             if tree.uid not in (0, run_uid):
                 problems.append(f"users[{i}].run_as: {tree.userdata} belongs to uid {tree.uid}, not to "
                                 f"{user.run_as} (uid {run_uid})")
@@ -217,7 +217,9 @@ def tree_problems(config: Any) -> list[str]:
 
 
 def db_sizes(base_dir: Path, *, user: str) -> int:
-    """Bytes of the databases (and WALs) a snapshot of this user copies, by lstat: nothing read."""
+    """At most the bytes a snapshot of this user's databases (and WALs) takes, by lstat: nothing read.
+    What is allocated on disk, not the declared size: the copy (VACUUM INTO) holds only the pages in
+    use, and a sparse file declaring gigabytes has few of those."""
     total = 0
     with userdata_fd(base_dir, user=user) as (fd, _tree):
         for name in DB_NAMES:
@@ -227,7 +229,7 @@ def db_sizes(base_dir: Path, *, user: str) -> int:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+                    total += min(st.st_size, st.st_blocks * 512)
     return total
 
 

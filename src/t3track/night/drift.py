@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from t3track.host import loopback
+from t3track.host.serving import server_version
 from t3track.results import FAIL, GateResult
 from t3track.versions import same_version
 
@@ -36,9 +36,8 @@ class Drift:
 
 
 def serving(user: UserConfig, timeout: float = TIMEOUT_S) -> str | None:
-    """The serverVersion the user's live server reports, or None when it does not answer (read with
-    the standard library: status asks every user's server, and must not pay for httpx)."""
-    return loopback.server_version(user.port, timeout=timeout)
+    """The serverVersion the user's live server reports, or None when it does not answer."""
+    return server_version(f"http://127.0.0.1:{user.port}", timeout=timeout)
 
 
 def find(config: Config, installed: str | None, linked: dict[str, str] | None = None) -> list[Drift]:

@@ -9,13 +9,9 @@ down when that user's gates end, whatever happened.
 
 `pairing-probe` pairs only with a credential from `auth pairing create` (how operators pair, since
 production stdout goes nowhere), never the startup token: the live check after a swap mints the same
-way, so a build whose mint is broken is refused here rather than rolled back there. That mint is
-started while `sandbox-serve` still waits, and never opens the database while the candidate's
-migrations run (the mint migrates too, and two migrators on one database race): together with the
-server where seccomp user notification is there, its opens for writing held until then
-(t3track.host.openhold), else once the candidate logs that its migrations are committed (t3track.host.sandbox._MintBeside). Its own start
-is most of the probe's cost on the real server. An early mint that fails is tried once more when the
-server is ready, and that one decides.
+way, so a build whose mint is broken is refused here rather than rolled back there. The mint runs once
+the candidate serves, when its migrations are done (the mint migrates too, and two migrators on one
+database race).
 
 Outcomes: `pass`, `fail` (the candidate must not be swapped in) and `inconclusive` (reported, does not
 stop the run). The optional sessions-survive check (config.gates.sessions_survive) is `inconclusive`
@@ -42,17 +38,15 @@ from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import probe, usertree
 from t3track.host.backup import newest_backup, user_backup_dir
 from t3track.host.manifest import (
-    DB_FILES,
-    MIGRATIONS_TABLE,
     BackupError,
     BackupInfo,
     BackupMismatch,
     checksum_problem,
     fix_hint,
 )
-from t3track.host.openhold import OpenHold
 from t3track.host.sandbox import Cancelled, SandboxFailed, SandboxServer, serve_candidate
 from t3track.host.sqlite import added, migration_history, quick_check_problem
+from t3track.host.t3db import DB_FILES, MIGRATIONS_TABLE
 from t3track.host.tree import current_executable
 from t3track.night.side_by_side import run_side_by_side
 from t3track.results import FAIL, INCONCLUSIVE, PASS, GateResult, to_jsonable
@@ -107,27 +101,16 @@ class _UserGates:
             if self.config.gates.sessions_survive:
                 candidate_current = current_executable(self.config)
                 prior = candidate_current if candidate_current.exists() else None
-            early_mint = self._start_mint if PAIRING_PROBE in self.config.gates.order else None
             try:
                 self.server = serve_candidate(self.config, self.user, self.executable, self.version,
                                               workdir=self.workdir, evidence_dir=self.evidence_dir,
-                                              prior_session_with=prior, cancel=self.cancel, start_mint=early_mint)
+                                              prior_session_with=prior, cancel=self.cancel)
             except SandboxFailed as exc:
                 self.sandbox_error = exc
         if self.server is None:
             assert self.sandbox_error is not None
             raise self.sandbox_error
         return self.server
-
-    def _start_mint(self, server: SandboxServer, hold: OpenHold | None) -> None:
-        """The pairing probe's `auth pairing create`, started when the sandbox says it may run beside
-        the candidate (never beside its migrations: the mint migrates too), so that its own start
-        (~1.2 s for the real 0.0.42) overlaps the server's instead of following it. The sandbox ends it."""
-        gates = self.config.gates  # it may wait as long as the server's start before its database opens
-        server.mint = probe.MintJob(server.base_dir, self.executable,
-                                    timeout=(gates.serve_timeout + gates.probe_timeout).total_seconds(),
-                                    run_as=server.run_as, env=server.env, low_priority=hold is not None,
-                                    hold=hold, confine=server.confine)
 
     def sandbox_serve(self) -> GateResult:
         started = time.monotonic()
@@ -159,7 +142,7 @@ class _UserGates:
         # devices with `auth pairing create`; a candidate whose mint is broken must be refused here.
         handshake = probe.pairing_handshake(
             server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
-            run_as=server.run_as, env=server.env, mint=server.mint, confine=server.confine)
+            run_as=server.run_as, env=server.env, confine=server.confine)
         server.secrets |= handshake.secrets
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
@@ -218,6 +201,9 @@ def _age_text(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+FUTURE_SLACK_S = 300  # clocks that disagree by a few minutes (an NTP step) are not a fault
+
+
 def check_backup_present(config: Config, user: UserConfig, *, now: datetime | None = None) -> GateCheck:
     """The backup-present gate for one user: fresh, matching its manifest, sound, not behind the live db."""
     moment = as_utc(now)
@@ -227,6 +213,9 @@ def check_backup_present(config: Config, user: UserConfig, *, now: datetime | No
         return GateCheck(False, f"{name}: no backup in {user_backup_dir(config, name)}; {fix_hint(name)}", None)
     where = f"{name}: backup {backup.path}"
     max_age = config.gates.backup_max_age
+    if backup.age_s(moment) < -FUTURE_SLACK_S:  # a clock that ran ahead, or a manifest someone wrote
+        return GateCheck(False, f"{where} is dated {_age_text(-backup.age_s(moment))} in the future; its age is "
+                         f"unknown; {fix_hint(name)}", backup)
     if backup.age_s(moment) > max_age.total_seconds():
         return GateCheck(False, f"{where} is {_age_text(backup.age_s(moment))} old, older than "
                          f"gates.backup_max_age ({_age_text(max_age.total_seconds())}); {fix_hint(name)}", backup)

@@ -34,6 +34,7 @@ class RollbackCause(str, Enum):
     LIVE_CHECK = "live-check"      # the candidate failed a live check: a nightly candidate is denied for it
     STEP = "step"                  # a stop/snapshot/flip/start step failed: maybe the host's fault
     DRILL = "drill"                # the drill's simulated failure
+    INTERRUPTED = "interrupted"    # a stop signal before the flip: back on the old version, nobody to blame
 
 
 class Journal(BaseModel):
@@ -56,7 +57,8 @@ class Journal(BaseModel):
 
 # Fault injection for the kill-at-every-phase tests: the process SIGKILLs itself right after writing
 # this phase, exactly as a power cut or an OOM kill would leave it.
-FAULT_KILL_ENV = "T3TRACK_FAULT_KILL_AT"
+FAULT_KILL_ENV = "T3TRACK_FAULT_KILL_AT"      # tests: signal ourselves right after writing this phase
+FAULT_SIGNAL_ENV = "T3TRACK_FAULT_SIGNAL"      # which signal (KILL by default; TERM, HUP, INT)
 
 
 def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Journal:
@@ -66,7 +68,7 @@ def write(store: StateStore, journal: Journal, phase: Phase | None = None) -> Jo
     store.ensure()
     atomic_write_text(store.journal_path, journal.model_dump_json(indent=2) + "\n")
     if os.environ.get(FAULT_KILL_ENV) == journal.phase.value:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(FAULT_SIGNAL_ENV, "KILL"), signal.SIGKILL))
     return journal
 
 

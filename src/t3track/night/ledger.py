@@ -5,12 +5,14 @@ run once (last run, history, then the aftermath), whatever its outcome."""
 from __future__ import annotations
 
 import shutil
+import time
 from typing import Any
 
 from t3track import aftermath
 from t3track.clock import utcnow
 from t3track.config import Config
 from t3track.host import install
+from t3track.host.services import downtime
 from t3track.night import journal, policy
 from t3track.night.report import NightReport
 from t3track.night.swap import SwapResult
@@ -43,7 +45,7 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
             failed = first_failure(result.live)
             if failed:
                 deny_failed_live(store, result.to_version, failed.name, result.reason, evidence)
-            else:
+            elif not result.interrupted and not result.host_fault:  # a stop request, a host fault: not its failure
                 count_failure(config, store, result.to_version, "swap", result.reason, evidence)
         if result.outcome == "rolled_back":
             settle_rollback(store, kind, result.from_version)
@@ -51,6 +53,9 @@ def conclude(config: Config, store: StateStore, kind: str, result: SwapResult, *
         else:
             report = NightReport.critical(run_id, result.reason, **common)
     report.timings.update(result.timings)
+    if result.marks:
+        report.downtime_s = {user: round(seconds, 3) for user, seconds in
+                             downtime(result.marks, [u.name for u in config.users], time.monotonic()).items()}
     return report
 
 

@@ -15,18 +15,19 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
+from t3track import stops
 from t3track.aftermath import evidence
 from t3track.aftermath.fingerprints import HOST_GATES
 from t3track.clock import iso, utcnow
 from t3track.config import Config
-from t3track.errors import EnvironmentFault
+from t3track.errors import EnvironmentFault, Interrupted
 from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
 from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
-from t3track.results import FAIL, INCONCLUSIVE, GateResult, first_failure, new_run_id
+from t3track.results import FAIL, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
 from t3track.state import StateStore
 
 Progress = Callable[[str], None]
@@ -82,19 +83,35 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
         night = Night(config, store, client, dry_run, progress, target)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
-        report = _pipeline(night)
+        try:
+            report = _pipeline(night)
+        except KeyboardInterrupt:  # a stop signal outside the swap: nothing live was touched
+            report = NightReport.environment_error(night.run_id, Interrupted(
+                f"stopped by {stops.requested() or 'an interrupt'} before any server was stopped; every sandbox "
+                "was removed, nothing changed", hint="run `t3track run` again when you mean it"),
+                current=store.load().current, evidence=night.evidence, dry_run=dry_run)
         if night.recovered is not None:
             report.recovered = night.recovered.describe()
+            if night.recovered.action == "rolled_back" and report.outcome is Outcome.NOOP and not dry_run:
+                # a swap a killed run left was undone tonight: that is the night's news, not "nothing to do"
+                report.reason = f"{report.recovered}: {night.recovered.reason}; then: {report.reason}"
+                report.outcome = Outcome.ROLLED_BACK
         report.requested = target.version if target else None
-        ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
-            "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
-            "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
-            **({"ring": report.ring} if report.ring else {}),
-            "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
+        with stops.shielded():  # the night is recorded whatever signal comes now
+            _record(config, store, report, dry_run)
         return report
 
 
+def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool) -> None:
+    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
+        "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
+        "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
+        **({"ring": report.ring} if report.ring else {}),
+        "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
+
+
 def _pipeline(n: Night) -> NightReport:
+    recovery.require_state(n.config, n.store)  # before anything is recorded: a record would create it
     _sweep(n)
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
     if n.recovered is not None and n.recovered.critical:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from t3track.config import Config
-from t3track.errors import CriticalError
+from t3track.errors import CriticalError, StateError
+from t3track.host.tree import current_link, current_version
 from t3track.night import journal as jr
 from t3track.night import ledger, rings
 from t3track.night.journal import Phase, RollbackCause
@@ -54,6 +56,19 @@ def recover(config: Config, store: StateStore, progress: Progress = _quiet) -> R
     recovered = _recover(config, store, journal, progress)
     _record(config, store, recovered)
     return recovered
+
+
+def require_state(config: Config, store: StateStore) -> None:
+    """A host whose `root/current` link exists is managed: without its state.json (lost, or moved aside
+    as a corrupt one), t3track must not act as on a first install (a nightly failing live would have
+    nothing to roll back to, night after night). Raises StateError (exit 4) naming the way back."""
+    if store.state_path.exists() or not os.path.lexists(current_link(config)):
+        return
+    linked = current_version(config) or "?"
+    raise StateError(
+        f"{store.state_path} is missing, but {current_link(config)} points at {linked}: this host is managed, "
+        f"and without its state t3track will not move any version", hint=f"restore state.json from a copy "
+        f"if you have one; otherwise take the host over again with `t3track adopt {linked}` (it restarts each server on it and checks it live)")
 
 
 def recover_or_refuse(config: Config, store: StateStore, progress: Progress) -> Recovery | None:

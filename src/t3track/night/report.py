@@ -29,6 +29,7 @@ class NightReport:
     timings: dict[str, float] = field(default_factory=dict)
     requested: str | None = None     # `run --to VERSION`: the exact version asked for
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
+    downtime_s: dict[str, float] = field(default_factory=dict)  # per user, from the stop to the passing live check
     json_extra = ("exit_code",)
 
     @property

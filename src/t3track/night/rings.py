@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from t3track import versions
 from t3track.clock import human_age, utcnow
@@ -23,10 +25,79 @@ from t3track.errors import CriticalError, T3TrackError, UsageError
 from t3track.host import tree
 from t3track.night.verify import verify_live
 from t3track.results import GateResult
-from t3track.state import RingState, RingStore, Served, State, StateStore
+from t3track.state import RING_OWN, HistoryEvent, RingState, Served, State, StateStore, note_served
 
 Progress = Callable[[str], None]
 LIVE_RECHECK = "live-recheck"
+
+
+class RingStore(StateStore):
+    """state_dir seen by one ring's move. `load()` gives a State whose current, previous and
+    current_snapshot are the ring's, and whose pin and freeze are the ring's own or else the host's,
+    so every move (swap, rollback, revert, recovery) settles the ring it moved through the same code
+    as a host without rings; `save()` writes those back into the ring and everything else (denials,
+    failures, first-seen times, the last run) into the host's state. A change of the ring's current
+    opens a new `served` stretch. History lines name the ring."""
+
+    def __init__(self, state_dir: Path, ring: str, *, first: bool):
+        super().__init__(state_dir)
+        self.ring, self.first = ring, first
+        self._held: dict[str, tuple[str, Any]] = {}  # pinned/frozen: where the loaded value came from
+        self._loaded_current: str | None = None
+
+    def load(self) -> State:
+        """The ring's view. Its freeze is its own, else the host's (a ring's freeze that has ended gives
+        way to a host freeze still on). Its pin is its own; the first ring also takes the host's pin
+        (the host's pin reaches later rings through their soak: see night.rings.promotion)."""
+        whole = super().load()
+        own = whole.rings.get(self.ring, RingState())
+        view = whole.model_copy(deep=True)
+        if not self.first:
+            for key in RING_OWN:
+                setattr(view, key, getattr(own, key))
+            if own.current is None:  # a ring that has not moved yet runs what the whole host ran (its link's start)
+                view.current = whole.current
+        mine = own.frozen
+        if mine is not None and mine.expired(utcnow()) and whole.frozen is not None:
+            mine = None
+        view.frozen = mine if mine is not None else whole.frozen
+        self._held["frozen"] = ("ring" if mine is not None else "host", view.frozen)
+        view.pinned = own.pinned if own.pinned is not None or not self.first else whole.pinned
+        self._held["pinned"] = ("ring" if own.pinned is not None or not self.first else "host", view.pinned)
+        self._loaded_current = view.current
+        return view
+
+    def save(self, state: State) -> None:
+        whole = super().load()
+        own = whole.rings.setdefault(self.ring, RingState())
+        before = self._loaded_current
+        for key in State.model_fields:
+            if key in ("pinned", "frozen", "rings") or (key in RING_OWN and not self.first):
+                continue
+            setattr(whole, key, getattr(state, key))
+        if not self.first:
+            for key in RING_OWN:
+                setattr(own, key, getattr(state, key))
+        for key in ("pinned", "frozen"):
+            where, loaded = self._held.get(key, ("host", getattr(whole, key)))
+            value = getattr(state, key)
+            if value == loaded:
+                continue
+            # a value this move changed: lifted where it was held; a new freeze (a failed rollback) is the host's
+            setattr(own if where == "ring" and value is None else whole, key, value)
+            self._held[key] = (where if value is None else "host", value)
+        if state.current != before:
+            note_served(own, state.current, utcnow())
+        self._loaded_current = state.current
+        StateStore.save(self, whole)
+
+    @property
+    def host(self) -> StateStore:
+        return StateStore(self.dir)
+
+    def record(self, event: str, *, by: str | None = None, **data: Any) -> HistoryEvent:
+        data.setdefault("ring", self.ring)
+        return super().record(event, by=by, **data)
 
 
 def scope(config: Config, store: StateStore, ring: str | None) -> tuple[Config, StateStore]:

@@ -12,17 +12,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from t3track import stops
 from t3track.clock import utcnow
 from t3track.config import Config, UserConfig
-from t3track.errors import CriticalError, EnvironmentFault, T3TrackError
+from t3track.errors import CriticalError, EnvironmentFault, Interrupted, T3TrackError
 from t3track.fsutil import ensure_private_dir
 from t3track.host import backup, restore, sqlite, usertree
-from t3track.host.manifest import DB_FILES, MAIN_DB, MANIFEST, V2_DB, read_backup
+from t3track.host.manifest import MANIFEST, read_backup
 from t3track.host.services import UserMark, each_user
 from t3track.host.sqlite import added, migration_history
-from t3track.host.tree import current_version, flip_current
+from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
+from t3track.host.tree import current_version, flip_current, prefix_of
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import ROLLBACK_VERIFY, verify_live
@@ -33,6 +36,10 @@ from t3track.state import Freeze, State, StateStore
 Progress = Callable[[str], None]
 SNAPSHOT_MARGIN = 1.2        # a snapshot is at most its database (and WAL); a little room on top
 SNAPSHOT_SLACK = 16 << 20    # manifests, the journal, history
+# Each pre-swap snapshot is taken while that user's server is down: a database someone holds locked
+# must not keep every user down until the unit's timeout (faults review H2). Its expiry is a host
+# fault: every server is started again on the old version and the candidate is not blamed.
+SNAPSHOT_TIMEOUT = timedelta(minutes=2)
 
 
 def _quiet(_: str) -> None:
@@ -51,6 +58,8 @@ class SwapResult:
     timings: dict[str, float] = field(default_factory=dict)
     marks: list[UserMark] = field(default_factory=list)  # when each user's server stopped, started, verified
     notes: list[str] = field(default_factory=list)       # e.g. a stop that returned before the server exited
+    interrupted: str | None = None     # the stop signal that arrived during the swap (SIGTERM), if one did
+    host_fault: bool = False           # a step failed before the flip: the candidate never ran, not its fault
 
 
 # ---------------------------------------------------------------- snapshots
@@ -68,7 +77,7 @@ def _snapshotter(snapshot_dir: Path, progress: Progress) -> Callable[[UserConfig
             progress(f"{user.name} has no T3 state yet: nothing to snapshot")
             return
         progress(f"snapshot {user.name}'s database")
-        backup.snapshot_database(user.base_dir, dest)
+        backup.snapshot_database(user.base_dir, dest, timeout=SNAPSHOT_TIMEOUT)
 
     return one
 
@@ -185,10 +194,18 @@ def migrated_forward_all(config: Config, state: State, target: str) -> list[str]
                                                                    target)]
 
 
-def preflight(config: Config, store: StateStore) -> None:
-    """What must hold before any server stops: every user's tree is one t3track will touch (no link,
-    regular databases of its owner's), no two users share one, and state_dir has room for every
-    snapshot. Raises EnvironmentFault (exit 3), nothing stopped, naming the user or the disk."""
+def preflight(config: Config, store: StateStore, plan: Journal | None = None) -> None:
+    """What must hold before any server stops: the version a rollback goes back to is installed with
+    its executable, every user's tree is one t3track will touch (no link, regular databases of its
+    owner's), no two users share one, and state_dir has room for every snapshot. Raises
+    EnvironmentFault (exit 3), nothing stopped, naming the version, the user or the disk."""
+    if plan is not None and plan.from_version is not None:
+        back = config.executable_in(prefix_of(config, plan.from_version))
+        if not os.path.isfile(back) or not os.access(back, os.X_OK):
+            raise EnvironmentFault(
+                f"the version a rollback would go back to, {plan.from_version}, has no executable at {back}; "
+                f"nothing was stopped", hint=f"reinstall it first: `t3track revert --to {plan.from_version}` "
+                f"is refused too; `t3track adopt` or restoring {prefix_of(config, plan.from_version)} brings it back")
     def read(user: UserConfig) -> tuple[usertree.Tree, int] | None:
         try:
             tree = usertree.check_tree(user.base_dir, user=user.name)
@@ -234,9 +251,10 @@ def swap_and_verify(config: Config, store: StateStore, plan: Journal, progress: 
     A plan with `simulate_live_failure` (the drill) treats a passing live check as failed, so the
     whole rollback path runs for real. A tree or a disk that would make the swap fail halfway is
     refused first (EnvironmentFault, nothing stopped): see `preflight`."""
-    preflight(config, store)
-    jr.write(store, plan, Phase.PLANNED)
-    return drive(config, store, plan, progress)
+    preflight(config, store, plan)
+    with stops.shielded():  # a signal from here on is seen by drive(), which removes the plan if nothing moved
+        jr.write(store, plan, Phase.PLANNED)
+        return drive(config, store, plan, progress)
 
 
 def plan_swap(store: StateStore, *, run_id: str, from_version: str | None, to_version: str, kind: str = "swap",
@@ -255,16 +273,46 @@ def _snapshot_dir(store: StateStore, journal: Journal) -> Path:
 
 
 def drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
-    """Run the journal forward from its phase to VERIFIED, or into a rollback."""
+    """Run the journal forward from its phase to VERIFIED, or into a rollback. A stop signal during it
+    is honoured at the next safe point (t3track.stops): before any server stops, nothing is touched
+    (Interrupted); before the flip, every server goes back on the old version; after it, the live check
+    and, on failure, the rollback run as always."""
+    with stops.shielded():
+        result = _drive(config, store, journal, progress)
+    result.interrupted = stops.requested()
+    if result.interrupted and result.outcome == "swapped":
+        result.notes.append(f"{result.interrupted} arrived during the swap: it was finished and checked live first")
+    return result
+
+
+def _drive(config: Config, store: StateStore, journal: Journal, progress: Progress) -> SwapResult:
     result = SwapResult("swapped", journal.from_version, journal.to_version)
+    signal_name = stops.requested()
+    if signal_name and journal.phase is Phase.PLANNED:
+        jr.remove(store)
+        raise Interrupted(f"stopped by {signal_name} before any server was stopped: nothing changed",
+                          hint="run `t3track run` again when you mean it")
     timer = time.monotonic()
     snapshot_dir = _snapshot_dir(store, journal)
-    try:
-        if journal.phase in (Phase.PLANNED, Phase.STOPPING):
+    if journal.phase is Phase.PLANNED:
+        try:
             jr.write(store, journal, Phase.STOPPING)
+        except OSError as exc:  # nothing stopped yet: leave everything as it is
+            journal.phase = Phase.PLANNED
+            jr.remove(store)
+            raise EnvironmentFault(f"cannot write the swap journal in {store.dir}: {exc}; nothing was stopped",
+                                   hint="free space on state_dir's filesystem, then run again") from None
+    starting = False
+    try:
+        if journal.phase is Phase.STOPPING:
             _stop_and_snapshot_all(config, snapshot_dir, progress, result)
             jr.write(store, journal, Phase.SNAPSHOTTED)
         result.timings["stop_snapshot_s"] = time.monotonic() - timer
+        signal_name = stops.requested()
+        if signal_name and journal.phase is Phase.SNAPSHOTTED:  # the last point where nothing moved yet
+            return rollback(config, store, journal, RollbackCause.INTERRUPTED,
+                            f"stopped by {signal_name} before the flip: every server back on {journal.from_version}",
+                            progress, result)
         if journal.phase is Phase.SNAPSHOTTED:
             if journal.restore_from:
                 result.restored_users = _restore_from(config, Path(journal.restore_from),
@@ -274,11 +322,15 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
             jr.write(store, journal, Phase.FLIPPED)
         if journal.phase in (Phase.FLIPPED, Phase.STARTED):
             # resumed at STARTED too: the servers may have died since (a reboot); start is idempotent
+            starting = True
             each_user(config, "start", progress, marks=result.marks)
             if journal.phase is Phase.FLIPPED:
                 jr.write(store, journal, Phase.STARTED)
         result.timings["swap_s"] = time.monotonic() - timer
     except (T3TrackError, OSError) as exc:  # a full disk, a service that will not stop: undo, whatever it was
+        # until a server starts on the candidate, a failure is the host's (a snapshot's deadline, a full
+        # disk, a stop that hangs), never the candidate's: it stays eligible
+        result.host_fault = not starting
         return rollback(config, store, journal, RollbackCause.STEP, f"swap step failed: {exc}", progress, result)
     if journal.phase is Phase.STARTED:
         result.live = verify_live(config, journal.to_version, progress, marks=result.marks)
@@ -290,7 +342,10 @@ def drive(config: Config, store: StateStore, journal: Journal, progress: Progres
         if journal.simulate_live_failure:
             return rollback(config, store, journal, RollbackCause.DRILL, "drill: the live check passed and is "
                             "treated as failed (the only simulated step)", progress, result)
-        jr.write(store, journal, Phase.VERIFIED)
+        try:
+            jr.write(store, journal, Phase.VERIFIED)
+        except OSError as exc:  # verified all the same: the journal (STARTED) makes recovery re-check and keep it
+            result.notes.append(f"the journal could not record the verified swap ({exc})")
     return result
 
 
@@ -300,7 +355,14 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
 
     Every step is tried for every user. A rollback that cannot complete freezes the tracker and
     leaves the journal for the operator. A rollback resumed from the journal keeps its first cause.
+    A stop signal during it is remembered and changes nothing (t3track.stops).
     """
+    with stops.shielded():
+        return _rollback(config, store, journal, cause, reason, progress, result, recovering=recovering)
+
+
+def _rollback(config: Config, store: StateStore, journal: Journal, cause: RollbackCause, reason: str,
+              progress: Progress, result: SwapResult | None, *, recovering: bool) -> SwapResult:
     result = result or SwapResult("rolled_back", journal.from_version, journal.to_version)
     result.reason = journal.rollback_reason or reason
     started = time.monotonic()
@@ -308,7 +370,10 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
     try:
         if journal.phase is not Phase.ROLLING_BACK:
             journal.rollback_reason, journal.rollback_cause = reason, cause
-            jr.write(store, journal, Phase.ROLLING_BACK)
+            try:
+                jr.write(store, journal, Phase.ROLLING_BACK)
+            except OSError as exc:  # a full state_dir: the journal on disk still says what recovery needs
+                result.notes.append(f"the journal could not record the rollback ({exc}); rolled back all the same")
         progress(f"rolling back to {journal.from_version}: {result.reason}")
         if journal.from_version is None:
             raise CriticalError("there is no previous version to roll back to (first install)")
@@ -334,7 +399,7 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
     except (T3TrackError, OSError) as exc:
         result.outcome = "critical"
         result.reason = f"{result.reason}; the rollback failed: {exc}"
-        _freeze_for_operator(store, result.reason)
+        _freeze_for_operator(store, result.reason, result)
         result.timings["rollback_s"] = time.monotonic() - started
         return result
     result.outcome = "rolled_back"
@@ -342,9 +407,15 @@ def rollback(config: Config, store: StateStore, journal: Journal, cause: Rollbac
     return result
 
 
-def _freeze_for_operator(store: StateStore, reason: str) -> None:
-    state = store.load()
-    state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
-    store.save(state)
-    store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True,
-                 journal=str(store.journal_path))
+def _freeze_for_operator(store: StateStore, reason: str, result: SwapResult) -> None:
+    """Best effort, never raising out of the error path it serves: a disk too full to record the freeze
+    still leaves the journal, which makes the next run retry the rollback first."""
+    try:
+        state = store.load()
+        state.frozen = Freeze(reason=f"t3track froze itself: {reason}", by="t3track", at=utcnow())
+        store.save(state)
+        store.record("freeze", by="t3track", reason=state.frozen.reason, automatic=True, critical=True,
+                     journal=str(store.journal_path))
+    except (T3TrackError, OSError) as exc:
+        result.notes.append(f"t3track could not record its own freeze ({exc}); the journal left in "
+                            f"{store.dir} makes the next run retry the rollback first")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from t3track.config import Config, UserConfig
-from t3track.host import probe
+from t3track.host import probe, serving
 from t3track.host.services import UserMark
 from t3track.host.tree import executable_of
 from t3track.night.side_by_side import run_side_by_side
@@ -30,7 +30,7 @@ def _quiet(_: str) -> None:
 
 def _wait_for_version(url: str, version: str, deadline: float) -> str | None:
     seen = None
-    readiness = probe.ReadinessPoll(url)
+    readiness = serving.ReadinessPoll(url)
     while time.monotonic() < deadline:
         seen = readiness.version(deadline)
         if same_version(seen, version):
