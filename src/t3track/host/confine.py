@@ -120,6 +120,13 @@ class Confinement:
         return self.wrap([interpreter(), "-I", "-S", "-c", _relay_source(), str(listen_fd), str(port), *argv])
 
 
+def _install_of(executable: Path) -> Path:
+    """What an executable needs beside it: the npm prefix it was installed into (the parent of its
+    outermost node_modules: bundled and optional dependencies live there), else its directory."""
+    tops = [i for i, part in enumerate(executable.parts) if part == "node_modules"]
+    return Path(*executable.parts[:tops[0]]) if tops else executable.parent
+
+
 @functools.cache
 def _relay_source() -> str:
     return Path(__file__).with_name("relay.py").read_text(encoding="utf-8")
@@ -134,6 +141,6 @@ def confinement(writable: Path, chdir: Path, run_as: str | None, executables: tu
     if isinstance(fresh, str):
         raise EnvironmentFault(f"cannot confine the rehearsal (bubblewrap as uid {uid}): {fresh}", hint=INSTALL_HINT)
     hidden = [e for e in executables if _under_private(e) or _under_private(e.resolve())]
-    visible = tuple(dict.fromkeys(e.resolve().parent for e in hidden))
+    visible = tuple(dict.fromkeys(_install_of(e.resolve()) for e in hidden))
     real_paths = tuple((str(e), str(e.resolve())) for e in hidden)
     return Confinement((writable,), chdir, bwrap, fresh, visible, real_paths)
