@@ -79,6 +79,15 @@ preflight() {
   command -v node >/dev/null || missing+=("node (t3track installs T3 Code with npm; Debian: apt-get install nodejs)")
   command -v npm >/dev/null || missing+=("npm (Debian: apt-get install npm)")
   command -v systemctl >/dev/null || missing+=("systemd (the units run t3track nightly and each user's server)")
+  # Every rehearsal runs the candidate in bubblewrap (its own network, read-only outside its copy).
+  if ! command -v bwrap >/dev/null; then
+    if ((DRY_RUN)); then
+      note "would run: apt-get install bubblewrap"
+    elif ! { command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+               --no-install-recommends bubblewrap >/dev/null; }; then
+      missing+=("bwrap (the rehearsal's sandbox; Debian: apt-get install bubblewrap)")
+    fi
+  fi
   if ((${#missing[@]})); then
     printf 'install-host: missing:\n' >&2
     printf '  - %s\n' "${missing[@]}" >&2

@@ -5,13 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# promtool and node_exporter for tests/test_alert_rules.py, from Debian, when missing. Measured on a
+# promtool and node_exporter for tests/test_alert_rules.py (and bubblewrap), from Debian, when missing. Measured on a
 # clean bookworm: apt-get update ~3 s, the install ~20 s, ~27 MB fetched, ~345 MB on disk. The
 # packages' services are neither started (a policy-rc.d that says no, if there is none) nor enabled:
 # the test starts its own node_exporter on a free loopback port, never the one on :9100.
 apt_packages=()
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || apt_packages+=(prometheus-node-exporter)
+# bwrap: every rehearsal runs its candidate in bubblewrap (t3track.host.confine); the gate tests need it.
+command -v bwrap >/dev/null || apt_packages+=(bubblewrap)
 command -v setfacl >/dev/null || apt_packages+=(acl)  # tests/test_check.py grants a monitoring user read access
 if ((${#apt_packages[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

@@ -398,6 +398,10 @@ def test_a_good_night_on_the_timer_swaps_both_servers_and_they_still_run_as_thei
     minted = host.box.sh(f"grep -l 'minted with `auth pairing create`' {evidence}/*pairing-probe*", check=False)
     assert len(minted.stdout.split()) == len(USERS), host.box.sh(f"ls {evidence}; cat {evidence}/*pairing-probe*",
                                                                  check=False).stdout[-3000:]
+    # the shipped unit lets bubblewrap box each rehearsal (own network and PID namespace, read-only view)
+    report = json.loads(host.box.sh(f"cat {evidence}/result.json").stdout)
+    serves = [g for g in report["gates"] if g["name"] == "sandbox-serve"]
+    assert len(serves) == len(USERS) and all("confined by bubblewrap" in g["detail"] for g in serves), serves
     host.show("after the first night")
 
 

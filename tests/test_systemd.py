@@ -345,3 +345,24 @@ def test_ci_systemd_checks_pass():
     proc = subprocess.run(["bash", str(REPO / ".ci/systemd-checks")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("Overall exposure level") == 4
+
+
+def test_user_server_stops_like_upstreams_unit_so_it_records_continuation_before_its_agents_go():
+    # KillMode=mixed: SIGTERM to the server alone (it records continuation and ends its providers),
+    # SIGKILL for the rest of the cgroup once it has exited (t3code-contract.md, "Stopping")
+    from t3track.config import ServicesConfig
+
+    service = unit("t3@.service")["Service"]
+    assert service["KillMode"] == ["mixed"]
+    stop_s = seconds(service["TimeoutStopSec"][0])
+    assert 5 <= stop_s < ServicesConfig().timeout.total_seconds()  # 0.0.42 takes 1.5 s; systemctl returns in time
+
+
+def test_tracker_lets_bubblewrap_box_the_rehearsal_without_giving_t3track_cap_sys_admin():
+    # t3track.host.confine: bwrap, as the user, from an unprivileged user namespace (issue 25)
+    service = unit("t3track.service")["Service"]
+    assert set(service["RestrictNamespaces"][0].split()) == {"user", "mnt", "pid", "net", "ipc"}
+    assert "@mount" in service["SystemCallFilter"][0].split()
+    assert "AF_NETLINK" in service["RestrictAddressFamilies"][0].split()  # the box's own loopback
+    assert "CAP_SYS_ADMIN" not in service["CapabilityBoundingSet"][0]
+    assert service["PrivateMounts"] == ["yes"]

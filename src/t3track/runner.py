@@ -251,11 +251,12 @@ def start(
     cwd: Path | None = None,
     run_as: str | None = None,
     grace_s: float = KILL_GRACE_S,
+    pass_fds: Sequence[int] = (),
 ) -> Background:
     """Start a child in its own process group. Its output (which may hold the startup token) is read
     from a pipe; read it through `log_tail` (redacted). With `log_path` it goes to that file instead,
     created new (never through a link): only for a directory no one else can write. `grace_s`: see
-    Background."""
+    Background. `pass_fds` are inherited by the child alone."""
     args = [os.fspath(a) for a in argv]
     kwargs = _child_kwargs(run_as)
     if log_path is not None:
@@ -265,7 +266,8 @@ def start(
         read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.STDOUT,
-                                env=dict(env) if env is not None else None, cwd=cwd, **kwargs)
+                                env=dict(env) if env is not None else None, cwd=cwd,
+                                pass_fds=tuple(pass_fds), **kwargs)
     except FileNotFoundError:
         _close(read_fd)
         raise EnvironmentFault(f"cannot run {args[0]}: not found") from None
@@ -362,7 +364,8 @@ def scrubbed_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
-        "T3CODE_TELEMETRY_ENABLED": "false",
+        "T3CODE_TELEMETRY_ENABLED": "false",  # also stops relay tracing (t3code-contract.md)
+        "OTEL_SDK_DISABLED": "true",          # no OpenTelemetry exporter, whatever a build configures
         "NO_COLOR": "1",
     }
     env.update(extra or {})

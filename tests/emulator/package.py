@@ -359,6 +359,61 @@ def turn_state(turn: AgentTurn) -> str:
     return row[0]
 
 
+AGENT_VECTORS = ("boot_providers", "continuation", "auto_pull", "scheduled_tasks", "effect_outbox", "cloud_connect")
+EVERYTHING_ON = {  # a user's settings.json that turns on every way a server acts on the world at boot
+    "continueThreadsAfterServerUpdate": True, "autoResumeLimitedThreads": True, "defaultAutoPull": True,
+    "enableProviderUpdateChecks": True,
+    "providers": {"codex": {"enabled": True}, "claudeAgent": {"enabled": True}},
+    "providerInstances": {"work-codex": {"provider": "codex", "enabled": True}},
+    "projectSettingsOverrides": {"project-agents": {"continueThreadsAfterServerUpdate": True, "autoPull": True}},
+    "projectAutoPullOverrides": {"project-agents": True},
+}
+
+
+def add_agent_work(base_dir: Path, workspace: Path) -> None:
+    """A user whose agent was working in `workspace` when the server stopped: a project there with
+    auto-pull on, a thread whose turn runs with a resume cursor and a continuation marker, an enabled
+    scheduled task and effects queued and running (the V2 tables, made here), and settings with
+    everything on (t3emu's `act_at_boot` acts on each)."""
+    base = Path(base_dir)
+    stamp = t3emu.iso(t3emu.now())
+    with t3emu.connected(live_db(base)) as conn:
+        conn.executescript(f"""
+            BEGIN IMMEDIATE;
+            INSERT INTO projection_projects (project_id, title, workspace_root, scripts_json, created_at, updated_at,
+                                             auto_pull)
+                VALUES ('project-agents', 'app', '{workspace}', '[]', '{stamp}', '{stamp}', 1);
+            INSERT INTO projection_threads (thread_id, project_id, title, latest_turn_id, created_at, updated_at)
+                VALUES ('thread-agent', 'project-agents', 'refactor', 'turn-1', '{stamp}', '{stamp}');
+            INSERT INTO projection_thread_sessions (thread_id, status, provider_name, active_turn_id, updated_at)
+                VALUES ('thread-agent', 'running', 'codex', 'turn-1', '{stamp}');
+            INSERT INTO provider_session_runtime (thread_id, provider_name, adapter_key, status, last_seen_at,
+                                                  resume_cursor_json, runtime_payload_json)
+                VALUES ('thread-agent', 'codex', 'codex', 'running', '{stamp}', '{{"threadId": "c-1"}}',
+                        '{{"continueAfterServerUpdate": true}}');
+            CREATE TABLE IF NOT EXISTS scheduled_tasks (task_id TEXT PRIMARY KEY, project_id TEXT, enabled INTEGER);
+            INSERT INTO scheduled_tasks VALUES ('nightly-review', 'project-agents', 1);
+            CREATE TABLE IF NOT EXISTS orchestration_v2_effect_outbox (effect_id TEXT PRIMARY KEY, kind TEXT,
+                                                                       workspace_root TEXT, status TEXT);
+            INSERT INTO orchestration_v2_effect_outbox VALUES
+                ('effect-1', 'provider-turn.start', '{workspace}', 'pending'),
+                ('effect-2', 'checkpoint.revert', '{workspace}', 'running');
+            COMMIT;
+        """)
+    (base / "userdata" / "settings.json").write_text(json.dumps(EVERYTHING_ON, indent=2) + "\n")
+
+
+def add_cloud_secrets(base_dir: Path, relays: list[str]) -> None:
+    """T3 Connect secrets (the emulator's shape of the endpoint config: the relays it links to)."""
+    secrets = Path(base_dir) / "userdata" / "secrets"
+    for name, data in ((t3emu.CLOUD_CONFIG, json.dumps({"relays": relays}).encode()),
+                       ("cloud-cli-oauth-token.bin", b"oauth-token-of-the-user"),
+                       ("cloud-link-ed25519-key-pair.bin", t3emu.ed25519_key_pair_json())):
+        path = secrets / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+
+
 def migration_ids(db: Path) -> list[int]:
     with t3emu.connected(Path(db)) as conn:
         return [row[0] for row in conn.execute("SELECT migration_id FROM effect_sql_migrations ORDER BY 1")]

@@ -29,6 +29,7 @@ import secrets
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -57,7 +58,14 @@ DEFAULTS = {"version": "0.0.42", "era": "B", "migrations": 52, "fault": None, "s
             "clock_offset_s": 0,        # this build's clock runs ahead by this much (time passing, for expiries)
             # agents (t3code-contract.md, "Agents, and what a copy can do"), off by default:
             "agent_turns": False,       # turns that run until their time is up, or until SIGTERM interrupts them
-            "protocol_version": None}   # 0.1.x: the orchestrationProtocolVersion the environment reports
+            "protocol_version": None,   # 0.1.x: the orchestrationProtocolVersion the environment reports
+            # what a server does to the world at boot, each off by default; see `act_at_boot`:
+            "boot_providers": False,    # `codex app-server`, `claude --version` from PATH (0.0.42, run)
+            "continuation": False,      # the provider resumes an interrupted turn in the project dir
+            "auto_pull": False,         # `git pull --ff-only` in projects with auto-pull on
+            "scheduled_tasks": False,   # V2: enabled rows of scheduled_tasks run the provider
+            "effect_outbox": False,     # V2: pending/running orchestration_v2_effect_outbox rows replayed
+            "cloud_connect": False}     # T3 Connect: links to the relays of secrets/cloud-endpoint-runtime-config.bin
 DATABASES = ("state", "statev2")
 V2_DB = "statev2.sqlite"
 OWNER_DB = "server-owner.sqlite"
@@ -383,7 +391,13 @@ def ensure_userdata(paths: Paths) -> None:
                        ("cloud-link-ed25519-key-pair.bin", ed25519_key_pair_json)):
         target = paths.secrets / name
         if not target.exists():
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # get-or-create: a mint started beside the server (a rehearsal's copy has no cloud-* secret,
+            # so both make the link key pair) keeps whichever was first: the real 0.0.42 copes there too
+            # (its rehearsals pair, tests/test_rehearsal.py)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
             with os.fdopen(fd, "wb") as handle:
                 handle.write(make())
     if not paths.environment_id.exists():
@@ -846,14 +860,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+RECORD_PREFIX = "t3emu record: "
+
+
 def record_env(settings: dict, command: str, base_dir: str, **more: object) -> None:
     """Tests: which T3CODE_* variables reached this process, and what else `more` says (append-only
     JSON lines)."""
     if settings.get("env_record"):
         seen = {k: v for k, v in os.environ.items() if k.startswith("T3CODE_")}
-        with open(settings["env_record"], "a") as handle:
-            handle.write(json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen,
-                                     **more}) + "\n")
+        line = json.dumps({"command": command, "pid": os.getpid(), "base_dir": base_dir, "env": seen, **more})
+        # Also in its own output: a confined rehearsal's file lands in its private /tmp, or nowhere.
+        print(f"{RECORD_PREFIX}{line}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError), open(settings["env_record"], "a") as handle:
+            handle.write(line + "\n")
 
 
 def record_database_seen(settings: dict, paths: Paths) -> None:
@@ -881,6 +900,164 @@ def start_refusal(fault: str | None, paths: Paths) -> str | None:
         "refuse-update-pending": f"An interrupted server update requires recovery at {paths.userdata / 'server-update-pending'}. "
                                  "Run `t3 update` to recover it.",
     }.get(fault or "")
+
+
+# ---------------------------------------------------------------- agents at boot
+
+
+PROVIDER_COMMANDS = {"codex": "codex", "claudeAgent": "claude"}  # settings name -> CLI on PATH
+CONTINUE_PROMPT = "Continue where you left off."
+CLOUD_CONFIG = "cloud-endpoint-runtime-config.bin"  # {"relays": ["host:port", ...]} (the emulator's shape)
+
+
+class Agents:
+    """What the server started on the world, ended at stop like the real one ends its codex app-server."""
+
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.children: list[subprocess.Popen] = []
+
+    def spawn(self, argv: list[str], cwd: Path | str, why: str) -> None:
+        try:  # its own process group, as the real one starts `codex app-server`
+            child = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as error:
+            log("WARN", f"agents: {why}: could not start {' '.join(argv)} in {cwd}: {error}")
+            return
+        self.children.append(child)
+        log("INFO", f"agents: {why}: started {' '.join(argv)} in {cwd} (pid {child.pid})")
+
+    def stop(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+
+def user_settings(paths: Paths) -> dict:
+    try:
+        doc = json.loads((paths.userdata / "settings.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _is_on(value: object, default: bool) -> bool:
+    return default if value is None else value is True
+
+
+def _rows(conn: sqlite3.Connection, query: str) -> list[tuple]:
+    try:
+        return conn.execute(query).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a state without that table (0.0.42 has no scheduled tasks)
+
+
+def start_providers(agents: Agents, doc: dict) -> None:
+    """0.0.42, run: the provider CLIs start at boot, no thread open, unless every one is disabled."""
+    providers = doc.get("providers") if isinstance(doc.get("providers"), dict) else {}
+    wanted = [name for name in PROVIDER_COMMANDS
+              if not (isinstance(providers.get(name), dict) and providers[name].get("enabled") is False)]
+    instances = doc.get("providerInstances") if isinstance(doc.get("providerInstances"), dict) else {}
+    wanted += [i["provider"] for i in instances.values() if isinstance(i, dict) and i.get("enabled") is not False
+               and i.get("provider") in PROVIDER_COMMANDS and i["provider"] not in wanted]
+    for name in wanted:
+        argv = ["codex", "app-server"] if name == "codex" else ["claude", "--version"]
+        agents.spawn(argv, os.getcwd(), f"provider {name}")
+    if _is_on(doc.get("enableProviderUpdateChecks"), True):
+        for command in PROVIDER_COMMANDS.values():
+            agents.spawn([command, "--version"], os.getcwd(), "provider update check")
+
+
+def continue_turns(agents: Agents, conn: sqlite3.Connection, doc: dict) -> None:
+    """A running turn with a resume cursor is continued when the setting (default on, as upstream's
+    current docs say) or the row's marker says so, in the project's directory."""
+    overrides = doc.get("projectSettingsOverrides") if isinstance(doc.get("projectSettingsOverrides"), dict) else {}
+    for thread_id, provider, payload, project_id, root in _rows(conn, """
+            SELECT r.thread_id, r.provider_name, r.runtime_payload_json, p.project_id, p.workspace_root
+              FROM provider_session_runtime r JOIN projection_threads t ON t.thread_id = r.thread_id
+              JOIN projection_projects p ON p.project_id = t.project_id
+              JOIN projection_thread_sessions s ON s.thread_id = r.thread_id
+             WHERE s.status IN ('running', 'starting') AND s.active_turn_id IS NOT NULL
+               AND r.resume_cursor_json IS NOT NULL"""):
+        try:
+            marker = json.loads(payload or "{}").get("continueAfterServerUpdate") is True
+        except (ValueError, AttributeError):
+            marker = False
+        project = overrides.get(project_id) if isinstance(overrides.get(project_id), dict) else {}
+        setting = project.get("continueThreadsAfterServerUpdate", doc.get("continueThreadsAfterServerUpdate"))
+        if marker or _is_on(setting, True):
+            command = PROVIDER_COMMANDS.get(provider, provider)
+            agents.spawn([command, "exec", CONTINUE_PROMPT], root, f"continuation of {thread_id}")
+
+
+def pull_projects(conn: sqlite3.Connection, doc: dict) -> None:
+    overrides = doc.get("projectSettingsOverrides") if isinstance(doc.get("projectSettingsOverrides"), dict) else {}
+    legacy = doc.get("projectAutoPullOverrides") if isinstance(doc.get("projectAutoPullOverrides"), dict) else {}
+    for project_id, root, column in _rows(conn, "SELECT project_id, workspace_root, auto_pull FROM projection_projects"
+                                                " WHERE deleted_at IS NULL"):
+        project = overrides.get(project_id) if isinstance(overrides.get(project_id), dict) else {}
+        on = column == 1 or legacy.get(project_id) is True or project.get("autoPull") is True or (
+            "autoPull" not in project and _is_on(doc.get("defaultAutoPull"), False))
+        if not on:
+            continue
+        try:
+            done = subprocess.run(["git", "-C", root, "pull", "--ff-only"], capture_output=True, text=True, timeout=30)
+            log("INFO", f"agents: auto-pull of {root}: git exited {done.returncode} {done.stderr.strip()[-200:]}")
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log("WARN", f"agents: auto-pull of {root}: {error}")
+
+
+def run_scheduled_tasks(agents: Agents, conn: sqlite3.Connection) -> None:
+    for task_id, root in _rows(conn, "SELECT t.task_id, p.workspace_root FROM scheduled_tasks t JOIN projection_projects"
+                                     " p ON p.project_id = t.project_id WHERE t.enabled = 1"):
+        agents.spawn(["codex", "exec", f"scheduled task {task_id}"], root, f"scheduled task {task_id}")
+
+
+def replay_outbox(agents: Agents, conn: sqlite3.Connection) -> None:
+    for effect_id, kind, root in _rows(conn, "SELECT effect_id, kind, workspace_root FROM orchestration_v2_effect_outbox"
+                                             " WHERE status IN ('pending', 'running')"):
+        agents.spawn(["codex", "exec", f"effect {kind}"], root, f"effect {effect_id} ({kind})")
+        conn.execute("UPDATE orchestration_v2_effect_outbox SET status = 'done' WHERE effect_id = ?", (effect_id,))
+
+
+def cloud_link(paths: Paths, what: str) -> None:
+    """T3 Connect: with the user's cloud secrets, tell each relay this environment is here now (and,
+    on stop, that its tunnel goes)."""
+    try:
+        config = json.loads((paths.secrets / CLOUD_CONFIG).read_bytes())
+        environment_id = paths.environment_id.read_text().strip()
+    except (OSError, ValueError):
+        return  # no T3 Connect secrets: nothing to link
+    for relay in config.get("relays", []):
+        host, _, port = str(relay).rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=3) as connection:
+                connection.sendall(f"{what} {environment_id}\n".encode())
+            log("INFO", f"agents: T3 Connect {what} sent to {relay}")
+        except (OSError, ValueError) as error:
+            log("WARN", f"agents: T3 Connect {what} to {relay} failed: {error}")
+
+
+def act_at_boot(settings: dict, paths: Paths) -> Agents:
+    """In the real one's order, before HTTP: providers, continuation, auto-pull (then V2's tasks and
+    outbox, and T3 Connect), each only when its flag is on."""
+    agents = Agents(paths)
+    doc = user_settings(paths)
+    if settings["boot_providers"]:
+        start_providers(agents, doc)
+    if any(settings[flag] for flag in ("continuation", "auto_pull", "scheduled_tasks", "effect_outbox")):
+        with connected(paths.db) as conn:
+            if settings["continuation"]:
+                continue_turns(agents, conn, doc)
+            if settings["auto_pull"]:
+                pull_projects(conn, doc)
+            if settings["scheduled_tasks"]:
+                run_scheduled_tasks(agents, conn)
+            if settings["effect_outbox"]:
+                replay_outbox(agents, conn)
+    if settings["cloud_connect"]:
+        cloud_link(paths, "link")
+    return agents
 
 
 def serve(args: argparse.Namespace, settings: dict) -> int:
@@ -922,6 +1099,17 @@ def _serve(args: argparse.Namespace, settings: dict, fault: str | None, paths: P
         log("ERROR", "Server failed to start\n  cause: Error: emulated crash-on-start (the database was "
                      "already migrated)", stream=sys.stderr)
         return 1
+    agents = act_at_boot(settings, paths)
+    try:
+        return _listen(args, settings, fault, paths, stop, owner_id)
+    finally:
+        agents.stop()
+        if settings["cloud_connect"]:
+            cloud_link(paths, "unlink")  # the real one deletes the user's managed tunnel on stop
+
+
+def _listen(args: argparse.Namespace, settings: dict, fault: str | None, paths: Paths, stop: threading.Event,
+            owner_id: str | None) -> int:
     if stop.wait(float(settings.get("start_delay_s") or 0)):
         return 0
     try:

@@ -43,6 +43,8 @@ from t3track.errors import T3TrackError
 from t3track.host.serving import require_loopback
 from t3track.redact import redact
 
+Confine = Callable[[list[str | Path]], list[str]]  # a sandbox's argv wrapper: its mint runs confined
+
 SESSION_PATH = "/api/auth/session"
 BROWSER_SESSION_PATH = "/api/auth/browser-session"  # Era B (0.0.25 and later)
 BOOTSTRAP_PATH = "/api/auth/bootstrap"              # Era A (0.0.24)
@@ -289,9 +291,11 @@ def _minted(done: runner.Completed | T3TrackError) -> tuple[str | None, str]:
 
 
 def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | None,
-              env: Mapping[str, str] | None) -> runner.Completed | T3TrackError:
-    try:
-        return runner.run([executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL, "--json"],
+              env: Mapping[str, str] | None, confine: Confine | None = None) -> runner.Completed | T3TrackError:
+    argv: list[str | Path] = [executable, "auth", "pairing", "create", "--base-dir", base_dir, "--ttl", MINT_TTL,
+                              "--json"]
+    try:  # a sandbox's mint runs in its confinement (t3track.host.confine)
+        return runner.run(confine(argv) if confine is not None else argv,
                           timeout=max(timeout, MINT_TIMEOUT_MIN_S), env=env if env is not None else _default_env(run_as),
                           run_as=run_as)
     except T3TrackError as exc:
@@ -299,11 +303,11 @@ def _run_mint(executable: Path, base_dir: Path, timeout: float, run_as: str | No
 
 
 def _mint(s: _Session, base_dir: Path, executable: Path, *, run_as: str | None, env: Mapping[str, str] | None,
-          token_fallback: Callable[[], str | None] | None) -> str:
+          token_fallback: Callable[[], str | None] | None, confine: Confine | None = None) -> str:
     """`auth pairing create` against a server that is ready: its migrations are done, so the mint
     (which migrates too) never meets another migrator on the database."""
     started = time.monotonic()
-    credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env))
+    credential, why = _minted(_run_mint(executable, base_dir, s.timeout, run_as, env, confine))
     if credential:
         s.secrets.add(credential)
         s.record(STEP_MINT, True, None, "minted with `auth pairing create`", started)
@@ -433,9 +437,11 @@ def pairing_handshake(
     run_as: str | None = None,
     env: Mapping[str, str] | None = None,
     token_fallback: Callable[[], str | None] | None = None,
+    confine: Confine | None = None,
 ) -> Handshake:
     """The whole handshake; also hands back the session cookie (for sessions-survive) and the
-    secrets seen, so the caller can redact its own logs with them."""
+    secrets seen, so the caller can redact its own logs with them. `confine`: a sandbox's wrapper
+    of the mint's argv (t3track.host.sandbox.SandboxServer.confine)."""
     require_loopback(url)
     started = time.monotonic()
     s = _Session(url, timeout)
@@ -444,7 +450,8 @@ def pairing_handshake(
     cookie: SessionCookie | None = None
     try:
         cookie_name = _check_session(s)
-        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback)
+        credential = _mint(s, base_dir, executable, run_as=run_as, env=env, token_fallback=token_fallback,
+                           confine=confine)
         path, response = _exchange(s, credential)
         cookie = _cookie(s, response, cookie_name, path)
         _replay(s, cookie)

@@ -6,9 +6,11 @@ base dir, read with the live tree owner's rights (t3track.host.usertree: no link
 files of a sane size only; anything else is the host's fault, exit 3, never the candidate's). Never
 `server-runtime.json` (it points at the production process, and a newer build refuses a state dir
 whose runtime file names a live pid) nor `server-owner.sqlite` (the production server's ownership lock):
-only the database files and the names in COPIED_FILES/COPIED_DIRS are carried. The candidate runs in its own process
-group with a scrubbed environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when
-configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
+only the database files and the names in COPIED_FILES/COPIED_DIRS are carried, made inert on the way
+(t3track.host.inert: settings, rows and T3 Connect secrets that would act on the world, off). The
+candidate runs confined (t3track.host.confine: its own network and PID namespace, read-only outside
+the sandbox; the probe reaches it through t3track.host.relay) in its own process group with a scrubbed
+environment (HOME inside the sandbox, telemetry off), as the user's `run_as` when configured. Its output is read from a pipe, never from a file in the sandbox (which its user owns).
 Whatever happens (ready, crash, timeout, wrong version, Ctrl-C) the group is killed, the redacted log
 is written to the evidence dir and the sandbox is deleted.
 """
@@ -24,6 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from t3track.config import Config, UserConfig
 from t3track.errors import EnvironmentFault, ExitCode, T3TrackError
 from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
-from t3track.host import probe, restore, serving, usertree
+from t3track.host import confine, inert, probe, restore, serving, usertree
 from t3track.host.sqlite import added, database_in_use, database_migrations
 from t3track.host.startlog import DIVERGED_MARKERS, HostRefusedStart, diverged_marker, host_refusal
 from t3track.host.t3db import DATABASES, Migration
@@ -142,9 +145,18 @@ def _write_new(dir_fd: int, name: str, data: bytes) -> None:
         out.write(data)
 
 
-def _copy_live_files(user: UserConfig, userdata: Path) -> list[str]:
-    """The live files the sandbox needs, read as their owner, written by us into our fresh dir."""
+def _copy_live_files(user: UserConfig, userdata: Path, notes: list[str]) -> list[str]:
+    """The live files the sandbox needs, read as their owner, written by us into our fresh dir, made
+    inert on the way (t3track.host.inert): settings.json with everything that acts on the world off
+    (written even when the user has none: defaults may be on), no T3 Connect secrets."""
     files, dirs = usertree.read_live_files(user.base_dir, user=user.name, files=COPIED_FILES, dirs=COPIED_DIRS)
+    files["settings.json"], note = inert.inert_settings(files.get("settings.json"))
+    notes.extend([note] if note else [])
+    dropped = sorted(name for name in dirs.get("secrets", {}) if not inert.carried_secret(name))
+    for name in dropped:
+        del dirs["secrets"][name]
+    if dropped:
+        notes.append(f"T3 Connect secrets not copied: {', '.join(dropped)}")
     copied = []
     dest = os.open(userdata, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -190,6 +202,7 @@ class SandboxServer:
     prior_session_detail: str | None = None
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)
+    confinement: confine.Confinement | None = field(default=None, repr=False)  # how its processes start
     _process: runner.Background | None = field(default=None, repr=False)
     _logs: dict[str, runner.Background] = field(default_factory=dict, repr=False)  # evidence name -> process
     _ports: set[int] = field(default_factory=set, repr=False)
@@ -198,6 +211,12 @@ class SandboxServer:
     @property
     def env(self) -> dict[str, str]:
         return runner.scrubbed_env(self.home)
+
+    def confine(self, argv: Sequence[str | os.PathLike]) -> list[str]:
+        """The argv that runs `argv` inside this sandbox's confinement (the pairing mint's too)."""
+        if self.confinement is None:
+            return [os.fspath(a) for a in argv]
+        return self.confinement.wrap(argv)
 
     @property
     def userdata(self) -> Path:
@@ -309,7 +328,8 @@ def _build(server: SandboxServer, config: Config, user: UserConfig) -> None:
     userdata = ensure_private_dir(server.userdata)
     ensure_private_dir(server.home)
     restore.restore_database(newest, userdata)
-    server.copied = _copy_live_files(user, userdata)  # never server-runtime.json: it points at production
+    server.copied = _copy_live_files(user, userdata, server.notes)  # never server-runtime.json: it points at production
+    server.notes.extend(inert.inert_databases(userdata))  # still our own dir: rows that act at boot, off
     server.migrations_before = database_migrations(userdata)  # still our own dir: read it ourselves
     server.database_before = database_in_use(userdata)
 
@@ -338,6 +358,29 @@ def _read_after(server: SandboxServer) -> None:
     server.migrations_after = histories.get(server.database_after, []) if server.database_after else []
 
 
+class _PortTaken(Exception):
+    pass
+
+
+def _spawn(server: SandboxServer, argv: list[str | Path], env: dict[str, str], port: int) -> runner.Background:
+    """Start `serve`: confined, behind the relay, on a listening socket of ours on the host's
+    127.0.0.1:`port` (held from now on: no one takes the port between our check and the bind);
+    unconfined (a sandbox without a confinement), binding the port itself."""
+    if server.confinement is None:
+        return runner.start(argv, env=env, cwd=server.home, run_as=server.run_as, grace_s=0)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            raise _PortTaken() from None
+        listener.listen(128)
+        return runner.start(server.confinement.serving(argv, listen_fd=listener.fileno(), port=port), env=env,
+                            cwd=server.home, run_as=server.run_as, grace_s=0, pass_fds=(listener.fileno(),))
+    finally:
+        listener.close()  # the relay holds its own copy
+
+
 def _start(server: SandboxServer, executable: Path, expected_version: str | None, *, timeout_s: float,
            log_name: str, port: int | None = None, cancel: threading.Event | None = None) -> runner.Background:
     """Start `serve` and wait until /.well-known/t3/environment answers (with expected_version when
@@ -351,7 +394,10 @@ def _start(server: SandboxServer, executable: Path, expected_version: str | None
         argv: list[str | Path] = [executable, "serve", "--host", "127.0.0.1", "--port", str(chosen),
                                   "--base-dir", server.base_dir, "--no-browser"]
         started = time.monotonic()
-        process = runner.start(argv, env=server.env, cwd=server.home, run_as=server.run_as, grace_s=0)
+        try:
+            process = _spawn(server, argv, server.env, chosen)
+        except _PortTaken:
+            continue
         server._process = process
         server._logs[f"{server.user}.{log_name}.log"] = process  # a retry on another port replaces it
         readiness = serving.ReadinessPoll(url)
@@ -417,7 +463,8 @@ def _mint_prior_session(server: SandboxServer, current_executable: Path, *, time
     assert server.url is not None  # set by _start
     try:
         handshake = probe.pairing_handshake(server.url, server.base_dir, current_executable, timeout=probe_timeout,
-                                            run_as=server.run_as, env=server.env, token_fallback=server.startup_token)
+                                            run_as=server.run_as, env=server.env, token_fallback=server.startup_token,
+                                            confine=server.confine)
         server.secrets |= handshake.secrets
         server.prior_session = handshake.cookie
         if handshake.cookie is None:
@@ -453,6 +500,11 @@ def serve_candidate(
                            home=root / "home", evidence_dir=evidence_dir, run_as=user.run_as, notes=notes)
     timeout_s = config.gates.serve_timeout.total_seconds()
     try:
+        executables = (executable,) if prior_session_with is None else (executable, prior_session_with)
+        server.confinement = confine.confinement(root, server.home, user.run_as, executables)  # before any copy
+        if server.confinement is not None:
+            server.notes.append("confined by bubblewrap: its own network (loopback only) and PID namespace, "
+                                "read-only outside the sandbox")
         try:
             _build(server, config, user)
         except (SandboxFailed, EnvironmentFault):

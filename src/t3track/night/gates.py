@@ -148,7 +148,7 @@ class _UserGates:
         # devices with `auth pairing create`; a candidate whose mint is broken must be refused here.
         handshake = probe.pairing_handshake(
             server.url, server.base_dir, self.executable, timeout=self.config.gates.probe_timeout.total_seconds(),
-            run_as=server.run_as, env=server.env)
+            run_as=server.run_as, env=server.env, confine=server.confine)
         server.secrets |= handshake.secrets
         result = handshake.result
         path = _write_json_evidence(self.evidence_dir, f"{self.user.name}.{PAIRING_PROBE}.json", to_jsonable(result))
