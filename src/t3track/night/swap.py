@@ -203,13 +203,6 @@ def preflight(config: Config, store: StateStore, plan: Journal | None = None) ->
     its executable, every user's tree is one t3track will touch (no link, regular databases of its
     owner's), no two users share one, and state_dir has room for every snapshot. Raises
     EnvironmentFault (exit 3), nothing stopped, naming the version, the user or the disk."""
-    if plan is not None and plan.from_version is not None:
-        back = config.executable_in(prefix_of(config, plan.from_version))
-        if not os.path.isfile(back) or not os.access(back, os.X_OK):
-            raise EnvironmentFault(
-                f"the version a rollback would go back to, {plan.from_version}, has no executable at {back}; "
-                f"nothing was stopped", hint=f"reinstall it first: `t3track revert --to {plan.from_version}` "
-                f"is refused too; `t3track adopt` or restoring {prefix_of(config, plan.from_version)} brings it back")
     def read(user: UserConfig) -> tuple[usertree.Tree, int] | None:
         try:
             tree = usertree.check_tree(user.base_dir, user=user.name)
@@ -230,6 +223,13 @@ def preflight(config: Config, store: StateStore, plan: Journal | None = None) ->
             raise usertree.UserTreeFault(user.name, f"{tree.userdata} is the same directory as {other}'s userdata",
                                          hint=f"give {user.name} and {other} base dirs of their own")
         need += size
+    if plan is not None and plan.from_version is not None:
+        back = config.executable_in(prefix_of(config, plan.from_version))
+        if not os.path.isfile(back) or not os.access(back, os.X_OK):
+            raise EnvironmentFault(
+                f"the version a rollback would go back to, {plan.from_version}, has no executable at {back}; "
+                f"nothing was stopped", hint=f"reinstall it first: `t3track revert --to {plan.from_version}` "
+                f"is refused too; `t3track adopt` or restoring {prefix_of(config, plan.from_version)} brings it back")
     store.ensure()
     fs = os.statvfs(store.dir)
     free = fs.f_bavail * fs.f_frsize
