@@ -96,7 +96,7 @@ def drill(
     plan = drill_mod.plan_drill(config, store, ring)
     try:
         confirmed = yes or typer.confirm(plan.question, default=False, err=True)
-    except typer.Abort:  # no terminal to answer on
+    except (typer.Abort, OSError):  # no terminal to answer on, or a closed one
         confirmed = False
     if not confirmed:
         raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from t3track import __version__
-from t3track.cli.render import Out
+from t3track.cli.render import Out, emit
 from t3track.errors import EXIT_CODE_HELP, ExitCode, T3TrackError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def ring_of(ctx: typer.Context, ring: str | None) -> str | None:
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"t3track {__version__}")
+        emit("stdout", f"t3track {__version__}\n")
         raise typer.Exit()
 
 
