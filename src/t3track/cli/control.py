@@ -35,12 +35,19 @@ def freeze_cmd(
         except ValueError as exc:
             raise UsageError(f"--for: {exc}") from None
     ring = ring_of(ctx, ring)
-    result = control.freeze(ctx.obj.store(), reason=reason, for_=duration, until=until, by=by, ring=ring)
+    done = control.freeze(ctx.obj.store(), reason=reason, for_=duration, until=until, by=by, ring=ring)
+    result, was = done.frozen, done.replaced
     if out.as_json:
-        out.json({"frozen": result, **({"ring": ring} if ring else {})})
+        out.json({"frozen": result, "replaced": was, **({"ring": ring} if ring else {})})
         return
-    end = f" until {iso(result.until)}" if result.until else f" until `t3track unfreeze{_flag(ring)}`"
+    end = f" until {iso(result.until)}" if result.until else " until unfrozen"
     out.line(f"{'ring ' + ring + ' ' if ring else ''}frozen by {result.by}{end}: {result.reason}")
+    if was is not None:
+        kept = " (its end is kept; give --for or --until to change it)" if (
+            was.until and result.until == was.until and for_ is None and until is None) else ""
+        out.line(f"  replaced the freeze by {was.by} since {iso(was.at)}"
+                 + (f" until {iso(was.until)}" if was.until else " (no end)") + f": {was.reason}{kept}")
+    out.line(f"  undo: t3track unfreeze{_flag(ring)}")
 
 
 @app.command()
@@ -72,12 +79,22 @@ def pin_cmd(
 
     With --ring, only that ring holds (a pin is the operator's word: it needs no soak)."""
     from t3track.commands import control
+    from t3track.versions import require_valid
 
     ring = ring_of(ctx, ring)
-    result = control.pin(ctx.obj.store(), version, reason=reason, by=by, ring=ring)
-    _said(ctx, {"pinned": result, **({"ring": ring} if ring else {})},
+    config = ctx.obj.config()
+    require_valid(version)  # before asking the registry about it
+    done = control.pin(ctx.obj.store(config), version, reason=reason, by=by, ring=ring,
+                       registry=control.registry_has(config, version))
+    result, was = done.pinned, done.replaced
+    out = ctx.obj.out
+    for warning in done.warnings:
+        out.warning(warning)
+    _said(ctx, {"pinned": result, "replaced": was, "warnings": done.warnings, **({"ring": ring} if ring else {})},
           f"{'ring ' + ring + ' ' if ring else ''}pinned {result.version}: {result.reason} (the next `t3track run` "
-          "moves to it through the gates if it is not current)")
+          "moves to it through the gates if it is not current)"
+          + (f"\n  replaced the pin of {was.version} by {was.by}: {was.reason}" if was else "")
+          + f"\n  undo: t3track unpin{_flag(ring)}")
 
 
 @app.command()
@@ -102,10 +119,16 @@ def deny_cmd(
     json_flag: JsonOpt = False,
 ) -> None:
     """Never consider VERSION as a candidate."""
+    from t3track.clock import iso
     from t3track.commands import control
 
-    result = control.deny(ctx.obj.store(), version, reason=reason, by=by)
-    _said(ctx, {"denied": result}, f"denied {result.version}: {result.reason}")
+    done = control.deny(ctx.obj.store(), version, reason=reason, by=by)
+    result = done.denial
+    said = (f"{version} was already denied by {result.by or 't3track'} at {iso(result.at)}"
+            + (f" (gate {result.gate})" if result.gate else "") + f": {result.reason}; that denial is kept"
+            + (f" with its evidence {result.evidence}" if result.evidence else "")) if done.already else \
+        f"denied {result.version}: {result.reason}"
+    _said(ctx, {"denied": result, "already": done.already}, f"{said}\n  undo: t3track allow {version}")
 
 
 @app.command("allow")

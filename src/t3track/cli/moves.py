@@ -28,6 +28,11 @@ def run(
     if allow_downgrade and to is None:
         raise UsageError("--allow-downgrade needs --to VERSION")
     target = ExactTarget(require_valid(to, "--to version"), allow_downgrade) if to is not None else None
+    if target is not None:  # the operator's typo is a usage error, never a refused night
+        from t3track.commands.target import check_target
+
+        config = ctx.obj.config()
+        check_target(config, ctx.obj.store(config), target.version, allow_downgrade=allow_downgrade)
     return _night(ctx, dry_run=False, target=target)
 
 
@@ -40,10 +45,12 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
 
 def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None) -> int:
     from t3track.night.pipeline import run_night
+    from t3track.state import operator_name
 
     config = ctx.obj.config()
+    by = operator_name() if target is not None else "t3track"  # `run --to` is the operator's move
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,
-                                             progress=ctx.obj.out.info, target=target))
+                                             progress=ctx.obj.out.info, target=target, by=by))
 
 
 @app.command()
