@@ -8,7 +8,7 @@ from t3track.cli.typer_app import ByOpt, JsonOpt, ReasonOpt, RingOpt, app, comma
 
 
 @app.command("freeze")
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def freeze_cmd(
     ctx: typer.Context,
     reason: ReasonOpt,
@@ -51,7 +51,7 @@ def freeze_cmd(
 
 
 @app.command()
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def unfreeze(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
     """Resume bumps (with --ring: that ring's own freeze only)."""
     from t3track.commands import control
@@ -66,7 +66,7 @@ def unfreeze(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_fl
 
 
 @app.command("pin")
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def pin_cmd(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="exact version, e.g. 0.0.42")],
@@ -98,7 +98,7 @@ def pin_cmd(
 
 
 @app.command()
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def unpin(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_flag: JsonOpt = False) -> None:
     """Follow the channel again (with --ring: that ring's own pin only)."""
     from t3track.commands import control
@@ -110,7 +110,7 @@ def unpin(ctx: typer.Context, ring: RingOpt = None, by: ByOpt = None, json_flag:
 
 
 @app.command("deny")
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def deny_cmd(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="exact version to never consider")],
@@ -132,7 +132,7 @@ def deny_cmd(
 
 
 @app.command("allow")
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def allow_cmd(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="a denied version to consider again")],

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def run(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="take exactly this version (install, every gate, swap, live check), whatever the channel says; refused if it is denied or not newer")] = None,
@@ -37,7 +37,7 @@ def run(
 
 
 @app.command("dry-run")
-@command()
+@command(needs_root=True)
 def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     """Resolve -> install -> gates, never swaps; says what `run` would do and why."""
     return _night(ctx, dry_run=True)
@@ -54,7 +54,7 @@ def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = 
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
           json_flag: JsonOpt = False) -> int:
     """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
@@ -65,7 +65,7 @@ def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the v
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def revert(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
@@ -84,7 +84,7 @@ def revert(
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def drill(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
