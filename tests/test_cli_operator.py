@@ -183,6 +183,7 @@ def test_operator_change_while_a_run_holds_the_lock_exits_75(cfg):
     with store.lock():
         result = t3("freeze", "--reason", "x")
     assert result.exit_code == 75
+    assert "`t3track stop`" in result.output and "`systemctl stop t3track.service`" in result.output
 
 
 def test_corrupt_state_exits_4_and_is_left_alone(cfg):

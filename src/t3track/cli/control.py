@@ -157,3 +157,30 @@ def _said(ctx: typer.Context, document: dict[str, object], line: str) -> None:
 
 def _flag(ring: str | None) -> str:
     return f" --ring {ring}" if ring else ""
+
+
+@app.command("stop")
+@command(needs_root=True)
+def stop_cmd(
+    ctx: typer.Context,
+    wait: Annotated[int, typer.Option("--wait", min=0, help="seconds to wait for it to stop (0: do not wait)")] = 900,
+    json_flag: JsonOpt = False,
+) -> int:
+    """Ask a running night (any t3track holding the lock) to stop at its next safe point, as `systemctl stop
+    t3track.service` does: before the flip nothing changes, after it the live check finishes (and rolls back)."""
+    from t3track.commands.stop import request_stop
+    from t3track.errors import ExitCode
+
+    out = ctx.obj.out
+    done = request_stop(ctx.obj.store(), wait_s=wait)
+    if out.as_json:
+        out.json(done)
+    elif done.pid is None:
+        out.line("no t3track run holds the lock; nothing to stop")
+    else:
+        out.line(f"asked pid {done.pid} ({done.command}) to stop at its next safe point")
+        if done.stopped:
+            out.line("it stopped; `t3track status` and `t3track history` say where it left the host")
+        elif done.stopped is False:
+            out.line(f"it is still finishing (a live check or a rollback) after {wait}s; it stops when that is done")
+    return int(ExitCode.LOCKED if done.stopped is False else ExitCode.OK)
