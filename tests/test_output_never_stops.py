@@ -134,6 +134,22 @@ def test_a_night_with_both_streams_closed_swaps_and_exits_0(host):
     json.loads((host.state_dir / "state.json").read_text())  # no output landed in a state file
 
 
+def test_a_revert_with_stderr_on_dev_full_finishes_and_never_ends_critical(host):
+    v = nightly(1)
+    host.publish(v, migrations=53)
+    assert host.t3track("run").returncode == 0
+    rows = {u.name: host.rows(u) for u in host.users}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(argv(host, "revert", "--restore-state"), stdout=subprocess.PIPE, stderr=full,
+                              text=True, env=env(), timeout=240)
+    assert done.returncode == 0, done.stdout
+    assert_settled(host, "0.0.42", rows)
+    for user in host.users:
+        assert host.max_migration(user) == 52                 # the pre-swap databases are back
+    assert last(host, "revert")["outcome"] == "swapped"
+    assert not host.state().get("frozen")
+
+
 def test_a_backup_with_stderr_on_dev_full_still_takes_every_backup(host):
     before = {p for p in host.backup_dir.rglob("*") if p.is_dir()}
     with open("/dev/full", "w") as full:
