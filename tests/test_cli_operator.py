@@ -239,3 +239,14 @@ def test_a_bug_exits_4_with_a_redacted_traceback_and_no_locals(cfg, monkeypatch)
     assert result.exit_code == 4
     assert "internal error: RuntimeError" in result.output
     assert "ABCDEFGH2345" not in result.output and "SECRETCOOKIEVALUE1234" not in result.output
+
+
+def test_deny_of_a_rings_current_version_names_the_ring_and_its_revert(cfg):
+    (cfg / "state").mkdir(mode=0o700)
+    (cfg / "state" / "state.json").write_text(json.dumps(
+        {"current": "0.0.43", "rings": {"everyone": {"current": "0.0.42"}}}))
+    result = t3("deny", "0.0.42", "--reason", "x")
+    assert result.exit_code == 2
+    assert "0.0.42 is the current version of ring everyone" in result.output
+    assert "`t3track revert --ring everyone` leaves it" in result.output
+    assert json.loads((cfg / "state" / "state.json").read_text()).get("denied", []) == []

@@ -154,9 +154,14 @@ def deny(store: StateStore, version: str, *, reason: str, by: str | None = None)
         raise UsageError("--reason must say why")
     with store.lock():
         state = store.load()
-        if version in (state.current, *(r.current for r in state.rings.values())):
-            raise UsageError(f"{version} is the current version" + (" of a ring" if state.current != version else ""),
-                             hint="use `t3track revert` to leave it; revert denies it for you")
+        serving = sorted(name for name, r in state.rings.items() if r.current == version)
+        if serving and state.current != version:  # name the ring: a plain `revert` asks which one
+            raise UsageError(f"{version} is the current version of ring {', '.join(serving)}",
+                             hint=f"`t3track revert --ring {serving[0]}` leaves it; revert denies it for you")
+        if version == state.current:
+            raise UsageError(f"{version} is the current version",
+                             hint="use `t3track revert` (with --ring on a host with rings) to leave it; "
+                             "revert denies it for you")
         who = by or operator_name()
         already = state.denial(version)
         if already is not None:  # keep the first denial: its gate, evidence and fingerprint say why
