@@ -185,7 +185,7 @@ def command(*, refreshes_metrics: bool = False, needs_root: bool = False) -> Cal
                 raise
             except T3TrackError as exc:
                 if _not_root() and _denied_reading(exc):
-                    exc = _must_be_root(ctx, f"{exc.message}")
+                    exc = _must_be_root(ctx, exc.message)
                 if isinstance(exc, LockBusy):
                     exc.hint = _LOCK_HINT
                 raise typer.Exit(fail(out, exc)) from None
