@@ -2,15 +2,18 @@
 # Provision the T3 Code users of this host: their t3@<user>.service units, environment files and
 # base dirs, plus t3track's units and timers. Idempotent: a second run changes nothing and says so.
 #
-#   t3-provision-users.sh [--dry-run] [--root DIR] USER:PORT[:BASE_DIR] ...
+#   t3-provision-users.sh [--dry-run] [--root DIR] [--config FILE] USER:PORT[:BASE_DIR] ...
 #
-#   --dry-run   print what would change; change nothing
-#   --root DIR  operate on DIR as the filesystem root (a staged image, or CI's temporary root):
-#               users are looked up in DIR/etc/passwd, units are enabled with `systemctl --root`,
-#               and nothing is started
+#   --dry-run      print what would change; change nothing
+#   --root DIR     operate on DIR as the filesystem root (a staged image, or CI's temporary root):
+#                  users are looked up in DIR/etc/passwd, units are enabled with `systemctl --root`,
+#                  and nothing is started
+#   --config FILE  t3track's config (default: /etc/t3track/config.yaml under the root)
 #
-# BASE_DIR defaults to ~USER/.t3. Keep the users here and in /etc/t3track/config.yaml the same;
-# `t3track config check` compares the config against the host.
+# BASE_DIR defaults to ~USER/.t3. Adding a user needs only that user (carol:3775): the sandbox
+# drop-ins are written for every user, the ones given here, the ones provisioned before
+# (/etc/t3/users/*.env) and the config's, so no other user's tree turns read-only to t3track.
+# Keep the users here and in the config the same; `t3track config check` compares them with the host.
 set -euo pipefail
 
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,10 +29,12 @@ readonly T3_ROOT=/opt/t3
 DRY_RUN=0
 ROOT=/
 CHANGES=0
+CONFIG=""
 declare -a NAMES=() PORTS=() BASES=() UIDS=() GIDS=()
+declare -a OTHERS=()  # NAME:BASE_DIR of the users not given here: provisioned before, or in the config
 declare -a SYSTEMCTL=(systemctl)
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
 die() { printf 't3-provision-users: %s\n' "$*" >&2; exit 2; }
 note() { printf '%s\n' "$*"; }
 
@@ -92,6 +97,12 @@ parse_args() {
         shift
         ;;
       --root=*) ROOT=${arg#--root=} ;;
+      --config)
+        (($#)) || die "--config needs a file"
+        CONFIG=$1
+        shift
+        ;;
+      --config=*) CONFIG=${arg#--config=} ;;
       -h | --help) usage; exit 0 ;;
       -*) die "unknown option $arg (see --help)" ;;
       *)
@@ -112,6 +123,7 @@ parse_args() {
   [[ -d $ROOT ]] || die "--root $ROOT: not a directory"
   ROOT=$(cd "$ROOT" && pwd)
   [[ $ROOT == / ]] || SYSTEMCTL=(systemctl --root="$ROOT")
+  [[ -n $CONFIG ]] || CONFIG=$(at /etc/t3track/config.yaml)
 }
 
 # 1. Validate: users exist, no name or port twice.
@@ -129,6 +141,57 @@ check_users() {
     GIDS[i]=$gid
     [[ -n ${BASES[i]} ]] || BASES[i]=$home/.t3
   done
+}
+
+given() {
+  local name
+  for name in "${NAMES[@]}"; do [[ $name != "$1" ]] || return 0; done
+  return 1
+}
+
+known() {
+  local other
+  for other in "${OTHERS[@]}"; do [[ ${other%%:*} != "$1" ]] || return 0; done
+  return 1
+}
+
+# The config's users as NAME:BASE_DIR lines (nothing when it cannot be read: the env files still count).
+config_users() {
+  [[ -f $CONFIG ]] || return 0
+  python3 - "$CONFIG" <<'PY' 2>/dev/null || note "skip: the users of $CONFIG (python3 with PyYAML cannot read it)" >&2
+import sys
+
+import yaml
+
+with open(sys.argv[1], encoding="utf-8") as handle:
+    data = yaml.safe_load(handle) or {}
+for user in data.get("users") or []:
+    if isinstance(user, dict) and user.get("name") and user.get("base_dir"):
+        print(f"{user['name']}:{user['base_dir']}")
+PY
+}
+
+# 1b. The users not given here whose trees t3track still touches: every one provisioned before (its
+# environment file) and every one in the config. Adding carol alone must not drop alice and bob
+# from the sandbox drop-ins (their next rollback's restore would fail, read-only).
+other_users() {
+  local env name base line
+  for env in "$(at /etc/t3/users)"/*.env; do
+    [[ -f $env ]] || continue
+    name=$(basename "$env" .env)
+    given "$name" && continue
+    base=$(sed -n 's/^T3_BASE_DIR=//p' "$env" | tail -n 1)
+    [[ $base == /* && $base != *[[:space:]]* ]] || die "$env: no usable T3_BASE_DIR= (fix it, or remove the file with $name's unit)"
+    OTHERS+=("$name:$base")
+  done
+  while IFS= read -r line; do
+    name=${line%%:*}
+    base=${line#*:}
+    given "$name" || known "$name" || [[ $base != /* || $base == *[[:space:]]* ]] || OTHERS+=("$name:$base")
+  done < <(config_users)
+  if ((${#OTHERS[@]})); then
+    note "keep: ${OTHERS[*]%%:*} (provisioned before or in $CONFIG): their base dirs stay in the sandbox drop-ins"
+  fi
 }
 
 # 2. Unit files.
@@ -175,8 +238,12 @@ make_base_dirs() {
 # databases there, and reading a WAL database writes its -shm file. "-": a base dir removed later
 # must not stop the nightly run (and the backups) of every other user.
 write_sandbox_dropins() {
-  local unit base paths=""
-  for base in "${BASES[@]}"; do paths+=" -$base"; done
+  local unit entry paths="" i
+  local -a entries=()
+  for i in "${!NAMES[@]}"; do entries+=("${NAMES[i]}:${BASES[i]}"); done
+  entries+=("${OTHERS[@]}")
+  # sorted by user name: the same set of users gives the same file, whatever the order given
+  while IFS= read -r entry; do paths+=" -${entry#*:}"; done < <(printf '%s\n' "${entries[@]}" | sort -t: -k1,1)
   for unit in "${SANDBOXED[@]}"; do
     write_file "$(at "/etc/systemd/system/$unit.d/50-t3-users.conf")" 0644 <<EOF
 # Written by t3-provision-users.sh: the users' base dirs.
@@ -260,6 +327,7 @@ main() {
   parse_args "$@"
   ((DRY_RUN)) || [[ $ROOT != / ]] || ((EUID == 0)) || die "run as root (or with --dry-run / --root DIR)"
   check_users
+  other_users
   install_units
   write_env_files
   make_base_dirs

@@ -159,3 +159,19 @@ def test_a_canary_that_rolls_back_gets_the_version_denied_on_every_host(fleet):
         assert on(host, "0.0.42") and not runs(host)
         assert not (host.root / "versions" / V).exists()
         assert [e["event"] for e in host.history()][-1] == "deny"
+
+
+def test_a_host_that_cannot_take_the_version_stops_the_rollout_saying_why_and_records_no_night(fleet):
+    canary, denied, after = fleet.add("h1"), fleet.add("h2"), fleet.add("h3")
+    for host in (canary, denied, after):
+        host.publish(V, migrations=53)
+    assert denied.t3track("deny", V, "--reason", "bad on h2's hardware").returncode == 0
+    denied_before, after_before = snapshot(denied), snapshot(after)
+    result = fleet.rollout(["h1"])
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert on(canary, V)
+    # `run --to` a denied version is a usage error there: said, nothing run or recorded
+    assert "rollout stopped at h2: error (exit 2)" in out and "bad on h2's hardware" in out
+    assert snapshot(denied) == denied_before and on(denied, "0.0.42")
+    assert snapshot(after) == after_before and not runs(after)

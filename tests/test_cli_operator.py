@@ -20,6 +20,7 @@ def cfg(tmp_path, monkeypatch):
     path = tmp_path / "config.yaml"
     path.write_text(f"""
 root: {tmp_path / 'root'}
+registry: http://127.0.0.1:9/
 state_dir: {tmp_path / 'state'}
 backup_dir: {tmp_path / 'backups'}
 users:
@@ -66,6 +67,30 @@ def test_freeze_records_who_why_and_until(cfg):
     assert timedelta(days=6, hours=23) < until - datetime.now(UTC) <= timedelta(days=7)
     assert history(cfg)[-1]["event"] == "freeze" and history(cfg)[-1]["by"] == "opsperson"
     assert stat.S_IMODE((cfg / "state" / "state.json").stat().st_mode) == 0o600
+
+
+def test_a_second_freeze_says_what_it_replaced_and_keeps_its_end(cfg):
+    assert t3("freeze", "--reason", "holiday", "--until", "2099-01-01").exit_code == 0
+    again = t3("freeze", "--reason", "holiday, and a migration")
+    assert again.exit_code == 0
+    assert "replaced the freeze by opsperson" in again.output and "until 2099-01-01T00:00:00Z: holiday" in again.output
+    assert "its end is kept" in again.output and "undo: t3track unfreeze" in again.output
+    state = json.loads((cfg / "state" / "state.json").read_text())
+    assert state["frozen"]["reason"] == "holiday, and a migration" and state["frozen"]["until"].startswith("2099-01-01")
+    assert history(cfg)[-1]["replaced"] == "opsperson: holiday"
+
+
+def test_pin_with_the_registry_unreachable_is_accepted_with_a_warning(cfg):
+    result = t3("pin", "0.0.43", "--reason", "offline")
+    assert result.exit_code == 0
+    assert "the registry could not be asked whether it has 0.0.43" in result.output
+    assert "undo: t3track unpin" in result.output
+    assert json.loads(t3("status", "--json").output)["pinned"]["version"] == "0.0.43"
+
+
+def test_deny_says_how_to_undo_it(cfg):
+    result = t3("deny", "0.0.43-nightly.20261101.3001", "--reason", "breaks pairing")
+    assert "undo: t3track allow 0.0.43-nightly.20261101.3001" in result.output
 
 
 def test_freeze_with_both_for_and_until_is_a_usage_error_and_changes_nothing(cfg):
@@ -158,6 +183,7 @@ def test_operator_change_while_a_run_holds_the_lock_exits_75(cfg):
     with store.lock():
         result = t3("freeze", "--reason", "x")
     assert result.exit_code == 75
+    assert "`t3track stop`" in result.output and "`systemctl stop t3track.service`" in result.output
 
 
 def test_corrupt_state_exits_4_and_is_left_alone(cfg):
@@ -250,3 +276,14 @@ def test_config_show_fills_every_default_and_names_no_notification_token(cfg):
     assert doc["notify"]["urls"] == ["apprise #1 (ntfys://)"] and doc["notify"]["on"][0] == "refused"
     text = t3("config", "show").output
     assert "S3CRET" not in text + json.dumps(doc) and "min_release_age:" in text
+
+
+def test_deny_of_a_rings_current_version_names_the_ring_and_its_revert(cfg):
+    (cfg / "state").mkdir(mode=0o700)
+    (cfg / "state" / "state.json").write_text(json.dumps(
+        {"current": "0.0.43", "rings": {"everyone": {"current": "0.0.42"}}}))
+    result = t3("deny", "0.0.42", "--reason", "x")
+    assert result.exit_code == 2
+    assert "0.0.42 is the current version of ring everyone" in result.output
+    assert "`t3track revert --ring everyone` leaves it" in result.output
+    assert json.loads((cfg / "state" / "state.json").read_text()).get("denied", []) == []

@@ -293,6 +293,36 @@ def test_provision_writes_units_env_files_base_dirs_and_is_idempotent(target_roo
     assert snapshot(target_root) == before
 
 
+def dropin_paths(root: Path, unit: str = "t3track.service") -> list[str]:
+    text = (root / f"etc/systemd/system/{unit}.d/50-t3-users.conf").read_text()
+    return next(line for line in text.splitlines() if line.startswith("ReadWritePaths=")).split("=", 1)[1].split()
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (for --root enable)")
+def test_adding_one_user_keeps_every_user_provisioned_before_in_the_sandbox_dropins(target_root):
+    with (target_root / "etc/passwd").open("a") as passwd:
+        passwd.write("carol:x:1003:1003::/home/carol:/bin/bash\n")
+    assert provision(target_root, "alice:3773", "bob:3774:/srv/t3/bob").returncode == 0
+    added = provision(target_root, "carol:3775")              # the natural way to "add a user"
+    assert added.returncode == 0, added.stderr
+    assert "keep: alice bob" in added.stdout
+    for unit in ("t3track.service", "t3-backup-state.service"):
+        assert dropin_paths(target_root, unit) == ["-/home/alice/.t3", "-/srv/t3/bob", "-/home/carol/.t3"]
+    assert (target_root / "etc/t3/users/alice.env").read_text().splitlines()[-1] == "T3_BASE_DIR=/home/alice/.t3"
+    again = provision(target_root, "bob:3774:/srv/t3/bob", "carol:3775", "alice:3773")
+    assert again.stdout.splitlines()[-1] == "done: 0 change(s)"  # the same users in any order: the same file
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (for --root enable)")
+def test_the_configs_users_stay_in_the_sandbox_dropins_when_only_one_is_provisioned(target_root, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("users:\n  - {name: alice, base_dir: /home/alice/.t3, port: 3773}\n"
+                      "  - {name: bob, base_dir: /srv/t3/bob, port: 3774}\n")
+    done = provision(target_root, "--config", str(config), "alice:3773")
+    assert done.returncode == 0, done.stderr
+    assert dropin_paths(target_root) == ["-/home/alice/.t3", "-/srv/t3/bob"]
+
+
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (for --root enable)")
 def test_provision_disables_the_old_enforcer_timer(target_root):
     etc = target_root / "etc/systemd/system"

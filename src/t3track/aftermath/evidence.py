@@ -89,7 +89,10 @@ def teed_progress(store: StateStore, run_id: str, progress: Progress) -> Progres
     evidence_dir(store, run_id)  # validate before the first line
 
     def tee(text: str) -> None:
-        progress(text)
+        try:
+            progress(text)
+        except OSError:
+            pass  # output is never a reason to stop a swap (the CLI's own output already drops a broken stream)
         try:
             append_line(ensure_evidence_dir(store, run_id) / RUN_LOG, f"{iso(utcnow())} {redact(text)}")
         except OSError:

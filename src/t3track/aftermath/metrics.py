@@ -49,10 +49,11 @@ def _ts(moment: datetime | str | None) -> float | None:
 
 
 def consecutive_refusals(events: list[dict[str, Any]]) -> int:
-    """Nightly runs (newest first) refused, rolled back or critical since the last one that was not."""
+    """Nightly runs (newest first) refused, rolled back or critical since the last one that was not.
+    An operator's `run --to` (recorded with his name as `by`) is his move, not a night: skipped."""
     count = 0
     for event in events:
-        if event.get("event") != "run":
+        if event.get("event") != "run" or event.get("by", "t3track") != "t3track":
             continue
         if event.get("outcome") not in REFUSALS:
             break

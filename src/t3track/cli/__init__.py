@@ -12,6 +12,7 @@ import sys
 
 from t3track import stops
 from t3track.cli import control, host, inspect, moves  # noqa: F401  (each registers its commands)
+from t3track.cli.render import ensure_std_descriptors, settle_streams
 from t3track.cli.typer_app import app
 from t3track.errors import ExitCode
 
@@ -32,9 +33,12 @@ def main() -> None:
     # SIGTERM, SIGINT, SIGHUP: a request to stop at the next safe point (Python would run no `finally`
     # on an unhandled SIGTERM; inside a swap the request waits until the old or new version serves)
     stops.install()
+    ensure_std_descriptors()
     try:
         app()
     except KeyboardInterrupt:
+        settle_streams()
         sys.exit(int(ExitCode.INTERRUPTED))
     except SystemExit as done:
+        settle_streams()  # a closed pipe or a full disk under stdout never changes the exit code
         sys.exit(_exit_code(done.code))

@@ -9,7 +9,7 @@ from t3track.cli.typer_app import JsonOpt, app, command, config_app
 
 
 @app.command("backup")
-@command(refreshes_metrics=True)
+@command(refreshes_metrics=True, needs_root=True)
 def backup_cmd(
     ctx: typer.Context,
     user: Annotated[Optional[str], typer.Option("--user", help="only this user (default: every user)")] = None,

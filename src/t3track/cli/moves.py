@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def run(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="take exactly this version (install, every gate, swap, live check), whatever the channel says; refused if it is denied or not newer")] = None,
@@ -33,11 +33,16 @@ def run(
     if allow_downgrade and to is None:
         raise UsageError("--allow-downgrade needs --to VERSION")
     target = ExactTarget(require_valid(to, "--to version"), allow_downgrade) if to is not None else None
+    if target is not None:  # the operator's typo is a usage error, never a refused night
+        from t3track.commands.target import check_target
+
+        config = ctx.obj.config()
+        check_target(config, ctx.obj.store(config), target.version, allow_downgrade=allow_downgrade)
     return _night(ctx, dry_run=False, target=target, ignore_busy=ignore_busy)
 
 
 @app.command("dry-run")
-@command()
+@command(needs_root=True)
 def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
     """Resolve -> install -> gates, never swaps; says what `run` would do and why."""
     return _night(ctx, dry_run=True)
@@ -45,14 +50,17 @@ def dry_run(ctx: typer.Context, json_flag: JsonOpt = False) -> int:
 
 def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = None, ignore_busy: bool = False) -> int:
     from t3track.night.pipeline import run_night
+    from t3track.state import operator_name
 
     config = ctx.obj.config()
+    by = operator_name() if target is not None else "t3track"  # `run --to` is the operator's move
     return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), dry_run=dry_run,
-                                             progress=ctx.obj.out.info, target=target, ignore_busy=ignore_busy))
+                                             progress=ctx.obj.out.info, target=target, by=by,
+                                             ignore_busy=ignore_busy))
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
           json_flag: JsonOpt = False) -> int:
     """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""
@@ -63,7 +71,7 @@ def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the v
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def revert(
     ctx: typer.Context,
     to: Annotated[Optional[str], typer.Option("--to", help="an installed version (default: previous)")] = None,
@@ -83,7 +91,7 @@ def revert(
 
 
 @app.command()
-@command()
+@command(needs_root=True)
 def drill(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
@@ -103,7 +111,7 @@ def drill(
     plan = drill_mod.plan_drill(config, store, ring)
     try:
         confirmed = yes or typer.confirm(plan.question, default=False, err=True)
-    except typer.Abort:  # no terminal to answer on
+    except (typer.Abort, OSError):  # no terminal to answer on, or a closed one
         confirmed = False
     if not confirmed:
         raise UsageError("the drill was not confirmed; nothing changed", hint="pass --yes to run it without asking")

@@ -2,6 +2,11 @@
 
 Only the CLI uses this module; the core never prints. rich is imported only when a terminal will
 show it, so plain runs (the timer, pipes, `--json`) start fast.
+
+Output is never a reason to stop a transaction (dpkg and apt ignore EPIPE/EIO on their progress): a
+stream that fails once (a closed pipe, `| head`, /dev/full, a dead terminal, a closed descriptor) is
+dropped for the rest of the run, and its descriptor pointed at /dev/null so that nothing later (a
+swap's progress, Python's own flush at exit) fails on it again. The swap goes on, the run is recorded.
 """
 
 from __future__ import annotations
@@ -9,9 +14,71 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from t3track.results import to_jsonable
+
+_dropped: set[str] = set()  # "stdout", "stderr": streams that failed once this run
+
+
+def _stream(name: str) -> TextIO | None:
+    return None if name in _dropped else getattr(sys, name)
+
+
+def _drop(name: str) -> None:
+    """Never write to this stream again, and make its descriptor /dev/null: the bytes still buffered
+    (and Python's flush at exit) then go nowhere instead of raising "Exception ignored ... BrokenPipe"."""
+    _dropped.add(name)
+    stream = getattr(sys, name)
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except (AttributeError, OSError, ValueError):  # no stream, no descriptor: nothing left to fail
+        setattr(sys, name, None)
+
+
+def emit(name: str, text: str) -> None:
+    """Write and flush `text` on sys.stdout or sys.stderr; a failure drops the stream (see above)."""
+    stream = _stream(name)
+    if stream is None:
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # EPIPE, EIO, ENOSPC; ValueError: the stream was closed
+        _drop(name)
+
+
+def settle_streams() -> None:
+    """At exit: flush what is left, dropping a stream that fails (Python's own flush then has nothing to say)."""
+    for name in ("stdout", "stderr"):
+        stream = _stream(name)
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                _drop(name)
+
+
+def ensure_std_descriptors() -> None:
+    """Descriptors 0-2 closed at start (`t3track run >&- 2>&-`) become /dev/null: otherwise the next
+    file t3track opens (the lock, state.json) would take descriptor 1 or 2 and receive the output."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:  # lower descriptors are open, so it took `fd`; otherwise put it there
+            os.dup2(null, fd)
+            os.close(null)
+        if name != "stdin":
+            _dropped.add(name)
 
 
 class Out:
@@ -20,33 +87,37 @@ class Out:
 
     @property
     def rich(self) -> bool:
-        return sys.stdout.isatty() and not self.as_json
+        stream = _stream("stdout")
+        try:
+            return stream is not None and stream.isatty() and not self.as_json
+        except (OSError, ValueError):
+            return False
 
     def json(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
+        emit("stdout", json.dumps(to_jsonable(document), indent=2, sort_keys=False) + "\n")
 
     def line(self, text: str = "", *, priority: int | None = None) -> None:
         """A line on stdout. `priority` (syslog: 2 crit, 3 err, 4 warning) is given to journald as a
         `<N>` prefix when running under systemd, so `journalctl -p err` finds the line."""
         if not self.as_json:
             prefix = f"<{priority}>" if priority is not None and os.environ.get("JOURNAL_STREAM") else ""
-            print(prefix + text, flush=True)
+            emit("stdout", prefix + text + "\n")
 
     def info(self, text: str) -> None:
         """Progress for long steps: always to stderr, so --json stdout stays one document."""
-        print(text, file=sys.stderr, flush=True)
+        emit("stderr", text + "\n")
 
     def error(self, text: str) -> None:
         # under systemd, <3> makes journald store the line at priority err
         prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
-        print(f"{prefix}error: {text}", file=sys.stderr, flush=True)
+        emit("stderr", f"{prefix}error: {text}\n")
 
     def warning(self, text: str) -> None:
         prefix = "<4>" if os.environ.get("JOURNAL_STREAM") else ""
-        print(f"{prefix}warning: {text}", file=sys.stderr, flush=True)
+        emit("stderr", f"{prefix}warning: {text}\n")
 
     def hint(self, text: str) -> None:
-        print(f"  {text}", file=sys.stderr, flush=True)
+        emit("stderr", f"  {text}\n")
 
     def fields(self, rows: list[tuple[str, str]]) -> None:
         """Label/value lines, labels padded to one column."""
@@ -71,7 +142,10 @@ class Out:
                     table.add_column(column, no_wrap=True, min_width=widest)
             for row in cells:
                 table.add_row(*row)
-            Console(soft_wrap=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None).print(table)
+            try:
+                Console(soft_wrap=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None).print(table)
+            except (OSError, ValueError):
+                _drop("stdout")
         else:
             self.line(f"{title}:")
             for row in rows:

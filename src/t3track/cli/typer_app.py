@@ -9,6 +9,7 @@ renders its result and returns an exit code; `command` raises `typer.Exit` once.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from t3track import __version__
-from t3track.cli.render import Out
-from t3track.errors import EXIT_CODE_HELP, ExitCode, T3TrackError
+from t3track.cli.render import Out, emit
+from t3track.errors import EXIT_CODE_HELP, ExitCode, LockBusy, T3TrackError, UsageError
 
 if TYPE_CHECKING:
     from t3track.config import Config
@@ -78,6 +79,11 @@ def fail(out: Out, exc: T3TrackError) -> int:
     return int(exc.exit_code)
 
 
+# what a command that finds the lock held (exit 75) tells the operator: both ways to end a night early
+_LOCK_HINT = ("a night (or another command) is running; wait for it (up to ~45 minutes with the timer's delay), "
+              "or ask it to stop at its next safe point: `t3track stop` (or `systemctl stop t3track.service`), "
+              "then try again")
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why: recorded in history and shown in status")]
 ByOpt = Annotated[Optional[str], typer.Option("--by", help="who (default: $SUDO_USER or the login name)")]
@@ -95,7 +101,7 @@ def _version_callback(value: bool) -> None:
     if value:
         from t3track import build_commit
 
-        typer.echo(f"t3track {__version__} ({build_commit()})")
+        emit("stdout", f"t3track {__version__} ({build_commit()})\n")
         raise typer.Exit()
 
 
@@ -125,9 +131,46 @@ def _refresh_metrics(ctx: typer.Context) -> None:
 F = TypeVar("F", bound=Callable[..., Optional[int]])
 
 
-def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
+def _not_root() -> bool:
+    return os.geteuid() != 0
+
+
+def _must_be_root(ctx: typer.Context, what: str | None = None) -> UsageError:
+    """One line, exit 2, as apt's "are you root?": the rest of the message would only be noise."""
+    names = []
+    here: Any = ctx
+    while here.parent is not None:  # `t3track config check`, however it was started (python -m t3track)
+        names.append(here.info_name)
+        here = here.parent
+    command = " ".join(["t3track", *reversed(names)])
+    return UsageError(f"{command} must run as root" + (f" ({what})" if what else "")
+                      + f"; nothing was changed (try: sudo {command})")
+
+
+def _require_root(ctx: typer.Context) -> None:
+    """Before a command that changes the host touches anything: root, or a state_dir this user may
+    write (an emulated host, the demo, a development checkout, all owned by the user who runs them)."""
+    if not _not_root():
+        return
+    state_dir = ctx.obj.config().state_dir
+    probe = state_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise _must_be_root(ctx)
+
+
+def _denied_reading(exc: BaseException) -> bool:
+    """A permission error, raw or behind a typed error (state.json unreadable): a non-root user's."""
+    return isinstance(exc, PermissionError) or isinstance(exc.__context__, PermissionError)
+
+
+def command(*, refreshes_metrics: bool = False, needs_root: bool = False) -> Callable[[F], F]:
     """Run a command: map typed core errors, interrupts and bugs to their exit code, in one place.
 
+    `needs_root`: the command changes the host, so a user who may not (no root, state_dir not
+    writable) gets one line and exit 2 before anything is touched. A read-only command that hits a
+    permission error as non-root says the same instead of a traceback.
     The command returns its exit code (None is 0); this raises typer.Exit with it."""
 
     def decorate(fn: F) -> F:
@@ -137,10 +180,16 @@ def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
             if kwargs.get("json_flag"):
                 out.as_json = True
             try:
+                if needs_root:
+                    _require_root(ctx)
                 code = fn(ctx, *args, **kwargs) or 0
             except (typer.Exit, typer.Abort):
                 raise
             except T3TrackError as exc:
+                if _not_root() and _denied_reading(exc):
+                    exc = _must_be_root(ctx, exc.message)
+                if isinstance(exc, LockBusy):
+                    exc.hint = _LOCK_HINT
                 raise typer.Exit(fail(out, exc)) from None
             except KeyboardInterrupt:
                 out.error("interrupted; sandboxes and their servers were cleaned up")
@@ -148,6 +197,9 @@ def command(*, refreshes_metrics: bool = False) -> Callable[[F], F]:
                          "finishes or rolls it back")
                 raise typer.Exit(130) from None
             except Exception as exc:  # a bug: say so plainly, redacted, and exit as critical (an operator must look)
+                if isinstance(exc, PermissionError) and _not_root():  # not a bug: a user who is not root
+                    raise typer.Exit(fail(out, _must_be_root(
+                        ctx, f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else None))) from None
                 import traceback
 
                 from t3track.redact import redact

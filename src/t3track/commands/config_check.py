@@ -25,7 +25,8 @@ class ConfigCheck:
 
 def config_check(config: Config, path: Path) -> ConfigCheck:
     problems = _host_problems(config) + tree_problems(config)
-    warnings = _host_warnings(config) + unit_layout_warnings(config) + _reach_warnings(config)
+    warnings = (_host_warnings(config) + unit_layout_warnings(config) + sandbox_warnings(config)
+                + _reach_warnings(config))
     return ConfigCheck(str(path), not problems, problems, warnings)
 
 
@@ -48,6 +49,54 @@ def _reach_warnings(config: Config) -> list[str]:
             client.dist_tags(config.package)
     except T3TrackError as exc:
         warnings.append(f"registry: {exc.message}" + (f"; {exc.hint}" if exc.hint else ""))
+    return warnings
+
+
+# The services whose sandbox (ProtectSystem=strict) must leave every user's tree writable: t3track
+# restores databases there and the backup reads WAL databases (which writes their -shm file).
+SANDBOXED_UNITS = ("t3track.service", "t3-backup-state.service")
+
+
+def units_dir() -> Path:
+    """Where the units are installed (T3TRACK_UNITS_DIR: a staged root's, as in the tests)."""
+    return Path(os.environ.get("T3TRACK_UNITS_DIR") or "/etc/systemd/system")
+
+
+def writable_paths(unit_file: Path) -> list[Path]:
+    """ReadWritePaths= of a unit and its drop-ins, in systemd's order; an empty assignment resets."""
+    paths: list[Path] = []
+    drop_ins = sorted(unit_file.with_name(unit_file.name + ".d").glob("*.conf"))
+    for file in (unit_file, *drop_ins):
+        try:
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, _, value = line.strip().partition("=")
+            if key.strip() != "ReadWritePaths":
+                continue
+            if not value.strip():
+                paths = []
+            paths += [Path(token.lstrip("-+")) for token in value.split()]
+    return paths
+
+
+def sandbox_warnings(config: Config) -> list[str]:
+    """A user's tree that a sandboxed unit may not write (the provisioning script run with one user
+    only, a user added to the config but never provisioned): that user's next rollback cannot restore
+    her database, and her backups fail. Read from the installed unit files, where they are installed."""
+    warnings = []
+    for unit in SANDBOXED_UNITS:
+        unit_file = units_dir() / unit
+        if not unit_file.is_file():
+            continue
+        paths = writable_paths(unit_file)
+        for user in config.users:
+            if not any(user.base_dir == path or user.base_dir.is_relative_to(path) for path in paths):
+                warnings.append(f"{user.name}'s base dir {user.base_dir} is read-only to {unit} (not in its "
+                                f"ReadWritePaths=, {unit_file}.d/): a rollback cannot restore {user.name}'s "
+                                "database there; run systemd/t3-provision-users.sh with every user (it writes "
+                                "the drop-in from the config's users and reloads systemd)")
     return warnings
 
 

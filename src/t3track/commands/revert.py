@@ -16,7 +16,7 @@ from t3track.host import tree
 from t3track.night import ledger, recovery, rings, swap
 from t3track.night.report import NightReport
 from t3track.results import new_run_id
-from t3track.state import StateStore, operator_name
+from t3track.state import State, StateStore, operator_name
 
 
 def revert(config: Config, store: StateStore, *, to: str | None = None, restore_state: bool = False,
@@ -43,6 +43,7 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
                              "manual rollback in runbooks/t3-version-bump.md")
         if target == current:
             raise UsageError(f"{target} is already current")
+        _refuse_denied(host_store.load(), target)
         if not tree.prefix_of(config, target).is_dir():
             raise UsageError(f"{target} is not installed under {tree.versions_dir(config)}",
                              hint="installed: " + (", ".join(tree.installed_versions(config)) or "none"))
@@ -69,9 +70,26 @@ def revert(config: Config, store: StateStore, *, to: str | None = None, restore_
         if moved.outcome == "swapped" and restore_state:
             warnings.append(f"the databases as they were just before this revert are kept in "
                             f"{store.snapshot_dir(run_id)} until the next swap")
+        if moved.outcome == "swapped":  # settle denied the version it left: say so, and how to undo it
+            warnings.append(f"denied {current} (the version this revert left; `t3track allow {current}` "
+                            "to consider it again)")
         report = ledger.conclude(config, store, "revert", moved, run_id=run_id, notes=warnings, by=who)
         report.ring = config.ring
         ledger.record_run(config, store, report, event="revert", by=who, nightly=False, details={
             "from": current, "to": target, "restore_state": restore_state, "restored": moved.restored_users,
             **({"held": [f"{h.user}:{h.reason}" for h in report.held]} if report.held else {})})
         return report
+
+
+def _refuse_denied(state: State, target: str) -> None:
+    """A denied version (it failed a gate or live, or an operator denied it) or one that failed a gate
+    and is not denied yet is refused, as `pin` refuses it: going there is an outage, then a rollback."""
+    denial = state.denial(target)
+    if denial is not None:
+        gate = f", gate {denial.gate}" if denial.gate else ""
+        raise UsageError(f"{target} is denied ({denial.reason}{gate}); nothing changed",
+                         hint=f"t3track allow {target}, then revert again if you are sure")
+    failed = state.failures.get(target)
+    if failed:
+        raise UsageError(f"{target} was refused by the gates {failed} time(s) and is not denied yet; nothing changed",
+                         hint=f"t3track allow {target} (it clears the count), then revert again if you are sure")

@@ -77,7 +77,9 @@ class Night:
 
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
               client: RegistryClient | None = None, target: ExactTarget | None = None,
-              ignore_busy: bool = False) -> NightReport:
+              ignore_busy: bool = False, by: str = "t3track") -> NightReport:
+    """`by`: who moved: t3track (the timer's night), or the operator who named a `target` (his history
+    line; the refusal streak the alerts read counts only t3track's own nights)."""
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
@@ -99,12 +101,12 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
                 report.outcome = Outcome.ROLLED_BACK
         report.requested = target.version if target else None
         with stops.shielded():  # the night is recorded whatever signal comes now
-            _record(config, store, report, dry_run)
+            _record(config, store, report, dry_run, by)
         return report
 
 
-def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool) -> None:
-    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
+def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool, by: str) -> None:
+    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", by=by, last_run=True, details={
         "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
         "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
         **({"ring": report.ring} if report.ring else {}),
