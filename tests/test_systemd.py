@@ -79,6 +79,9 @@ def test_tracker_is_a_timeout_guarded_oneshot_that_reports_failure():
         "/usr/local/bin/t3track", "--config", "/etc/t3track/config.yaml", "run"]
 
 
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node_exporter textfile collector reads it
+
+
 def writable_paths(name: str) -> set[str]:
     """What a unit's ProtectSystem=strict sandbox leaves writable: ReadWritePaths= (a leading `-`
     only makes a missing path no error) and the StateDirectory= systemd makes under /var/lib."""
@@ -102,7 +105,7 @@ def made_before_the_sandbox(name: str) -> set[str]:
 def test_tracker_sandbox_leaves_only_root_state_and_backups_writable():
     service = unit("t3track.service")["Service"]
     assert service["ProtectSystem"] == ["strict"]
-    assert writable_paths("t3track.service") == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track"}
+    assert writable_paths("t3track.service") == {"/opt/t3", "/var/lib/t3track", "/var/backups/t3track", TEXTFILE_DIR}
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelModules", "RestrictSUIDSGID"):
         assert service[key] == ["yes"], key
 
@@ -111,7 +114,8 @@ def test_tracker_sandbox_leaves_only_root_state_and_backups_writable():
 def test_units_make_every_writable_path_they_need_so_a_new_host_does_not_fail_at_namespace(name):
     # ReadWritePaths= on a path that does not exist fails the unit with 226/NAMESPACE before t3track
     # starts (seen under a real systemd on a fresh host): each one is made by the unit itself.
-    assert writable_paths(name) <= made_before_the_sandbox(name)
+    # node_exporter's textfile directory is its package's to make: where it is absent the "-" skips it
+    assert writable_paths(name) - {TEXTFILE_DIR} <= made_before_the_sandbox(name)
     for path in " ".join(unit(name)["Service"].get("ReadWritePaths", [])).split():
         # even a "+" ExecStartPre= gets ReadWritePaths= applied: only "-" lets it run to make the path
         assert path.startswith("-"), f"{name}: ReadWritePaths={path} fails at NAMESPACE while missing"
@@ -364,7 +368,9 @@ def test_sample_config_is_valid_and_matches_the_units():
     assert str(config.root) == "/opt/t3"
     exec_start = one("t3@.service", "Service", "ExecStart")
     assert exec_start.startswith(f"{config.root}/users/%i/{config.executable} serve")
-    assert writable_paths("t3track.service") == {str(config.root), str(config.state_dir), str(config.backup_dir)}
+    assert writable_paths("t3track.service") == {str(config.root), str(config.state_dir), str(config.backup_dir),
+                                                 str(config.metrics_path.parent)}
+    assert str(config.metrics_path.parent) == TEXTFILE_DIR
 
 
 # --- the CI script ----------------------------------------------------------------------------------

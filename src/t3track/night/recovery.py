@@ -62,8 +62,8 @@ def require_state(config: Config, store: StateStore) -> None:
     """A host whose `root/current` link exists is managed: without its state.json (lost, or moved aside
     as a corrupt one), t3track must not act as on a first install (a nightly failing live would have
     nothing to roll back to, night after night). Raises StateError (exit 4) naming the way back."""
-    if store.state_path.exists() or not os.path.lexists(current_link(config)):
-        return
+    if store.state_path.exists() or store.journal_path.exists() or not os.path.lexists(current_link(config)):
+        return  # a journal: a killed first move (adopt) that recovery settles, state.json included
     linked = current_version(config) or "?"
     raise StateError(
         f"{store.state_path} is missing, but {current_link(config)} points at {linked}: this host is managed, "
