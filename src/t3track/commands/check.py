@@ -105,6 +105,9 @@ def check(config: Config, store: StateStore, *, now: datetime | None = None) -> 
         if age > NO_RUN_FOR.total_seconds():
             critical.append(f"no run for {human_age(age)} (the last at {state.last_run.at:%Y-%m-%d %H:%M}Z): "
                             f"is t3track.timer enabled? `systemctl list-timers t3track.timer`")
+    perf["pending"] = len(state.pending)
+    if state.pending:
+        perf["pending_age_s"] = round(max((moment - p.since).total_seconds() for p in state.pending))
     refused = consecutive_refusals(store.history(limit=50))
     perf["consecutive_refusals"] = refused
     if refused >= REFUSED_NIGHTS:
@@ -118,6 +121,10 @@ def check(config: Config, store: StateStore, *, now: datetime | None = None) -> 
         summary = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
     else:
         summary = f"{state.current} serves {answering} of {len(config.users)} user(s)"
+        if state.pending:
+            oldest = min(state.pending, key=lambda p: p.since)
+            summary += (f"; {', '.join(p.version + (f' (ring {p.ring})' if p.ring else '') for p in state.pending)} "
+                        f"pending approval for {human_age((moment - oldest.since).total_seconds())}")
         if holder is not None:
             summary += f"; a night is in progress (pid {holder}, {_phase(store)})"
     return Check(status, summary, critical, warning, unknown, perf)

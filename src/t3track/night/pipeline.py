@@ -25,14 +25,15 @@ from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
-from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
+from t3track.night import approval, drift, gates, hooks, ledger, policy, recovery, rings, swap, windows
 from t3track.night.report import NightReport
 from t3track.results import FAIL, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
-from t3track.state import StateStore
+from t3track.state import Pending, StateStore, operator_name
 
 Progress = Callable[[str], None]
 
-__all__ = ["ExactTarget", "NightReport", "run_night"]
+__all__ = ["Approve", "ExactTarget", "NightReport", "run_night"]
+OPERATOR_SOURCES = ("pin", "exact")  # an operator's own candidate: never held by a window or the approval step
 
 
 def _quiet(_: str) -> None:
@@ -47,6 +48,14 @@ class ExactTarget:
     allow_downgrade: bool = False
 
 
+@dataclass(frozen=True)
+class Approve:
+    """`approve [VERSION] [--ring R]`: swap the candidate a night left pending (when.approval: manual)."""
+
+    version: str | None = None
+    ring: str | None = None
+
+
 @dataclass
 class Night:
     """What every step of one night shares."""
@@ -59,6 +68,7 @@ class Night:
     target: ExactTarget | None = None
     run_id: str = field(default_factory=new_run_id)
     recovered: recovery.Recovery | None = None
+    approved: Pending | None = None  # `approve`: the pending candidate this move swaps
 
     @property
     def evidence(self) -> str:
@@ -71,20 +81,28 @@ class Night:
 
     def tag(self, report: NightReport) -> NightReport:
         """The report names the ring it moved (on a host with rings)."""
-        report.ring = self.config.ring if self.config.ringed else None
+        report.ring = self.ring_key
         return report
+
+    @property
+    def ring_key(self) -> str | None:
+        """The ring this move moves (None: the whole host, or a host without rings)."""
+        return self.config.ring if self.config.ringed else None
 
 
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
-              client: RegistryClient | None = None, target: ExactTarget | None = None) -> NightReport:
+              client: RegistryClient | None = None, target: ExactTarget | None = None,
+              approve: Approve | None = None) -> NightReport:
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
         night = Night(config, store, client, dry_run, progress, target)
+        if approve is not None:  # before the evidence dir: a usage error leaves nothing behind
+            approval.choose(config, store.load(), approve.version, approve.ring)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
         try:
-            report = _pipeline(night)
+            report = _pipeline(night, approve)
         except KeyboardInterrupt:  # a stop signal outside the swap: nothing live was touched
             report = NightReport.environment_error(night.run_id, Interrupted(
                 f"stopped by {stops.requested() or 'an interrupt'} before any server was stopped; every sandbox "
@@ -96,21 +114,22 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
                 # a swap a killed run left was undone tonight: that is the night's news, not "nothing to do"
                 report.reason = f"{report.recovered}: {night.recovered.reason}; then: {report.reason}"
                 report.outcome = Outcome.ROLLED_BACK
-        report.requested = target.version if target else None
+        report.requested = target.version if target else night.approved.version if night.approved else None
         with stops.shielded():  # the night is recorded whatever signal comes now
-            _record(config, store, report, dry_run)
+            _record(config, store, report, dry_run, event="approve" if approve is not None else None)
         return report
 
 
-def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool) -> None:
-    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", last_run=True, details={
+def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool, event: str | None = None) -> None:
+    ledger.record_run(config, store, report, event=event or ("dry-run" if dry_run else "run"), last_run=True,
+                      by="t3track" if event is None else operator_name(), details={
         "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
         "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
-        **({"ring": report.ring} if report.ring else {}),
+        **({"ring": report.ring} if report.ring else {}), **({"held": report.held} if report.held else {}),
         "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
 
 
-def _pipeline(n: Night) -> NightReport:
+def _pipeline(n: Night, approve: Approve | None = None) -> NightReport:
     recovery.require_state(n.config, n.store)  # before anything is recorded: a record would create it
     _sweep(n)
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
@@ -127,11 +146,23 @@ def _pipeline(n: Night) -> NightReport:
             dry_run=n.dry_run)
     if not n.dry_run:
         rings.ensure(n.config, n.store, n.progress)  # a host on the single link gains its per-user links
+        for gone in approval.prune(n.config, n.store):
+            n.progress(gone)
+    if approve is not None:
+        return _approve(n, approve)
     if not n.config.ringed:
         return _move(n)
     if n.target is not None:  # a fleet's `run --to`: the host's first ring; the others follow by soak
         return _move(n.scoped(n.config.first_ring))
     return _ringed(n)
+
+
+def _approve(n: Night, approve: Approve) -> NightReport:
+    """The pending candidate, swapped like `run --to` in its ring: its gates again first when they are stale."""
+    pending = approval.choose(n.config, n.store.load(), approve.version, approve.ring)
+    moving = n.scoped(pending.ring) if pending.ring is not None else n
+    moving.target, moving.approved = ExactTarget(pending.version), pending
+    return _move(moving)
 
 
 def _sweep(n: Night) -> None:
@@ -165,6 +196,10 @@ def _ringed(n: Night) -> NightReport:
         except EnvironmentFault as exc:
             return moving.tag(NightReport.environment_error(n.run_id, exc, current=state.current,
                                                             evidence=n.evidence, dry_run=n.dry_run))
+        waiting = _already_pending(moving, decision)
+        if waiting is not None:  # the ring's move waits for the operator: the rings before it may still move
+            notes.append(f"ring {later.name}: {approval.reason_for(waiting)}")
+            continue
         if decision.candidate is not None:
             return _with(_move(moving, decision), checked, notes)
         notes.append(f"ring {later.name}: {decision.reason}")
@@ -191,16 +226,27 @@ def _move(n: Night, decision: policy.Decision | None = None) -> NightReport:
             report = _no_candidate(n, decision, current)
             report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told
             report.notes += [g.detail for g in report.gates]
-            return report
+            return n.tag(report) if n.approved else report
+        waiting = _already_pending(n, decision)
+        if waiting is not None:  # rehearsed and waiting for the operator: not rehearsed again every night
+            return n.tag(NightReport.held_back(n.run_id, approval.reason_for(waiting), "approval",
+                                               candidate=waiting.version, current=current, gates=[],
+                                               notes=decision.notes, evidence=waiting.evidence))
         candidate, notes = decision.candidate.version, decision.notes
+        operator = decision.candidate.source in OPERATOR_SOURCES and n.approved is None
         install_s = _install(n, decision.candidate, current)
         drifted = _drift(n, current)
         if drifted:  # the host's problem, said before any gate: a swap would act around a foreign server
             return n.tag(NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=candidate,
                                              current=current, gates=drifted, notes=notes, evidence=n.evidence,
                                              dry_run=n.dry_run))
-        results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
-                                  evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
+        if n.approved is not None:
+            notes.append(approval.age_note(n.approved, n.config, utcnow()))
+        if n.approved is not None and approval.fresh(n.approved, n.config, utcnow()):
+            results = []
+        else:
+            results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
+                                      evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
     except IntegrityError as exc:
         ledger.count_failure(n.config, n.store, exc.version, "install", exc.message, None, dry_run=n.dry_run)
         return n.tag(NightReport.refused(n.run_id, exc.message, candidate=exc.version, current=current,
@@ -208,31 +254,97 @@ def _move(n: Night, decision: policy.Decision | None = None) -> NightReport:
     except EnvironmentFault as exc:  # registry down, npm failed, disk full: nothing was swapped
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
                                                    dry_run=n.dry_run))
-    report = _swap(n, candidate, current, results, notes)
+    report = _swap(n, candidate, current, results, notes, operator=operator)
     report.timings["install_s"] = install_s
     return report
 
 
-def _swap(n: Night, candidate: str, current: str | None, results: list[GateResult], notes: list[str]) -> NightReport:
+def _swap(n: Night, candidate: str, current: str | None, results: list[GateResult], notes: list[str], *,
+          operator: bool = False) -> NightReport:
     failed = first_failure(results)
     if failed:
         if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
             ledger.count_failure(n.config, n.store, candidate, failed.name, failed.detail, n.evidence,
                                  dry_run=n.dry_run)
+            if n.approved is not None and not n.dry_run:  # its gates no longer pass: nothing left to approve
+                approval.drop(n.store, n.ring_key)
         return n.tag(NightReport.refused(n.run_id, f"gate {failed.name} failed for {failed.user}: {failed.detail}",
                                          candidate=candidate, current=current, gates=results, notes=notes,
                                          evidence=n.evidence, dry_run=n.dry_run))
+    held = None if operator or n.approved is not None else _held(n, candidate, current, results, notes)
     if n.dry_run:
-        return n.tag(NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results,
-                                            notes=notes, evidence=n.evidence))
+        report = NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results, notes=notes,
+                                        evidence=n.evidence)
+        if held is not None:
+            report.notes.append(f"`t3track run` would not swap tonight: {held.reason}")
+        return n.tag(report)
+    if held is not None:
+        return held
+    hook = hooks.run_hook(n.config, n.store, hooks.PRE_SWAP, from_version=current, to_version=candidate,
+                          run_id=n.run_id)
+    if hook is not None and not hook.ok:
+        return n.tag(NightReport.hook_failed(
+            n.run_id, f"the pre_swap hook stopped the move, nothing was stopped: {hook.detail}; {candidate} stays "
+            "eligible (not counted against it)", candidate=candidate, current=current, gates=results, notes=notes,
+            evidence=n.evidence))
     plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=candidate, ring=n.config.ring)
     try:
         moved = swap.swap_and_verify(n.config, n.store, plan, n.progress)  # stop..start, live check, or roll back
     except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
                                                    dry_run=n.dry_run))
-    return n.tag(ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes,
-                                 evidence=n.evidence))
+    if n.approved is not None:  # approved and swapped, or tried live and rolled back: settled either way
+        approval.drop(n.store, n.ring_key)
+    return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results,
+                                                notes=notes, evidence=n.evidence)))
+
+
+def _held(n: Night, candidate: str, current: str | None, results: list[GateResult],
+          notes: list[str]) -> NightReport | None:
+    """A night's candidate that passed every gate, kept from swapping: left pending for the operator
+    (when.approval: manual), or outside every window, or on a blackout day. None: it may swap now."""
+    when = n.config.when
+    if when.approval == "manual":
+        if n.dry_run:
+            return NightReport.held_back(n.run_id, f"{candidate} would be left pending approval", "approval",
+                                         candidate=candidate, current=current, gates=results, notes=notes,
+                                         evidence=n.evidence)
+        before = n.store.host.load().pending_for(n.ring_key)
+        pending = approval.leave_pending(n.config, n.store, ring=n.ring_key, version=candidate, current=current,
+                                         run_id=n.run_id, evidence=n.evidence, gates=results, now=utcnow())
+        return n.tag(NightReport.held_back(n.run_id, approval.reason_for(pending, replaced=before.version if before
+                                                                         else None), "approval",
+                                           candidate=candidate, current=current, gates=results, notes=notes,
+                                           evidence=n.evidence))
+    verdict = windows.verdict(when, utcnow())
+    if verdict.open:
+        return None
+    return n.tag(NightReport.held_back(
+        n.run_id, f"every gate passed, but {verdict.reason}: {current or 'nothing'} -> {candidate} waits for it "
+        f"(`t3track run --to {candidate}` swaps it now)", "blackout" if verdict.blackout else "window",
+        candidate=candidate, current=current, gates=results, notes=notes, evidence=n.evidence))
+
+
+def _already_pending(n: Night, decision: policy.Decision) -> Pending | None:
+    """The ring's pending candidate, when it is what tonight's night would rehearse again."""
+    if n.approved is not None or n.dry_run or decision.candidate is None or n.config.when.approval != "manual" \
+            or decision.candidate.source in OPERATOR_SOURCES:
+        return None
+    pending = n.store.host.load().pending_for(n.ring_key)
+    return pending if pending is not None and pending.version == decision.candidate.version else None
+
+
+def _post_hooks(n: Night, report: NightReport) -> NightReport:
+    """post_swap after a verified swap, post_rollback after a rollback: best effort, noted, recorded."""
+    hook = hooks.POST_SWAP if report.outcome is Outcome.SWAPPED else \
+        hooks.POST_ROLLBACK if report.outcome is Outcome.ROLLED_BACK else None
+    if hook is None:
+        return report
+    ran = hooks.run_hook(n.config, n.store, hook, from_version=report.from_version,
+                         to_version=report.to_version or report.candidate or "", run_id=n.run_id)
+    if ran is not None and not ran.ok:
+        report.notes.append(f"the {hook} hook failed (best effort, the night stands): {ran.detail}")
+    return report
 
 
 def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
@@ -262,8 +374,8 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
         ledger.deny_failed_live(n.store, current, rings.LIVE_RECHECK, reason, n.evidence)
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))
     moved.reason = moved.reason or reason
-    return n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked, notes=notes,
-                                 evidence=n.evidence))
+    return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked,
+                                                notes=notes, evidence=n.evidence)))
 
 
 def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:

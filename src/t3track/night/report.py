@@ -30,6 +30,9 @@ class NightReport:
     requested: str | None = None     # `run --to VERSION`: the exact version asked for
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
     downtime_s: dict[str, float] = field(default_factory=dict)  # per user, from the stop to the passing live check
+    # what held a candidate that passed its gates: window | blackout | approval (noop), pre_swap (a hook: exit 1);
+    # never the candidate's fault: not counted, not denied, no refusal streak
+    held: str | None = json_key("held", omit_none=True, default=None)
     json_extra = ("exit_code",)
 
     @property
@@ -71,6 +74,20 @@ class NightReport:
                    reason=f"every gate passed: `t3track run` would swap {current or 'nothing'} -> {candidate}",
                    candidate=candidate, from_version=current, to_version=candidate, gates=gates, notes=notes,
                    evidence=evidence, dry_run=True)
+
+    @classmethod
+    def held_back(cls, run_id: str, reason: str, held: str, *, candidate: str, current: str | None,
+                  gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """Every gate passed, but a window, a blackout or the approval step keeps it from swapping tonight."""
+        return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held=held)
+
+    @classmethod
+    def hook_failed(cls, run_id: str, reason: str, *, candidate: str, current: str | None,
+                    gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """The pre_swap hook said no: nothing was stopped (exit 1), and the candidate is not blamed."""
+        return cls(outcome=Outcome.REFUSED, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held="pre_swap")
 
     @classmethod
     def swapped(cls, run_id: str, reason: str, *, candidate: str, current: str | None, gates: list[GateResult],
