@@ -339,7 +339,7 @@ def test_post_hooks_that_fail_do_not_harm_the_night_and_are_recorded(host, tmp_p
     host.publish(v2, fault="no-cookie-live")
     code, doc = run(host, "run")
     assert code == 1 and doc["outcome"] == "rolled_back"
-    assert [r["data"]["hook"] for r in logged(back_log)] == ["post_rollback"]
+    assert [(r["data"]["hook"], r["data"]["from"], r["data"]["to"]) for r in logged(back_log)] == [("post_rollback", v1, v2)]
     assert len(logged(post_log)) == 1
     assert last(host, "hook")["hook"] == "post_rollback"
     assert host.current_target() == f"versions/{v1}"

@@ -115,3 +115,17 @@ def test_an_unquoted_yaml_date_is_a_one_day_blackout():
 
     config = parse_config(yaml.safe_load("when:\n  blackout: [2027-03-31]\n"))
     assert str(config.when.blackout[0]) == "2027-03-31"
+
+
+def test_the_commented_when_and_hooks_of_the_example_config_are_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).parents[1] / "systemd" / "config.example.yaml").read_text()
+    block = text[text.index("# when:"):]
+    uncommented = "\n".join(re.sub(r"^# ?", "", line) for line in block.splitlines() if line.startswith("#"))
+    config = parse_config(yaml.safe_load(uncommented))
+    assert config.when.windows and config.when.blackout and config.when.approval == "manual"
+    assert config.hooks.pre_swap and config.hooks.post_swap and config.hooks.post_rollback

@@ -296,7 +296,7 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
     if n.approved is not None:  # approved and swapped, or tried live and rolled back: settled either way
         approval.drop(n.store, n.ring_key)
     return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results,
-                                                notes=notes, evidence=n.evidence)))
+                                                notes=notes, evidence=n.evidence)), current, candidate)
 
 
 def _held(n: Night, candidate: str, current: str | None, results: list[GateResult],
@@ -334,14 +334,14 @@ def _already_pending(n: Night, decision: policy.Decision) -> Pending | None:
     return pending if pending is not None and pending.version == decision.candidate.version else None
 
 
-def _post_hooks(n: Night, report: NightReport) -> NightReport:
-    """post_swap after a verified swap, post_rollback after a rollback: best effort, noted, recorded."""
+def _post_hooks(n: Night, report: NightReport, from_version: str | None, to_version: str) -> NightReport:
+    """post_swap after a verified swap, post_rollback after a rollback: best effort, noted, recorded.
+    {from} {to} are the move's: after a rollback, {from} serves again and {to} is what failed."""
     hook = hooks.POST_SWAP if report.outcome is Outcome.SWAPPED else \
         hooks.POST_ROLLBACK if report.outcome is Outcome.ROLLED_BACK else None
     if hook is None:
         return report
-    ran = hooks.run_hook(n.config, n.store, hook, from_version=report.from_version,
-                         to_version=report.to_version or report.candidate or "", run_id=n.run_id)
+    ran = hooks.run_hook(n.config, n.store, hook, from_version=from_version, to_version=to_version, run_id=n.run_id)
     if ran is not None and not ran.ok:
         report.notes.append(f"the {hook} hook failed (best effort, the night stands): {ran.detail}")
     return report
@@ -375,7 +375,7 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))
     moved.reason = moved.reason or reason
     return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked,
-                                                notes=notes, evidence=n.evidence)))
+                                                notes=notes, evidence=n.evidence)), current, previous)
 
 
 def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
