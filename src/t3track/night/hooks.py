@@ -20,7 +20,9 @@ from t3track import runner
 from t3track.config import SERVICE_PLACEHOLDERS, Config
 from t3track.errors import T3TrackError
 from t3track.host.services import service_argv
+from t3track.night.report import NightReport
 from t3track.redact import redact
+from t3track.results import Outcome
 from t3track.state import StateStore
 
 PRE_SWAP, POST_SWAP, POST_ROLLBACK = "pre_swap", "post_swap", "post_rollback"
@@ -79,3 +81,17 @@ def run_hook(config: Config, store: StateStore, hook: str, *, from_version: str 
     except OSError:
         pass
     return outcome
+
+
+def after_move(config: Config, store: StateStore, report: NightReport, *, from_version: str | None,
+               to_version: str) -> NightReport:
+    """post_swap after a verified swap, post_rollback after a rollback: best effort, a failure is a note.
+    {from} {to} are the move's: after a rollback, {from} serves again and {to} is what failed."""
+    hook = POST_SWAP if report.outcome is Outcome.SWAPPED else POST_ROLLBACK if report.outcome is Outcome.ROLLED_BACK \
+        else None
+    if hook is None:
+        return report
+    ran = run_hook(config, store, hook, from_version=from_version, to_version=to_version, run_id=report.run_id)
+    if ran is not None and not ran.ok:
+        report.notes.append(f"the {hook} hook failed (best effort, the night stands): {ran.detail}")
+    return report

@@ -25,7 +25,7 @@ from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
-from t3track.night import approval, drift, gates, hooks, ledger, policy, recovery, rings, swap, windows
+from t3track.night import approval, drift, gates, holds, hooks, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
 from t3track.results import FAIL, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
 from t3track.state import Pending, StateStore, operator_name
@@ -271,7 +271,9 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
         return n.tag(NightReport.refused(n.run_id, f"gate {failed.name} failed for {failed.user}: {failed.detail}",
                                          candidate=candidate, current=current, gates=results, notes=notes,
                                          evidence=n.evidence, dry_run=n.dry_run))
-    held = None if operator or n.approved is not None else _held(n, candidate, current, results, notes)
+    held = None if operator or n.approved is not None else holds.hold(
+        n.config, n.store, ring=n.ring_key, candidate=candidate, current=current, gates=results, notes=notes,
+        run_id=n.run_id, evidence=n.evidence, dry_run=n.dry_run, now=utcnow())
     if n.dry_run:
         report = NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results, notes=notes,
                                         evidence=n.evidence)
@@ -279,7 +281,7 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
             report.notes.append(f"`t3track run` would not swap tonight: {held.reason}")
         return n.tag(report)
     if held is not None:
-        return held
+        return n.tag(held)
     hook = hooks.run_hook(n.config, n.store, hooks.PRE_SWAP, from_version=current, to_version=candidate,
                           run_id=n.run_id)
     if hook is not None and not hook.ok:
@@ -295,34 +297,9 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
                                                    dry_run=n.dry_run))
     if n.approved is not None:  # approved and swapped, or tried live and rolled back: settled either way
         approval.drop(n.store, n.ring_key)
-    return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results,
-                                                notes=notes, evidence=n.evidence)), current, candidate)
-
-
-def _held(n: Night, candidate: str, current: str | None, results: list[GateResult],
-          notes: list[str]) -> NightReport | None:
-    """A night's candidate that passed every gate, kept from swapping: left pending for the operator
-    (when.approval: manual), or outside every window, or on a blackout day. None: it may swap now."""
-    when = n.config.when
-    if when.approval == "manual":
-        if n.dry_run:
-            return NightReport.held_back(n.run_id, f"{candidate} would be left pending approval", "approval",
-                                         candidate=candidate, current=current, gates=results, notes=notes,
-                                         evidence=n.evidence)
-        before = n.store.host.load().pending_for(n.ring_key)
-        pending = approval.leave_pending(n.config, n.store, ring=n.ring_key, version=candidate, current=current,
-                                         run_id=n.run_id, evidence=n.evidence, gates=results, now=utcnow())
-        return n.tag(NightReport.held_back(n.run_id, approval.reason_for(pending, replaced=before.version if before
-                                                                         else None), "approval",
-                                           candidate=candidate, current=current, gates=results, notes=notes,
-                                           evidence=n.evidence))
-    verdict = windows.verdict(when, utcnow())
-    if verdict.open:
-        return None
-    return n.tag(NightReport.held_back(
-        n.run_id, f"every gate passed, but {verdict.reason}: {current or 'nothing'} -> {candidate} waits for it "
-        f"(`t3track run --to {candidate}` swaps it now)", "blackout" if verdict.blackout else "window",
-        candidate=candidate, current=current, gates=results, notes=notes, evidence=n.evidence))
+    return hooks.after_move(n.config, n.store, n.tag(ledger.conclude(
+        n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes, evidence=n.evidence)),
+        from_version=current, to_version=candidate)
 
 
 def _already_pending(n: Night, decision: policy.Decision) -> Pending | None:
@@ -332,19 +309,6 @@ def _already_pending(n: Night, decision: policy.Decision) -> Pending | None:
         return None
     pending = n.store.host.load().pending_for(n.ring_key)
     return pending if pending is not None and pending.version == decision.candidate.version else None
-
-
-def _post_hooks(n: Night, report: NightReport, from_version: str | None, to_version: str) -> NightReport:
-    """post_swap after a verified swap, post_rollback after a rollback: best effort, noted, recorded.
-    {from} {to} are the move's: after a rollback, {from} serves again and {to} is what failed."""
-    hook = hooks.POST_SWAP if report.outcome is Outcome.SWAPPED else \
-        hooks.POST_ROLLBACK if report.outcome is Outcome.ROLLED_BACK else None
-    if hook is None:
-        return report
-    ran = hooks.run_hook(n.config, n.store, hook, from_version=from_version, to_version=to_version, run_id=n.run_id)
-    if ran is not None and not ran.ok:
-        report.notes.append(f"the {hook} hook failed (best effort, the night stands): {ran.detail}")
-    return report
 
 
 def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
@@ -374,8 +338,9 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
         ledger.deny_failed_live(n.store, current, rings.LIVE_RECHECK, reason, n.evidence)
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))
     moved.reason = moved.reason or reason
-    return _post_hooks(n, n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked,
-                                                notes=notes, evidence=n.evidence)), current, previous)
+    return hooks.after_move(n.config, n.store, n.tag(ledger.conclude(
+        n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked, notes=notes, evidence=n.evidence)),
+        from_version=current, to_version=previous)
 
 
 def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:
