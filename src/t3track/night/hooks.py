@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from t3track import runner
@@ -74,7 +75,7 @@ def run_hook(config: Config, store: StateStore, hook: str, *, from_version: str 
         if not result.ok:
             outcome = HookRun(hook, False, redact(result.describe()))
             break
-        outcome = HookRun(hook, True, f"{argv[0]} exited 0" if not outcome.detail else outcome.detail)
+        outcome = HookRun(hook, True, f"`{Path(argv[0]).name} …` exited 0")  # the name only, as runner.describe
     try:
         store.host.record("hook", by="t3track", run_id=run_id, hook=hook, ok=outcome.ok, detail=outcome.detail,
                           **({"ring": data["ring"]} if data["ring"] else {}))
