@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -182,8 +183,9 @@ class BackupConfig(_Strict):
 
 
 NOTIFY_EVENTS = ("refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "held",
-                 "swapped")
-NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "held"]
+                 "pending", "swapped")
+NOTIFY_DEFAULT_EVENTS = ["refused", "rolled_back", "critical", "freeze_expired", "backup_stale", "drift", "held",
+                         "pending"]
 
 
 class SwapConfig(_Strict):
@@ -254,6 +256,131 @@ class RingConfig(_Strict):
         return value
 
 
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_WINDOW_RE = re.compile(r"^\s*(?:(?P<days>[A-Za-z,*-]+)\s+)?(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A swap window in the host's local time: it opens on each of `days` (0 Monday .. 6 Sunday) at
+    `start` (minutes after midnight) and lasts until `end`; an `end` at or before `start` is the next day."""
+
+    text: str
+    days: frozenset[int]
+    start: int
+    end: int
+
+    @property
+    def minutes(self) -> int:
+        return self.end - self.start if self.end > self.start else 1440 - self.start + self.end
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Blackout:
+    """Local dates, both ends included, on which nothing swaps."""
+
+    text: str
+    first: date
+    last: date
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = (int(part) for part in text.split(":"))
+    if not (0 <= hours <= 24 and 0 <= minutes <= 59) or (hours == 24 and minutes):
+        raise ValueError(f"{text!r} is not a time of day (00:00 to 24:00)")
+    return hours * 60 + minutes
+
+
+def _days(text: str | None) -> frozenset[int]:
+    if text is None or text.lower() in ("*", "daily"):
+        return frozenset(range(7))
+    names = {d.lower(): i for i, d in enumerate(DAYS)}
+    found: set[int] = set()
+    for part in text.split(","):
+        ends = part.split("-")
+        if len(ends) > 2 or any(e.lower()[:3] not in names or len(e) < 3 for e in ends):
+            raise ValueError(f"{part!r} is not a day or a range of days ({DAYS[0]}..{DAYS[-1]}, e.g. Mon-Fri)")
+        first, last = names[ends[0].lower()[:3]], names[ends[-1].lower()[:3]]
+        found.update((first + i) % 7 for i in range((last - first) % 7 + 1))  # Fri-Mon goes round the weekend
+    return frozenset(found)
+
+
+def parse_window(value: Any) -> Window:
+    """`Mon-Fri 02:00-05:00`, `Sat 22:00-02:00` (to Sunday 02:00), `Mon,Wed 01:00-03:00`, `02:00-04:00` (daily)."""
+    if isinstance(value, Window):
+        return value
+    match = _WINDOW_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"must be a window such as 'Mon-Fri 02:00-05:00', not {str(value)[:40]!r}")
+    start, end = _minutes(match["start"]), _minutes(match["end"])
+    if start == 1440:
+        raise ValueError(f"{value!r} opens at 24:00; say 00:00 of the next day")
+    if start == end:
+        raise ValueError(f"{value!r} opens and closes at the same time; a whole day is 00:00-24:00")
+    return Window(value.strip(), _days(match["days"]), start, end)
+
+
+def parse_blackout(value: Any) -> Blackout:
+    """`2026-12-24` or `2026-12-24..2027-01-02` (both days included)."""
+    if isinstance(value, Blackout):
+        return value
+    if isinstance(value, date):  # YAML reads an unquoted 2026-12-24 as a date
+        return Blackout(value.isoformat(), value, value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a date or a range such as 2026-12-24..2027-01-02, not {str(value)[:40]!r}")
+    ends = [part.strip() for part in value.split("..")]
+    try:
+        first, last = date.fromisoformat(ends[0]), date.fromisoformat(ends[-1])
+    except ValueError:
+        raise ValueError(f"{value[:40]!r} is not a date (YYYY-MM-DD) or a range such as 2026-12-24..2027-01-02") \
+            from None
+    if len(ends) > 2 or last < first:
+        raise ValueError(f"{value[:40]!r}: a range goes from its first day to its last, e.g. 2026-12-24..2027-01-02")
+    return Blackout(value.strip(), first, last)
+
+
+class WhenConfig(_Strict):
+    """When a night may swap (see t3track.night.windows): inside one of `windows` (default: any time),
+    never on a `blackout` date; `approval: manual` leaves a candidate that passed every gate pending
+    until `t3track approve` (its gates run again first when they passed longer than approval_max_age ago).
+    An operator's own moves (revert, pin, `run --to`, approve) are never held."""
+
+    windows: list[Annotated[Window, BeforeValidator(parse_window)]] = Field(default_factory=list)
+    blackout: list[Annotated[Blackout, BeforeValidator(parse_blackout)]] = Field(default_factory=list)
+    approval: Literal["auto", "manual"] = "auto"
+    approval_max_age: Duration = timedelta(hours=24)
+
+
+HOOK_PLACEHOLDERS = (*SERVICE_PLACEHOLDERS, "from", "to", "ring", "users")
+
+
+class HooksConfig(_Strict):
+    """Commands around a night's swap (argv lists, no shell; placeholders filled, the same data as JSON
+    on stdin): `pre_swap` after the gates, before any server stops (non-zero or a timeout stops the move,
+    nothing touched); `post_swap` and `post_rollback` best effort, recorded in history."""
+
+    pre_swap: list[str] | None = Field(default=None, min_length=1)
+    post_swap: list[str] | None = Field(default=None, min_length=1)
+    post_rollback: list[str] | None = Field(default=None, min_length=1)
+    timeout: Duration = timedelta(seconds=60)
+
+    @field_validator("pre_swap", "post_swap", "post_rollback")
+    @classmethod
+    def _templates(cls, value: list[str] | None) -> list[str] | None:
+        for part in value or []:
+            unknown = [m for m in _PLACEHOLDER_RE.findall(part) if m not in HOOK_PLACEHOLDERS]
+            if unknown:
+                known = " ".join("{" + n + "}" for n in HOOK_PLACEHOLDERS)
+                raise ValueError(f"{part!r} names {{{unknown[0]}}}, which is not a placeholder; known: {known}")
+        return value
+
+
 class RegistryLimitsConfig(_Strict):
     """What one registry answer may cost: decoded bytes per kind of document, and one request's
     overall deadline (retries included)."""
@@ -291,6 +418,8 @@ class Config(_Strict):
     metrics_path: Path | None = None
     # freeze the channel when this many consecutive nightlies fail the same way (0: never)
     fingerprint_freeze_after: int = Field(default=2, ge=0)
+    when: WhenConfig = Field(default_factory=WhenConfig)  # swap windows, blackout days, approval
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
 
     @field_validator("package")
     @classmethod

@@ -135,6 +135,22 @@ class Held(_Model):
     reason: str = "busy"
 
 
+class Pending(_Model):
+    """A candidate that passed every gate on a host with `when.approval: manual`, waiting for
+    `t3track approve` (per ring move on a host with rings; `ring` None: the whole host)."""
+    version: Version
+    ring: str | None = None
+    since: Moment                     # when it was first left pending
+    gates_passed_at: Moment           # when its gates last passed: `approve` reruns them past approval_max_age
+    from_version: str | None = None   # what it would replace
+    run_id: str | None = None         # the night whose gates passed (`t3track show RUN_ID`)
+    evidence: str | None = None
+    gates: list[str] = Field(default_factory=list)  # name:user:outcome, as in history
+
+    def approve_command(self) -> str:
+        return f"t3track approve {self.version}" + (f" --ring {self.ring}" if self.ring else "")
+
+
 def _ring_keys(value: dict) -> dict:
     for key in value:
         if not (isinstance(key, str) and 0 < len(key) <= 32 and key.replace("-", "").replace("_", "").isalnum()):
@@ -156,6 +172,7 @@ class State(_Model):
     current_snapshot: str | None = None
     rings: Annotated[dict[str, RingState], AfterValidator(_ring_keys)] = Field(default_factory=dict)
     held: dict[str, Held] = Field(default_factory=dict)  # user -> their current streak of held nights
+    pending: list[Pending] = Field(default_factory=list)  # candidates waiting for `t3track approve`
 
     @field_validator("first_seen", "failures")
     @classmethod
@@ -166,6 +183,9 @@ class State(_Model):
 
     def denial(self, version: str) -> Denial | None:
         return next((d for d in self.denied if d.version == version), None)
+
+    def pending_for(self, ring: str | None) -> Pending | None:
+        return next((p for p in self.pending if p.ring == ring), None)
 
     def ring(self, name: str, *, first: bool) -> RingState:
         """One ring's record, read only; the first ring's current, previous and current_snapshot are

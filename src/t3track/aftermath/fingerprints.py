@@ -39,6 +39,8 @@ def failure_of(report: Any) -> tuple[str, str] | None:
     """(gate, fingerprint) of a refused or rolled-back run with a candidate, else None."""
     if getattr(report, "outcome", None) not in ("refused", "rolled_back") or not getattr(report, "candidate", None):
         return None
+    if getattr(report, "held_by", None):
+        return None  # a pre_swap hook said no: not the candidate's failure
     failed = next((g for g in report.gates or [] if g.outcome == "fail"), None)
     if failed is not None:
         if failed.name in HOST_GATES:

@@ -53,8 +53,8 @@ def consecutive_refusals(events: list[dict[str, Any]]) -> int:
     An operator's `run --to` (recorded with his name as `by`) is his move, not a night: skipped."""
     count = 0
     for event in events:
-        if event.get("event") != "run" or event.get("by", "t3track") != "t3track":
-            continue
+        if event.get("event") != "run" or event.get("by", "t3track") != "t3track" or event.get("held_by"):
+            continue  # an operator's move, or a night a window, the approval step or a pre_swap hook held
         if event.get("outcome") not in REFUSALS:
             break
         count += 1
@@ -137,6 +137,14 @@ def build_registry(config: Config, store: StateStore, *, now: datetime | None = 
         1 if store.journal_path.exists() else 0)
     if config.ringed:
         _ring_metrics(config, state, moment, gauge, registry)
+    pending = gauge("t3track_pending_approval", "1 for each candidate waiting for `t3track approve` "
+                    "(when.approval: manual); ring \"\" is the whole host", ("ring", "version"))
+    since = gauge("t3track_pending_since_timestamp_seconds", "When the candidate was first left pending", ("ring",))
+    passed = gauge("t3track_pending_gates_passed_timestamp_seconds", "When its gates last passed", ("ring",))
+    for waiting in state.pending:
+        pending.labels(ring=waiting.ring or "", version=waiting.version).set(1)
+        since.labels(ring=waiting.ring or "").set(waiting.since.timestamp())
+        passed.labels(ring=waiting.ring or "").set(waiting.gates_passed_at.timestamp())
 
     # users an agent's work held on the old version (`held: busy`)
     held = gauge("t3track_user_held_nights", "Nightly moves in a row that left the user on the old version "

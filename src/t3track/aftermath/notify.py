@@ -2,7 +2,8 @@
 webhook and/or a command, on the nights that need a human.
 
 Sent on (`notify.on`, by default all but `swapped`): a refused run, a rollback, a critical run, a freeze
-that lifted itself, a user whose newest backup is older than gates.backup_max_age (once per stale
+that lifted itself, a candidate left pending approval (`pending`, once per ring and version, with the
+`t3track approve` command to run), a user whose newest backup is older than gates.backup_max_age (once per stale
 backup, not every night), drift found on a night with nothing to move (once per user and version
 served), a user held by an agent's work for HELD_NIGHTS nights in a row (once per streak), and
 `swapped`, the morning report of a night that moved (from and to, the ring, the one-way migrations it
@@ -191,6 +192,20 @@ def _held(config: Config, store: StateStore, report: Any, sent: dict[str, Any]) 
     return found
 
 
+def _pending(config: Config, report: Any, sent: dict[str, Any]) -> list[Notification]:
+    """A candidate left pending approval: told once per ring and version (the reason names the command)."""
+    if getattr(report, "held_by", None) != "approval" or not getattr(report, "candidate", None):
+        return []
+    told: dict[str, str] = dict(sent.get("pending", {}))
+    key = getattr(report, "ring", None) or "-"
+    if told.get(key) == report.candidate:
+        return []
+    told[key] = report.candidate
+    sent["pending"] = told
+    return [Notification("pending", body_for(config, "pending", report, to=report.candidate,
+                                             reason=f"pending approval: {report.reason}"))]
+
+
 def notifications_for_run(config: Config, store: StateStore, report: Any, *,
                           now: datetime | None = None) -> list[Notification]:
     """What this (non-dry) run should tell the operator; remembers stale backups already told."""
@@ -213,6 +228,7 @@ def notifications_for_run(config: Config, store: StateStore, report: Any, *,
     sent = _load_sent(store)
     found += _drift(config, report, sent)
     found += _held(config, store, report, sent)
+    found += _pending(config, report, sent)
     for stale in _stale_backups(config, store, sent, moment):
         body = body_for(config, "backup_stale", report, gate="backup-present")
         body.update({k: redact(v) if isinstance(v, str) else v for k, v in stale.body.items()})

@@ -131,6 +131,25 @@ def deny_cmd(
     _said(ctx, {"denied": result, "already": done.already}, f"{said}\n  undo: t3track allow {version}")
 
 
+@app.command("reject")
+@command(refreshes_metrics=True)
+def reject_cmd(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="the version pending approval")],
+    reason: ReasonOpt,
+    by: ByOpt = None,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Deny the candidate pending approval (when.approval: manual); the next night looks for another."""
+    from t3track.clock import utcnow
+    from t3track.night import approval
+
+    config = ctx.obj.config()
+    result = approval.reject(config, ctx.obj.store(config), version, reason=reason, by=by, now=utcnow())
+    _said(ctx, {"rejected": result}, f"rejected {result.version}: {result.reason} (denied; `t3track allow "
+          f"{result.version}` considers it again)")
+
+
 @app.command("allow")
 @command(refreshes_metrics=True, needs_root=True)
 def allow_cmd(

@@ -40,6 +40,12 @@ def status(ctx: typer.Context, json_flag: JsonOpt = False) -> None:
                               f"asks it to stop at a safe point)"))
     elif result.swap_in_progress:
         rows.append(("swap", "UNFINISHED (the next `t3track run` recovers it)"))
+    if result.window is not None:
+        rows.append(("window", "open now: " + result.window.reason if result.window.open else
+                     f"closed: {result.window.reason}"))
+    for p in result.pending:
+        rows.append(("pending", f"{p.from_version or '-'} -> {p.version}" + (f" (ring {p.ring})" if p.ring else "")
+                     + f" since {iso(p.since)}, gates passed {iso(p.gates_passed_at)}: `{p.approve_command()}`"))
     out.fields(rows)
     if result.denied:
         out.table("denied", ["version", "gate", "at", "reason"],

@@ -61,6 +61,26 @@ def _night(ctx: typer.Context, *, dry_run: bool, target: "ExactTarget | None" = 
 
 @app.command()
 @command(needs_root=True)
+def approve(
+    ctx: typer.Context,
+    version: Annotated[Optional[str], typer.Argument(help="the pending version (default: the one pending)")] = None,
+    ring: RingOpt = None,
+    ignore_busy: IgnoreBusyOpt = False,
+    json_flag: JsonOpt = False,
+) -> int:
+    """Swap the candidate a night left pending (when.approval: manual): live check and rollback as always.
+
+    Its gates run again first when they passed longer ago than when.approval_max_age. Never held by a
+    swap window. On a host with rings, each ring's move is approved on its own (--ring)."""
+    from t3track.night.pipeline import Approve, run_night
+
+    config = ctx.obj.config()
+    return render_run(ctx.obj.out, run_night(config, ctx.obj.store(config), progress=ctx.obj.out.info,
+                                             approve=Approve(version, ring), ignore_busy=ignore_busy))
+
+
+@app.command()
+@command(needs_root=True)
 def adopt(ctx: typer.Context, version: Annotated[str, typer.Argument(help="the version to install and adopt")],
           json_flag: JsonOpt = False) -> int:
     """First install on a host: install VERSION, move a hand-made root/current into versions/, point current at it, verify."""

@@ -111,6 +111,9 @@ def check(config: Config, store: StateStore, *, now: datetime | None = None) -> 
             warning.append(f"{name} held on the old version {held.nights} nights running by an agent at work: "
                            f"`t3track run --ignore-busy` moves them anyway")
     perf["held_users"] = len(state.held)
+    perf["pending"] = len(state.pending)
+    if state.pending:
+        perf["pending_age_s"] = round(max((moment - p.since).total_seconds() for p in state.pending))
     refused = consecutive_refusals(store.history(limit=50))
     perf["consecutive_refusals"] = refused
     if refused >= REFUSED_NIGHTS:
@@ -124,6 +127,10 @@ def check(config: Config, store: StateStore, *, now: datetime | None = None) -> 
         summary = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
     else:
         summary = f"{state.current} serves {answering} of {len(config.users)} user(s)"
+        if state.pending:
+            oldest = min(state.pending, key=lambda p: p.since)
+            summary += (f"; {', '.join(p.version + (f' (ring {p.ring})' if p.ring else '') for p in state.pending)} "
+                        f"pending approval for {human_age((moment - oldest.since).total_seconds())}")
         if holder is not None:
             summary += f"; a night is in progress (pid {holder}, {_phase(store)})"
     return Check(status, summary, critical, warning, unknown, perf)

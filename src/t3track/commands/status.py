@@ -19,7 +19,7 @@ from t3track.versions import same_version
 
 if TYPE_CHECKING:
     from t3track.config import Config, UserConfig
-    from t3track.state import Denial, Freeze, LastRun, Pin, State, StateStore
+    from t3track.state import Denial, Freeze, LastRun, Pending, Pin, State, StateStore
 
 
 @dataclass
@@ -63,6 +63,18 @@ class NightInProgress:
 
 
 @dataclass
+class WindowStatus:
+    """when.windows / when.blackout now: may a night swap, and if not, when the next window opens."""
+
+    open: bool
+    reason: str
+    next_open: str | None           # ISO (UTC)
+    next_open_local: str | None     # the same in the host's local time, as an operator reads it
+    windows: list[str]
+    blackout: list[str]
+
+
+@dataclass
 class Status:
     current: str | None
     previous: str | None
@@ -80,6 +92,21 @@ class Status:
     # on a host with rings: each ring, in order (no key in --json without rings)
     rings: list[RingStatus] | None = json_key("rings", omit_none=True, default=None)
     night: NightInProgress | None = None  # a run holding the lock now
+    window: WindowStatus | None = json_key("window", omit_none=True, default=None)  # with when.windows/blackout
+    pending: list[Pending] = field(default_factory=list)  # candidates waiting for `t3track approve`
+    approval: str = "auto"                                # when.approval
+
+
+def window_status(config: Config, now: datetime) -> WindowStatus | None:
+    from t3track.night import windows
+
+    when = config.when
+    if not when.windows and not when.blackout:
+        return None
+    verdict = windows.verdict(when, now)
+    return WindowStatus(verdict.open, verdict.reason, iso(verdict.next_open) if verdict.next_open else None,
+                        windows.describe(verdict.next_open) if verdict.next_open else None,
+                        [str(w) for w in when.windows], [str(b) for b in when.blackout])
 
 
 def status(config: Config, store: StateStore) -> Status:
@@ -153,6 +180,7 @@ def status(config: Config, store: StateStore) -> Status:
         pinned=state.pinned, frozen=frozen, denied=state.denied, last_run=state.last_run,
         installed=tree.installed_versions(config), users=users, current_link=target,
         swap_in_progress=store.journal_path.exists(), warnings=warnings, night=night,
+        window=window_status(config, now), pending=list(state.pending), approval=config.when.approval,
     )
 
 

@@ -340,7 +340,7 @@ def ring_versions(state: State) -> set[str]:
 
 
 def prune(config: Config, state: State, *, host: State | None = None) -> list[str]:
-    """Remove old installs beyond keep_versions; never current, previous, the pin or the live target.
+    """Remove old installs beyond keep_versions; never current, previous, the pin, a pending candidate or the live target.
 
     Leftover `.partial`/`.removing` trees of killed runs are cleared too. Returns removed versions.
     """
@@ -353,6 +353,7 @@ def prune(config: Config, state: State, *, host: State | None = None) -> list[st
     protected = {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
     protected |= live_targets(config)
     protected |= ring_versions(host if host is not None else state)
+    protected |= {p.version for p in (host if host is not None else state).pending}  # `approve` swaps it as gated
     others = [v for v in reversed(installed_versions(config)) if v not in protected]  # newest first
     removed = []
     for version in others[config.keep_versions:]:

@@ -24,14 +24,15 @@ from t3track.host import install, sandbox
 from t3track.host.install import IntegrityError
 from t3track.host.registry import RegistryClient
 from t3track.host.tree import current_link, executable_of, prefix_of, user_version
-from t3track.night import drift, gates, ledger, policy, recovery, rings, swap
+from t3track.night import approval, drift, gates, holds, hooks, ledger, policy, recovery, rings, swap
 from t3track.night.report import NightReport
 from t3track.results import FAIL, HOST_GATES, INCONCLUSIVE, GateResult, Outcome, first_failure, new_run_id
-from t3track.state import StateStore
+from t3track.state import Pending, StateStore, operator_name
 
 Progress = Callable[[str], None]
 
-__all__ = ["ExactTarget", "NightReport", "run_night"]
+__all__ = ["Approve", "ExactTarget", "NightReport", "run_night"]
+OPERATOR_SOURCES = ("pin", "exact")  # an operator's own candidate: never held by a window or the approval step
 
 
 def _quiet(_: str) -> None:
@@ -44,6 +45,14 @@ class ExactTarget:
 
     version: str
     allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class Approve:
+    """`approve [VERSION] [--ring R]`: swap the candidate a night left pending (when.approval: manual)."""
+
+    version: str | None = None
+    ring: str | None = None
 
 
 @dataclass
@@ -59,6 +68,7 @@ class Night:
     ignore_busy: bool = False  # --ignore-busy: stop users' servers even while their agents work
     run_id: str = field(default_factory=new_run_id)
     recovered: recovery.Recovery | None = None
+    approved: Pending | None = None  # `approve`: the pending candidate this move swaps
 
     @property
     def evidence(self) -> str:
@@ -71,23 +81,31 @@ class Night:
 
     def tag(self, report: NightReport) -> NightReport:
         """The report names the ring it moved (on a host with rings)."""
-        report.ring = self.config.ring if self.config.ringed else None
+        report.ring = self.ring_key
         return report
+
+    @property
+    def ring_key(self) -> str | None:
+        """The ring this move moves (None: the whole host, or a host without rings)."""
+        return self.config.ring if self.config.ringed else None
 
 
 def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progress: Progress = _quiet,
               client: RegistryClient | None = None, target: ExactTarget | None = None,
-              ignore_busy: bool = False, by: str = "t3track") -> NightReport:
+              ignore_busy: bool = False, by: str = "t3track", approve: Approve | None = None) -> NightReport:
     """`by`: who moved: t3track (the timer's night), or the operator who named a `target` (his history
-    line; the refusal streak the alerts read counts only t3track's own nights)."""
+    line; the refusal streak the alerts read counts only t3track's own nights). `approve`: an operator's
+    `t3track approve` of a candidate a night left pending."""
     with store.lock(), ExitStack() as closing:
         if client is None:
             client = closing.enter_context(RegistryClient.for_config(config))
         night = Night(config, store, client, dry_run, progress, target, ignore_busy)
+        if approve is not None:  # before the evidence dir: a usage error leaves nothing behind
+            approval.choose(config, store.load(), approve.version, approve.ring)
         evidence.ensure_evidence_dir(store, night.run_id)
         night.progress = evidence.teed_progress(store, night.run_id, progress)  # run.log, redacted
         try:
-            report = _pipeline(night)
+            report = _pipeline(night, approve)
         except KeyboardInterrupt:  # a stop signal outside the swap: nothing live was touched
             report = NightReport.environment_error(night.run_id, Interrupted(
                 f"stopped by {stops.requested() or 'an interrupt'} before any server was stopped; every sandbox "
@@ -99,24 +117,28 @@ def run_night(config: Config, store: StateStore, *, dry_run: bool = False, progr
                 # a swap a killed run left was undone tonight: that is the night's news, not "nothing to do"
                 report.reason = f"{report.recovered}: {night.recovered.reason}; then: {report.reason}"
                 report.outcome = Outcome.ROLLED_BACK
-        report.requested = target.version if target else None
+        report.requested = target.version if target else night.approved.version if night.approved else None
         with stops.shielded():  # the night is recorded whatever signal comes now
-            _record(config, store, report, dry_run, by)
+            _record(config, store, report, dry_run, by if approve is None else operator_name(),
+                    event="approve" if approve is not None else None)
         return report
 
 
-def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool, by: str) -> None:
-    ledger.record_run(config, store, report, event="dry-run" if dry_run else "run", by=by, last_run=True, details={
+def _record(config: Config, store: StateStore, report: NightReport, dry_run: bool, by: str,
+            event: str | None = None) -> None:
+    ledger.record_run(config, store, report, event=event or ("dry-run" if dry_run else "run"), by=by, last_run=True,
+                      details={
         "candidate": report.candidate, "from": report.from_version, "to": report.to_version,
         "evidence": report.evidence, **({"requested": report.requested} if report.requested else {}),
         **({"ring": report.ring} if report.ring else {}),
         **({"held": [f"{h.user}:{h.reason}" for h in report.held]} if report.held else {}),
+        **({"held_by": report.held_by} if report.held_by else {}),
         **({"protocol": protocols} if (protocols := {g.user: g.protocol for g in report.gates
                                                      if g.protocol is not None}) else {}),
         "gates": [f"{g.name}:{g.user}:{g.outcome}" for g in report.gates]})
 
 
-def _pipeline(n: Night) -> NightReport:
+def _pipeline(n: Night, approve: Approve | None = None) -> NightReport:
     recovery.require_state(n.config, n.store)  # before anything is recorded: a record would create it
     _sweep(n)
     n.recovered = None if n.dry_run else recovery.recover(n.config, n.store, n.progress)
@@ -133,11 +155,23 @@ def _pipeline(n: Night) -> NightReport:
             dry_run=n.dry_run)
     if not n.dry_run:
         rings.ensure(n.config, n.store, n.progress)  # a host on the single link gains its per-user links
+        for gone in approval.prune(n.config, n.store):
+            n.progress(gone)
+    if approve is not None:
+        return _approve(n, approve)
     if not n.config.ringed:
         return _move(n)
     if n.target is not None:  # a fleet's `run --to`: the host's first ring; the others follow by soak
         return _move(n.scoped(n.config.first_ring))
     return _ringed(n)
+
+
+def _approve(n: Night, approve: Approve) -> NightReport:
+    """The pending candidate, swapped like `run --to` in its ring: its gates again first when they are stale."""
+    pending = approval.choose(n.config, n.store.load(), approve.version, approve.ring)
+    moving = n.scoped(pending.ring) if pending.ring is not None else n
+    moving.target, moving.approved = ExactTarget(pending.version), pending
+    return _move(moving)
 
 
 def _sweep(n: Night) -> None:
@@ -171,6 +205,10 @@ def _ringed(n: Night) -> NightReport:
         except EnvironmentFault as exc:
             return moving.tag(NightReport.environment_error(n.run_id, exc, current=state.current,
                                                             evidence=n.evidence, dry_run=n.dry_run))
+        waiting = _already_pending(moving, decision)
+        if waiting is not None:  # the ring's move waits for the operator: the rings before it may still move
+            notes.append(f"ring {later.name}: {approval.reason_for(waiting)}")
+            continue
         if decision.candidate is not None:
             return _with(_move(moving, decision), checked, notes)
         notes.append(f"ring {later.name}: {decision.reason}")
@@ -197,16 +235,27 @@ def _move(n: Night, decision: policy.Decision | None = None) -> NightReport:
             report = _no_candidate(n, decision, current)
             report.gates = _drift(n, current, INCONCLUSIVE)  # nothing to move, but drift is still told
             report.notes += [g.detail for g in report.gates]
-            return report
+            return n.tag(report) if n.approved else report
+        waiting = _already_pending(n, decision)
+        if waiting is not None:  # rehearsed and waiting for the operator: not rehearsed again every night
+            return n.tag(NightReport.held_back(n.run_id, approval.reason_for(waiting), "approval",
+                                               candidate=waiting.version, current=current, gates=[],
+                                               notes=decision.notes, evidence=waiting.evidence))
         candidate, notes = decision.candidate.version, decision.notes
+        operator = decision.candidate.source in OPERATOR_SOURCES and n.approved is None
         install_s = _install(n, decision.candidate, current)
         drifted = _drift(n, current)
         if drifted:  # the host's problem, said before any gate: a swap would act around a foreign server
             return n.tag(NightReport.refused(n.run_id, f"drift: {drifted[0].detail}", candidate=candidate,
                                              current=current, gates=drifted, notes=notes, evidence=n.evidence,
                                              dry_run=n.dry_run))
-        results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
-                                  evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
+        if n.approved is not None:
+            notes.append(approval.age_note(n.approved, n.config, utcnow()))
+        if n.approved is not None and approval.fresh(n.approved, n.config, utcnow()):
+            results = []
+        else:
+            results = gates.run_gates(n.config, candidate, executable_of(n.config, candidate),
+                                      evidence_dir=evidence.evidence_dir(n.store, n.run_id), progress=n.progress)
     except IntegrityError as exc:
         ledger.count_failure(n.config, n.store, exc.version, "install", exc.message, None, dry_run=n.dry_run)
         return n.tag(NightReport.refused(n.run_id, exc.message, candidate=exc.version, current=current,
@@ -214,23 +263,41 @@ def _move(n: Night, decision: policy.Decision | None = None) -> NightReport:
     except EnvironmentFault as exc:  # registry down, npm failed, disk full: nothing was swapped
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
                                                    dry_run=n.dry_run))
-    report = _swap(n, candidate, current, results, notes)
+    report = _swap(n, candidate, current, results, notes, operator=operator)
     report.timings["install_s"] = install_s
     return report
 
 
-def _swap(n: Night, candidate: str, current: str | None, results: list[GateResult], notes: list[str]) -> NightReport:
+def _swap(n: Night, candidate: str, current: str | None, results: list[GateResult], notes: list[str], *,
+          operator: bool = False) -> NightReport:
     failed = first_failure(results)
     if failed:
         if failed.name not in HOST_GATES:  # a missing backup is the host's fault, not the candidate's
             ledger.count_failure(n.config, n.store, candidate, failed.name, failed.detail, n.evidence,
                                  dry_run=n.dry_run)
+            if n.approved is not None and not n.dry_run:  # its gates no longer pass: nothing left to approve
+                approval.drop(n.store, n.ring_key)
         return n.tag(NightReport.refused(n.run_id, f"gate {failed.name} failed for {failed.user}: {failed.detail}",
                                          candidate=candidate, current=current, gates=results, notes=notes,
                                          evidence=n.evidence, dry_run=n.dry_run))
+    held = None if operator or n.approved is not None else holds.hold(
+        n.config, n.store, ring=n.ring_key, candidate=candidate, current=current, gates=results, notes=notes,
+        run_id=n.run_id, evidence=n.evidence, dry_run=n.dry_run, now=utcnow())
     if n.dry_run:
-        return n.tag(NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results,
-                                            notes=notes, evidence=n.evidence))
+        report = NightReport.would_swap(n.run_id, candidate=candidate, current=current, gates=results, notes=notes,
+                                        evidence=n.evidence)
+        if held is not None:
+            report.notes.append(f"`t3track run` would not swap tonight: {held.reason}")
+        return n.tag(report)
+    if held is not None:
+        return n.tag(held)
+    hook = hooks.run_hook(n.config, n.store, hooks.PRE_SWAP, from_version=current, to_version=candidate,
+                          run_id=n.run_id)
+    if hook is not None and not hook.ok:
+        return n.tag(NightReport.hook_failed(
+            n.run_id, f"the pre_swap hook stopped the move, nothing was stopped: {hook.detail}; {candidate} stays "
+            "eligible (not counted against it)", candidate=candidate, current=current, gates=results, notes=notes,
+            evidence=n.evidence))
     plan = swap.plan_swap(n.store, run_id=n.run_id, from_version=current, to_version=candidate, ring=n.config.ring)
     try:
         # waits for users at work first (or holds the move); stop..start, live check, or roll back
@@ -238,8 +305,20 @@ def _swap(n: Night, candidate: str, current: str | None, results: list[GateResul
     except EnvironmentFault as exc:  # refused before anything stopped: a user's tree, a full disk
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence,
                                                    dry_run=n.dry_run))
-    return n.tag(ledger.conclude(n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes,
-                                 evidence=n.evidence))
+    if n.approved is not None:  # approved and swapped, or tried live and rolled back: settled either way
+        approval.drop(n.store, n.ring_key)
+    return hooks.after_move(n.config, n.store, n.tag(ledger.conclude(
+        n.config, n.store, "swap", moved, run_id=n.run_id, gates=results, notes=notes, evidence=n.evidence)),
+        from_version=current, to_version=candidate)
+
+
+def _already_pending(n: Night, decision: policy.Decision) -> Pending | None:
+    """The ring's pending candidate, when it is what tonight's night would rehearse again."""
+    if n.approved is not None or n.dry_run or decision.candidate is None or n.config.when.approval != "manual" \
+            or decision.candidate.source in OPERATOR_SOURCES:
+        return None
+    pending = n.store.host.load().pending_for(n.ring_key)
+    return pending if pending is not None and pending.version == decision.candidate.version else None
 
 
 def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
@@ -270,8 +349,9 @@ def _roll_back_ring(n: Night, checked: list[GateResult]) -> NightReport:
         ledger.deny_failed_live(n.store, current, rings.LIVE_RECHECK, reason, n.evidence)
         return n.tag(NightReport.environment_error(n.run_id, exc, current=current, evidence=n.evidence))
     moved.reason = moved.reason or reason
-    return n.tag(ledger.conclude(n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked, notes=notes,
-                                 evidence=n.evidence))
+    return hooks.after_move(n.config, n.store, n.tag(ledger.conclude(
+        n.config, n.store, "recheck", moved, run_id=n.run_id, gates=checked, notes=notes, evidence=n.evidence)),
+        from_version=current, to_version=previous)
 
 
 def _drift(n: Night, current: str | None, outcome: str = FAIL) -> list[GateResult]:

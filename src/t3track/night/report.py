@@ -41,6 +41,9 @@ class NightReport:
     ring: str | None = json_key("ring", omit_none=True, default=None)  # the ring it moved, on a host with rings
     downtime_s: dict[str, float] = field(default_factory=dict)  # per user, from the stop to the passing live check
     held: list[HeldUser] = field(default_factory=list)  # users left on the old version tonight (`held: busy`)
+    # what held a candidate that passed its gates: window | blackout | approval (noop), pre_swap (a hook: exit 1);
+    # never the candidate's fault: not counted, not denied, no refusal streak
+    held_by: str | None = json_key("held_by", omit_none=True, default=None)
     json_extra = ("exit_code",)
 
     @property
@@ -102,6 +105,20 @@ class NightReport:
         return cls(outcome=Outcome.ERROR, run_id=run_id, reason=f"{said}; rolled back to {current} ({reason})",
                    candidate=candidate, from_version=current, to_version=current, gates=gates, notes=notes,
                    evidence=evidence)
+
+    @classmethod
+    def held_back(cls, run_id: str, reason: str, held: str, *, candidate: str, current: str | None,
+                  gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """Every gate passed, but a window, a blackout or the approval step keeps it from swapping tonight."""
+        return cls(outcome=Outcome.NOOP, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held_by=held)
+
+    @classmethod
+    def hook_failed(cls, run_id: str, reason: str, *, candidate: str, current: str | None,
+                    gates: list[GateResult], notes: list[str], evidence: str | None) -> NightReport:
+        """The pre_swap hook said no: nothing was stopped (exit 1), and the candidate is not blamed."""
+        return cls(outcome=Outcome.REFUSED, run_id=run_id, reason=reason, candidate=candidate, from_version=current,
+                   gates=gates, notes=notes, evidence=evidence, held_by="pre_swap")
 
     @classmethod
     def swapped(cls, run_id: str, reason: str, *, candidate: str, current: str | None, gates: list[GateResult],
