@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.support.host import REPO, nightly, wait_for_version
+from tests.support.host import REPO, nightly
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +55,6 @@ def metrics(host) -> str:
     return (host.state_dir / "metrics" / "t3track.prom").read_text()
 
 
-def assert_settled(host, serving: str, rows: dict) -> None:
-    """Every user served by `serving`, the link and state agree, no journal, no row lost."""
-    assert host.current_target() == f"versions/{serving}"
-    assert host.state()["current"] == serving
-    assert not (host.state_dir / "journal.json").exists()
-    for user in host.users:
-        assert wait_for_version(user.url, serving, timeout=20) == serving
-        assert set(rows[user.name]) <= set(host.rows(user))
-
-
 def test_a_revert_whose_reader_goes_away_after_the_first_line_finishes_and_is_recorded(host):
     v = nightly(1)
     host.publish(v)
@@ -72,7 +62,7 @@ def test_a_revert_whose_reader_goes_away_after_the_first_line_finishes_and_is_re
     rows = {u.name: host.rows(u) for u in host.users}
     code, first = through_head_1(host, "revert")
     assert code == 0, first
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     revert = last(host, "revert")
     assert revert["outcome"] == "swapped" and revert["to"] == "0.0.42"
     assert (host.state_dir / "evidence" / revert["run_id"] / "result.json").is_file()
@@ -87,7 +77,7 @@ def test_a_night_whose_reader_goes_away_after_the_first_line_swaps_and_is_record
     rows = {u.name: host.rows(u) for u in host.users}
     code, _ = through_head_1(host, "run")
     assert code == 0
-    assert_settled(host, v, rows)
+    host.assert_settled(v, rows)
     run = last(host, "run")
     assert run["outcome"] == "swapped" and run["exit_code"] == 0
     log = (host.state_dir / "evidence" / run["run_id"] / "run.log").read_text()
@@ -101,7 +91,7 @@ def test_a_night_that_fails_live_with_its_reader_gone_rolls_back_as_it_would_hav
     rows = {u.name: host.rows(u) for u in host.users}
     code, _ = through_head_1(host, "run")
     assert code == 1                                      # rolled back, as without the pipe
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     for user in host.users:
         assert host.max_migration(user) == 52
     assert last(host, "run")["outcome"] == "rolled_back"
@@ -117,7 +107,7 @@ def test_a_night_with_stdout_on_dev_full_swaps_and_exits_0(host):
                               timeout=240)
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
-    assert_settled(host, v, rows)
+    host.assert_settled(v, rows)
     assert last(host, "run")["outcome"] == "swapped"
 
 
@@ -129,7 +119,7 @@ def test_a_night_with_both_streams_closed_swaps_and_exits_0(host):
                           stderr=subprocess.DEVNULL, env=env(), timeout=240,
                           preexec_fn=lambda: (os.close(1), os.close(2)))
     assert done.returncode == 0
-    assert_settled(host, v, rows)
+    host.assert_settled(v, rows)
     assert last(host, "run")["outcome"] == "swapped"
     json.loads((host.state_dir / "state.json").read_text())  # no output landed in a state file
 
@@ -143,7 +133,7 @@ def test_a_revert_with_stderr_on_dev_full_finishes_and_never_ends_critical(host)
         done = subprocess.run(argv(host, "revert", "--restore-state"), stdout=subprocess.PIPE, stderr=full,
                               text=True, env=env(), timeout=240)
     assert done.returncode == 0, done.stdout
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     for user in host.users:
         assert host.max_migration(user) == 52                 # the pre-swap databases are back
     assert last(host, "revert")["outcome"] == "swapped"

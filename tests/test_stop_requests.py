@@ -10,7 +10,7 @@ servers begin to stop (before the flip), `flipped` the moment right after `curre
 import json
 
 import pytest
-from tests.support.host import nightly, wait_for_version
+from tests.support.host import nightly
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +23,6 @@ def last(host, event):
     return next(e for e in reversed(host.history()) if e["event"] == event)
 
 
-def assert_settled(host, serving: str, rows: dict) -> None:
-    """Every user served by `serving`, the link and state agree, no journal, no row lost."""
-    assert host.current_target() == f"versions/{serving}"
-    assert host.state()["current"] == serving
-    assert not (host.state_dir / "journal.json").exists()
-    for user in host.users:
-        assert wait_for_version(user.url, serving, timeout=20) == serving
-        assert set(rows[user.name]) <= set(host.rows(user))
-
-
 def test_sigterm_right_after_the_flip_finishes_the_swap_checked_live_and_exits_130(host):
     v = nightly(1)
     host.publish(v, migrations=53)
@@ -43,7 +33,7 @@ def test_sigterm_right_after_the_flip_finishes_the_swap_checked_live_and_exits_1
     assert doc["outcome"] == "swapped" and doc["to"] == v
     assert {(g["name"], g["outcome"]) for g in doc["gates"] if g["name"] == "live-verify"} == {("live-verify", "pass")}
     assert any("SIGTERM arrived during the swap" in n for n in doc["notes"])
-    assert_settled(host, v, rows)
+    host.assert_settled(v, rows)
     run = last(host, "run")
     assert run["outcome"] == "swapped" and run["to"] == v
 
@@ -55,7 +45,7 @@ def test_sigterm_right_after_the_flip_of_a_build_failing_live_rolls_it_back_and_
     done = signalled(host, "run", "flipped")
     assert done.returncode == 130, done.stderr
     assert json.loads(done.stdout)["outcome"] == "rolled_back"
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     for user in host.users:
         assert host.max_migration(user) == 52  # the candidate's migration was undone with the database
     assert any(d["version"] == v for d in host.state()["denied"])  # it failed live: that is its fault
@@ -71,7 +61,7 @@ def test_sigterm_while_the_servers_stop_puts_every_user_back_on_the_old_version(
     assert done.returncode == 130, done.stderr
     doc = json.loads(done.stdout)
     assert doc["outcome"] == "rolled_back" and "stopped by SIGTERM before the flip" in doc["reason"]
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     state = host.state()
     assert not any(d["version"] == v for d in state["denied"])         # nobody's failure: still eligible
     assert state.get("consecutive_refusals", 0) == refusals
@@ -80,7 +70,7 @@ def test_sigterm_while_the_servers_stop_puts_every_user_back_on_the_old_version(
     again = host.t3track("run", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["outcome"] == "swapped"
-    assert_settled(host, v, rows)
+    host.assert_settled(v, rows)
 
 
 def test_sigterm_before_any_server_stops_changes_nothing_and_is_recorded(host):
@@ -93,7 +83,7 @@ def test_sigterm_before_any_server_stops_changes_nothing_and_is_recorded(host):
     doc = json.loads(done.stdout)
     assert doc["outcome"] == "error" and "before any server was stopped" in doc["reason"]
     assert host.server_pids() == pids                                   # nobody was restarted
-    assert_settled(host, "0.0.42", rows)
+    host.assert_settled("0.0.42", rows)
     assert last(host, "run")["outcome"] == "error"
     assert not any(d["version"] == v for d in host.state()["denied"])
 
@@ -105,7 +95,7 @@ def test_sighup_during_a_revert_leaves_every_user_serving(host):
     rows = {u.name: host.rows(u) for u in host.users}
     done = signalled(host, "revert", "stopping", "HUP")
     assert done.returncode == 130, done.stdout + done.stderr
-    assert_settled(host, v, rows)                      # the revert never flipped: back where it started
+    host.assert_settled(v, rows)                      # the revert never flipped: back where it started
     assert last(host, "revert")
 
 
@@ -150,7 +140,7 @@ def test_a_state_dir_filling_during_the_stops_still_puts_every_server_back(host)
         assert done.returncode == 1, done.stdout + done.stderr
         doc = json.loads(done.stdout)
         assert doc["outcome"] == "rolled_back" and "No space left on device" in doc["reason"], doc["reason"]
-        assert_settled(host, "0.0.42", rows)
+        host.assert_settled("0.0.42", rows)
         state = host.state()
         assert state["frozen"] is None
         assert not any(d["version"] == v for d in state["denied"]) and not state.get("failures", {}).get(v)

@@ -237,6 +237,16 @@ class Host:
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "state.json").read_text())
 
+    def assert_settled(self, serving: str, rows: dict[str, list[tuple]]) -> None:
+        """Every user served by `serving`, the link and state agree, no journal, no row of `rows` (user ->
+        rows read before) lost."""
+        assert self.current_target() == f"versions/{serving}"
+        assert self.state()["current"] == serving
+        assert not (self.state_dir / "journal.json").exists()
+        for user in self.users:
+            assert wait_for_version(user.url, serving, timeout=20) == serving
+            assert set(rows[user.name]) <= set(self.rows(user))
+
     def close(self) -> None:
         self.stop_servers()
         self.registry.stop()

@@ -57,7 +57,11 @@ def downtime(marks: list[UserMark], users: list[str], end: float) -> dict[str, f
 def service_argv(template: list[str], user: UserConfig) -> list[str]:
     """{user} {port} {base_dir} filled by plain replacement (no str.format: a config must not reach
     attributes, and a stray brace must not raise mid-swap); config validation refuses other names."""
-    values = {"user": user.name, "port": str(user.port), "base_dir": str(user.base_dir)}
+    return fill(template, {"user": user.name, "port": str(user.port), "base_dir": str(user.base_dir)})
+
+
+def fill(template: list[str], values: dict[str, str]) -> list[str]:
+    """An argv template's {name} placeholders replaced literally (never str.format)."""
     argv = []
     for part in template:
         for key, value in values.items():

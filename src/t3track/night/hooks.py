@@ -20,7 +20,7 @@ from typing import Any
 from t3track import runner
 from t3track.config import SERVICE_PLACEHOLDERS, Config
 from t3track.errors import T3TrackError
-from t3track.host.services import service_argv
+from t3track.host.services import fill, service_argv
 from t3track.night.report import NightReport
 from t3track.redact import redact
 from t3track.results import Outcome
@@ -42,13 +42,8 @@ def _data(config: Config, hook: str, *, from_version: str | None, to_version: st
 
 
 def _fill(template: list[str], data: dict[str, Any]) -> list[str]:
-    values = {"from": data["from"] or "", "to": data["to"], "ring": data["ring"] or "", "users": ",".join(data["users"])}
-    argv = []
-    for part in template:
-        for key, value in values.items():
-            part = part.replace("{" + key + "}", value)
-        argv.append(part)
-    return argv
+    return fill(template, {"from": data["from"] or "", "to": data["to"], "ring": data["ring"] or "",
+                           "users": ",".join(data["users"])})
 
 
 def _argvs(config: Config, template: list[str], data: dict[str, Any]) -> list[list[str]]:
