@@ -41,3 +41,11 @@ def test_the_readme_layout_names_every_module_in_its_folder():
             missing.append(str(relative))
     assert missing == [], f"README.md's Layout does not name: {missing}"
 
+
+
+def test_the_readme_maps_every_test_file():
+    text = (REPO / "README.md").read_text()
+    tests_map = text.split("## Where the tests are", 1)[1].split("\n## ", 1)[0]
+    missing = [path.stem for path in sorted((REPO / "tests").glob("test_*.py"))
+               if not re.search(rf"`{path.stem}`", tests_map)]
+    assert missing == [], f"README.md's test map does not name: {missing}"
