@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from tests.emulator import package as emu
 from tests.real_t3 import REPO, host_config, live_base_dir, processes_mentioning, serving
+from tests.support.state import outside_the_box
 
 from t3track.config import Config
 from t3track.host import backup, confine, inert
@@ -111,8 +112,8 @@ def git(*args: str, cwd: Path) -> None:
 
 @pytest.fixture
 def world(monkeypatch) -> Iterator[World]:  # noqa: ANN001
-    parent = REPO / ".cache"
-    parent.mkdir(exist_ok=True)
+    parent = outside_the_box(REPO)
+    parent.mkdir(parents=True, exist_ok=True)
     top = Path(tempfile.mkdtemp(prefix="rehearsal-world-", dir=parent))  # not under /tmp: the box hides /tmp
     made = World(top)
     try:

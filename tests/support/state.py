@@ -25,9 +25,26 @@ def fake_live_state(base: Path, migrations: int = 3) -> Path:
     return base
 
 
+PRIVATE_IN_THE_BOX = ("/tmp", "/var/tmp", "/run")  # t3track.host.confine.PRIVATE_DIRS: empty inside a rehearsal
+
+
+def visible_python() -> str:
+    """A Python a confined rehearsal can run: the system's, not a virtualenv's that may lie under /tmp
+    (a checkout cloned there, as CI may do), which the box hides. Stand-ins use the standard library only."""
+    return "/usr/bin/python3" if Path("/usr/bin/python3").is_file() else sys.executable
+
+
+def outside_the_box(repo: Path) -> Path:
+    """A directory for test files a rehearsal's box must see (stand-ins on PATH, a user's projects):
+    the checkout's .cache, unless the checkout itself lies under a directory the box hides."""
+    if not any(str(repo).startswith(private + "/") for private in PRIVATE_IN_THE_BOX):
+        return repo / ".cache"
+    return Path("/var/cache/t3track-tests")
+
+
 def script(tmp_path: Path, body: str, name: str = "t3") -> Path:
     """A stand-in executable for the ways a candidate fails before it serves."""
     path = tmp_path / name
-    path.write_text(f"#!{sys.executable}\n{body}\n")
+    path.write_text(f"#!{visible_python()}\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
