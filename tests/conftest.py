@@ -8,10 +8,11 @@ Test modules import helpers as `tests.…`; pyproject's `pythonpath` makes that 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.emulator import package as emu
 from tests.real_t3 import real_state_template, real_t3, secret_spy  # noqa: F401  (fixtures, registered once)
 from tests.support.host import Host, build_host
 
@@ -24,6 +25,15 @@ NO_REGISTRY = "http://127.0.0.1:9/"
 @pytest.fixture(autouse=True)
 def _npm_stays_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("npm_config_registry", NO_REGISTRY)
+
+
+@pytest.fixture
+def stop_later() -> Iterator[Callable[[emu.ServerHandle], None]]:
+    """Hand it an emulator (or real) server the test started: it is stopped after the test."""
+    servers: list[emu.ServerHandle] = []
+    yield servers.append
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -17,14 +17,6 @@ from tests.emulator import package as emu
 V2 = "0.0.46-nightly.20261003.2610"
 
 
-@pytest.fixture
-def stop_later():
-    servers: list[emu.ServerHandle] = []
-    yield servers.append
-    for server in servers:
-        server.stop()
-
-
 def wait_for(turn: emu.AgentTurn, state: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while emu.turn_state(turn) != state:

@@ -13,7 +13,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from tests.emulator import package as emu
 
 V2 = "0.0.46-nightly.20261003.2610"
@@ -31,14 +30,6 @@ def pairs(db: Path) -> list[tuple[int, str]]:
 def threads(db: Path) -> set[str]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return {r[0] for r in conn.execute(f"SELECT thread_id FROM {emu.ROWS_TABLE}")}
-
-
-@pytest.fixture
-def stop_later():
-    servers: list[emu.ServerHandle] = []
-    yield servers.append
-    for server in servers:
-        server.stop()
 
 
 def test_a_v2_build_copies_state_once_and_never_writes_it_again(tmp_path, stop_later):

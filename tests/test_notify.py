@@ -1,5 +1,6 @@
 """Notifications: a webhook receiver on 127.0.0.1 started by the test, and a notify command."""
 
+import contextlib
 import json
 import sys
 import threading
@@ -21,9 +22,12 @@ V1 = "0.0.43-nightly.20261127.3001"
 
 
 class Receiver:
-    """A webhook endpoint on loopback that keeps every JSON body it gets and answers `status`."""
+    """An HTTP endpoint on loopback for a webhook or any Apprise service that speaks HTTP (json, ntfy,
+    gotify): keeps each request as (method, path, raw body), the JSON ones also in `bodies`, and
+    answers `status` with `{}`."""
 
     def __init__(self, status=204):
+        self.requests = []
         self.bodies = []
         self.paths = []
         self.status = status
@@ -32,16 +36,23 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                raw = self.rfile.read(length).decode(errors="replace")
+                receiver.requests.append((self.command, self.path, raw))
                 receiver.paths.append(self.path)
+                with contextlib.suppress(ValueError):
+                    receiver.bodies.append(json.loads(raw))
+                body = b"{}"
                 self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -309,40 +320,9 @@ def test_a_failing_webhook_does_not_change_the_exit_code_of_a_run(host):
 # ---------------------------------------------------------------- notifications by URL (Apprise)
 
 
-class AnyReceiver:
-    """An HTTP endpoint on loopback for any Apprise service that speaks HTTP (json, ntfy, gotify):
-    keeps each request's method, path and raw body, answers 200 with `{}`."""
-
-    def __init__(self):
-        self.requests = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                receiver.requests.append((self.command, self.path, self.rfile.read(length).decode(errors="replace")))
-                body = b"{}"
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def any_receiver():
-    r = AnyReceiver()
+    r = Receiver(status=200)
     yield r
     r.close()
 
