@@ -1,6 +1,7 @@
 """`t3track stop`: ask the running night (or any t3track holding the lock) to stop at its next safe point.
 
-The lock file (state_dir/lock) names its holder's pid. The request is the same SIGTERM that
+The kernel names the lock's holder (StateStore.lock_holder reads /proc/locks, never taking the lock,
+so asking cannot make a night that starts meanwhile exit 75). The request is the same SIGTERM that
 `systemctl stop t3track.service` sends (see t3track.stops): before a swap's flip everything is put
 back as it was, after it the live check finishes and a failure rolls back. It is sent only to a
 process that holds the lock now and is t3track, never to whatever pid a stale file names.
@@ -8,7 +9,6 @@ process that holds the lock now and is t3track, never to whatever pid a stale fi
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import time
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t3track.errors import EnvironmentFault
-from t3track.state import LOCK_FILE, StateStore
+from t3track.state import StateStore
 
 
 @dataclass(frozen=True)
@@ -24,27 +24,6 @@ class StopRequest:
     pid: int | None            # the holder asked to stop; None: nothing held the lock
     command: str = ""          # its command line, for the operator
     stopped: bool | None = None  # after waiting: it let the lock go (None: not waited for)
-
-
-def holder(store: StateStore) -> int | None:
-    """The pid holding the run lock now, or None when nobody holds it (a stale pid in the file is ignored)."""
-    try:
-        fd = os.open(store.dir / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            if not text.isdigit():
-                raise EnvironmentFault(f"{store.dir / LOCK_FILE} is held but names no pid",
-                                       hint="`systemctl stop t3track.service` stops the nightly unit") from None
-            return int(text)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def command_line(pid: int) -> list[str]:
@@ -62,7 +41,7 @@ def is_t3track(argv: list[str]) -> bool:
 
 
 def request_stop(store: StateStore, *, wait_s: float = 0.0) -> StopRequest:
-    pid = holder(store)
+    pid = store.lock_holder()
     if pid is None:
         return StopRequest(None)
     argv = command_line(pid)
@@ -79,7 +58,7 @@ def request_stop(store: StateStore, *, wait_s: float = 0.0) -> StopRequest:
         return StopRequest(pid, " ".join(argv))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if holder(store) != pid:
+        if store.lock_holder() != pid:
             return StopRequest(pid, " ".join(argv), True)
         time.sleep(0.2)
     return StopRequest(pid, " ".join(argv), False)
