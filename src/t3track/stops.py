@@ -39,12 +39,6 @@ def requested() -> str | None:
     return _requested
 
 
-def reset() -> None:
-    """Forget a request (tests; a long-lived caller between two commands)."""
-    global _requested
-    _requested = None
-
-
 @contextmanager
 def shielded() -> Iterator[None]:
     """Within: a stop signal is remembered, never raised; the code inside checks `requested()`."""

@@ -352,8 +352,9 @@ def prune(config: Config, state: State, *, host: State | None = None) -> list[st
             _remove_tree(leftover)
     protected = {v for v in (state.current, state.previous, state.pinned.version if state.pinned else None) if v}
     protected |= live_targets(config)
-    protected |= ring_versions(host if host is not None else state)
-    protected |= {p.version for p in (host if host is not None else state).pending}  # `approve` swaps it as gated
+    whole = host if host is not None else state
+    protected |= ring_versions(whole)
+    protected |= {p.version for p in whole.pending}  # `approve` swaps it as gated
     others = [v for v in reversed(installed_versions(config)) if v not in protected]  # newest first
     removed = []
     for version in others[config.keep_versions:]:

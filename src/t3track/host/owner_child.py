@@ -201,7 +201,7 @@ V2_QUERIES = (
 def agent_work(dir_fd, names, busy_s):
     """What a restart would interrupt, from the database the server uses (the first of `names` present):
     the V2 tables where that database has them, else the V1 tables."""
-    found: dict = {"database": None, "tables": None, "busy": [], "errors": []}
+    found: dict = {"database": None, "busy": [], "errors": []}
     for name in names:
         try:
             conn = connect_ro(dir_fd, name, busy_s)
@@ -213,10 +213,8 @@ def agent_work(dir_fd, names, busy_s):
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if V2_THREADS in tables:
-                found["tables"] = "v2"
                 queries = [(what, sql) for what, needs, sql in V2_QUERIES if all(t in tables for t in needs)]
             elif all(t in tables for t in V1_TABLES):
-                found["tables"] = "v1"
                 queries = list(V1_QUERIES)
             else:
                 queries = []
@@ -241,9 +239,8 @@ def copy_db(dir_fd, name, seconds):
     grow into memory or disk), and never more than a chunk in memory."""
     conn = connect_ro(dir_fd, name, 60.0 if seconds is None else max(0.0, seconds))
     timer = None if seconds is None else threading.Timer(seconds, conn.interrupt)
-    scratch = tempfile.mkdtemp(prefix="t3track-copy-")  # 0700, ours; the unit's private /tmp
-    target = os.path.join(scratch, "copy.sqlite")
-    try:
+    with tempfile.TemporaryDirectory(prefix="t3track-copy-") as scratch:  # 0700, ours; the unit's private /tmp
+        target = os.path.join(scratch, "copy.sqlite")
         if timer is not None:
             timer.start()
         try:
@@ -259,10 +256,6 @@ def copy_db(dir_fd, name, seconds):
         with open(target, "rb") as copied:
             while chunk := copied.read(1 << 20):
                 sys.stdout.buffer.write(chunk)
-    finally:
-        for leftover in os.listdir(scratch):
-            os.unlink(os.path.join(scratch, leftover))
-        os.rmdir(scratch)
 
 
 def main(argv):

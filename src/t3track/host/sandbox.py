@@ -37,16 +37,14 @@ from t3track.fsutil import atomic_write_text, ensure_private_dir
 from t3track.host import backup as backup_mod
 from t3track.host import confine, inert, probe, restore, serving, usertree
 from t3track.host.sqlite import added, database_in_use, database_migrations
-from t3track.host.startlog import DIVERGED_MARKERS, HostRefusedStart, diverged_marker, host_refusal
+from t3track.host.startlog import HostRefusedStart, diverged_marker, host_refusal
 from t3track.host.t3db import DATABASES, Migration
 from t3track.redact import redact
 
 COPIED_FILES = ("environment-id", "settings.json", "keybindings.json")
 COPIED_DIRS = ("secrets",)
-# What V2-era builds log about a database whose `id:name` pairs they do not know (upstream Migrations.ts;
-# 0.1.x's wording too: see startlog.DIVERGED_MARKERS), and what a later build (unverified) says when it
-# refuses to start on one.
-DIVERGED_MARKER = DIVERGED_MARKERS[0]
+# What a later build (unverified) says when it refuses to start on a database whose `id:name` pairs it
+# does not know (what V2-era and 0.1.x builds only log: startlog.DIVERGED_MARKERS).
 REFUSED_HISTORY = re.compile(r"Unrecognized migration history at \S+")
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30

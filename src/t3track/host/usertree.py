@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from t3track.errors import EnvironmentFault
-from t3track.host.t3db import Migration
+from t3track.host.t3db import DATABASES, DB_FILES, Migration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
@@ -40,7 +40,6 @@ FILE_CAP = 1 << 20          # settings.json, keybindings.json, environment-id
 SECRET_CAP = 64 << 10       # each file of secrets/
 SECRETS_MAX_FILES = 64
 READ_TIMEOUT_S = 30.0
-DB_NAMES = ("state.sqlite", "statev2.sqlite")
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
@@ -164,11 +163,11 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
         fd, tree = opened.__enter__()
     except UserTreeFault as exc:
         if exc.missing:
-            raise _no_database(user, f"no database at {base_dir / 'userdata' / DB_NAMES[0]} ({exc.detail})") from None
+            raise _no_database(user, f"no database at {base_dir / 'userdata' / DB_FILES[0]} ({exc.detail})") from None
         raise
     present = []
     try:
-        for name in DB_NAMES:
+        for name in DB_FILES:
             for full in (name, *(name + s for s in SIDE_SUFFIXES)):
                 try:
                     st = os.stat(full, dir_fd=fd, follow_symlinks=False)
@@ -185,7 +184,7 @@ def check_tree(base_dir: Path, *, user: str) -> Tree:
     finally:
         opened.__exit__(None, None, None)
     if not present:  # either will do: a host first installed on a V2 build has statev2.sqlite alone
-        raise _no_database(user, f"no database at {tree.userdata / DB_NAMES[0]} or {tree.userdata / DB_NAMES[1]}")
+        raise _no_database(user, f"no database at {tree.userdata / DB_FILES[0]} or {tree.userdata / DB_FILES[1]}")
     return replace(tree, databases=tuple(present))
 
 
@@ -222,7 +221,7 @@ def db_sizes(base_dir: Path, *, user: str) -> int:
     use, and a sparse file declaring gigabytes has few of those."""
     total = 0
     with userdata_fd(base_dir, user=user) as (fd, _tree):
-        for name in DB_NAMES:
+        for name in DB_FILES:
             for full in (name, name + "-wal"):
                 try:
                     st = os.stat(full, dir_fd=fd, follow_symlinks=False)
@@ -321,7 +320,7 @@ def live_histories(base_dir: Path, *, user: str) -> dict[str, list[Migration]]:
     (state.sqlite and statev2.sqlite, whichever exist). A database that cannot be read raises
     UserTreeFault: callers never mistake "unreadable" for "no migrations"."""
     with userdata_fd(base_dir, user=user) as (fd, tree):
-        raw = _run_child(tree, fd, "migration-rows", ",".join(DB_NAMES), timeout=READ_TIMEOUT_S, max_bytes=1 << 20)
+        raw = _run_child(tree, fd, "migration-rows", ",".join(DB_FILES), timeout=READ_TIMEOUT_S, max_bytes=1 << 20)
     found = json.loads(raw)
     if not isinstance(found, dict):
         raise UserTreeFault(user, "the reader's answer was not a JSON object")
@@ -354,7 +353,6 @@ class AgentWork:
     """What a restart of a user's server would interrupt, as its database says (see owner_child.agent_work)."""
 
     database: str | None                          # the database read (None: the user has none yet)
-    tables: str | None                            # "v1" | "v2" | None (neither set of tables exists)
     threads: tuple[tuple[str, str], ...] = ()     # (thread id, what is going on there)
     errors: tuple[str, ...] = ()                  # queries this schema could not answer
 
@@ -363,11 +361,11 @@ def agent_work(base_dir: Path, *, user: str, timeout_s: float) -> AgentWork:
     """The running or waiting agent work in the database the user's server uses (statev2.sqlite when
     present, else state.sqlite), read as the tree's owner, read-only, within `timeout_s`."""
     with userdata_fd(base_dir, user=user) as (fd, tree):
-        raw = _run_child(tree, fd, "agent-work", ",".join(reversed(DB_NAMES)), f"{max(0.1, timeout_s / 2):.3f}",
+        raw = _run_child(tree, fd, "agent-work", ",".join(DATABASES), f"{max(0.1, timeout_s / 2):.3f}",
                          timeout=timeout_s, max_bytes=1 << 20)
     found = json.loads(raw)
     if not isinstance(found, dict):
         raise UserTreeFault(user, "the reader's answer was not a JSON object")
-    return AgentWork(database=found.get("database"), tables=found.get("tables"),
+    return AgentWork(database=found.get("database"),
                      threads=tuple((str(b["thread"]), str(b["what"])) for b in found.get("busy", [])),
                      errors=tuple(str(e) for e in found.get("errors", [])))
