@@ -9,6 +9,13 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists: where a directory not made yet would go."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

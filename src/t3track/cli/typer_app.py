@@ -50,11 +50,15 @@ class Ctx:
     def __init__(self, config_file: Path | None, as_json: bool):
         self.config_file = config_file
         self.out = Out(as_json)
+        self._config: Config | None = None
 
     def config(self) -> Config:
+        """The config, read and validated once per command (the root check and the command share it)."""
         from t3track.config import load_config
 
-        return load_config(self.config_file)
+        if self._config is None:
+            self._config = load_config(self.config_file)
+        return self._config
 
     def store(self, config: Config | None = None) -> StateStore:
         from t3track.state import StateStore
@@ -152,11 +156,9 @@ def _require_root(ctx: typer.Context) -> None:
     write (an emulated host, the demo, a development checkout, all owned by the user who runs them)."""
     if not _not_root():
         return
-    state_dir = ctx.obj.config().state_dir
-    probe = state_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
+    from t3track.fsutil import nearest_existing
+
+    if not os.access(nearest_existing(ctx.obj.config().state_dir), os.W_OK | os.X_OK):
         raise _must_be_root(ctx)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t3track.config import Config, UserConfig
+from t3track.fsutil import nearest_existing
 from t3track.host.services import unit_layout_warnings
 from t3track.host.usertree import tree_problems
 
@@ -109,9 +110,7 @@ def _host_problems(config: Config) -> list[str]:
         problems.append("node: not found on PATH")
     for key in ("root", "state_dir", "backup_dir"):
         path: Path = getattr(config, key)
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
+        probe = nearest_existing(path)
         if path.exists() and not path.is_dir():
             problems.append(f"{key}: {path} exists and is not a directory")
         elif not os.access(probe, os.W_OK):

@@ -26,6 +26,7 @@ from t3track.host.services import RefusedStart, UserMark, each_user, refused_sta
 from t3track.host.sqlite import added, migration_history
 from t3track.host.t3db import DB_FILES, MAIN_DB, V2_DB
 from t3track.host.tree import current_version, flip_current, prefix_of
+from t3track.night import drift
 from t3track.night import journal as jr
 from t3track.night.journal import Journal, Phase, RollbackCause
 from t3track.night.verify import verify_live
@@ -402,8 +403,8 @@ def _old_version_answering(config: Config, journal: Journal, live: list[GateResu
     if journal.from_version is None or same_version(journal.from_version, journal.to_version):
         return []
     failed = {g.user for g in live if g.failed}
-    return [user.name for user in config.users if user.name in failed and same_version(
-        serving.server_version(f"http://127.0.0.1:{user.port}", timeout=2.0), journal.from_version)]
+    return [user.name for user in config.users
+            if user.name in failed and same_version(drift.serving(user), journal.from_version)]
 
 
 def rollback(config: Config, store: StateStore, journal: Journal, cause: RollbackCause, reason: str,
