@@ -82,6 +82,12 @@ def same_version(seen: str | None, expected: str) -> bool:
     return seen is not None and is_valid(seen) and compare(seen, expected) == 0
 
 
+def not_newer(version: str, current: str | None) -> bool:
+    """`version` would not move forward from `current` (same or older); never when current is unknown
+    or not a version (a hand-made install): then nothing can be said."""
+    return current is not None and is_valid(current) and not newer(version, current)
+
+
 def newer(a: str, b: str | None) -> bool:
     """True when `a` has strictly higher precedence than `b` (anything is newer than None)."""
     return b is None or compare(a, b) > 0

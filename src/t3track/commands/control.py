@@ -128,7 +128,7 @@ def pin(store: StateStore, version: str, *, reason: str, by: str | None = None, 
                              hint=f"run `t3track allow {version}` first if you are sure")
         holder = _holder(state, ring)
         current = holder.current if isinstance(holder, RingState) and holder.current else state.current
-        if current and current != version and versions.is_valid(current) and not versions.newer(version, current):
+        if current != version and versions.not_newer(version, current):
             warnings.append(f"{version} is older than current {current}: the next `t3track run` downgrades to it")
         replaced = holder.pinned
         pinned = holder.pinned = Pin(version=version, reason=reason, by=by or operator_name(), at=utcnow())

@@ -30,7 +30,7 @@ def check_target(config: Config, store: StateStore, version: str, *, allow_downg
         raise UsageError(f"--to {version}: pinned at {state.pinned.version} by {state.pinned.by} "
                          f"({state.pinned.reason}); nothing was run", hint=f"t3track unpin, then run --to {version}")
     current = state.current
-    if (current and current != version and versions.is_valid(current) and not versions.newer(version, current)
+    if (current != version and versions.not_newer(version, current)
             and not allow_downgrade):
         raise UsageError(f"--to {version} is older than current {current}; nothing was run",
                          hint=f"t3track run --to {version} --allow-downgrade, to go back on purpose")

@@ -63,7 +63,7 @@ def prune(config: Config, store: StateStore) -> list[str]:
             gone.append(f"{pending.version} is no longer pending: it is denied")
         elif pending.ring is not None and (not config.ringed or pending.ring not in config.ring_names()):
             gone.append(f"{pending.version} is no longer pending: the config names no ring {pending.ring}")
-        elif current is not None and versions.is_valid(current) and not versions.newer(pending.version, current):
+        elif versions.not_newer(pending.version, current):
             gone.append(f"{pending.version} is no longer pending: {pending.ring or 'the host'} runs {current}")
         else:
             kept.append(pending)

@@ -129,7 +129,7 @@ def _resolve_exact(config: Config, state: State, client: Registry, version: str,
         return Decision("refused", None, f"{version} is denied: {_denied(denial)}", notes)
     if version == current:
         return Decision("noop", None, f"{version} is already current", notes)
-    downgrade = current is not None and versions.is_valid(current) and not versions.newer(version, current)
+    downgrade = versions.not_newer(version, current)
     if downgrade and not allow_downgrade:
         return Decision("refused", None, f"{version} is older than current {current}; "
                         "pass --allow-downgrade to go back on purpose", notes)
@@ -223,7 +223,7 @@ def _channel_refusal(channel: str, tagged: str, current: str | None) -> str | No
     if not versions.is_nightly(tagged):
         kind = versions.channel_of(tagged).value
         return f"the {channel} tag points at {tagged}, a {kind} version; only nightlies are tracked"
-    if current is not None and versions.is_valid(current) and not versions.newer(tagged, current):
+    if versions.not_newer(tagged, current):
         return f"the {channel} tag moved backwards to {tagged}, older than current {current}; not followed"
     return None
 
