@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.host import nightly
+from tests.support.state import traversable_for
 
 from t3track.state import StateStore
 
@@ -92,6 +93,11 @@ def test_no_run_for_36_hours_is_critical(night):
 def test_a_monitoring_user_with_read_access_gets_the_same_answer_and_without_it_unknown(night):
     subprocess.run(["useradd", "--system", "--no-create-home", "t3mon"], check=False)
     pwd.getpwnam("t3mon")
+    with traversable_for("t3mon", REPO):  # the checkout may lie in a private directory (mktemp -d)
+        monitored_with_and_without_access(night)
+
+
+def monitored_with_and_without_access(night):
     # without access: the state is unreadable, and that is UNKNOWN (3), never a traceback
     for path in (night.dir, night.state_dir):
         os.chmod(path, 0o700)

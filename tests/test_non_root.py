@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.host import REPO, build_host, nightly, wait_for_version
+from tests.support.state import traversable_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
@@ -28,7 +29,8 @@ def someone():
     subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
                    check=True, capture_output=True)
     try:
-        yield pwd.getpwnam(name)
+        with traversable_for(name, REPO):  # a checkout in a private directory (mktemp -d) is closed to them
+            yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", name], capture_output=True)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import stat
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -48,3 +51,21 @@ def script(tmp_path: Path, body: str, name: str = "t3") -> Path:
     path.write_text(f"#!{visible_python()}\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
+
+
+@contextlib.contextmanager
+def traversable_for(user: str, path: Path) -> Iterator[None]:
+    """Let `user` reach `path` (the checkout and its virtualenv) for a test that runs as that user: a
+    checkout cloned into a private directory (`mktemp -d` makes it 0700) is otherwise closed to them.
+    Each directory on the way that others cannot enter gets an ACL entry for this user alone, taken
+    back afterwards (setfacl, Debian's acl, which scripts/test.sh installs)."""
+    opened = []
+    try:
+        for directory in reversed([path, *path.parents]):
+            if not directory.stat().st_mode & 0o001:
+                subprocess.run(["setfacl", "-m", f"u:{user}:x", str(directory)], check=True)
+                opened.append(directory)
+        yield
+    finally:
+        for directory in opened:
+            subprocess.run(["setfacl", "-x", f"u:{user}", str(directory)], check=False)
