@@ -303,7 +303,10 @@ def build_host(directory: Path, *, users: tuple[str, ...] = ("alice", "bob"), cu
             make_state(base)
             if rows:
                 emu.add_rows(emu.live_db(base), rows, "initial")
-        host_users.append(HostUser(name, free_port(), base))
+        port = free_port()
+        while port in {u.port for u in host_users}:  # a port let go is often handed out again at once
+            port = free_port()
+        host_users.append(HostUser(name, port, base))
     host = Host(directory, registry, host_users, through=through, layout=layout)
     host.write_config(**({"rings": rings} if rings else {}))
     if isinstance(registry, RegistryServer):
